@@ -1,0 +1,283 @@
+import { ImageDigest, isZeroPage, RangeList } from '@ckpt/common';
+import type { DirtySource } from '../sources/dirty-source.ts';
+import { Coalescer } from './coalesce.ts';
+import type { EpochCommit, EpochHeader, EpochSink, PageSegment } from './epoch-types.ts';
+import { GfnBuffer } from './gfn-buffer.ts';
+
+export interface CycleOptions {
+  generation: number;
+  /** Live copy rounds before the pause (0: plain stop-and-copy). */
+  precopyRounds: number;
+  /** Pages read per baseline segment. */
+  baselineChunkPages: number;
+  /**
+   * Runs while the guest is still paused, after the epoch was handed to the sinks (the verifier
+   * compares guest memory with its shadow here). Not counted in the pause time.
+   */
+  whilePaused?: (header: EpochHeader, commit: EpochCommit) => void | Promise<void>;
+  /**
+   * TEST ONLY, deliberately wrong: in live rounds, copy pages before resetting the ring and wait
+   * `delayMs` in between, so guest writes racing with the copy are lost. The verifier must catch it.
+   */
+  unsafeCopyBeforeReset?: { delayMs: number };
+}
+
+export const DEFAULT_CYCLE_OPTIONS: Readonly<CycleOptions> = Object.freeze({
+  generation: 1,
+  precopyRounds: 0,
+  baselineChunkPages: 2048,
+});
+
+const now = (): number => performance.now();
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * The checkpoint cycle of DESIGN.md. Each call to `cut()` produces one epoch:
+ *
+ *   [pre-copy rounds, live: drain, reset, copy]  pause, drain, reset, copy, vCPU state, resume
+ *
+ * During live rounds the ring is reset before pages are read, so a guest write racing with the copy is
+ * logged again and copied at the pause. Epoch 0 of a generation is a baseline: after draining and
+ * resetting, every page is copied live (zero pages become marks), then the pause copies what changed.
+ * The cycle keeps the image digest up to date from the pages it ships.
+ */
+export class CheckpointCycle {
+  /** Number of the next epoch. */
+  epoch = 0;
+  readonly generation: number;
+  readonly digest = new ImageDigest();
+  private readonly opts: CycleOptions;
+  private readonly pending = new GfnBuffer();
+  private readonly coalescer = new Coalescer();
+  private readonly ranges = new RangeList(1024);
+  private readonly pageWords: number;
+  private harvestedThisEpoch = 0;
+
+  constructor(private readonly source: DirtySource, options: Partial<CycleOptions> = {}) {
+    this.opts = { ...DEFAULT_CYCLE_OPTIONS, ...options };
+    this.generation = this.opts.generation;
+    this.pageWords = source.pageSize >>> 2;
+  }
+
+  /**
+   * Live harvest without copying, for relieving full rings between epochs: the GFNs wait in a buffer
+   * and are copied at the next pause. Safe while the guest runs: a page written after the reset is
+   * logged again. Returns entries harvested.
+   */
+  relieve(): number {
+    const n = this.pending.drainFrom(this.source);
+    this.source.reset();
+    this.harvestedThisEpoch += n;
+    return n;
+  }
+
+  /** Cuts the next epoch and hands it to `sink`. */
+  async cut(sink: EpochSink): Promise<EpochCommit> {
+    const header: EpochHeader = {
+      generation: this.generation,
+      epoch: this.epoch,
+      baseline: this.epoch === 0,
+      pageSize: this.source.pageSize,
+      slots: this.source.slots,
+      vcpus: this.source.vcpuCount,
+      startedAtMs: Date.now(),
+    };
+    await sink.begin(header);
+    let pages = 0;
+    let zeroPages = 0;
+    let bytes = 0;
+    let precopyPages = 0;
+    const emit = async (seg: PageSegment): Promise<void> => {
+      const p = seg.ranges.pageCount();
+      pages += p;
+      zeroPages += p - seg.ranges.dataPageCount();
+      bytes += seg.data.byteLength;
+      if (seg.phase === 'precopy') precopyPages += p;
+      await sink.segment(header, seg);
+    };
+
+    if (header.baseline) {
+      // Everything logged so far is superseded by the full copy; re-arm logging before reading.
+      this.relieve();
+      this.pending.clear();
+      await this.copyWholeGuest(emit);
+    }
+    for (let r = 0; r < this.opts.precopyRounds; r++) {
+      this.harvestedThisEpoch += this.pending.drainFrom(this.source);
+      const seg = this.opts.unsafeCopyBeforeReset
+        ? await this.copyThenResetUnsafe(this.opts.unsafeCopyBeforeReset.delayMs)
+        : this.resetThenCopy('precopy');
+      await emit(seg);
+    }
+
+    // The pause: the guest's only stop. Keep this block synchronous and allocation-light.
+    const t0 = now();
+    this.source.pause();
+    const entries = this.pending.drainFrom(this.source);
+    const t1 = now();
+    this.source.reset();
+    const t2 = now();
+    const copied = this.copyPending();
+    const t3 = now();
+    const vcpuStates: Uint8Array[] = [];
+    for (let i = 0; i < this.source.vcpuCount; i++) {
+      const buf = new Uint8Array(this.source.vcpuStateBytes);
+      this.source.getVcpuState(i, buf);
+      vcpuStates.push(buf);
+    }
+    const counters = new Float64Array(this.source.vcpuCount * 2);
+    this.source.guestCounters(counters);
+    const t4 = now();
+    this.harvestedThisEpoch += entries;
+
+    const finish = async (): Promise<EpochCommit> => {
+      await emit(this.finalize(copied.ranges, copied.data, 'paused'));
+      const commit: EpochCommit = {
+        generation: this.generation,
+        epoch: header.epoch,
+        baseline: header.baseline,
+        pages,
+        zeroPages,
+        bytes,
+        digest: this.digest.toHex(),
+        vcpuStates,
+        guestCounters: Array.from(counters),
+        pauseUs: Math.round((t4 - t0) * 1000),
+        drainUs: Math.round((t1 - t0) * 1000),
+        resetUs: Math.round((t2 - t1) * 1000),
+        copyUs: Math.round((t3 - t2) * 1000),
+        entriesHarvested: this.harvestedThisEpoch,
+        precopyRounds: this.opts.precopyRounds,
+        precopyPages,
+        committedAtMs: Date.now(),
+      };
+      await sink.commit(header, commit);
+      return commit;
+    };
+
+    let commit: EpochCommit;
+    if (this.opts.whilePaused) {
+      try {
+        commit = await finish();
+        await this.opts.whilePaused(header, commit);
+      } finally {
+        this.source.resume();
+      }
+    } else {
+      this.source.resume();
+      commit = await finish();
+    }
+    this.harvestedThisEpoch = 0;
+    this.epoch++;
+    return commit;
+  }
+
+  /** Right order for a live round: re-arm logging first, then read the pages. */
+  private resetThenCopy(phase: PageSegment['phase']): PageSegment {
+    this.source.reset();
+    const copied = this.copyPending();
+    return this.finalize(copied.ranges, copied.data, phase);
+  }
+
+  private async copyThenResetUnsafe(delayMs: number): Promise<PageSegment> {
+    const copied = this.copyPending();
+    await sleep(delayMs);
+    this.source.reset();
+    return this.finalize(copied.ranges, copied.data, 'precopy');
+  }
+
+  /** Coalesces the pending GFNs and copies their pages; clears the pending buffer. */
+  private copyPending(): { ranges: RangeList; data: Uint8Array } {
+    this.ranges.clear();
+    this.coalescer.coalesce(this.pending.slots, this.pending.offsets, this.pending.length, this.ranges);
+    this.pending.clear();
+    const data = new Uint8Array(this.ranges.pageCount() * this.source.pageSize);
+    if (this.ranges.length > 0) {
+      this.source.readRanges(this.ranges.slots, this.ranges.firsts, this.ranges.counts, this.ranges.length, data);
+    }
+    return { ranges: this.ranges, data };
+  }
+
+  /**
+   * Turns copied pages into a segment: zero pages become marks and leave the buffer (the rest is
+   * compacted in place), and every page's hash goes into the image digest.
+   */
+  private finalize(src: RangeList, data: Uint8Array, phase: PageSegment['phase'], out = new RangeList(src.length + 4)): PageSegment {
+    const ps = this.source.pageSize;
+    const pw = this.pageWords;
+    const words = new Uint32Array(data.buffer, data.byteOffset, data.byteLength >>> 2);
+    let read = 0;
+    let write = 0;
+    for (let i = 0; i < src.length; i++) {
+      const slot = src.slots[i]!;
+      const first = src.firsts[i]!;
+      const count = src.counts[i]!;
+      for (let k = 0; k < count; k++, read++) {
+        const gfn = first + k;
+        if (isZeroPage(words, read * pw, pw)) {
+          this.digest.setPageHash(slot, gfn, 0, 0);
+          out.push(slot, gfn, 1, true);
+          continue;
+        }
+        this.digest.updatePage(words, read * pw, pw, slot, gfn);
+        if (write !== read) data.copyWithin(write * ps, read * ps, (read + 1) * ps);
+        out.push(slot, gfn, 1, false);
+        write++;
+      }
+    }
+    return { ranges: out, data: data.subarray(0, write * ps), phase };
+  }
+
+  /** The baseline's live full copy, in chunks; sparse sources are read only where they hold data. */
+  private async copyWholeGuest(emit: (seg: PageSegment) => Promise<void>): Promise<void> {
+    const chunk = this.opts.baselineChunkPages;
+    const ps = this.source.pageSize;
+    const one = { slots: new Uint32Array(1), firsts: new Uint32Array(1), counts: new Uint32Array(1) };
+    const readChunk = async (slot: number, first: number, count: number): Promise<void> => {
+      one.slots[0] = slot;
+      one.firsts[0] = first;
+      one.counts[0] = count;
+      const data = new Uint8Array(count * ps);
+      this.source.readRanges(one.slots, one.firsts, one.counts, 1, data);
+      const r = new RangeList(1);
+      r.push(slot, first, count, false);
+      await emit(this.finalize(r, data, 'baseline'));
+    };
+    for (const s of this.source.slots) {
+      const populated = this.source.populatedPages?.(s.id);
+      if (!populated) {
+        for (let first = 0; first < s.pages; first += chunk) await readChunk(s.id, first, Math.min(chunk, s.pages - first));
+        continue;
+      }
+      // Sparse: zero marks for the gaps, reads for runs of populated pages.
+      const pages = Float64Array.from(populated).sort();
+      let marks = new RangeList(64);
+      let next = 0;
+      let i = 0;
+      while (i < pages.length) {
+        const start = pages[i]!;
+        let end = start + 1;
+        i++;
+        while (i < pages.length && pages[i] === end && end - start < chunk) {
+          end++;
+          i++;
+        }
+        if (start > next) {
+          marks.push(s.id, next, start - next, true);
+          this.digest.zeroRange(s.id, next, start - next);
+        }
+        if (marks.length >= 1024) {
+          await emit({ ranges: marks, data: new Uint8Array(0), phase: 'baseline' });
+          marks = new RangeList(64);
+        }
+        await readChunk(s.id, start, end - start);
+        next = end;
+      }
+      if (next < s.pages) {
+        marks.push(s.id, next, s.pages - next, true);
+        this.digest.zeroRange(s.id, next, s.pages - next);
+      }
+      if (marks.length > 0) await emit({ ranges: marks, data: new Uint8Array(0), phase: 'baseline' });
+    }
+  }
+}

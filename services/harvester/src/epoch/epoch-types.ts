@@ -1,0 +1,61 @@
+import type { RangeList } from '@ckpt/common';
+import type { SlotInfo } from '../sources/dirty-source.ts';
+
+/** Opens an epoch: everything a consumer needs before the first page. */
+export interface EpochHeader {
+  generation: number;
+  epoch: number;
+  /** Epoch 0 of a generation: every page of the guest (zero pages as marks). */
+  baseline: boolean;
+  pageSize: number;
+  slots: readonly SlotInfo[];
+  vcpus: number;
+  startedAtMs: number;
+}
+
+/**
+ * Pages of an epoch, in the order they must be applied (a later segment of the same epoch may carry a
+ * newer copy of a page sent earlier, e.g. after a pre-copy round). Zero ranges are marks: their pages
+ * are not in `data`. `data` holds the data ranges' pages back to back in range order. Segments are
+ * freshly allocated: a sink may keep them.
+ */
+export interface PageSegment {
+  ranges: RangeList;
+  data: Uint8Array;
+  phase: 'baseline' | 'precopy' | 'paused';
+}
+
+/** Closes an epoch. */
+export interface EpochCommit {
+  generation: number;
+  epoch: number;
+  baseline: boolean;
+  /** Pages in this epoch's segments (a page sent twice counts twice). */
+  pages: number;
+  zeroPages: number;
+  /** Bytes of page data (zero pages excluded). */
+  bytes: number;
+  /** Image digest of the whole guest as of this epoch (16 hex digits). */
+  digest: string;
+  /** Raw register state per vCPU, captured while paused. */
+  vcpuStates: Uint8Array[];
+  /** Per vCPU [loops, pagesWritten] read while paused. */
+  guestCounters: number[];
+  /** Guest pause: pause() to the end of the state capture, microseconds. */
+  pauseUs: number;
+  drainUs: number;
+  resetUs: number;
+  copyUs: number;
+  /** Entries harvested for this epoch (live relief, pre-copy rounds and the pause). */
+  entriesHarvested: number;
+  precopyRounds: number;
+  precopyPages: number;
+  committedAtMs: number;
+}
+
+/** Receives epochs as they are cut: the shadow verifier, the Kafka publisher. */
+export interface EpochSink {
+  begin(header: EpochHeader): void | Promise<void>;
+  segment(header: EpochHeader, segment: PageSegment): void | Promise<void>;
+  commit(header: EpochHeader, commit: EpochCommit): void | Promise<void>;
+}

@@ -1,0 +1,40 @@
+import type { DirtySource } from '../sources/dirty-source.ts';
+
+/**
+ * Harvested (slot, offset) pairs waiting to be copied, in growable typed arrays reused across epochs.
+ */
+export class GfnBuffer {
+  slots: Uint32Array;
+  offsets: Uint32Array;
+  length = 0;
+
+  constructor(capacity = 65536) {
+    this.slots = new Uint32Array(capacity);
+    this.offsets = new Uint32Array(capacity);
+  }
+
+  clear(): void {
+    this.length = 0;
+  }
+
+  private grow(): void {
+    const s = new Uint32Array(this.slots.length * 2);
+    s.set(this.slots);
+    this.slots = s;
+    const o = new Uint32Array(this.offsets.length * 2);
+    o.set(this.offsets);
+    this.offsets = o;
+  }
+
+  /** Drains the source until it reports empty; returns the entries added. */
+  drainFrom(source: DirtySource): number {
+    const start = this.length;
+    for (;;) {
+      if (this.length === this.slots.length) this.grow();
+      const cap = this.slots.length - this.length;
+      const n = source.drain(this.slots.subarray(this.length), this.offsets.subarray(this.length));
+      this.length += n;
+      if (n < cap) return this.length - start;
+    }
+  }
+}

@@ -1,0 +1,172 @@
+import { percentile, type Logger, silentLogger, CkptError } from '@ckpt/common';
+import { CheckpointCycle, type CycleOptions } from './epoch/checkpoint-cycle.ts';
+import type { EpochCommit, EpochHeader, EpochSink } from './epoch/epoch-types.ts';
+import type { HarvesterMetrics } from './metrics.ts';
+import type { DirtySource, SourceStats } from './sources/dirty-source.ts';
+import { ShadowVerifier, type EpochCheck } from './verify/shadow-verifier.ts';
+
+export interface HarvestRunOptions {
+  /** Epochs after the baseline; 0 = until `signal` aborts. */
+  epochs: number;
+  intervalMs: number;
+  sinks?: EpochSink[];
+  verify?: boolean;
+  cycle?: Partial<CycleOptions>;
+  metrics?: HarvesterMetrics;
+  logger?: Logger;
+  signal?: AbortSignal;
+  /** Called before each epoch is cut (tests and the CLI inject hostile entries here). */
+  beforeEpoch?: (epoch: number) => void;
+  onEpoch?: (commit: EpochCommit, check: EpochCheck | undefined) => void;
+  /** How often to look for vCPUs stalled on a full ring between epochs. */
+  reliefCheckMs?: number;
+}
+
+export interface HarvestSummary {
+  source: string;
+  mode: string;
+  vcpus: number;
+  memBytes: number;
+  /** Epochs cut, baseline included. */
+  epochs: number;
+  pagesHarvested: number;
+  zeroPages: number;
+  bytesHarvested: number;
+  mismatches: number;
+  missedWrites: number;
+  digestMismatches: number;
+  invalidEntries: number;
+  ringFullExits: number;
+  ringReliefs: number;
+  /** Entries marked RESET equals the sum of KVM_RESET_DIRTY_RINGS results. */
+  resetCountsMatch: boolean;
+  pauseP50Us: number;
+  pauseP99Us: number;
+  pauseMaxUs: number;
+  drainP50Us: number;
+  lastDigest: string;
+  verified: boolean;
+  vcpuError: string | null;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Runs a guest's checkpointing: a baseline, then an epoch every `intervalMs`, relieving full rings in
+ * between. With `verify`, every epoch is checked against guest memory while the guest is paused.
+ */
+export async function runHarvest(source: DirtySource, options: HarvestRunOptions): Promise<HarvestSummary> {
+  const log = options.logger ?? silentLogger;
+  const verifier = options.verify ? new ShadowVerifier(source) : undefined;
+  let lastCheck: EpochCheck | undefined;
+  const cycleOptions: Partial<CycleOptions> = { ...options.cycle };
+  if (verifier) {
+    cycleOptions.whilePaused = (h: EpochHeader, c: EpochCommit) => {
+      lastCheck = verifier.check(h, c);
+    };
+  }
+  const cycle = new CheckpointCycle(source, cycleOptions);
+  const sinks: EpochSink[] = [...(verifier ? [verifier] : []), ...(options.sinks ?? [])];
+  const sink: EpochSink = {
+    begin: async (h) => { for (const s of sinks) await s.begin(h); },
+    segment: async (h, seg) => { for (const s of sinks) await s.segment(h, seg); },
+    commit: async (h, c) => { for (const s of sinks) await s.commit(h, c); },
+  };
+  const m = options.metrics;
+  const pauses: number[] = [];
+  const drains: number[] = [];
+  let pagesHarvested = 0;
+  let zeroPages = 0;
+  let bytes = 0;
+  let reliefs = 0;
+  let lastDigest = '';
+  let cut = 0;
+  let prev: SourceStats = source.stats();
+  const total = options.epochs > 0 ? options.epochs + 1 : Infinity;
+  const reliefMs = options.reliefCheckMs ?? 1;
+
+  const relieveIfStalled = (): void => {
+    if (source.stats().vcpusStalledRingFull > 0) {
+      cycle.relieve();
+      reliefs++;
+      m?.ringReliefs.inc();
+    }
+  };
+  const checkVcpus = (): void => {
+    const err = source.lastError();
+    if (err) throw new CkptError('CKPT_ERR_HARVEST_VCPU_FAILED', `cannot keep checkpointing: a vCPU stopped: ${err}`);
+  };
+
+  source.start();
+  const t0 = performance.now();
+  try {
+    while (cut < total && !options.signal?.aborted) {
+      const deadline = t0 + cut * options.intervalMs;
+      while (performance.now() < deadline && !options.signal?.aborted) {
+        relieveIfStalled();
+        await sleep(Math.min(reliefMs, Math.max(0, deadline - performance.now())));
+      }
+      if (options.signal?.aborted) break;
+      checkVcpus();
+      options.beforeEpoch?.(cycle.epoch);
+      lastCheck = undefined;
+      const commit = await cycle.cut(sink);
+      cut++;
+      pauses.push(commit.pauseUs);
+      drains.push(commit.drainUs);
+      pagesHarvested += commit.pages;
+      zeroPages += commit.zeroPages;
+      bytes += commit.bytes;
+      lastDigest = commit.digest;
+      const now = source.stats();
+      if (m) {
+        m.pagesHarvested.inc(commit.pages);
+        m.zeroPages.inc(commit.zeroPages);
+        m.ringEntriesHarvested.inc(now.entriesHarvested - prev.entriesHarvested);
+        m.invalidEntries.inc(now.invalidEntries - prev.invalidEntries);
+        m.ringFullExits.inc(now.ringFullExits - prev.ringFullExits);
+        m.epochs.inc({ kind: commit.baseline ? 'baseline' : 'delta' });
+        m.pauseSeconds.observe(commit.pauseUs / 1e6);
+        m.drainSeconds.observe(commit.drainUs / 1e6);
+        m.epochBytes.observe(commit.bytes);
+        m.lastEpoch.set(commit.epoch);
+        const checked = lastCheck as EpochCheck | undefined;
+        if (checked) m.verifyMismatches.inc(checked.mismatchedPages + checked.missedWrites + (checked.digestMismatch ? 1 : 0));
+      }
+      prev = now;
+      const check = lastCheck as EpochCheck | undefined;
+      if (check && (check.mismatchedPages > 0 || check.missedWrites > 0 || check.digestMismatch)) {
+        log.error('epoch failed verification', { epoch: commit.epoch, generation: commit.generation, ...check });
+      }
+      options.onEpoch?.(commit, check);
+    }
+  } finally {
+    source.pause();
+  }
+  const st = source.stats();
+  const checks = verifier?.checks ?? [];
+  return {
+    source: source.kind,
+    mode: source.mode,
+    vcpus: source.vcpuCount,
+    memBytes: source.slots.reduce((n, s) => n + s.pages * source.pageSize, 0),
+    epochs: cut,
+    pagesHarvested,
+    zeroPages,
+    bytesHarvested: bytes,
+    mismatches: checks.reduce((n, c) => n + c.mismatchedPages + c.missedWrites + (c.digestMismatch ? 1 : 0), 0),
+    missedWrites: checks.reduce((n, c) => n + c.missedWrites, 0),
+    digestMismatches: checks.filter((c) => c.digestMismatch).length,
+    invalidEntries: st.invalidEntries,
+    ringFullExits: st.ringFullExits,
+    ringReliefs: reliefs,
+    resetCountsMatch: source.mode !== 'ring' || st.entriesMarkedReset === st.resetReturnedTotal,
+    pauseP50Us: percentile(pauses, 50),
+    pauseP99Us: percentile(pauses, 99),
+    pauseMaxUs: pauses.length ? Math.max(...pauses) : 0,
+    drainP50Us: percentile(drains, 50),
+    lastDigest,
+    verified: verifier !== undefined,
+    vcpuError: source.lastError(),
+  };
+}

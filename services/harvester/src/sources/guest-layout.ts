@@ -1,0 +1,21 @@
+/**
+ * The test guest's fixed guest-physical layout (docs/guest-program.md). The native helper's
+ * `guest/layout.h` holds the same numbers; a test checks that both agree.
+ */
+export const GUEST_LAYOUT = Object.freeze({
+  pageTablesGpa: 0x1000,
+  controlGpa: 0x80000,
+  statusGpa: 0x81000,
+  statusStride: 0x1000,
+  codeGpa: 0x100000,
+  stacksGpa: 0x110000,
+  stackBytes: 0x4000,
+  regionGpa: 0x400000,
+  maxVcpus: 64,
+  stampMagic: 0x54504b43,
+});
+
+/** Smallest slot 0 the guest program fits in. */
+export const MIN_SLOT0_BYTES = 8 * 1024 * 1024;
+/** Slots are whole 2 MiB pages of the guest's identity map. */
+export const SLOT_ALIGN_BYTES = 2 * 1024 * 1024;

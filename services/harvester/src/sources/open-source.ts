@@ -1,0 +1,69 @@
+import { ConfigError } from '@ckpt/common';
+import { kvmAvailability } from '@ckpt/kvm-native';
+import type { HarvestConfig } from '../harvest-config.ts';
+import type { DirtySource } from './dirty-source.ts';
+import { MIN_SLOT0_BYTES, SLOT_ALIGN_BYTES } from './guest-layout.ts';
+import { KvmSource } from './kvm-source.ts';
+import { SimSource } from './sim/sim-source.ts';
+import { WORKLOAD_ID } from './sim/workload.ts';
+
+export type GuestConfig = Pick<HarvestConfig, 'source' | 'devPath' | 'memMib' | 'slots' | 'vcpus' | 'workload' | 'rate' | 'seed' | 'hotPages' | 'hotPercent' | 'fill' | 'ringEntries'>;
+
+export interface OpenedSource {
+  source: DirtySource;
+  /** Why `auto` chose the simulator, when it did. */
+  fallbackReason?: string;
+}
+
+/** Splits the guest's memory into `slots` slots, each a whole number of 2 MiB pages, slot 0 the largest. */
+export function slotSizes(memMib: number, slots: number): number[] {
+  const units = Math.floor((memMib * 1024 * 1024) / SLOT_ALIGN_BYTES);
+  if (units * SLOT_ALIGN_BYTES < MIN_SLOT0_BYTES) throw new ConfigError([`--mem-mib ${memMib} is too small: the guest needs at least ${MIN_SLOT0_BYTES >> 20} MiB`]);
+  const minUnits0 = MIN_SLOT0_BYTES / SLOT_ALIGN_BYTES;
+  if (slots > 1 && units - minUnits0 < slots - 1) throw new ConfigError([`--slots ${slots} does not fit in ${memMib} MiB (each slot is at least 2 MiB, slot 0 at least 8 MiB)`]);
+  const base = Math.floor(units / slots);
+  const sizes = Array.from({ length: slots }, () => base);
+  sizes[0] = units - base * (slots - 1);
+  if (sizes[0] < minUnits0) {
+    const need = minUnits0 - sizes[0];
+    sizes[0] = minUnits0;
+    for (let i = 1; i < slots && sizes.reduce((a, b) => a + b, 0) > units; i++) sizes[i] = Math.max(1, sizes[i]! - need);
+  }
+  return sizes.map((u) => u * SLOT_ALIGN_BYTES);
+}
+
+/** Opens the configured dirty source; `auto` falls back to the simulator and says why. */
+export function openSource(cfg: GuestConfig, extra: { maxWritesPerVcpu?: number; tickUs?: number } = {}): OpenedSource {
+  const slotBytes = slotSizes(cfg.memMib, cfg.slots);
+  const common = {
+    slotBytes,
+    vcpus: cfg.vcpus,
+    workload: cfg.workload,
+    ratePagesPerSec: cfg.rate,
+    seed: cfg.seed,
+    hotPages: cfg.hotPages,
+    hotPercent: cfg.hotPercent,
+    fillPages: cfg.fill,
+    maxWritesPerVcpu: extra.maxWritesPerVcpu ?? 0,
+    tickUs: extra.tickUs ?? 1000,
+  };
+  let fallbackReason: string | undefined;
+  let kind = cfg.source;
+  if (kind === 'auto') {
+    const a = kvmAvailability(cfg.devPath);
+    if (a.usable) kind = 'kvm';
+    else {
+      kind = 'sim';
+      fallbackReason = a.reason;
+    }
+  }
+  if (kind === 'kvm') {
+    return {
+      source: new KvmSource({ ...common, devPath: cfg.devPath, ringEntries: cfg.ringEntries, workload: WORKLOAD_ID[cfg.workload] }),
+    };
+  }
+  if (cfg.ringEntries === 0) throw new ConfigError(['--ring-entries 0 (bitmap mode) needs --source kvm: the simulator models the dirty ring only']);
+  const result: OpenedSource = { source: new SimSource({ ...common, ringEntries: cfg.ringEntries }) };
+  if (fallbackReason !== undefined) result.fallbackReason = fallbackReason;
+  return result;
+}

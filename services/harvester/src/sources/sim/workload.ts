@@ -1,0 +1,82 @@
+/**
+ * The guest workloads of docs/guest-program.md, in TypeScript: the simulator runs them and tests use
+ * them to predict which pages the real guest writes. Keep in step with packages/kvm-native/guest.
+ */
+
+export type WorkloadName = 'idle' | 'sequential' | 'random' | 'hotset';
+export const WORKLOADS: readonly WorkloadName[] = ['idle', 'sequential', 'random', 'hotset'];
+/** Numeric ids shared with the native guest. */
+export const WORKLOAD_ID: Readonly<Record<WorkloadName, number>> = { idle: 0, sequential: 1, random: 2, hotset: 3 };
+
+export interface WorkloadParams {
+  workload: WorkloadName;
+  regionPages: number;
+  vcpus: number;
+  seed: number;
+  hotPages: number;
+  hotPercent: number;
+}
+
+export function xorshift32(x: number): number {
+  x ^= x << 13;
+  x ^= x >>> 17;
+  x ^= x << 5;
+  return x >>> 0;
+}
+
+export function initialRngState(seed: number, vcpu: number): number {
+  const s = (seed ^ Math.imul(vcpu + 1, 0x9e3779b9)) >>> 0;
+  return s === 0 ? 0x6b8b4567 : s;
+}
+
+/** One vCPU's position in its workload: the RNG state and the sequential cursor. */
+export class WorkloadCursor {
+  rng: number;
+  cursor: number;
+
+  constructor(readonly params: WorkloadParams, readonly vcpu: number) {
+    this.rng = initialRngState(params.seed, vcpu);
+    this.cursor = vcpu * Math.floor(params.regionPages / params.vcpus);
+  }
+
+  private next32(): number {
+    this.rng = xorshift32(this.rng);
+    return this.rng;
+  }
+
+  /** Region page index of the next write (not meaningful for idle). */
+  nextPage(): number {
+    const p = this.params;
+    switch (p.workload) {
+      case 'sequential': {
+        const i = this.cursor;
+        this.cursor = i + 1 === p.regionPages ? 0 : i + 1;
+        return i;
+      }
+      case 'random':
+        return this.next32() % p.regionPages;
+      case 'hotset': {
+        const r = this.next32();
+        if (r % 100 < p.hotPercent) return this.next32() % p.hotPages;
+        return this.next32() % p.regionPages;
+      }
+      case 'idle':
+        return 0;
+    }
+  }
+}
+
+/** Writes the guest's stamp (and fill words) into a page, exactly as the real guest does. */
+export function writeStamp(words: Uint32Array, firstWord: number, pageWords: number, magic: number, vcpu: number, seq: number, fill: boolean): void {
+  words[firstWord] = magic;
+  words[firstWord + 1] = vcpu;
+  words[firstWord + 2] = seq >>> 0;
+  words[firstWord + 3] = Math.floor(seq / 0x100000000) >>> 0;
+  if (!fill) return;
+  let x = (Math.imul(seq >>> 0, 0x9e3779b1) ^ (vcpu + 1)) >>> 0;
+  if (x === 0) x = 1;
+  for (let k = 4; k < pageWords; k++) {
+    x = xorshift32(x);
+    words[firstWord + k] = x;
+  }
+}

@@ -15,7 +15,7 @@ export class SparseImage {
 
   constructor(readonly pageSize: number, readonly slotPages: readonly number[]) {
     if (pageSize % 4 !== 0) throw new RangeError('pageSize must be a multiple of 4');
-    this.pages = slotPages.map(() => new Map());
+    this.pages = slotPages.map(() => new Map<number, Uint8Array>());
   }
 
   /** Number of pages that hold data (were written at least once). */

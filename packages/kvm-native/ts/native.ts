@@ -74,6 +74,11 @@ export const enum NativeStat {
   AcqRel = 10,
   RingEntries = 11,
   BitmapPagesCleared = 12,
+  /**
+   * Ring entries the kernel overwrote before they were harvested (a kernel-side ring overflow,
+   * recovered by the helper). Non-zero means some dirty pages may be missing from the harvests.
+   */
+  RingEntriesLost = 13,
   Length = 16,
 }
 

@@ -38,6 +38,11 @@ export interface HarvestSummary {
   invalidEntries: number;
   ringFullExits: number;
   ringReliefs: number;
+  /** Ring entries the kernel overwrote before harvest (each overrun forces a new generation). */
+  ringEntriesLost: number;
+  /** New generations started because continuity was lost. */
+  resyncs: number;
+  generation: number;
   /** Entries marked RESET equals the sum of KVM_RESET_DIRTY_RINGS results. */
   resetCountsMatch: boolean;
   pauseP50Us: number;
@@ -65,7 +70,8 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
       lastCheck = verifier.check(h, c);
     };
   }
-  const cycle = new CheckpointCycle(source, cycleOptions);
+  let cycle = new CheckpointCycle(source, cycleOptions);
+  let resyncs = 0;
   const sinks: EpochSink[] = [...(verifier ? [verifier] : []), ...(options.sinks ?? [])];
   const sink: EpochSink = {
     begin: async (h) => { for (const s of sinks) await s.begin(h); },
@@ -98,10 +104,11 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
   };
 
   source.start();
-  const t0 = performance.now();
+  // Each epoch starts intervalMs after the previous one started; a slow epoch delays the next one
+  // rather than causing a burst of catch-up epochs.
+  let deadline = performance.now();
   try {
     while (cut < total && !options.signal?.aborted) {
-      const deadline = t0 + cut * options.intervalMs;
       while (performance.now() < deadline && !options.signal?.aborted) {
         relieveIfStalled();
         await sleep(Math.min(reliefMs, Math.max(0, deadline - performance.now())));
@@ -110,7 +117,20 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
       checkVcpus();
       options.beforeEpoch?.(cycle.epoch);
       lastCheck = undefined;
-      const commit = await cycle.cut(sink);
+      deadline = performance.now() + options.intervalMs;
+      let commit: EpochCommit;
+      try {
+        commit = await cycle.cut(sink);
+      } catch (err) {
+        if (!(err instanceof CkptError) || err.code !== 'CKPT_ERR_HARVEST_CONTINUITY_LOST') throw err;
+        // Continuity is broken: the uncommitted epoch is dropped and a new generation starts with a baseline.
+        log.warn('starting a new generation', { err, generation: cycle.generation + 1 });
+        resyncs++;
+        m?.resyncs.inc();
+        cycle = new CheckpointCycle(source, { ...cycleOptions, generation: cycle.generation + 1 });
+        deadline = performance.now();
+        continue;
+      }
       cut++;
       pauses.push(commit.pauseUs);
       drains.push(commit.drainUs);
@@ -125,6 +145,7 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
         m.ringEntriesHarvested.inc(now.entriesHarvested - prev.entriesHarvested);
         m.invalidEntries.inc(now.invalidEntries - prev.invalidEntries);
         m.ringFullExits.inc(now.ringFullExits - prev.ringFullExits);
+        m.ringEntriesLost.inc(now.ringEntriesLost - prev.ringEntriesLost);
         m.epochs.inc({ kind: commit.baseline ? 'baseline' : 'delta' });
         m.pauseSeconds.observe(commit.pauseUs / 1e6);
         m.drainSeconds.observe(commit.drainUs / 1e6);
@@ -136,7 +157,7 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
       prev = now;
       const check = lastCheck as EpochCheck | undefined;
       if (check && (check.mismatchedPages > 0 || check.missedWrites > 0 || check.digestMismatch)) {
-        log.error('epoch failed verification', { epoch: commit.epoch, generation: commit.generation, ...check });
+        log.error('epoch failed verification', { ...check, epoch: commit.epoch, generation: commit.generation });
       }
       options.onEpoch?.(commit, check);
     }
@@ -160,6 +181,9 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
     invalidEntries: st.invalidEntries,
     ringFullExits: st.ringFullExits,
     ringReliefs: reliefs,
+    ringEntriesLost: st.ringEntriesLost,
+    resyncs,
+    generation: cycle.generation,
     resetCountsMatch: source.mode !== 'ring' || st.entriesMarkedReset === st.resetReturnedTotal,
     pauseP50Us: percentile(pauses, 50),
     pauseP99Us: percentile(pauses, 99),

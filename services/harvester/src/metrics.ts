@@ -8,6 +8,8 @@ export interface HarvesterMetrics {
   invalidEntries: Counter;
   ringFullExits: Counter;
   ringReliefs: Counter;
+  ringEntriesLost: Counter;
+  resyncs: Counter;
   zeroPages: Counter;
   epochs: Counter<'kind'>;
   pauseSeconds: Histogram;
@@ -31,6 +33,8 @@ export function createHarvesterMetrics(options: { defaultMetrics?: boolean } = {
     invalidEntries: new Counter({ name: 'ckpt_harvester_invalid_entries_total', help: 'Dirty-ring entries dropped because their slot, offset or flags were invalid', registers }),
     ringFullExits: new Counter({ name: 'ckpt_harvester_ring_full_exits_total', help: 'vCPU exits because a dirty ring reached its soft limit (KVM_EXIT_DIRTY_RING_FULL)', registers }),
     ringReliefs: new Counter({ name: 'ckpt_harvester_ring_reliefs_total', help: 'Live drains between epochs to free full rings', registers }),
+    ringEntriesLost: new Counter({ name: 'ckpt_harvester_ring_entries_lost_total', help: 'Dirty-ring entries the kernel overwrote before they were harvested (ring overrun)', registers }),
+    resyncs: new Counter({ name: 'ckpt_harvester_resyncs_total', help: 'New generations (with a baseline) started because continuity was lost', registers }),
     zeroPages: new Counter({ name: 'ckpt_harvester_zero_pages_total', help: 'Harvested pages that were all zero and shipped as marks', registers }),
     epochs: new Counter({ name: 'ckpt_harvester_epochs_total', help: 'Epochs cut, by kind (baseline or delta)', labelNames: ['kind'], registers }),
     pauseSeconds: new Histogram({ name: 'ckpt_harvester_pause_seconds', help: 'Guest pause per checkpoint: pause, drain, reset, copy, vCPU state', buckets: LATENCY_BUCKETS, registers }),

@@ -19,6 +19,7 @@ function human(s: HarvestSummary, cfg: HarvestConfig, fallback?: string): string
     `harvested   ${s.pagesHarvested} pages (${s.zeroPages} zero), ${(s.bytesHarvested / 1048576).toFixed(1)} MiB of data`,
     `pause       p50 ${s.pauseP50Us} us, p99 ${s.pauseP99Us} us, max ${s.pauseMaxUs} us`,
     `ring        ${s.ringFullExits} ring-full exits, ${s.ringReliefs} live reliefs, ${s.invalidEntries} invalid entries dropped, reset counts ${s.resetCountsMatch ? 'match' : 'DIFFER'}`,
+    `continuity  generation ${s.generation}, ${s.resyncs} resyncs, ${s.ringEntriesLost} ring entries lost by the kernel`,
     `digest      ${s.lastDigest}`,
   ];
   if (s.verified) lines.push(`verify      ${s.mismatches === 0 ? 'OK: shadow equals guest memory at every epoch' : `FAILED: ${s.mismatches} mismatches (${s.missedWrites} missed writes, ${s.digestMismatches} digest mismatches)`}`);

@@ -1,4 +1,4 @@
-import { ImageDigest, isZeroPage, RangeList } from '@ckpt/common';
+import { CkptError, ImageDigest, isZeroPage, RangeList } from '@ckpt/common';
 import type { DirtySource } from '../sources/dirty-source.ts';
 import { Coalescer } from './coalesce.ts';
 import type { EpochCommit, EpochHeader, EpochSink, PageSegment } from './epoch-types.ts';
@@ -52,11 +52,14 @@ export class CheckpointCycle {
   private readonly ranges = new RangeList(1024);
   private readonly pageWords: number;
   private harvestedThisEpoch = 0;
+  /** The source's lost-entry count when the current epoch's harvest began. */
+  private lostAtStart: number;
 
   constructor(private readonly source: DirtySource, options: Partial<CycleOptions> = {}) {
     this.opts = { ...DEFAULT_CYCLE_OPTIONS, ...options };
     this.generation = this.opts.generation;
     this.pageWords = source.pageSize >>> 2;
+    this.lostAtStart = source.stats().ringEntriesLost;
   }
 
   /**
@@ -100,6 +103,7 @@ export class CheckpointCycle {
       // Everything logged so far is superseded by the full copy; re-arm logging before reading.
       this.relieve();
       this.pending.clear();
+      this.lostAtStart = this.source.stats().ringEntriesLost;
       await this.copyWholeGuest(emit);
     }
     for (let r = 0; r < this.opts.precopyRounds; r++) {
@@ -129,6 +133,15 @@ export class CheckpointCycle {
     this.source.guestCounters(counters);
     const t4 = now();
     this.harvestedThisEpoch += entries;
+    const lost = this.source.stats().ringEntriesLost - this.lostAtStart;
+    if (lost > 0) {
+      // The kernel overwrote entries we never saw: this epoch may miss pages. It is not committed;
+      // the caller starts a new generation with a baseline.
+      this.source.resume();
+      throw new CkptError('CKPT_ERR_HARVEST_CONTINUITY_LOST',
+        `cannot commit epoch ${header.epoch} of generation ${this.generation}: the kernel lost ${lost} dirty-ring entries (ring overrun); a new generation with a baseline follows`,
+        { retriable: true, context: { epoch: header.epoch, generation: this.generation, lost } });
+    }
 
     const finish = async (): Promise<EpochCommit> => {
       await emit(this.finalize(copied.ranges, copied.data, 'paused'));

@@ -20,6 +20,11 @@ export interface SourceStats {
   entriesMarkedReset: number;
   resetReturnedTotal: number;
   vcpusStalledRingFull: number;
+  /**
+   * Ring entries the kernel overwrote before they were harvested (a full ring overrun past its
+   * reserved entries). Any increase breaks continuity: the harvester starts a new generation.
+   */
+  ringEntriesLost: number;
 }
 
 export type SourceKind = 'kvm' | 'sim';

@@ -15,6 +15,9 @@ export const GUEST_LAYOUT = Object.freeze({
   stampMagic: 0x54504b43,
 });
 
+/** The workload region ends at 4 GiB of guest-physical memory, so page indexes stay 32-bit (in 4 KiB pages). */
+export const GUEST_REACH_PAGES = (4 * 1024 * 1024 * 1024) / 4096;
+
 /** Smallest slot 0 the guest program fits in. */
 export const MIN_SLOT0_BYTES = 8 * 1024 * 1024;
 /** Slots are whole 2 MiB pages of the guest's identity map. */

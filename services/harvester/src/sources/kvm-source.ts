@@ -50,6 +50,7 @@ export class KvmSource implements DirtySource {
       entriesMarkedReset: s.entriesMarkedReset,
       resetReturnedTotal: s.resetReturnedTotal,
       vcpusStalledRingFull: s.vcpusStalledRingFull,
+      ringEntriesLost: s.ringEntriesLost,
     };
   }
 }

@@ -1,6 +1,6 @@
 import { SparseImage } from '@ckpt/common';
 import type { DirtySource, SlotInfo, SourceStats } from '../dirty-source.ts';
-import { GUEST_LAYOUT } from '../guest-layout.ts';
+import { GUEST_LAYOUT, GUEST_REACH_PAGES } from '../guest-layout.ts';
 import { F_DIRTY, parseRing, type ParseResult } from '../ring-parse.ts';
 import { SimRing } from './sim-ring.ts';
 import { WorkloadCursor, writeStamp, type WorkloadName } from './workload.ts';
@@ -73,7 +73,7 @@ export class SimSource implements DirtySource {
   private lastTick = 0;
   private runMs = 0;
   private readonly st: SourceStats = {
-    ringFullExits: 0, invalidEntries: 0, entriesHarvested: 0, entriesMarkedReset: 0, resetReturnedTotal: 0, vcpusStalledRingFull: 0,
+    ringFullExits: 0, invalidEntries: 0, entriesHarvested: 0, entriesMarkedReset: 0, resetReturnedTotal: 0, vcpusStalledRingFull: 0, ringEntriesLost: 0,
   };
 
   constructor(options: SimSourceOptions) {
@@ -93,7 +93,8 @@ export class SimSource implements DirtySource {
       return s;
     });
     this.regionFirstPage = GUEST_LAYOUT.regionGpa / this.pageSize;
-    const regionPages = firstPage - this.regionFirstPage;
+    // The workload region ends at 4 GiB (docs/guest-program.md).
+    const regionPages = Math.min(firstPage, GUEST_REACH_PAGES) - this.regionFirstPage;
     if (regionPages <= 0) throw new RangeError('guest memory is smaller than the reserved area');
     if (options.workload === 'hotset' && (options.hotPages < 1 || options.hotPages > regionPages)) {
       throw new RangeError(`hotPages must be 1..${regionPages}`);
@@ -250,6 +251,11 @@ export class SimSource implements DirtySource {
   close(): void {
     this.running = false;
     this.closed = true;
+  }
+
+  /** Test hook: makes the model report `n` ring entries lost, as an overrun kernel ring would. */
+  simulateLostEntries(n: number): void {
+    this.st.ringEntriesLost += n;
   }
 
   /**

@@ -1,0 +1,174 @@
+/**
+ * `npm run bench:harvest [-- --json] [-- --quick]`: the harvester's costs on real KVM.
+ *
+ * 1. Per-page harvest cost (drain + reset) through the Node path, against the plain C loop
+ *    (packages/kvm-native build/Release/kvm-harvest-baseline) doing the same on the same kind of guest,
+ *    measured in this run: `nodeVsCRatio` (target <= 1.25).
+ * 2. Ring vs bitmap harvest time on 1 GiB and 8 GiB guests with 100, 1000 and 30000 dirty pages
+ *    (`ringVsBitmap8GiB100` = bitmap time / ring time; expect >= 10).
+ * 3. Checkpoint pause p50/p99 with 1000 dirty pages per epoch on a 256 MiB guest (target p99 <= 2 ms).
+ *
+ * Figures drift on this shared 2-core machine; ratios measured in one run hold.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { percentile } from '@ckpt/common';
+import { CheckpointCycle, KvmSource, type EpochSink } from '@ckpt/harvester';
+import { kvmAvailability, KvmVm } from '@ckpt/kvm-native';
+
+const argv = process.argv.slice(2);
+const json = argv.includes('--json');
+const quick = argv.includes('--quick');
+const GiB = 1024 * 1024 * 1024;
+const MiB = 1024 * 1024;
+const SEQUENTIAL = 1;
+const baselineTool = fileURLToPath(new URL('../packages/kvm-native/build/Release/kvm-harvest-baseline', import.meta.url));
+const sleepBuf = new Int32Array(new SharedArrayBuffer(4));
+const sleepMs = (ms: number): void => void Atomics.wait(sleepBuf, 0, 0, ms);
+const say = (s: string): void => void process.stderr.write(s + '\n');
+
+function median(v: number[]): number {
+  return percentile(v, 50);
+}
+
+/** Waits until the guest's vCPU 0 has written `target` pages in total. */
+function waitWritten(vm: KvmVm, target: number, counters: Float64Array): void {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    vm.guestCounters(counters);
+    if (counters[1]! >= target) return;
+    if (Date.now() > deadline) throw new Error(`guest did not write ${target} pages in 10 s (at ${counters[1]})`);
+    const err = vm.lastError();
+    if (err) throw new Error(`guest vCPU failed: ${err}`);
+    sleepMs(0.2);
+  }
+}
+
+/** Median drain+reset time (us) per round of `pages` fresh dirty pages, through the Node path. */
+function nodeHarvest(memBytes: number, pages: number, rounds: number, ringEntries: number): { us: number; seen: number } {
+  const vm = KvmVm.create({
+    slotBytes: [memBytes], vcpus: 1, ringEntries, workload: SEQUENTIAL, ratePagesPerSec: 0, seed: 1, maxWritesPerVcpu: 1,
+  });
+  const slots = new Uint32Array(Math.max(pages * 2, 1024));
+  const offsets = new Uint32Array(slots.length);
+  const counters = new Float64Array(2);
+  const times: number[] = [];
+  let seen = 0;
+  try {
+    vm.start();
+    waitWritten(vm, 1, counters);
+    vm.pause();
+    vm.drain(slots, offsets);
+    vm.reset();
+    vm.resume();
+    let written = 1;
+    for (let r = 0; r < rounds + 2; r++) {
+      vm.grantWrites(pages);
+      written += pages;
+      waitWritten(vm, written, counters);
+      vm.pause();
+      const t0 = process.hrtime.bigint();
+      let n = 0;
+      let got: number;
+      do {
+        got = vm.drain(slots, offsets);
+        n += got;
+      } while (got === slots.length);
+      vm.reset();
+      const t1 = process.hrtime.bigint();
+      vm.resume();
+      if (r >= 2) {
+        times.push(Number(t1 - t0) / 1000);
+        seen = n;
+      }
+    }
+  } finally {
+    vm.destroy();
+  }
+  return { us: median(times), seen };
+}
+
+interface CBaseline { drainResetUsMedian: number; perPageNs: number; pagesPerRoundSeen: number }
+
+function cHarvest(memBytes: number, pages: number, rounds: number, mode: 'ring' | 'bitmap', ringEntries: number): CBaseline {
+  const out = execFileSync(baselineTool, ['--mem-mib', String(memBytes / MiB), '--pages', String(pages), '--rounds', String(rounds), '--mode', mode, '--ring-entries', String(ringEntries)], { encoding: 'utf8' });
+  const line = out.trim().split('\n').pop()!;
+  return JSON.parse(line) as CBaseline;
+}
+
+async function pauseBench(epochs: number): Promise<{ p50: number; p99: number; max: number }> {
+  const source = new KvmSource({
+    slotBytes: [256 * MiB], vcpus: 1, ringEntries: 4096, workload: SEQUENTIAL, ratePagesPerSec: 0, seed: 1, maxWritesPerVcpu: 1,
+  });
+  const nullSink: EpochSink = { begin: () => {}, segment: () => {}, commit: () => {} };
+  const cycle = new CheckpointCycle(source);
+  const counters = new Float64Array(2);
+  const pauses: number[] = [];
+  try {
+    source.start();
+    await cycle.cut(nullSink); // baseline
+    let written = 1;
+    for (let e = 0; e < epochs; e++) {
+      source.grantWrites(1000);
+      written += 1000;
+      waitWritten(source.vm, written, counters);
+      const c = await cycle.cut(nullSink);
+      if (c.pages < 1000) throw new Error(`epoch carried ${c.pages} pages, expected >= 1000`);
+      pauses.push(c.pauseUs);
+    }
+  } finally {
+    source.close();
+  }
+  return { p50: percentile(pauses, 50), p99: percentile(pauses, 99), max: Math.max(...pauses) };
+}
+
+async function main(): Promise<void> {
+  const a = kvmAvailability();
+  if (!a.usable) {
+    say(`bench:harvest: needs real KVM and it is not usable here: ${a.reason}`);
+    process.exitCode = 1;
+    return;
+  }
+  if (!existsSync(baselineTool)) throw new Error(`the C baseline is not built (${baselineTool}): run npm run build:native`);
+  const rounds = quick ? 8 : 25;
+  const ring = 65536;
+
+  say('1/3 per-page drain+reset: Node path vs plain C loop (1 GiB guest, 1000 pages/round)');
+  const node1000 = nodeHarvest(GiB, 1000, rounds, ring);
+  const c1000 = cHarvest(GiB, 1000, rounds, 'ring', ring);
+  const nodePerPageNs = (node1000.us * 1000) / node1000.seen;
+  const nodeVsCRatio = nodePerPageNs / c1000.perPageNs;
+  say(`    node ${nodePerPageNs.toFixed(1)} ns/page (${node1000.seen} entries/round), C ${c1000.perPageNs.toFixed(1)} ns/page: ratio ${nodeVsCRatio.toFixed(2)} (target <= 1.25)`);
+
+  say('2/3 ring vs bitmap (drain + reset/clear, median per round)');
+  const grid: Record<string, { ringUs: number; bitmapUs: number; ratio: number; cRingUs: number; cBitmapUs: number }> = {};
+  for (const memGiB of [1, 8]) {
+    for (const pages of [100, 1000, 30000]) {
+      const r = nodeHarvest(memGiB * GiB, pages, rounds, ring).us;
+      const b = nodeHarvest(memGiB * GiB, pages, rounds, 0).us;
+      const cr = cHarvest(memGiB * GiB, pages, rounds, 'ring', ring).drainResetUsMedian;
+      const cb = cHarvest(memGiB * GiB, pages, rounds, 'bitmap', ring).drainResetUsMedian;
+      grid[`${memGiB}GiB/${pages}`] = { ringUs: r, bitmapUs: b, ratio: b / r, cRingUs: cr, cBitmapUs: cb };
+      say(`    ${memGiB} GiB, ${String(pages).padStart(5)} pages: ring ${r.toFixed(1)} us, bitmap ${b.toFixed(1)} us, bitmap/ring ${(b / r).toFixed(2)}   (C: ring ${cr.toFixed(1)} us, bitmap ${cb.toFixed(1)} us)`);
+    }
+  }
+  const ringVsBitmap8GiB100 = grid['8GiB/100']!.ratio;
+
+  say('3/3 checkpoint pause, 256 MiB guest, 1000 dirty pages per epoch');
+  const p = await pauseBench(quick ? 50 : 200);
+  say(`    pause p50 ${p.p50} us, p99 ${p.p99} us, max ${p.max} us (target p99 <= 2000 us)`);
+
+  if (json) {
+    process.stdout.write(JSON.stringify({
+      nodeVsCRatio: Number(nodeVsCRatio.toFixed(3)), nodePerPageNs: Number(nodePerPageNs.toFixed(1)), cPerPageNs: Number(c1000.perPageNs.toFixed(1)),
+      ringVsBitmap8GiB100: Number(ringVsBitmap8GiB100.toFixed(2)), ringVsBitmap: grid,
+      pauseP50Us: p.p50, pauseP99Us: p.p99, pauseMaxUs: p.max,
+    }) + '\n');
+  }
+}
+
+main().catch((err: unknown) => {
+  say(`bench:harvest: ${err instanceof Error ? err.message : String(err)}`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,152 @@
+/**
+ * Shared by this package's tests: KVM availability (skip with a reason where /dev/kvm is unusable,
+ * fail loudly where the addon was not built), VM cleanup, polling, and an independent model of
+ * the guest's page sequence (docs/guest-program.md) to predict what the real guest writes.
+ */
+import type { TestContext } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { KVM_ERROR_CODES, KvmVm, kvmAvailability, type KvmVmOptions } from '../ts/index.ts';
+
+export const MiB = 1024 * 1024;
+export const PAGE = 4096;
+export const REGION_FIRST_PAGE = 0x400000 / PAGE;
+export const STAMP_MAGIC = 0x54504b43;
+
+const availability = kvmAvailability();
+if (!availability.usable && (availability.code === KVM_ERROR_CODES.NATIVE_MISSING || availability.code === KVM_ERROR_CODES.NATIVE_LOAD)) {
+  // Not a host limitation: the package is broken or unbuilt, so fail instead of skipping.
+  throw new Error(`${availability.reason}`);
+}
+
+/** False (and the test skipped with the reason printed) when real KVM cannot be used here. */
+export function needKvm(t: TestContext): boolean {
+  if (availability.usable) return true;
+  const reason = `real KVM is not usable here: ${availability.reason}`;
+  process.stderr.write(`skip: ${t.name}: ${reason}\n`);
+  t.skip(reason);
+  return false;
+}
+
+/** Creates a VM, runs `fn`, and always destroys it. */
+export async function withVm<T>(opts: KvmVmOptions, fn: (vm: KvmVm) => Promise<T> | T): Promise<T> {
+  const vm = KvmVm.create(opts);
+  try {
+    return await fn(vm);
+  } finally {
+    vm.destroy();
+  }
+}
+
+export async function waitFor(what: string, pred: () => boolean, timeoutMs = 10_000, vm?: KvmVm): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!pred()) {
+    const err = vm?.lastError();
+    if (err) throw new Error(`guest failed while waiting for ${what}: ${err}`);
+    if (performance.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(1);
+  }
+}
+
+/**
+ * Waits until every vCPU has written at least `target` pages and finished that burst. The guest
+ * bumps pagesWritten before each stamp and loops after the burst, so a change of loops seen after
+ * pagesWritten reached the target means the last stamp is in memory.
+ */
+export async function waitWritten(vm: KvmVm, target: number, timeoutMs = 10_000): Promise<Float64Array> {
+  const c = new Float64Array(2 * vm.vcpuCount);
+  const loopsAtTarget: (number | undefined)[] = [];
+  await waitFor(`${target} pages per vCPU`, () => {
+    vm.guestCounters(c);
+    let done = true;
+    for (let v = 0; v < vm.vcpuCount; v++) {
+      if (loopsAtTarget[v] === undefined) {
+        if (c[2 * v + 1]! >= target) loopsAtTarget[v] = c[2 * v]!;
+        done = false;
+      } else if (c[2 * v] === loopsAtTarget[v]) {
+        done = false;
+      }
+    }
+    return done;
+  }, timeoutMs, vm);
+  return c;
+}
+
+/** Drains until the VM reports everything harvested; returns (slot, offset) pairs. */
+export function drainAll(vm: KvmVm, cap = 1 << 16): { slots: number[]; offsets: number[] } {
+  const s = new Uint32Array(cap);
+  const o = new Uint32Array(cap);
+  const slots: number[] = [];
+  const offsets: number[] = [];
+  for (;;) {
+    const n = vm.drain(s, o);
+    for (let i = 0; i < n; i++) {
+      slots.push(s[i]!);
+      offsets.push(o[i]!);
+    }
+    if (n < cap) return { slots, offsets };
+  }
+}
+
+/** Splits harvested offsets of slot 0 into region page indexes and reserved-area pages. */
+export function splitRegion(h: { slots: number[]; offsets: number[] }): { region: Set<number>; reserved: Set<number> } {
+  const region = new Set<number>();
+  const reserved = new Set<number>();
+  h.offsets.forEach((off, i) => {
+    if (h.slots[i] !== 0) throw new Error(`unexpected slot ${h.slots[i]}`);
+    if (off >= REGION_FIRST_PAGE) region.add(off - REGION_FIRST_PAGE);
+    else reserved.add(off);
+  });
+  return { region, reserved };
+}
+
+/* ---- an independent model of the guest program (docs/guest-program.md) */
+
+export function xorshift32(x: number): number {
+  x ^= x << 13;
+  x ^= x >>> 17;
+  x ^= x << 5;
+  return x >>> 0;
+}
+
+export function rngInit(seed: number, vcpu: number): number {
+  const s = (seed ^ Math.imul(vcpu + 1, 0x9e3779b9)) >>> 0;
+  return s === 0 ? 0x6b8b4567 : s;
+}
+
+/** Region page indexes the guest writes for vCPU `vcpu`, in order, for the first `count` writes. */
+export function expectedPages(workload: 'sequential' | 'random', regionPages: number, vcpus: number, vcpu: number,
+  seed: number, count: number, skip = 0): number[] {
+  const out: number[] = [];
+  let cursor = vcpu * Math.floor(regionPages / vcpus);
+  let rng = rngInit(seed, vcpu);
+  for (let i = 0; i < skip + count; i++) {
+    let p: number;
+    if (workload === 'sequential') {
+      p = cursor;
+      cursor = cursor + 1 === regionPages ? 0 : cursor + 1;
+    } else {
+      rng = xorshift32(rng);
+      p = rng % regionPages;
+    }
+    if (i >= skip) out.push(p);
+  }
+  return out;
+}
+
+/** The fill words 4..1023 of a stamped page. */
+export function expectedFill(vcpu: number, seq: number): Uint32Array {
+  const words = new Uint32Array(PAGE / 4);
+  let x = (Math.imul(seq >>> 0, 0x9e3779b1) ^ (vcpu + 1)) >>> 0;
+  if (x === 0) x = 1;
+  for (let k = 4; k < words.length; k++) {
+    x = xorshift32(x);
+    words[k] = x;
+  }
+  return words;
+}
+
+export function sortedEqual(a: Iterable<number>, b: Iterable<number>): boolean {
+  const x = [...a].sort((p, q) => p - q);
+  const y = [...b].sort((p, q) => p - q);
+  return x.length === y.length && x.every((v, i) => v === y[i]);
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Prepares a fresh Debian machine (as root) or an existing checkout for the tests and the drill:
+# installs missing OS packages, installs npm dependencies from the lock file, builds the native helper.
+# Idempotent: what is already there is skipped. Set CKPT_SKIP_SETUP=1 to skip it entirely.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+if [[ "${CKPT_SKIP_SETUP:-0}" == 1 ]]; then log "skipped (CKPT_SKIP_SETUP=1)"; exit 0; fi
+
+# OS packages: a C compiler and binutils for the native helper and the guest program.
+need=()
+command -v gcc >/dev/null || need+=(gcc)
+command -v objcopy >/dev/null || need+=(binutils)
+command -v make >/dev/null || need+=(make)
+[[ -f /usr/include/linux/kvm.h ]] || need+=(linux-libc-dev)
+if ((${#need[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then log "missing OS packages: ${need[*]} (run as root, or install them)"; exit 1; fi
+  log "installing OS packages: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# npm dependencies, exactly as locked; skipped when node_modules matches the lock file.
+stamp=node_modules/.ckpt-lock-stamp
+if [[ ! -f $stamp ]] || ! cmp -s package-lock.json "$stamp"; then
+  log "npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+  cp package-lock.json "$stamp"
+fi
+
+# The native KVM helper (plain gcc against Node's own headers; nothing is downloaded).
+log "building the native helper"
+npm run -s build:native

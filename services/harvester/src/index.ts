@@ -1,0 +1,11 @@
+/** The harvester's public surface, for the benchmarks and (later) the drill. */
+export { CheckpointCycle, type CycleOptions } from './epoch/checkpoint-cycle.ts';
+export { Coalescer } from './epoch/coalesce.ts';
+export type { EpochCommit, EpochHeader, EpochSink, PageSegment } from './epoch/epoch-types.ts';
+export { runHarvest, type HarvestRunOptions, type HarvestSummary } from './harvest-loop.ts';
+export { createHarvesterMetrics, type HarvesterMetrics } from './metrics.ts';
+export type { DirtySource, SlotInfo, SourceStats } from './sources/dirty-source.ts';
+export { KvmSource } from './sources/kvm-source.ts';
+export { openSource, slotSizes } from './sources/open-source.ts';
+export { SimSource, type SimSourceOptions } from './sources/sim/sim-source.ts';
+export { ShadowVerifier } from './verify/shadow-verifier.ts';

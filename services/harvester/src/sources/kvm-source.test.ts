@@ -1,0 +1,253 @@
+/**
+ * The harvester against real KVM. These must run on hosts where /dev/kvm is usable (CI here); where it
+ * is not, each test skips and says why.
+ */
+import assert from 'node:assert/strict';
+import { test, type TestContext } from 'node:test';
+import { kvmAvailability, KvmVm, loadNative } from '@ckpt/kvm-native';
+import { runHarvest } from '../harvest-loop.ts';
+import { ShadowVerifier } from '../verify/shadow-verifier.ts';
+import { GUEST_LAYOUT } from './guest-layout.ts';
+import { KvmSource } from './kvm-source.ts';
+import { SimSource } from './sim/sim-source.ts';
+import { WORKLOAD_ID, type WorkloadName } from './sim/workload.ts';
+
+const MiB = 1024 * 1024;
+const kvm = kvmAvailability();
+
+function needKvm(t: TestContext): boolean {
+  if (kvm.usable) return true;
+  const reason = `real KVM not usable here: ${kvm.reason}`;
+  process.stderr.write(`skip: ${t.name}: ${reason}\n`);
+  t.skip(reason);
+  return false;
+}
+
+function kvmSource(over: { workload?: WorkloadName; rate?: number; ringEntries?: number; vcpus?: number; memMib?: number; hotPages?: number; fill?: boolean; maxWrites?: number; seed?: number } = {}): KvmSource {
+  return new KvmSource({
+    slotBytes: [(over.memMib ?? 64) * MiB], vcpus: over.vcpus ?? 2, ringEntries: over.ringEntries ?? 4096,
+    workload: WORKLOAD_ID[over.workload ?? 'random'], ratePagesPerSec: over.rate ?? 20000, seed: over.seed ?? 5,
+    hotPages: over.hotPages ?? 64, hotPercent: 90, fillPages: over.fill ?? false, maxWritesPerVcpu: over.maxWrites ?? 0,
+  });
+}
+
+test('the simulator and the native guest agree on the guest layout', (t) => {
+  if (!needKvm(t)) return;
+  const native = loadNative().guestLayout;
+  for (const [k, v] of Object.entries(GUEST_LAYOUT)) assert.equal((native as Record<string, number>)[k], v, k);
+});
+
+for (const [name, over] of [
+  ['ring, random, 2 vCPUs', {}],
+  ['ring, two memslots, hotset with full-page fills', { workload: 'hotset', fill: true, memMib: 96 }],
+  ['bitmap mode, random', { ringEntries: 0 }],
+] as const) {
+  test(`real KVM: every epoch equals guest memory (${name})`, async (t) => {
+    if (!needKvm(t)) return;
+    const source = 'memMib' in over
+      ? new KvmSource({ slotBytes: [64 * MiB, 32 * MiB], vcpus: 2, ringEntries: 4096, workload: WORKLOAD_ID.hotset, ratePagesPerSec: 20000, seed: 5, hotPages: 64, hotPercent: 90, fillPages: true, maxWritesPerVcpu: 0 })
+      : kvmSource(over);
+    try {
+      const s = await runHarvest(source, { epochs: 8, intervalMs: 20, verify: true });
+      assert.equal(s.source, 'kvm');
+      assert.equal(s.vcpuError, null);
+      assert.equal(s.mismatches, 0, JSON.stringify(s));
+      assert.ok(s.resetCountsMatch);
+      assert.ok(s.pagesHarvested > 16 * 1024 + 100, 'baseline plus real deltas');
+    } finally {
+      source.close();
+    }
+  });
+}
+
+test('real KVM: pre-copy rounds that reset before copying stay exact', async (t) => {
+  if (!needKvm(t)) return;
+  const source = kvmSource({ workload: 'hotset', rate: 0, hotPages: 32, vcpus: 1 });
+  try {
+    const s = await runHarvest(source, { epochs: 6, intervalMs: 20, verify: true, cycle: { precopyRounds: 2 } });
+    assert.equal(s.mismatches, 0, JSON.stringify(s));
+  } finally {
+    source.close();
+  }
+});
+
+/**
+ * True when this host's KVM logs every guest store, not only a page's first write after a reset
+ * (kvm-pvm does: it shadows guest page tables and emulates the stores).
+ */
+function hostLogsEveryStore(): boolean {
+  const vm = KvmVm.create({ slotBytes: [16 * MiB], vcpus: 1, ringEntries: 4096, workload: WORKLOAD_ID.sequential, ratePagesPerSec: 0, maxWritesPerVcpu: 50 });
+  try {
+    vm.start();
+    const c = new Float64Array(2);
+    const deadline = Date.now() + 5000;
+    do vm.guestCounters(c); while (c[1]! < 50 && Date.now() < deadline);
+    vm.pause();
+    const slots = new Uint32Array(8192);
+    const offs = new Uint32Array(8192);
+    const n = vm.drain(slots, offs);
+    const region = [...offs.subarray(0, n)].filter((o) => o >= GUEST_LAYOUT.regionGpa / 4096);
+    return region.length > new Set(region).size;
+  } finally {
+    vm.destroy();
+  }
+}
+
+test('NEGATIVE real KVM: copying before resetting while the guest runs is caught', async (t) => {
+  if (!needKvm(t)) return;
+  if (hostLogsEveryStore()) {
+    const reason = 'this host logs every guest store, so a write racing with the copy is logged again and the wrong order loses nothing here; the simulator test proves the verifier catches it under the kernel\'s once-per-arm rule, and the entry-dropping test below proves it on this KVM';
+    process.stderr.write(`skip: ${t.name}: ${reason}\n`);
+    t.skip(reason);
+    return;
+  }
+  const source = kvmSource({ workload: 'hotset', rate: 0, hotPages: 32, vcpus: 1 });
+  try {
+    const s = await runHarvest(source, {
+      epochs: 6, intervalMs: 20, verify: true, cycle: { precopyRounds: 1, unsafeCopyBeforeReset: { delayMs: 5 } },
+    });
+    assert.ok(s.mismatches > 0, `the wrong order must be caught: ${JSON.stringify(s)}`);
+  } finally {
+    source.close();
+  }
+});
+
+test('NEGATIVE real KVM: a harvester that loses one ring entry is caught by the verifier', async (t) => {
+  if (!needKvm(t)) return;
+  const source = kvmSource({ workload: 'sequential', rate: 20000, vcpus: 2, ringEntries: 65536 });
+  const realDrain = source.drain.bind(source);
+  let dropped = 0;
+  let epochs = 0;
+  source.drain = (slots, offsets) => {
+    const n = realDrain(slots, offsets);
+    if (epochs >= 2 && dropped === 0) {
+      // Drop every entry of one region page (a page may be logged several times on some hosts).
+      const victim = [...offsets.subarray(0, n)].find((o) => o >= GUEST_LAYOUT.regionGpa / 4096);
+      if (victim === undefined) return n;
+      let w = 0;
+      for (let i = 0; i < n; i++) {
+        if (offsets[i] === victim && slots[i] === 0) { dropped++; continue; }
+        offsets[w] = offsets[i]!;
+        slots[w] = slots[i]!;
+        w++;
+      }
+      return w;
+    }
+    return n;
+  };
+  try {
+    const s = await runHarvest(source, { epochs: 6, intervalMs: 20, verify: true, onEpoch: () => { epochs++; } });
+    assert.ok(dropped > 0, 'an entry was dropped');
+    assert.ok(s.mismatches > 0, `the lost page must be caught: ${JSON.stringify(s)}`);
+  } finally {
+    source.close();
+  }
+});
+
+test('real KVM: a ring-full storm is survived, nothing is lost, the guest keeps running', async (t) => {
+  if (!needKvm(t)) return;
+  const source = kvmSource({ workload: 'sequential', rate: 0, ringEntries: 1024, vcpus: 2 });
+  try {
+    const counters = new Float64Array(4);
+    const seen: number[] = [];
+    const s = await runHarvest(source, {
+      epochs: 6, intervalMs: 30, verify: true,
+      onEpoch: () => { source.guestCounters(counters); seen.push(counters[1]! + counters[3]!); },
+    });
+    assert.ok(s.ringFullExits > 0, 'the storm happened');
+    // Where the kernel overran a ring, the harvester started a new generation instead of going on.
+    assert.equal(s.resyncs > 0, s.ringEntriesLost > 0, JSON.stringify(s));
+    if (s.ringEntriesLost === 0) {
+      assert.equal(s.mismatches, 0, JSON.stringify(s));
+    } else {
+      // Known weakness on kernels that overrun a full ring (kvm-pvm): the overrun is seen only when a
+      // vCPU is stalled or paused, so the epoch committed just before can miss pages; the verifier
+      // reports them and the next generation's baseline heals the image. Printed, not hidden.
+      process.stderr.write(`note: kernel overran a ring: ${s.ringEntriesLost} entries lost, ${s.resyncs} new generations, ${s.mismatches} mismatched pages before the resync\n`);
+    }
+    assert.ok(s.resetCountsMatch);
+    for (let i = 1; i < seen.length; i++) assert.ok(seen[i]! > seen[i - 1]!, `guest advanced between epochs ${i - 1} and ${i}: ${seen.join(',')}`);
+  } finally {
+    source.close();
+  }
+});
+
+/** Runs `src` until each vCPU has done `writes` writes, draining as it goes; returns the region pages logged. */
+async function regionPagesWritten(src: KvmSource | SimSource, writes: number): Promise<Set<number>> {
+  const regionFirst = GUEST_LAYOUT.regionGpa / 4096;
+  const pages = new Set<number>();
+  const slots = new Uint32Array(65536);
+  const offs = new Uint32Array(65536);
+  const collect = (): void => {
+    const n = src.drain(slots, offs);
+    for (let i = 0; i < n; i++) if (offs[i]! >= regionFirst) pages.add(slots[i]! * 2 ** 32 + offs[i]!);
+  };
+  const c = new Float64Array(src.vcpuCount * 2);
+  const deadline = Date.now() + 10_000;
+  src.start();
+  for (;;) {
+    src.guestCounters(c);
+    let done = true;
+    for (let v = 0; v < src.vcpuCount; v++) if (c[2 * v + 1]! < writes) done = false;
+    if (done) break;
+    assert.ok(Date.now() < deadline, `guest did not finish its ${writes} writes per vCPU`);
+    collect(); // keep the rings from filling, as the harvester does
+    src.reset();
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  src.pause();
+  collect();
+  return pages;
+}
+
+test('real KVM and the simulator harvest the same pages for the same deterministic workload', async (t) => {
+  if (!needKvm(t)) return;
+  for (const workload of ['sequential', 'random', 'hotset'] as const) {
+    const writes = 3000;
+    const real = kvmSource({ workload, rate: 0, vcpus: 2, maxWrites: writes, seed: 77 });
+    const model = new SimSource({
+      slotBytes: [64 * MiB], vcpus: 2, ringEntries: 4096, workload, ratePagesPerSec: 0, seed: 77, hotPages: 64, hotPercent: 90,
+      fillPages: false, maxWritesPerVcpu: writes, tickUs: 1000,
+    });
+    try {
+      const fromKvm = await regionPagesWritten(real, writes);
+      const fromSim = await regionPagesWritten(model, writes);
+      assert.ok(fromKvm.size > 50, `${workload}: pages were written (${fromKvm.size})`);
+      assert.deepEqual([...fromKvm].sort(), [...fromSim].sort(), `${workload}: same dirty set`);
+    } finally {
+      real.close();
+      model.close();
+    }
+  }
+});
+
+test('real KVM: a guest rebuilt only from harvested epochs resumes and keeps running', async (t) => {
+  if (!needKvm(t)) return;
+  const source = kvmSource({ workload: 'random', rate: 20000, vcpus: 2 });
+  const replica = new ShadowVerifier(source); // used only as a sink: an image built from epochs alone
+  let restored: KvmVm | undefined;
+  try {
+    let lastStates: Uint8Array[] = [];
+    let lastCounters: number[] = [];
+    const s = await runHarvest(source, {
+      epochs: 5, intervalMs: 20, sinks: [replica],
+      onEpoch: (c) => { lastStates = c.vcpuStates; lastCounters = c.guestCounters; },
+    });
+    assert.equal(s.vcpuError, null);
+    restored = KvmVm.create({ slotBytes: [64 * MiB], vcpus: 2, ringEntries: 4096, loadGuest: false });
+    const image = new Uint8Array(64 * MiB);
+    replica.shadow.readRange(0, 0, 64 * 256, image, 0);
+    restored.writeRange(0, 0, image);
+    lastStates.forEach((st, i) => restored!.setVcpuState(i, st));
+    restored.start();
+    await new Promise((r) => setTimeout(r, 150));
+    restored.pause();
+    const c = new Float64Array(4);
+    restored.guestCounters(c);
+    assert.equal(restored.lastError(), null);
+    assert.ok(c[1]! > lastCounters[1]! && c[3]! > lastCounters[3]!, `resumed guest advanced: ${lastCounters.join(',')} -> ${[...c].join(',')}`);
+  } finally {
+    restored?.destroy();
+    source.close();
+  }
+});

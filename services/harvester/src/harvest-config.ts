@@ -14,7 +14,7 @@ export const HARVEST_SCHEMA = {
   hotPages: { type: 'int', default: 256, min: 1, help: 'hotset workload: pages in the hot set' },
   hotPercent: { type: 'int', default: 90, min: 0, max: 100, help: 'hotset workload: percent of writes that go to the hot set' },
   fill: { type: 'bool', default: false, help: 'guest fills whole pages with incompressible data (default: a 16-byte stamp per write)' },
-  ringEntries: { type: 'int', default: 4096, min: 0, max: 65536, powerOfTwo: true, help: 'dirty ring entries per vCPU, a power of two >= 1024; 0 = bitmap mode (KVM_GET_DIRTY_LOG)' },
+  ringEntries: { type: 'int', default: 65536, min: 0, max: 65536, powerOfTwo: true, help: 'dirty ring entries per vCPU, a power of two >= 1024 (1 MiB per vCPU at the default; hosts that log every store need the room); 0 = bitmap mode (KVM_GET_DIRTY_LOG)' },
   epochs: { type: 'int', default: 20, min: 0, help: 'epochs to cut after the baseline (0 = until stopped)' },
   intervalMs: { type: 'int', default: 50, min: 1, max: 3_600_000, help: 'time between epochs' },
   precopyRounds: { type: 'int', default: 0, min: 0, max: 16, help: 'live pre-copy rounds before each pause' },

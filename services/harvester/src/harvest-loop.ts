@@ -92,8 +92,7 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
   const reliefMs = options.reliefCheckMs ?? 1;
 
   const relieveIfStalled = (): void => {
-    if (source.stats().vcpusStalledRingFull > 0) {
-      cycle.relieve();
+    if (cycle.relieveIfStalled()) {
       reliefs++;
       m?.ringReliefs.inc();
     }
@@ -104,9 +103,11 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
   };
 
   source.start();
-  // Each epoch starts intervalMs after the previous one started; a slow epoch delays the next one
-  // rather than causing a burst of catch-up epochs.
+  // Each epoch starts intervalMs after the previous one started, and never sooner than a quarter of the
+  // interval after it ended: a slow epoch stretches the interval (the guest always gets run time)
+  // rather than causing back-to-back pauses or a burst of catch-up epochs.
   let deadline = performance.now();
+  let cutStart = 0;
   try {
     while (cut < total && !options.signal?.aborted) {
       while (performance.now() < deadline && !options.signal?.aborted) {
@@ -117,7 +118,7 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
       checkVcpus();
       options.beforeEpoch?.(cycle.epoch);
       lastCheck = undefined;
-      deadline = performance.now() + options.intervalMs;
+      cutStart = performance.now();
       let commit: EpochCommit;
       try {
         commit = await cycle.cut(sink);
@@ -132,6 +133,7 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
         continue;
       }
       cut++;
+      deadline = Math.max(cutStart + options.intervalMs, performance.now() + options.intervalMs / 4);
       pauses.push(commit.pauseUs);
       drains.push(commit.drainUs);
       pagesHarvested += commit.pages;

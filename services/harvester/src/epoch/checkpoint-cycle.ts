@@ -74,6 +74,13 @@ export class CheckpointCycle {
     return n;
   }
 
+  /** relieve() when some vCPU waits on a full ring; returns whether it did. */
+  relieveIfStalled(): boolean {
+    if (this.source.stats().vcpusStalledRingFull === 0) return false;
+    this.relieve();
+    return true;
+  }
+
   /** Cuts the next epoch and hands it to `sink`. */
   async cut(sink: EpochSink): Promise<EpochCommit> {
     const header: EpochHeader = {
@@ -255,6 +262,8 @@ export class CheckpointCycle {
       const r = new RangeList(1);
       r.push(slot, first, count, false);
       await emit(this.finalize(r, data, 'baseline'));
+      // A long live copy must not leave the guest stalled on a full ring (or let the kernel overrun it).
+      this.relieveIfStalled();
     };
     for (const s of this.source.slots) {
       const populated = this.source.populatedPages?.(s.id);

@@ -7,3 +7,4 @@ export * from './config.ts';
 export * from './logger.ts';
 export * from './metrics-server.ts';
 export * from './percentile.ts';
+export * from './guest-workload.ts';

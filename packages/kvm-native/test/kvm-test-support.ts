@@ -6,6 +6,7 @@
 import type { TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { KVM_ERROR_CODES, KvmVm, kvmAvailability, type KvmVmOptions } from '../ts/index.ts';
+import { WorkloadCursor, writeStamp } from '@ckpt/common';
 
 export const MiB = 1024 * 1024;
 export const PAGE = 4096;
@@ -99,35 +100,15 @@ export function splitRegion(h: { slots: number[]; offsets: number[] }): { region
   return { region, reserved };
 }
 
-/* ---- an independent model of the guest program (docs/guest-program.md) */
+/* ---- the guest program's model (docs/guest-program.md), shared with the simulator */
 
-export function xorshift32(x: number): number {
-  x ^= x << 13;
-  x ^= x >>> 17;
-  x ^= x << 5;
-  return x >>> 0;
-}
-
-export function rngInit(seed: number, vcpu: number): number {
-  const s = (seed ^ Math.imul(vcpu + 1, 0x9e3779b9)) >>> 0;
-  return s === 0 ? 0x6b8b4567 : s;
-}
-
-/** Region page indexes the guest writes for vCPU `vcpu`, in order, for the first `count` writes. */
+/** Region page indexes the guest writes for vCPU `vcpu`, in order, for the first `count` writes after `skip`. */
 export function expectedPages(workload: 'sequential' | 'random', regionPages: number, vcpus: number, vcpu: number,
   seed: number, count: number, skip = 0): number[] {
+  const cursor = new WorkloadCursor({ workload, regionPages, vcpus, seed, hotPages: 1, hotPercent: 0 }, vcpu);
   const out: number[] = [];
-  let cursor = vcpu * Math.floor(regionPages / vcpus);
-  let rng = rngInit(seed, vcpu);
   for (let i = 0; i < skip + count; i++) {
-    let p: number;
-    if (workload === 'sequential') {
-      p = cursor;
-      cursor = cursor + 1 === regionPages ? 0 : cursor + 1;
-    } else {
-      rng = xorshift32(rng);
-      p = rng % regionPages;
-    }
+    const p = cursor.nextPage();
     if (i >= skip) out.push(p);
   }
   return out;
@@ -136,12 +117,7 @@ export function expectedPages(workload: 'sequential' | 'random', regionPages: nu
 /** The fill words 4..1023 of a stamped page. */
 export function expectedFill(vcpu: number, seq: number): Uint32Array {
   const words = new Uint32Array(PAGE / 4);
-  let x = (Math.imul(seq >>> 0, 0x9e3779b1) ^ (vcpu + 1)) >>> 0;
-  if (x === 0) x = 1;
-  for (let k = 4; k < words.length; k++) {
-    x = xorshift32(x);
-    words[k] = x;
-  }
+  writeStamp(words, 0, words.length, STAMP_MAGIC, vcpu, seq, true);
   return words;
 }
 

@@ -1,5 +1,5 @@
 import type { ConfigOf, Schema } from '@ckpt/common';
-import { WORKLOADS } from './sources/sim/workload.ts';
+import { WORKLOADS } from '@ckpt/common';
 
 /** Guest and harvest settings, shared by the `harvest` command (flags) and the service (HARVESTER_* env). */
 export const HARVEST_SCHEMA = {

@@ -10,7 +10,7 @@ import { ShadowVerifier } from '../verify/shadow-verifier.ts';
 import { GUEST_LAYOUT } from './guest-layout.ts';
 import { KvmSource } from './kvm-source.ts';
 import { SimSource } from './sim/sim-source.ts';
-import { WORKLOAD_ID, type WorkloadName } from './sim/workload.ts';
+import { WORKLOAD_ID, type WorkloadName } from '@ckpt/common';
 
 const MiB = 1024 * 1024;
 const kvm = kvmAvailability();
@@ -152,7 +152,7 @@ test('real KVM: a ring-full storm is survived, nothing is lost, the guest keeps 
     const counters = new Float64Array(4);
     const seen: number[] = [];
     const s = await runHarvest(source, {
-      epochs: 6, intervalMs: 30, verify: true,
+      epochs: 6, intervalMs: 60, verify: true,
       onEpoch: () => { source.guestCounters(counters); seen.push(counters[1]! + counters[3]!); },
     });
     assert.ok(s.ringFullExits > 0, 'the storm happened');

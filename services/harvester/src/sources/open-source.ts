@@ -5,7 +5,7 @@ import type { DirtySource } from './dirty-source.ts';
 import { MIN_SLOT0_BYTES, SLOT_ALIGN_BYTES } from './guest-layout.ts';
 import { KvmSource } from './kvm-source.ts';
 import { SimSource } from './sim/sim-source.ts';
-import { WORKLOAD_ID } from './sim/workload.ts';
+import { WORKLOAD_ID } from '@ckpt/common';
 
 export type GuestConfig = Pick<HarvestConfig, 'source' | 'devPath' | 'memMib' | 'slots' | 'vcpus' | 'workload' | 'rate' | 'seed' | 'hotPages' | 'hotPercent' | 'fill' | 'ringEntries'>;
 

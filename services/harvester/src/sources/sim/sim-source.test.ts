@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { GUEST_LAYOUT } from '../guest-layout.ts';
 import { SimSource, type SimSourceOptions } from './sim-source.ts';
-import { WorkloadCursor } from './workload.ts';
+import { WorkloadCursor } from '@ckpt/common';
 
 const MiB = 1024 * 1024;
 

@@ -3,7 +3,7 @@ import type { DirtySource, SlotInfo, SourceStats } from '../dirty-source.ts';
 import { GUEST_LAYOUT, GUEST_REACH_PAGES } from '../guest-layout.ts';
 import { F_DIRTY, parseRing, type ParseResult } from '../ring-parse.ts';
 import { SimRing } from './sim-ring.ts';
-import { WorkloadCursor, writeStamp, type WorkloadName } from './workload.ts';
+import { WorkloadCursor, writeStamp, type WorkloadName } from '@ckpt/common';
 
 export interface SimSourceOptions {
   slotBytes: readonly number[];

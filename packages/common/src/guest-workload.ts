@@ -1,5 +1,6 @@
 /**
- * The guest workloads of docs/guest-program.md, in TypeScript: the simulator runs them and tests use
+ * The guest workloads of docs/guest-program.md, in TypeScript: the simulator runs them and tests (of the
+ * harvester and of the native helper) use
  * them to predict which pages the real guest writes. Keep in step with packages/kvm-native/guest.
  */
 

@@ -3,7 +3,7 @@ import { CheckpointCycle, type CycleOptions } from './epoch/checkpoint-cycle.ts'
 import type { EpochCommit, EpochHeader, EpochSink } from './epoch/epoch-types.ts';
 import type { HarvesterMetrics } from './metrics.ts';
 import type { DirtySource, SourceStats } from './sources/dirty-source.ts';
-import { ShadowVerifier, type EpochCheck } from './verify/shadow-verifier.ts';
+import { checkFailures, ShadowVerifier, type EpochCheck } from './verify/shadow-verifier.ts';
 
 export interface HarvestRunOptions {
   /** Epochs after the baseline; 0 = until `signal` aborts. */
@@ -141,6 +141,8 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
       bytes += commit.bytes;
       lastDigest = commit.digest;
       const now = source.stats();
+      const check = lastCheck as EpochCheck | undefined;
+      const failures = check ? checkFailures(check) : 0;
       if (m) {
         m.pagesHarvested.inc(commit.pages);
         m.zeroPages.inc(commit.zeroPages);
@@ -153,12 +155,10 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
         m.drainSeconds.observe(commit.drainUs / 1e6);
         m.epochBytes.observe(commit.bytes);
         m.lastEpoch.set(commit.epoch);
-        const checked = lastCheck as EpochCheck | undefined;
-        if (checked) m.verifyMismatches.inc(checked.mismatchedPages + checked.missedWrites + (checked.digestMismatch ? 1 : 0));
+        m.verifyMismatches.inc(failures);
       }
       prev = now;
-      const check = lastCheck as EpochCheck | undefined;
-      if (check && (check.mismatchedPages > 0 || check.missedWrites > 0 || check.digestMismatch)) {
+      if (check && failures > 0) {
         log.error('epoch failed verification', { ...check, epoch: commit.epoch, generation: commit.generation });
       }
       options.onEpoch?.(commit, check);
@@ -177,7 +177,7 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
     pagesHarvested,
     zeroPages,
     bytesHarvested: bytes,
-    mismatches: checks.reduce((n, c) => n + c.mismatchedPages + c.missedWrites + (c.digestMismatch ? 1 : 0), 0),
+    mismatches: verifier?.mismatches ?? 0,
     missedWrites: checks.reduce((n, c) => n + c.missedWrites, 0),
     digestMismatches: checks.filter((c) => c.digestMismatch).length,
     invalidEntries: st.invalidEntries,

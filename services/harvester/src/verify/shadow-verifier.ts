@@ -15,6 +15,11 @@ export interface EpochCheck {
   examples: string[];
 }
 
+/** Problems one epoch check found: wrong pages, missed writes, and 1 for a digest mismatch. */
+export function checkFailures(c: EpochCheck): number {
+  return c.mismatchedPages + c.missedWrites + (c.digestMismatch ? 1 : 0);
+}
+
 const CHUNK_PAGES = 1024;
 const MAX_EXAMPLES = 5;
 
@@ -38,21 +43,22 @@ export class ShadowVerifier implements EpochSink {
   }
 
   get mismatches(): number {
-    return this.checks.reduce((n, c) => n + c.mismatchedPages + c.missedWrites + (c.digestMismatch ? 1 : 0), 0);
+    return this.checks.reduce((n, c) => n + checkFailures(c), 0);
   }
 
   begin(): void {
     this.harvested = new Set();
   }
 
-  segment(_header: EpochHeader, seg: PageSegment): void {
+  segment(header: EpochHeader, seg: PageSegment): void {
     const r = seg.ranges;
     let dataOff = 0;
     for (let i = 0; i < r.length; i++) {
       const slot = r.slots[i]!;
       const first = r.firsts[i]!;
       const count = r.counts[i]!;
-      if (count < 4096 || r.zero[i] === 0) {
+      // The write-log check needs this epoch's harvested set; baselines are not write-log checked.
+      if (!header.baseline) {
         for (let g = first; g < first + count; g++) this.harvested.add(slot * 0x100000000 + g);
       }
       if (r.zero[i] === 1) {

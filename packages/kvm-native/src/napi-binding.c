@@ -395,29 +395,22 @@ static napi_value js_destroy(napi_env env, napi_callback_info info) {
 
 /* ---------------------------------------------------------------- run control */
 
-static napi_value js_start(napi_env env, napi_callback_info info) {
+/* start() and pause(): one VM argument, a core call that may fail with a vm_error, no result. */
+static napi_value vm_op(napi_env env, napi_callback_info info, const char *name, int (*op)(struct vm *, struct vm_error *)) {
   napi_value argv[1];
   struct vm *vm;
-  if (!get_args(env, info, 1, argv, "start") || !get_vm(env, argv[0], &vm)) return NULL;
+  if (!get_args(env, info, 1, argv, name) || !get_vm(env, argv[0], &vm)) return NULL;
   struct vm_error e;
-  if (vm_start(vm, &e) < 0) {
+  if (op(vm, &e) < 0) {
     throw_vm_error(env, &e);
     return NULL;
   }
   return undefined(env);
 }
 
-static napi_value js_pause(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  struct vm *vm;
-  if (!get_args(env, info, 1, argv, "pause") || !get_vm(env, argv[0], &vm)) return NULL;
-  struct vm_error e;
-  if (vm_pause(vm, &e) < 0) {
-    throw_vm_error(env, &e);
-    return NULL;
-  }
-  return undefined(env);
-}
+static napi_value js_start(napi_env env, napi_callback_info info) { return vm_op(env, info, "start", vm_start); }
+
+static napi_value js_pause(napi_env env, napi_callback_info info) { return vm_op(env, info, "pause", vm_pause); }
 
 static napi_value js_resume(napi_env env, napi_callback_info info) {
   napi_value argv[1];

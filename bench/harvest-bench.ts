@@ -17,9 +17,32 @@ import { percentile } from '@ckpt/common';
 import { CheckpointCycle, KvmSource, type EpochSink } from '@ckpt/harvester';
 import { kvmAvailability, KvmVm } from '@ckpt/kvm-native';
 
+const HELP = `npm run bench:harvest -- [--json] [--quick] [--only 1,2,3]
+
+The harvester's costs on real KVM (needs /dev/kvm and the native build):
+  1  per-page drain+reset, Node path vs a plain C loop (nodeVsCRatio, target <= 1.25)
+  2  ring vs bitmap harvest time, 1 and 8 GiB guests, 100/1000/30000 pages (ringVsBitmap8GiB100, expect >= 10)
+  3  checkpoint pause p50/p99, 1000 dirty pages per epoch, 256 MiB guest (pauseP99Us, target <= 2000)
+
+  --json    the last line of stdout is one JSON object with the figures
+  --quick   fewer rounds (a smoke run; figures are noisier)
+  --only    run only these sections (section 2 needs section 1's entries-per-page figure and runs it)
+`;
 const argv = process.argv.slice(2);
+if (argv.includes('--help') || argv.includes('-h')) {
+  process.stdout.write(HELP);
+  process.exit(0);
+}
 const json = argv.includes('--json');
 const quick = argv.includes('--quick');
+const onlyAt = argv.indexOf('--only');
+const only = onlyAt >= 0 ? new Set((argv[onlyAt + 1] ?? '').split(',').map(Number)) : new Set([1, 2, 3]);
+const known = new Set(['--json', '--quick', '--only', '--help', '-h']);
+const unknown = argv.filter((a, i) => !known.has(a) && !(i === onlyAt + 1 && onlyAt >= 0));
+if (unknown.length > 0 || [...only].some((n) => ![1, 2, 3].includes(n))) {
+  process.stderr.write(`bench:harvest: bad options: ${unknown.join(' ') || '--only takes a list of 1, 2, 3'}\n\n${HELP}`);
+  process.exit(2);
+}
 const GiB = 1024 * 1024 * 1024;
 const MiB = 1024 * 1024;
 const SEQUENTIAL = 1;
@@ -97,7 +120,17 @@ function cHarvest(memBytes: number, pages: number, rounds: number, mode: 'ring' 
   return JSON.parse(line) as CBaseline;
 }
 
-async function pauseBench(epochs: number): Promise<{ p50: number; p99: number; max: number; drainP50: number; resetP50: number; copyP50: number }> {
+interface PauseFigures {
+  p50: number; p99: number; max: number;
+  drainP50: number; resetP50: number; copyP50: number;
+  drainP99: number; resetP99: number; copyP99: number;
+  /** The slowest epochs' parts, to see where a tail comes from. */
+  slowest: string[];
+  /** The noise floor, interleaved with the epochs: a plain copy of the same 4 MB of freshly touched memory. */
+  memcpyP50: number; memcpyP99: number; memcpyMax: number;
+}
+
+async function pauseBench(epochs: number): Promise<PauseFigures> {
   const source = new KvmSource({
     slotBytes: [256 * MiB], vcpus: 1, ringEntries: 4096, workload: SEQUENTIAL, ratePagesPerSec: 0, seed: 1, maxWritesPerVcpu: 1,
   });
@@ -108,6 +141,11 @@ async function pauseBench(epochs: number): Promise<{ p50: number; p99: number; m
   const drains: number[] = [];
   const resets: number[] = [];
   const copies: number[] = [];
+  const parts: { pause: number; text: string }[] = [];
+  // Reference copy: 1000 pages from a 64 MiB buffer whose pages were each just touched, as the guest does.
+  const refSrc = new Uint8Array(64 * MiB).fill(1);
+  const refDst = new Uint8Array(1000 * 4096).fill(0);
+  const memcpys: number[] = [];
   try {
     source.start();
     await cycle.cut(nullSink); // baseline
@@ -122,6 +160,12 @@ async function pauseBench(epochs: number): Promise<{ p50: number; p99: number; m
       drains.push(c.drainUs);
       resets.push(c.resetUs);
       copies.push(c.copyUs);
+      const off = ((e * 1000) % 15000) * 4096;
+      for (let k = 0; k < 1000; k++) refSrc[off + k * 4096]!++;
+      const t = performance.now();
+      refDst.set(refSrc.subarray(off, off + refDst.byteLength));
+      memcpys.push(Math.round((performance.now() - t) * 1000));
+      parts.push({ pause: c.pauseUs, text: `${c.pauseUs} us = drain ${c.drainUs} + reset ${c.resetUs} + copy ${c.copyUs} + vCPU state ${c.pauseUs - c.drainUs - c.resetUs - c.copyUs}` });
     }
   } finally {
     source.close();
@@ -129,6 +173,9 @@ async function pauseBench(epochs: number): Promise<{ p50: number; p99: number; m
   return {
     p50: percentile(pauses, 50), p99: percentile(pauses, 99), max: Math.max(...pauses),
     drainP50: percentile(drains, 50), resetP50: percentile(resets, 50), copyP50: percentile(copies, 50),
+    drainP99: percentile(drains, 99), resetP99: percentile(resets, 99), copyP99: percentile(copies, 99),
+    memcpyP50: percentile(memcpys, 50), memcpyP99: percentile(memcpys, 99), memcpyMax: Math.max(...memcpys),
+    slowest: parts.sort((a, b) => b.pause - a.pause).slice(0, 3).map((x) => x.text),
   };
 }
 
@@ -142,51 +189,67 @@ async function main(): Promise<void> {
   if (!existsSync(baselineTool)) throw new Error(`the C baseline is not built (${baselineTool}): run npm run build:native`);
   const rounds = quick ? 8 : 25;
   const ring = 65536;
+  const out: Record<string, unknown> = {};
 
-  say('1/3 per-page drain+reset: Node path vs plain C loop (1 GiB guest, 1000 pages/round)');
-  const node1000 = nodeHarvest(GiB, 1000, rounds, ring);
-  const c1000 = cHarvest(GiB, 1000, rounds, 'ring', ring);
-  const nodePerPageNs = (node1000.us * 1000) / node1000.seen;
-  const nodeVsCRatio = nodePerPageNs / c1000.perPageNs;
-  say(`    node ${nodePerPageNs.toFixed(1)} ns/page (${node1000.seen} entries/round), C ${c1000.perPageNs.toFixed(1)} ns/page: ratio ${nodeVsCRatio.toFixed(2)} (target <= 1.25)`);
-
-  say('2/3 ring vs bitmap (drain + reset/clear, median per round)');
-  // Entries the host logs per page the guest writes (1 under the kernel's once-per-arm rule; about 4
-  // on hosts that log every store, such as kvm-pvm). A round must fit in the ring's soft limit.
-  const entriesPerPage = node1000.seen / 1000;
-  say(`    this host logs ${entriesPerPage.toFixed(2)} ring entries per dirtied page`);
-  const grid: Record<string, { ringUs: number | null; bitmapUs: number; ratio: number | null; cRingUs: number | null; cBitmapUs: number; note?: string }> = {};
-  for (const memGiB of [1, 8]) {
-    for (const pages of [100, 1000, 30000]) {
-      const fits = pages * entriesPerPage * 1.1 < ring - 1024;
-      const b = nodeHarvest(memGiB * GiB, pages, rounds, 0).us;
-      const cb = cHarvest(memGiB * GiB, pages, rounds, 'bitmap', ring).drainResetUsMedian;
-      if (!fits) {
-        const note = `ring n/a: ${pages} pages x ${entriesPerPage.toFixed(1)} entries/page exceed the largest ring (${ring} entries) on this host`;
-        grid[`${memGiB}GiB/${pages}`] = { ringUs: null, bitmapUs: b, ratio: null, cRingUs: null, cBitmapUs: cb, note };
-        say(`    ${memGiB} GiB, ${String(pages).padStart(5)} pages: bitmap ${b.toFixed(1)} us; ${note}   (C: bitmap ${cb.toFixed(1)} us)`);
-        continue;
-      }
-      const r = nodeHarvest(memGiB * GiB, pages, rounds, ring).us;
-      const cr = cHarvest(memGiB * GiB, pages, rounds, 'ring', ring).drainResetUsMedian;
-      grid[`${memGiB}GiB/${pages}`] = { ringUs: r, bitmapUs: b, ratio: b / r, cRingUs: cr, cBitmapUs: cb };
-      say(`    ${memGiB} GiB, ${String(pages).padStart(5)} pages: ring ${r.toFixed(1)} us, bitmap ${b.toFixed(1)} us, bitmap/ring ${(b / r).toFixed(2)}   (C: ring ${cr.toFixed(1)} us, bitmap ${cb.toFixed(1)} us)`);
-    }
-  }
-  const ringVsBitmap8GiB100 = grid['8GiB/100']!.ratio ?? 0;
-
-  say('3/3 checkpoint pause, 256 MiB guest, 1000 dirty pages per epoch');
-  const p = await pauseBench(quick ? 50 : 200);
-  say(`    pause p50 ${p.p50} us, p99 ${p.p99} us, max ${p.max} us (target p99 <= 2000 us); p50 parts: drain ${p.drainP50} us, reset ${p.resetP50} us, copy ${p.copyP50} us`);
-
-  if (json) {
-    process.stdout.write(JSON.stringify({
+  let entriesPerPage = 0;
+  if (only.has(1) || only.has(2)) {
+    say('1/3 per-page drain+reset: Node path vs plain C loop (1 GiB guest, 1000 pages/round)');
+    const node1000 = nodeHarvest(GiB, 1000, rounds, ring);
+    const c1000 = cHarvest(GiB, 1000, rounds, 'ring', ring);
+    const nodePerPageNs = (node1000.us * 1000) / node1000.seen;
+    const nodeVsCRatio = nodePerPageNs / c1000.perPageNs;
+    say(`    node ${nodePerPageNs.toFixed(1)} ns/page (${node1000.seen} entries/round), C ${c1000.perPageNs.toFixed(1)} ns/page: ratio ${nodeVsCRatio.toFixed(2)} (target <= 1.25)`);
+    // Entries the host logs per page the guest writes (1 under the kernel's once-per-arm rule; more
+    // on hosts that log every store, such as kvm-pvm). A round must fit in the ring's soft limit.
+    entriesPerPage = node1000.seen / 1000;
+    Object.assign(out, {
       entriesPerPage: Number(entriesPerPage.toFixed(2)),
       nodeVsCRatio: Number(nodeVsCRatio.toFixed(3)), nodePerPageNs: Number(nodePerPageNs.toFixed(1)), cPerPageNs: Number(c1000.perPageNs.toFixed(1)),
-      ringVsBitmap8GiB100: Number(ringVsBitmap8GiB100.toFixed(2)), ringVsBitmap: grid,
-      pauseP50Us: p.p50, pauseP99Us: p.p99, pauseMaxUs: p.max, pauseDrainP50Us: p.drainP50, pauseResetP50Us: p.resetP50, pauseCopyP50Us: p.copyP50,
-    }) + '\n');
+    });
   }
+
+  if (only.has(2)) {
+    say('2/3 ring vs bitmap (drain + reset/clear, median per round)');
+    say(`    this host logs ${entriesPerPage.toFixed(2)} ring entries per dirtied page`);
+    const grid: Record<string, { ringUs: number | null; bitmapUs: number; ratio: number | null; cRingUs: number | null; cBitmapUs: number; note?: string }> = {};
+    for (const memGiB of [1, 8]) {
+      for (const pages of [100, 1000, 30000]) {
+        const fits = pages * entriesPerPage * 1.1 < ring - 1024;
+        // Small rounds take microseconds and this machine is noisy: take more of them for the median.
+        const n = pages <= 1000 ? rounds * 4 : rounds;
+        const b = nodeHarvest(memGiB * GiB, pages, n, 0).us;
+        const cb = cHarvest(memGiB * GiB, pages, n, 'bitmap', ring).drainResetUsMedian;
+        if (!fits) {
+          const note = `ring n/a: ${pages} pages x ${entriesPerPage.toFixed(1)} entries/page exceed the largest ring (${ring} entries) on this host`;
+          grid[`${memGiB}GiB/${pages}`] = { ringUs: null, bitmapUs: b, ratio: null, cRingUs: null, cBitmapUs: cb, note };
+          say(`    ${memGiB} GiB, ${String(pages).padStart(5)} pages: bitmap ${b.toFixed(1)} us; ${note}   (C: bitmap ${cb.toFixed(1)} us)`);
+          continue;
+        }
+        const r = nodeHarvest(memGiB * GiB, pages, n, ring).us;
+        const cr = cHarvest(memGiB * GiB, pages, n, 'ring', ring).drainResetUsMedian;
+        grid[`${memGiB}GiB/${pages}`] = { ringUs: r, bitmapUs: b, ratio: b / r, cRingUs: cr, cBitmapUs: cb };
+        say(`    ${memGiB} GiB, ${String(pages).padStart(5)} pages: ring ${r.toFixed(1)} us, bitmap ${b.toFixed(1)} us, bitmap/ring ${(b / r).toFixed(2)}   (C: ring ${cr.toFixed(1)} us, bitmap ${cb.toFixed(1)} us)`);
+      }
+    }
+    out.ringVsBitmap8GiB100 = Number((grid['8GiB/100']!.ratio ?? 0).toFixed(2));
+    out.ringVsBitmap = grid;
+  }
+
+  if (only.has(3)) {
+    say('3/3 checkpoint pause, 256 MiB guest, 1000 dirty pages per epoch');
+    const p = await pauseBench(quick ? 50 : 200);
+    say(`    pause p50 ${p.p50} us, p99 ${p.p99} us, max ${p.max} us (target p99 <= 2000 us); p50 parts: drain ${p.drainP50} us, reset ${p.resetP50} us, copy ${p.copyP50} us`);
+    say(`    p99 of each part: drain (includes the kick) ${p.drainP99} us, reset ${p.resetP99} us, copy ${p.copyP99} us`);
+    say(`    slowest: ${p.slowest.join('; ')}`);
+    say(`    noise floor in this run: a plain 4 MB memcpy p50 ${p.memcpyP50} us, p99 ${p.memcpyP99} us, max ${p.memcpyMax} us; pause p99 / memcpy p99 = ${(p.p99 / p.memcpyP99).toFixed(2)}`);
+    Object.assign(out, {
+      pauseP50Us: p.p50, pauseP99Us: p.p99, pauseMaxUs: p.max, pauseDrainP50Us: p.drainP50, pauseResetP50Us: p.resetP50, pauseCopyP50Us: p.copyP50,
+      pauseDrainP99Us: p.drainP99, pauseResetP99Us: p.resetP99, pauseCopyP99Us: p.copyP99,
+      memcpy4MBP50Us: p.memcpyP50, memcpy4MBP99Us: p.memcpyP99, pauseP99VsMemcpyP99: Number((p.p99 / p.memcpyP99).toFixed(2)),
+    });
+  }
+
+  if (json) process.stdout.write(JSON.stringify(out) + '\n');
 }
 
 main().catch((err: unknown) => {

@@ -67,12 +67,17 @@ export class WorkloadCursor {
   }
 }
 
+/**
+ * The stamp is the first 64-bit word of a written page, stored at once: bits 0-15 STAMP_MAGIC ("CK"),
+ * bits 16-23 the vCPU, bits 24-63 the vCPU's sequence number (1, 2, ...; 40 bits).
+ */
+export const STAMP_MAGIC = 0x4b43;
+const SEQ_LOW_BITS = 8;
+
 /** Writes the guest's stamp (and fill words) into a page, exactly as the real guest does. */
-export function writeStamp(words: Uint32Array, firstWord: number, pageWords: number, magic: number, vcpu: number, seq: number, fill: boolean): void {
-  words[firstWord] = magic;
-  words[firstWord + 1] = vcpu;
-  words[firstWord + 2] = seq >>> 0;
-  words[firstWord + 3] = Math.floor(seq / 0x100000000) >>> 0;
+export function writeStamp(words: Uint32Array, firstWord: number, pageWords: number, vcpu: number, seq: number, fill: boolean): void {
+  words[firstWord] = (STAMP_MAGIC | (vcpu & 0xff) << 16 | (seq & 0xff) << 24) >>> 0;
+  words[firstWord + 1] = Math.floor(seq / (1 << SEQ_LOW_BITS)) >>> 0;
   if (!fill) return;
   let x = (Math.imul(seq >>> 0, 0x9e3779b1) ^ (vcpu + 1)) >>> 0;
   if (x === 0) x = 1;
@@ -80,4 +85,15 @@ export function writeStamp(words: Uint32Array, firstWord: number, pageWords: num
     x = xorshift32(x);
     words[firstWord + k] = x;
   }
+}
+
+/** The vCPU that stamped the page at `words[firstWord]`, or -1 when the page holds no stamp. */
+export function stampVcpu(words: Uint32Array, firstWord: number): number {
+  const w = words[firstWord]!;
+  return (w & 0xffff) === STAMP_MAGIC ? (w >>> 16) & 0xff : -1;
+}
+
+/** The sequence number of the stamp at `words[firstWord]` (check stampVcpu() first). */
+export function stampSeq(words: Uint32Array, firstWord: number): number {
+  return (words[firstWord]! >>> 24) + words[firstWord + 1]! * (1 << SEQ_LOW_BITS);
 }

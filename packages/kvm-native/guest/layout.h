@@ -62,8 +62,9 @@ static inline unsigned long long guest_region_pages(unsigned long long total_pag
 /* The only exit: a 32-bit IN from this port asks the host for a page budget. */
 #define GUEST_BUDGET_PORT 0x7c0
 
-/* "CKPT" little-endian: the first word of every page the workload writes. */
-#define GUEST_STAMP_MAGIC 0x54504B43U
+/* "CK" little-endian: bits 0-15 of the stamp, the first 64-bit word of every page the workload writes
+ * (bits 16-23: vCPU, bits 24-63: sequence number). */
+#define GUEST_STAMP_MAGIC 0x4B43U
 /* First word of the control block, so a guest started on garbage stops instead of scribbling. */
 #define GUEST_CONTROL_MAGIC 0x4C525443U /* "CTRL" */
 #define GUEST_CONTROL_VERSION 1U

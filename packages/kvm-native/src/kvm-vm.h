@@ -22,8 +22,9 @@
 #define VM_MAX_VCPUS 64U
 #define VM_MIN_TICK_US 10U
 #define VM_MAX_TICK_US 10000000U
-/* Pages per burst when the rate is unlimited (ratePagesPerSec == 0). */
-#define VM_UNPACED_BURST 4096U
+/* Pages per burst when the rate is unlimited (ratePagesPerSec == 0). The guest publishes its counters
+ * after each burst, so a small burst keeps them fresh; an IN exit per 256 pages costs little. */
+#define VM_UNPACED_BURST 256U
 /* "Unlimited" write allowance. */
 #define VM_ALLOWANCE_UNLIMITED UINT64_MAX
 
@@ -141,8 +142,10 @@ void ring_parse(void *ring, uint32_t entries, uint32_t fetch, const uint64_t *sl
 /* kvm-vm.c: memory and vCPU state */
 int vm_read_pages(struct vm *vm, const uint32_t *slots, const uint32_t *offsets, uint32_t count, uint8_t *out,
                   size_t out_len, struct vm_error *err);
+/* resident: the pages are known to be populated (harvested dirty), so they are copied from the mapping
+ * (no syscall per range); otherwise pread() from the memfd, which never populates holes. */
 int64_t vm_read_ranges(struct vm *vm, const uint32_t *slots, const uint32_t *firsts, const uint32_t *counts,
-                       uint32_t n, uint8_t *out, size_t out_len, struct vm_error *err);
+                       uint32_t n, uint8_t *out, size_t out_len, bool resident, struct vm_error *err);
 int vm_write_range(struct vm *vm, uint32_t slot, uint64_t first_page, const uint8_t *src, size_t len,
                    struct vm_error *err);
 int vm_get_vcpu_state(struct vm *vm, uint32_t index, uint8_t *out, size_t out_len, struct vm_error *err);

@@ -557,16 +557,18 @@ static napi_value js_read_pages(napi_env env, napi_callback_info info) {
 }
 
 static napi_value js_read_ranges(napi_env env, napi_callback_info info) {
-  napi_value argv[6];
+  napi_value argv[7];
   struct vm *vm;
   void *slots, *firsts, *counts, *out;
   size_t ns, nf, nc, out_len;
   uint32_t n;
-  if (!get_args(env, info, 6, argv, "readRanges") || !get_vm(env, argv[0], &vm) ||
+  bool resident;
+  if (!get_args(env, info, 7, argv, "readRanges") || !get_vm(env, argv[0], &vm) ||
       !get_typed(env, argv[1], "slots", napi_uint32_array, &slots, &ns) ||
       !get_typed(env, argv[2], "firsts", napi_uint32_array, &firsts, &nf) ||
       !get_typed(env, argv[3], "counts", napi_uint32_array, &counts, &nc) || !get_u32(env, argv[4], "n", &n) ||
-      !get_typed(env, argv[5], "out", napi_uint8_array, &out, &out_len))
+      !get_typed(env, argv[5], "out", napi_uint8_array, &out, &out_len) ||
+      !get_bool(env, argv[6], "resident", &resident))
     return NULL;
   if (n > ns || n > nf || n > nc) {
     char msg[160];
@@ -575,7 +577,7 @@ static napi_value js_read_ranges(napi_env env, napi_callback_info info) {
     return NULL;
   }
   struct vm_error e;
-  int64_t bytes = vm_read_ranges(vm, slots, firsts, counts, n, out, out_len, &e);
+  int64_t bytes = vm_read_ranges(vm, slots, firsts, counts, n, out, out_len, resident, &e);
   if (bytes < 0) {
     throw_vm_error(env, &e);
     return NULL;

@@ -11,7 +11,7 @@ import { WorkloadCursor, writeStamp } from '@ckpt/common';
 export const MiB = 1024 * 1024;
 export const PAGE = 4096;
 export const REGION_FIRST_PAGE = 0x400000 / PAGE;
-export const STAMP_MAGIC = 0x54504b43;
+export { STAMP_MAGIC } from '@ckpt/common';
 
 const availability = kvmAvailability();
 if (!availability.usable && (availability.code === KVM_ERROR_CODES.NATIVE_MISSING || availability.code === KVM_ERROR_CODES.NATIVE_LOAD)) {
@@ -49,25 +49,15 @@ export async function waitFor(what: string, pred: () => boolean, timeoutMs = 10_
 }
 
 /**
- * Waits until every vCPU has written at least `target` pages and finished that burst. The guest
- * bumps pagesWritten before each stamp and loops after the burst, so a change of loops seen after
- * pagesWritten reached the target means the last stamp is in memory.
+ * Waits until every vCPU has written at least `target` pages. The guest publishes pagesWritten after
+ * a burst's stamps, so a published count means those stamps are in memory.
  */
 export async function waitWritten(vm: KvmVm, target: number, timeoutMs = 10_000): Promise<Float64Array> {
   const c = new Float64Array(2 * vm.vcpuCount);
-  const loopsAtTarget: (number | undefined)[] = [];
   await waitFor(`${target} pages per vCPU`, () => {
     vm.guestCounters(c);
-    let done = true;
-    for (let v = 0; v < vm.vcpuCount; v++) {
-      if (loopsAtTarget[v] === undefined) {
-        if (c[2 * v + 1]! >= target) loopsAtTarget[v] = c[2 * v]!;
-        done = false;
-      } else if (c[2 * v] === loopsAtTarget[v]) {
-        done = false;
-      }
-    }
-    return done;
+    for (let v = 0; v < vm.vcpuCount; v++) if (c[2 * v + 1]! < target) return false;
+    return true;
   }, timeoutMs, vm);
   return c;
 }
@@ -117,7 +107,7 @@ export function expectedPages(workload: 'sequential' | 'random', regionPages: nu
 /** The fill words 4..1023 of a stamped page. */
 export function expectedFill(vcpu: number, seq: number): Uint32Array {
   const words = new Uint32Array(PAGE / 4);
-  writeStamp(words, 0, words.length, STAMP_MAGIC, vcpu, seq, true);
+  writeStamp(words, 0, words.length, vcpu, seq, true);
   return words;
 }
 

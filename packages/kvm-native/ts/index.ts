@@ -343,8 +343,9 @@ export class KvmVm {
   readPages(slots: Uint32Array, offsets: Uint32Array, count: number, out: Uint8Array): void {
     this.call(() => this.native.readPages(this.handle, slots, offsets, count, out));
   }
-  readRanges(slots: Uint32Array, firsts: Uint32Array, counts: Uint32Array, n: number, out: Uint8Array): number {
-    return this.call(() => this.native.readRanges(this.handle, slots, firsts, counts, n, out));
+  /** See NativeBinding.readRanges; `resident` only for pages the guest has written (harvested dirty). */
+  readRanges(slots: Uint32Array, firsts: Uint32Array, counts: Uint32Array, n: number, out: Uint8Array, resident = false): number {
+    return this.call(() => this.native.readRanges(this.handle, slots, firsts, counts, n, out, resident));
   }
   writeRange(slot: number, firstPage: number, src: Uint8Array): void {
     this.call(() => this.native.writeRange(this.handle, slot, firstPage, src));

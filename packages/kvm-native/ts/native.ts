@@ -117,8 +117,12 @@ export interface NativeBinding {
   reset(vm: NativeVm): number;
   /** Copies `count` pages named by (slot, offset) pairs into `out` (count * pageSize bytes). RangeError on a bad slot/offset or short buffer. */
   readPages(vm: NativeVm, slots: Uint32Array, offsets: Uint32Array, count: number, out: Uint8Array): void;
-  /** Copies `n` ranges (slot, first page, page count) back to back into `out`; returns bytes written. */
-  readRanges(vm: NativeVm, slots: Uint32Array, firsts: Uint32Array, counts: Uint32Array, n: number, out: Uint8Array): number;
+  /**
+   * Copies `n` ranges (slot, first page, page count) back to back into `out`; returns bytes written.
+   * `resident`: the pages are known to be populated (harvested dirty), so they are copied from the
+   * mapping with no syscall per range; otherwise pread() from the memfd, which never populates holes.
+   */
+  readRanges(vm: NativeVm, slots: Uint32Array, firsts: Uint32Array, counts: Uint32Array, n: number, out: Uint8Array, resident: boolean): number;
   /** Writes whole pages into guest memory at (slot, first page). Not logged by KVM: for restore only. */
   writeRange(vm: NativeVm, slot: number, firstPage: number, src: Uint8Array): void;
   /** Fills `out` (vcpuStateBytes) with the vCPU's kvm_regs + kvm_sregs; vCPU must be paused or not started. Returns bytes written. */

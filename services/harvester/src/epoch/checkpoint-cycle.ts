@@ -29,6 +29,8 @@ export const DEFAULT_CYCLE_OPTIONS: Readonly<CycleOptions> = Object.freeze({
 });
 
 const now = (): number => performance.now();
+/** The paused copy's staging buffer is kept between epochs up to this size (bigger epochs allocate). */
+const STAGING_KEEP_BYTES = 64 * 1024 * 1024;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /**
@@ -52,6 +54,11 @@ export class CheckpointCycle {
   private readonly ranges = new RangeList(1024);
   private readonly pageWords: number;
   private harvestedThisEpoch = 0;
+  /**
+   * Where the paused copy lands: reused across epochs so the pause does not pay for faulting in and
+   * zeroing a fresh buffer; finalize() moves the pages out after the guest resumed.
+   */
+  private staging = new Uint8Array(0);
   /** The source's lost-entry count when the current epoch's harvest began. */
   private lostAtStart: number;
 
@@ -121,22 +128,21 @@ export class CheckpointCycle {
       await emit(seg);
     }
 
-    // The pause: the guest's only stop. Keep this block synchronous and allocation-light.
+    // Buffers the pause fills are allocated before it: an allocation inside may start a GC there.
+    const vcpuStates: Uint8Array[] = [];
+    for (let i = 0; i < this.source.vcpuCount; i++) vcpuStates.push(new Uint8Array(this.source.vcpuStateBytes));
+    const counters = new Float64Array(this.source.vcpuCount * 2);
+
+    // The pause: the guest's only stop. Keep this block synchronous and allocation-free.
     const t0 = now();
     this.source.pause();
     const entries = this.pending.drainFrom(this.source);
     const t1 = now();
     this.source.reset();
     const t2 = now();
-    const copied = this.copyPending();
+    const copied = this.copyPending(true);
     const t3 = now();
-    const vcpuStates: Uint8Array[] = [];
-    for (let i = 0; i < this.source.vcpuCount; i++) {
-      const buf = new Uint8Array(this.source.vcpuStateBytes);
-      this.source.getVcpuState(i, buf);
-      vcpuStates.push(buf);
-    }
-    const counters = new Float64Array(this.source.vcpuCount * 2);
+    for (let i = 0; i < vcpuStates.length; i++) this.source.getVcpuState(i, vcpuStates[i]!);
     this.source.guestCounters(counters);
     const t4 = now();
     this.harvestedThisEpoch += entries;
@@ -151,7 +157,7 @@ export class CheckpointCycle {
     }
 
     const finish = async (): Promise<EpochCommit> => {
-      await emit(this.finalize(copied.ranges, copied.data, 'paused'));
+      await emit(this.finalize(copied.ranges, copied.data, 'paused', copied.data.buffer === this.staging.buffer));
       const commit: EpochCommit = {
         generation: this.generation,
         epoch: header.epoch,
@@ -206,14 +212,25 @@ export class CheckpointCycle {
     return this.finalize(copied.ranges, copied.data, 'precopy');
   }
 
-  /** Coalesces the pending GFNs and copies their pages; clears the pending buffer. */
-  private copyPending(): { ranges: RangeList; data: Uint8Array } {
+  /**
+   * Coalesces the pending GFNs and copies their pages; clears the pending buffer. `staged`: copy into
+   * the reusable staging buffer (the pause), which finalize() must then copy out of.
+   */
+  private copyPending(staged = false): { ranges: RangeList; data: Uint8Array } {
     this.ranges.clear();
     this.coalescer.coalesce(this.pending.slots, this.pending.offsets, this.pending.length, this.ranges);
     this.pending.clear();
-    const data = new Uint8Array(this.ranges.pageCount() * this.source.pageSize);
+    const need = this.ranges.pageCount() * this.source.pageSize;
+    let data: Uint8Array;
+    if (staged && need <= STAGING_KEEP_BYTES) {
+      if (this.staging.byteLength < need) this.staging = new Uint8Array(need + (need >>> 2));
+      data = this.staging.subarray(0, need);
+    } else {
+      data = new Uint8Array(need);
+    }
     if (this.ranges.length > 0) {
-      this.source.readRanges(this.ranges.slots, this.ranges.firsts, this.ranges.counts, this.ranges.length, data);
+      // Every page here was harvested dirty, so it is resident.
+      this.source.readRanges(this.ranges.slots, this.ranges.firsts, this.ranges.counts, this.ranges.length, data, true);
     }
     return { ranges: this.ranges, data };
   }
@@ -222,7 +239,7 @@ export class CheckpointCycle {
    * Turns copied pages into a segment: zero pages become marks and leave the buffer (the rest is
    * compacted in place), and every page's hash goes into the image digest.
    */
-  private finalize(src: RangeList, data: Uint8Array, phase: PageSegment['phase'], out = new RangeList(src.length + 4)): PageSegment {
+  private finalize(src: RangeList, data: Uint8Array, phase: PageSegment['phase'], fromStaging = false, out = new RangeList(src.length + 4)): PageSegment {
     const ps = this.source.pageSize;
     const pw = this.pageWords;
     const words = new Uint32Array(data.buffer, data.byteOffset, data.byteLength >>> 2);
@@ -245,7 +262,8 @@ export class CheckpointCycle {
         write++;
       }
     }
-    return { ranges: out, data: data.subarray(0, write * ps), phase };
+    // Pages in the staging buffer are overwritten by the next pause: the segment gets its own copy.
+    return { ranges: out, data: fromStaging ? data.slice(0, write * ps) : data.subarray(0, write * ps), phase };
   }
 
   /** The baseline's live full copy, in chunks; sparse sources are read only where they hold data. */

@@ -52,8 +52,11 @@ export interface DirtySource {
   drain(slots: Uint32Array, offsets: Uint32Array): number;
   /** Re-arms write protection for what drain() harvested (KVM_RESET_DIRTY_RINGS / KVM_CLEAR_DIRTY_LOG). */
   reset(): number;
-  /** Copies `n` ranges back to back into `out`; returns bytes written. */
-  readRanges(slots: Uint32Array, firsts: Uint32Array, counts: Uint32Array, n: number, out: Uint8Array): number;
+  /**
+   * Copies `n` ranges back to back into `out`; returns bytes written. `resident` says the pages were
+   * harvested dirty (so populated): a source may then copy them faster.
+   */
+  readRanges(slots: Uint32Array, firsts: Uint32Array, counts: Uint32Array, n: number, out: Uint8Array, resident?: boolean): number;
   /** Fills `out` with vCPU `index`'s register state; returns bytes written. */
   getVcpuState(index: number, out: Uint8Array): number;
   /** Per vCPU [loops, pagesWritten] from the guest's status pages (out[2i], out[2i+1]). */

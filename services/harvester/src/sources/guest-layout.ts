@@ -12,7 +12,7 @@ export const GUEST_LAYOUT = Object.freeze({
   stackBytes: 0x4000,
   regionGpa: 0x400000,
   maxVcpus: 64,
-  stampMagic: 0x54504b43,
+  stampMagic: 0x4b43,
 });
 
 /** The workload region ends at 4 GiB of guest-physical memory, so page indexes stay 32-bit (in 4 KiB pages). */

@@ -32,8 +32,8 @@ export class KvmSource implements DirtySource {
   resume(): void { this.vm.resume(); }
   drain(slots: Uint32Array, offsets: Uint32Array): number { return this.vm.drain(slots, offsets); }
   reset(): number { return this.vm.reset(); }
-  readRanges(slots: Uint32Array, firsts: Uint32Array, counts: Uint32Array, n: number, out: Uint8Array): number {
-    return this.vm.readRanges(slots, firsts, counts, n, out);
+  readRanges(slots: Uint32Array, firsts: Uint32Array, counts: Uint32Array, n: number, out: Uint8Array, resident = false): number {
+    return this.vm.readRanges(slots, firsts, counts, n, out, resident);
   }
   getVcpuState(index: number, out: Uint8Array): number { return this.vm.getVcpuState(index, out); }
   guestCounters(out: Float64Array): void { this.vm.guestCounters(out); }

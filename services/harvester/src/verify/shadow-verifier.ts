@@ -1,7 +1,6 @@
-import { SparseImage } from '@ckpt/common';
+import { SparseImage, stampSeq, stampVcpu } from '@ckpt/common';
 import type { EpochCommit, EpochHeader, EpochSink, PageSegment } from '../epoch/epoch-types.ts';
-import { COUNTER_PAGES, type DirtySource } from '../sources/dirty-source.ts';
-import { GUEST_LAYOUT } from '../sources/guest-layout.ts';
+import type { DirtySource } from '../sources/dirty-source.ts';
 
 export interface EpochCheck {
   epoch: number;
@@ -28,15 +27,18 @@ const MAX_EXAMPLES = 5;
  * epoch, proves it equals guest memory. Three independent checks, the kernel selftest's invariants:
  * - full compare: every page of the guest equals the shadow (no page holds a value newer than its last
  *   harvest without being reported);
- * - write log: every page the guest stamped with a sequence number above the previous epoch's counter
- *   is in this epoch's harvested set (every page written since the last epoch is reported);
+ * - write log: every page the guest stamped with a sequence number above the highest one of its vCPU
+ *   seen at the previous epoch's check is in this epoch's harvested set (every page written since the
+ *   last epoch is reported). Stamps are taken from memory, not from the guest's counters, which it
+ *   publishes only after a burst;
  * - digest: the epoch's incrementally maintained digest equals the shadow's digest recomputed from scratch.
  */
 export class ShadowVerifier implements EpochSink {
   readonly shadow: SparseImage;
   readonly checks: EpochCheck[] = [];
   private harvested = new Set<number>();
-  private prevPagesWritten: number[] | null = null;
+  /** Highest stamp sequence number per vCPU seen in guest memory at the previous check. */
+  private prevMaxSeq: number[] | null = null;
 
   constructor(private readonly source: DirtySource) {
     this.shadow = new SparseImage(source.pageSize, source.slots.map((s) => s.pages));
@@ -79,7 +81,8 @@ export class ShadowVerifier implements EpochSink {
     const result: EpochCheck = { epoch: header.epoch, mismatchedPages: 0, missedWrites: 0, digestMismatch: false, examples: [] };
     const ps = this.source.pageSize;
     const pw = ps >>> 2;
-    const prev = header.baseline ? null : this.prevPagesWritten;
+    const prev = header.baseline ? null : this.prevMaxSeq;
+    const maxSeq: number[] = new Array<number>(header.vcpus).fill(0);
     const buf = new Uint8Array(CHUNK_PAGES * ps);
     const words = new Uint32Array(buf.buffer);
     const one = { s: new Uint32Array(1), f: new Uint32Array(1), c: new Uint32Array(1) };
@@ -95,10 +98,11 @@ export class ShadowVerifier implements EpochSink {
         note('content differs at', slot, gfn);
       }
       // The guest's own write log: its stamp says who wrote the page and when.
-      if (prev && words[k * pw] === GUEST_LAYOUT.stampMagic) {
-        const vcpu = words[k * pw + 1]!;
-        const seq = words[k * pw + 2]! + words[k * pw + 3]! * 0x100000000;
-        if (vcpu < prev.length && seq > prev[vcpu]! && !this.harvested.has(slot * 0x100000000 + gfn)) {
+      const vcpu = stampVcpu(words, k * pw);
+      if (vcpu >= 0 && vcpu < maxSeq.length) {
+        const seq = stampSeq(words, k * pw);
+        if (seq > maxSeq[vcpu]!) maxSeq[vcpu] = seq;
+        if (prev && seq > prev[vcpu]! && !this.harvested.has(slot * 0x100000000 + gfn)) {
           result.missedWrites++;
           note('write not harvested at', slot, gfn);
         }
@@ -129,8 +133,7 @@ export class ShadowVerifier implements EpochSink {
       }
     }
     if (this.shadow.digest().toHex() !== commit.digest) result.digestMismatch = true;
-    this.prevPagesWritten = [];
-    for (let v = 0; v < header.vcpus; v++) this.prevPagesWritten.push(commit.guestCounters[2 * v + COUNTER_PAGES] ?? 0);
+    this.prevMaxSeq = maxSeq;
     this.checks.push(result);
     return result;
   }

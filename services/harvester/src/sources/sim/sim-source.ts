@@ -320,7 +320,8 @@ export class SimSource implements DirtySource {
       }
       v.issued += done;
       v.allowance -= done;
-      if (v.stalled) continue; // the guest is stuck in the exit; its loop counter waits
+      if (v.stalled) continue; // the guest is stuck in the exit mid-burst; its counters wait
+      // As in the guest: the counters are published once per burst, after its stamps.
       v.loops += 1;
       this.writeStatus(i, v);
     }
@@ -332,12 +333,10 @@ export class SimSource implements DirtySource {
     let slot = 0;
     while (slot + 1 < this.slotFirstPage.length && page >= this.slotFirstPage[slot + 1]!) slot++;
     page -= this.slotFirstPage[slot]!;
-    // As in the guest: `seq = ++status.pagesWritten`, then the stamp. The two stores are one step of
-    // the model: a ring that fills on the first one stalls the vCPU after the second.
+    // As in the guest: the stamp is one store carrying the next sequence number.
     v.pagesWritten++;
-    this.writeStatus(index, v);
     const p = this.memory.pageForWrite(slot, page);
-    writeStamp(new Uint32Array(p.buffer, p.byteOffset, this.pageSize >>> 2), 0, this.pageSize >>> 2, GUEST_LAYOUT.stampMagic, index, v.pagesWritten, this.opts.fillPages);
+    writeStamp(new Uint32Array(p.buffer, p.byteOffset, this.pageSize >>> 2), 0, this.pageSize >>> 2, index, v.pagesWritten, this.opts.fillPages);
     this.logWrite(index, v, slot, page);
   }
 

@@ -9,12 +9,17 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 if [[ "${CKPT_SKIP_SETUP:-0}" == 1 ]]; then log "skipped (CKPT_SKIP_SETUP=1)"; exit 0; fi
 
-# OS packages: a C compiler and binutils for the native helper and the guest program.
+# OS packages: a C compiler and binutils for the native helper and the guest program; Redis (the
+# standby store the tests and the drill start); librdkafka's headers for the Kafka test broker
+# (its mock cluster, see tools/kafka-mock).
 need=()
 command -v gcc >/dev/null || need+=(gcc)
 command -v objcopy >/dev/null || need+=(binutils)
 command -v make >/dev/null || need+=(make)
 [[ -f /usr/include/linux/kvm.h ]] || need+=(linux-libc-dev)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-benchmark >/dev/null || need+=(redis-tools)
+[[ -f /usr/include/librdkafka/rdkafka_mock.h ]] || need+=(librdkafka-dev)
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then log "missing OS packages: ${need[*]} (run as root, or install them)"; exit 1; fi
   log "installing OS packages: ${need[*]}"

@@ -1,0 +1,57 @@
+/**
+ * The embedded servers are real: kafkajs talks to the mock cluster over TCP, ioredis to redis-server,
+ * and the fault switches do what they say.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { Redis } from 'ioredis';
+import { Kafka, logLevel } from 'kafkajs';
+import { KafkaApi, KafkaErr, KafkaMock, RedisServer } from '../src/index.ts';
+
+test('kafkajs produces to and consumes from the mock cluster; broker down and up take effect', async () => {
+  const mock = await KafkaMock.start({ brokers: 1, topics: [{ name: 'pages', partitions: 2 }] });
+  const kafka = new Kafka({ clientId: 't', brokers: mock.brokers, logLevel: logLevel.NOTHING, retry: { retries: 2, initialRetryTime: 50 } });
+  const producer = kafka.producer({ allowAutoTopicCreation: false });
+  const consumer = kafka.consumer({ groupId: 'g1' });
+  try {
+    await producer.connect();
+    await producer.send({ topic: 'pages', acks: -1, messages: [{ key: 'vm-a', value: Buffer.from('one') }, { key: 'vm-a', value: Buffer.from('two') }] });
+    await consumer.connect();
+    await consumer.subscribe({ topic: 'pages', fromBeginning: true });
+    const got: string[] = [];
+    await new Promise<void>((resolve, reject) => {
+      consumer.run({ eachMessage: async ({ message }) => { got.push(message.value!.toString()); if (got.length === 2) resolve(); } }).catch(reject);
+    });
+    assert.deepEqual(got, ['one', 'two'], 'same key, same partition, in order');
+    await consumer.disconnect();
+
+    // An injected produce error is retried by the client and the send still lands.
+    await mock.pushRequestErrors(KafkaApi.Produce, [KafkaErr.NotLeaderForPartition]);
+    await producer.send({ topic: 'pages', acks: -1, messages: [{ key: 'vm-a', value: Buffer.from('three') }] });
+
+    await mock.brokerDown(-1);
+    await assert.rejects(producer.send({ topic: 'pages', acks: -1, timeout: 500, messages: [{ key: 'vm-a', value: Buffer.from('lost?') }] }));
+    await mock.brokerUp(-1);
+    await producer.send({ topic: 'pages', acks: -1, messages: [{ key: 'vm-a', value: Buffer.from('four') }] });
+    await assert.rejects(mock.createTopic('bad name', 1), RangeError);
+  } finally {
+    await consumer.disconnect().catch(() => undefined);
+    await producer.disconnect().catch(() => undefined);
+    await mock.stop();
+  }
+});
+
+test('redis-server runs with AOF: an acknowledged write survives SIGKILL and restart', async () => {
+  const server = await RedisServer.start();
+  const r = new Redis(server.port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 20, retryStrategy: () => 50 });
+  try {
+    await r.connect();
+    assert.equal(await r.config('GET', 'appendonly').then((x) => (x as string[])[1]), 'yes');
+    await r.set('k', 'v1');
+    await server.restart();
+    assert.equal(await r.get('k'), 'v1', 'the AOF kept the write');
+  } finally {
+    r.disconnect();
+    await server.stop();
+  }
+});

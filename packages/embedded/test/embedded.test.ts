@@ -20,7 +20,7 @@ test('kafkajs produces to and consumes from the mock cluster; broker down and up
     await consumer.subscribe({ topic: 'pages', fromBeginning: true });
     const got: string[] = [];
     await new Promise<void>((resolve, reject) => {
-      consumer.run({ eachMessage: async ({ message }) => { got.push(message.value!.toString()); if (got.length === 2) resolve(); } }).catch(reject);
+      consumer.run({ eachMessage: ({ message }) => { got.push(message.value!.toString()); if (got.length === 2) resolve(); return Promise.resolve(); } }).catch(reject);
     });
     assert.deepEqual(got, ['one', 'two'], 'same key, same partition, in order');
     await consumer.disconnect();

@@ -19,7 +19,7 @@ test('begin, batch and commit records round-trip', () => {
   } }));
   assert.equal(batch.kind, 'batch');
   if (batch.kind === 'batch') {
-    assert.deepEqual([...batch.batch.firsts], [10, 99]);
+    assert.deepEqual(Array.from(batch.batch.firsts), [10, 99]);
     assert.deepEqual([...batch.batch.zero], [0, 1]);
     assert.ok(Buffer.from(batchPages(batch.batch)).equals(data), 'page bytes');
   }

@@ -73,12 +73,19 @@ export type EpochRecord =
   | (RecordHead & { kind: 'commit'; commit: EpochCommit });
 
 export interface ResyncRequest { reason: string; generation: number; epoch: number; requestedAtMs: number }
+/** Position of a record within its epoch, for AppliedMarker.part. */
+export const PART_BEGIN = 0;
+export const PART_COMMIT = 0xffffffff;
+export const partOfBatch = (seq: number): number => seq + 1;
+
 export interface AppliedMarker {
+  /** Every record of this VM up to (generation, epoch, part) is processed. */
   generation: number;
   epoch: number;
-  applied: boolean;
-  stagedEpoch: number;
-  stagedBatches: number;
+  part: number;
+  imageGeneration: number;
+  /** -1: no epoch applied. */
+  imageEpoch: number;
   stale: boolean;
   atMs: number;
 }
@@ -198,9 +205,12 @@ export function decodeEpochRecord(buf: Uint8Array): EpochRecord {
   }
 }
 
-/** A batch's page bytes, decompressed (bounded by the declared size: no decompression bombs). */
+/**
+ * A batch's page bytes, decompressed (bounded by the declared size: no decompression bombs), 4-byte
+ * aligned so they can be read as words (a decoded record's bytes are a view at any offset).
+ */
 export function batchPages(b: PageBatch): Uint8Array {
-  if (b.compression === 'none') return b.data;
+  if (b.compression === 'none') return b.data.byteOffset % 4 === 0 ? b.data : Uint8Array.prototype.slice.call(b.data);
   let out: Buffer;
   try {
     out = gunzipSync(b.data, { maxOutputLength: Math.max(1, b.dataBytes) });
@@ -221,11 +231,12 @@ export function decodeControlRecord(buf: Uint8Array): ControlRecord {
   }
   if (o.body === 'applied') {
     const a = o.applied as Record<string, unknown>;
+    const imageEpoch = a.imageEpoch;
+    if (typeof imageEpoch !== 'number' || !Number.isSafeInteger(imageEpoch) || imageEpoch < -1) throw invalid('applied.imageEpoch is out of range');
     return {
       vm, kind: 'applied', applied: {
-        generation: safeInt(a.generation, 'applied.generation'), epoch: safeInt(a.epoch, 'applied.epoch'), applied: a.applied === true,
-        stagedEpoch: safeInt(a.stagedEpoch, 'applied.stagedEpoch'), stagedBatches: u32(a.stagedBatches, 'applied.stagedBatches'),
-        stale: a.stale === true, atMs: safeInt(a.atMs, 'applied.atMs'),
+        generation: safeInt(a.generation, 'applied.generation'), epoch: safeInt(a.epoch, 'applied.epoch'), part: u32(a.part, 'applied.part'),
+        imageGeneration: safeInt(a.imageGeneration, 'applied.imageGeneration'), imageEpoch, stale: a.stale === true, atMs: safeInt(a.atMs, 'applied.atMs'),
       },
     };
   }

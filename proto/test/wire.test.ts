@@ -34,7 +34,7 @@ test('begin, batch and commit records round-trip', () => {
     assert.deepEqual([...back.commit.vcpuStates[0]!], [1, 2, 3]);
     assert.deepEqual(back.commit.guestCounters, [5, 10]);
   }
-  const ctl = { vm: 'vm-1', kind: 'applied' as const, applied: { generation: 3, epoch: 6, applied: true, stagedEpoch: 7, stagedBatches: 2, stale: false, atMs: 5 } };
+  const ctl = { vm: 'vm-1', kind: 'applied' as const, applied: { generation: 3, epoch: 6, part: 3, imageGeneration: 3, imageEpoch: 5, stale: false, atMs: 5 } };
   assert.deepEqual(decodeControlRecord(encodeControlRecord(ctl)), ctl);
 });
 

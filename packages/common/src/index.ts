@@ -8,3 +8,4 @@ export * from './logger.ts';
 export * from './metrics-server.ts';
 export * from './percentile.ts';
 export * from './guest-workload.ts';
+export * from './connections.ts';

@@ -20,7 +20,15 @@ export interface HarvestRunOptions {
   onEpoch?: (commit: EpochCommit, check: EpochCheck | undefined) => void;
   /** How often to look for vCPUs stalled on a full ring between epochs. */
   reliefCheckMs?: number;
+  /**
+   * Polled before each epoch: a non-null reason (a replicator asked for a resync) starts a new
+   * generation with a baseline.
+   */
+  takeResyncRequest?: () => string | null;
 }
+
+/** Errors after which the current generation cannot go on, but a new one (with a baseline) can. */
+const NEW_GENERATION_CODES = new Set(['CKPT_ERR_HARVEST_CONTINUITY_LOST', 'CKPT_ERR_PUBLISH_FAILED']);
 
 export interface HarvestSummary {
   source: string;
@@ -108,6 +116,14 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
   // rather than causing back-to-back pauses or a burst of catch-up epochs.
   let deadline = performance.now();
   let cutStart = 0;
+  let lastCutStart = -1;
+  const newGeneration = (why: string, err?: unknown): void => {
+    log.warn('starting a new generation', { reason: why, err, generation: cycle.generation + 1 });
+    resyncs++;
+    m?.resyncs.inc();
+    cycle = new CheckpointCycle(source, { ...cycleOptions, generation: cycle.generation + 1 });
+    deadline = performance.now();
+  };
   try {
     while (cut < total && !options.signal?.aborted) {
       while (performance.now() < deadline && !options.signal?.aborted) {
@@ -116,20 +132,26 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
       }
       if (options.signal?.aborted) break;
       checkVcpus();
+      const resync = options.takeResyncRequest?.() ?? null;
+      if (resync !== null && cycle.epoch > 0) {
+        m?.resyncRequests.inc();
+        newGeneration(`a replicator asked for a baseline: ${resync}`);
+      }
       options.beforeEpoch?.(cycle.epoch);
       lastCheck = undefined;
       cutStart = performance.now();
+      if (lastCutStart >= 0) {
+        const stretch = cutStart - lastCutStart - options.intervalMs;
+        if (stretch > 1) m?.intervalStretchSeconds.inc(stretch / 1000);
+      }
+      lastCutStart = cutStart;
       let commit: EpochCommit;
       try {
         commit = await cycle.cut(sink);
       } catch (err) {
-        if (!(err instanceof CkptError) || err.code !== 'CKPT_ERR_HARVEST_CONTINUITY_LOST') throw err;
+        if (!(err instanceof CkptError) || !NEW_GENERATION_CODES.has(err.code)) throw err;
         // Continuity is broken: the uncommitted epoch is dropped and a new generation starts with a baseline.
-        log.warn('starting a new generation', { err, generation: cycle.generation + 1 });
-        resyncs++;
-        m?.resyncs.inc();
-        cycle = new CheckpointCycle(source, { ...cycleOptions, generation: cycle.generation + 1 });
-        deadline = performance.now();
+        newGeneration(err.code, err);
         continue;
       }
       cut++;

@@ -17,6 +17,13 @@ export interface HarvesterMetrics {
   epochBytes: Histogram;
   verifyMismatches: Counter;
   lastEpoch: Gauge;
+  bytesPublished: Counter;
+  produceSeconds: Histogram;
+  produceErrors: Counter;
+  inFlightBytes: Gauge;
+  backpressureSeconds: Counter<'cause'>;
+  intervalStretchSeconds: Counter;
+  resyncRequests: Counter;
 }
 
 const LATENCY_BUCKETS = [50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1];
@@ -41,6 +48,13 @@ export function createHarvesterMetrics(options: { defaultMetrics?: boolean } = {
     drainSeconds: new Histogram({ name: 'ckpt_harvester_drain_seconds', help: 'Time to drain every dirty ring while paused', buckets: LATENCY_BUCKETS, registers }),
     epochBytes: new Histogram({ name: 'ckpt_harvester_epoch_bytes', help: 'Page data bytes per epoch (zero pages excluded)', buckets: BYTE_BUCKETS, registers }),
     verifyMismatches: new Counter({ name: 'ckpt_harvester_verify_mismatches_total', help: 'Pages found wrong by --verify (content, missed writes, digest)', registers }),
+    bytesPublished: new Counter({ name: 'ckpt_harvester_published_bytes_total', help: 'Bytes of epoch records acknowledged by Kafka (record values, after compression)', registers }),
+    produceSeconds: new Histogram({ name: 'ckpt_harvester_produce_seconds', help: 'Kafka produce latency per record (send to acks=all acknowledgement)', buckets: LATENCY_BUCKETS, registers }),
+    produceErrors: new Counter({ name: 'ckpt_harvester_produce_errors_total', help: 'Failed produce attempts (each is retried until the publish timeout)', registers }),
+    inFlightBytes: new Gauge({ name: 'ckpt_harvester_in_flight_bytes', help: 'Bytes sent to Kafka and not yet acknowledged', registers }),
+    backpressureSeconds: new Counter({ name: 'ckpt_harvester_backpressure_seconds_total', help: 'Time the harvester waited before producing, by cause (in-flight cap, replication window)', labelNames: ['cause'], registers }),
+    intervalStretchSeconds: new Counter({ name: 'ckpt_harvester_interval_stretch_seconds_total', help: 'Time by which epoch intervals exceeded the configured interval (backpressure or slow epochs)', registers }),
+    resyncRequests: new Counter({ name: 'ckpt_harvester_resync_requests_total', help: 'Resync requests received from replicators (each starts a new generation with a baseline)', registers }),
     lastEpoch: new Gauge({ name: 'ckpt_harvester_last_epoch', help: 'Number of the last epoch cut', registers }),
   };
 }

@@ -1,0 +1,75 @@
+/**
+ * Connection settings shared by every service: the Kafka cluster (brokers, TLS, SASL, topics) and
+ * Redis (URL, TLS, AUTH). Config fragments to spread into a service's schema, and builders for the
+ * kafkajs and ioredis options.
+ */
+import { readFileSync } from 'node:fs';
+import type { ConnectionOptions } from 'node:tls';
+import { ConfigError } from './errors.ts';
+import type { ConfigOf, Schema } from './config.ts';
+
+export const KAFKA_SCHEMA = {
+  kafkaBrokers: { type: 'string', default: '', help: 'Kafka bootstrap servers, comma separated (empty: the embedded test broker, where a command starts one)' },
+  kafkaClientId: { type: 'string', default: 'ckpt', help: 'Kafka client id' },
+  pagesTopic: { type: 'string', default: 'ckpt.pages', help: 'topic of epoch records (key = VM id)' },
+  controlTopic: { type: 'string', default: 'ckpt.control', help: 'topic of resync requests and applied markers (key = VM id)' },
+  deadLetterTopic: { type: 'string', default: 'ckpt.dead', help: 'topic where unusable records are parked, with headers saying why' },
+  kafkaTls: { type: 'bool', default: false, help: 'connect to Kafka with TLS' },
+  kafkaTlsCaFile: { type: 'string', default: '', help: 'PEM CA bundle for the brokers (empty: system CAs)' },
+  kafkaTlsCertFile: { type: 'string', default: '', help: 'PEM client certificate (mutual TLS)' },
+  kafkaTlsKeyFile: { type: 'string', default: '', help: 'PEM client key (mutual TLS)' },
+  kafkaSaslMechanism: { type: 'enum', values: ['none', 'plain', 'scram-sha-256', 'scram-sha-512'], default: 'none', help: 'SASL mechanism' },
+  kafkaSaslUsername: { type: 'string', default: '', help: 'SASL user name' },
+  kafkaSaslPasswordFile: { type: 'string', default: '', help: 'file holding the SASL password (kept out of the environment and the process list)' },
+  kafkaIdempotent: { type: 'bool', default: true, help: 'idempotent producer (real clusters; the embedded test broker cannot, so commands that start it turn this off)' },
+} as const satisfies Schema;
+
+export const REDIS_SCHEMA = {
+  redisUrl: { type: 'string', default: '', help: 'Redis URL, redis://[user:password@]host:port[/db] or rediss:// for TLS (empty: the embedded redis-server, where a command starts one)' },
+  redisPasswordFile: { type: 'string', default: '', help: 'file holding the Redis AUTH password (overrides the URL\'s)' },
+  redisTlsCaFile: { type: 'string', default: '', help: 'PEM CA bundle for rediss:// (empty: system CAs)' },
+  redisPrefix: { type: 'string', default: 'ckpt', help: 'prefix of every Redis key' },
+} as const satisfies Schema;
+
+export type KafkaSettings = ConfigOf<typeof KAFKA_SCHEMA>;
+export type RedisSettings = ConfigOf<typeof REDIS_SCHEMA>;
+
+function readSecret(path: string, what: string): string {
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch (err) {
+    throw new ConfigError([`cannot read ${what} from ${path}: ${(err as Error).message}`]);
+  }
+}
+
+/** The kafkajs client configuration (a plain object; kafkajs types it as KafkaConfig). */
+export function kafkaClientConfig(s: KafkaSettings, brokers: string[]): Record<string, unknown> {
+  if (brokers.length === 0) throw new ConfigError(['no Kafka brokers: set --kafka-brokers (or KAFKA_BROKERS)']);
+  let ssl: boolean | ConnectionOptions = false;
+  if (s.kafkaTls) {
+    const tls: ConnectionOptions = {};
+    if (s.kafkaTlsCaFile) tls.ca = readSecret(s.kafkaTlsCaFile, 'the Kafka CA bundle');
+    if (s.kafkaTlsCertFile) tls.cert = readSecret(s.kafkaTlsCertFile, 'the Kafka client certificate');
+    if (s.kafkaTlsKeyFile) tls.key = readSecret(s.kafkaTlsKeyFile, 'the Kafka client key');
+    ssl = Object.keys(tls).length ? tls : true;
+  }
+  let sasl: Record<string, string> | undefined;
+  if (s.kafkaSaslMechanism !== 'none') {
+    if (!s.kafkaSaslUsername || !s.kafkaSaslPasswordFile) throw new ConfigError([`SASL ${s.kafkaSaslMechanism} needs --kafka-sasl-username and --kafka-sasl-password-file`]);
+    sasl = { mechanism: s.kafkaSaslMechanism, username: s.kafkaSaslUsername, password: readSecret(s.kafkaSaslPasswordFile, 'the SASL password') };
+  }
+  return { clientId: s.kafkaClientId, brokers, ssl, sasl };
+}
+
+export function parseBrokers(list: string): string[] {
+  return list.split(',').map((b) => b.trim()).filter(Boolean);
+}
+
+/** ioredis options for a URL, with the password file and TLS CA applied. */
+export function redisClientOptions(s: RedisSettings, url: string): { url: string; options: Record<string, unknown> } {
+  if (!/^rediss?:\/\//.test(url)) throw new ConfigError([`--redis-url must start with redis:// or rediss://, got "${url}"`]);
+  const options: Record<string, unknown> = {};
+  if (s.redisPasswordFile) options.password = readSecret(s.redisPasswordFile, 'the Redis password');
+  if (url.startsWith('rediss://') && s.redisTlsCaFile) options.tls = { ca: readSecret(s.redisTlsCaFile, 'the Redis CA bundle') };
+  return { url, options };
+}

@@ -1,0 +1,206 @@
+/**
+ * One pipeline run: harvester(s) publishing to Kafka, replicator process(es) applying to Redis, then
+ * the guests stop, the replicators drain, and every VM's standby is checked against the harvester's
+ * last committed epoch (a shadow image built only from committed epochs).
+ */
+import type { ChildProcess } from 'node:child_process';
+import { Redis } from 'ioredis';
+import { Kafka, logLevel, type Producer } from 'kafkajs';
+import { percentile, silentLogger, type Logger } from '@ckpt/common';
+import {
+  ControlListener, createHarvesterMetrics, KafkaPublisher, openSource, runHarvest, ShadowVerifier, type DirtySource, type EpochCommit, type EpochSink,
+} from '@ckpt/harvester';
+import type { Compression } from '@ckpt/proto';
+import { StandbyStore } from '@ckpt/standby';
+import { spawnReplicator, startServers, stopChild, type Servers } from './servers.ts';
+import { verifyStandby, type StandbyCheck } from './verify-standby.ts';
+
+export interface PipelineOptions {
+  source: 'kvm' | 'sim' | 'auto';
+  vms: number;
+  durationS: number;
+  memMib: number;
+  vcpus: number;
+  workload: 'idle' | 'sequential' | 'random' | 'hotset';
+  rate: number;
+  fill: boolean;
+  intervalMs: number;
+  compression: Compression;
+  maxRecordBytes: number;
+  /** Un-applied bytes per VM (0 = off); defaults to 3 MiB against the embedded broker. */
+  windowBytes?: number;
+  replicators: number;
+  /** How long to wait for the replicators to apply the last epochs. */
+  drainTimeoutS: number;
+  log?: Logger;
+  /** Called with each phase, for a progress display. */
+  onPhase?: (phase: string) => void;
+}
+
+export interface PipelineResult {
+  source: string;
+  sourceNote?: string;
+  vms: number;
+  epochsCommitted: number;
+  epochsApplied: number;
+  standbyMatches: boolean;
+  pagesShipped: number;
+  bytesHarvested: number;
+  bytesOnWire: number;
+  throughputMBps: number;
+  lagP50Ms: number;
+  lagP99Ms: number;
+  resyncs: number;
+  durationS: number;
+  checks: StandbyCheck[];
+}
+
+interface VmRun {
+  vm: string;
+  source: DirtySource;
+  shadow: ShadowVerifier;
+  publisher: KafkaPublisher;
+  commits: Map<string, number>;
+  last: EpochCommit | null;
+  committed: number;
+}
+
+export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
+  const log = o.log ?? silentLogger;
+  const phase = o.onPhase ?? (() => undefined);
+  phase('starting servers');
+  const servers: Servers = await startServers({ partitions: Math.max(4, o.vms) });
+  const replicators: ChildProcess[] = [];
+  const runs: VmRun[] = [];
+  let producer: Producer | null = null;
+  let listener: ControlListener | null = null;
+  let redis: Redis | null = null;
+  try {
+    const kafka = new Kafka({ clientId: 'ckpt-pipeline', brokers: servers.brokers, logLevel: logLevel.NOTHING });
+    // Without idempotence, one request in flight keeps a VM's records in order across retries.
+    producer = kafka.producer({ idempotent: !servers.embeddedKafka, maxInFlightRequests: servers.embeddedKafka ? 1 : 5, allowAutoTopicCreation: false });
+    await producer.connect();
+    for (let i = 0; i < o.replicators; i++) replicators.push(spawnReplicator(servers, {}, (line) => log.debug('replicator', { line })));
+    listener = new ControlListener(kafka, servers.topics.control, log);
+    redis = new Redis(servers.redisUrl, { maxRetriesPerRequest: 5 });
+    redis.on('error', (err) => log.debug('redis connection error', { err }));
+    const store = new StandbyStore(redis);
+    const windowBytes = o.windowBytes ?? (servers.embeddedKafka ? 3 << 20 : 0);
+    // Publishers stuck on a replicator that does not progress give up after the drain timeout.
+    const drainDeadline = new AbortController();
+    let sourceKind = '';
+    let sourceNote: string | undefined;
+    for (let v = 0; v < o.vms; v++) {
+      const vm = `vm-${v}`;
+      const opened = openSource({
+        source: o.source, devPath: '/dev/kvm', memMib: o.memMib, slots: 1, vcpus: o.vcpus, workload: o.workload, rate: o.rate, seed: v + 1,
+        hotPages: 256, hotPercent: 90, fill: o.fill, ringEntries: 65536,
+      });
+      sourceKind = opened.source.kind;
+      sourceNote = opened.fallbackReason;
+      const publisher = new KafkaPublisher({
+        producer, topic: servers.topics.pages, vm, maxRecordBytes: o.maxRecordBytes, compression: o.compression, maxInFlightBytes: 8 << 20,
+        windowBytes, publishTimeoutMs: 30_000, log, signal: drainDeadline.signal,
+      });
+      listener.register(vm, (m) => publisher.window.marker(m));
+      runs.push({ vm, source: opened.source, shadow: new ShadowVerifier(opened.source), publisher, commits: new Map(), last: null, committed: 0 });
+    }
+    await listener.start();
+    phase('harvesting');
+    const stop = new AbortController();
+    const lags: number[] = [];
+    // Lag: from the harvester's commit to the epoch being visible in Redis.
+    const poll = setInterval(() => {
+      for (const r of runs) {
+        void store.readMeta(r.vm).then((m) => {
+          if (!m) return;
+          const key = `${m.generation}/${m.epoch}`;
+          const at = r.commits.get(key);
+          if (at !== undefined) {
+            lags.push(Date.now() - at);
+            r.commits.delete(key);
+            for (const k of r.commits.keys()) {
+              const [g, e] = k.split('/').map(Number);
+              if (g! < m.generation || (g === m.generation && e! < m.epoch)) r.commits.delete(k);
+            }
+          }
+        }, () => undefined);
+      }
+    }, 5);
+    const t0 = performance.now();
+    const timer = setTimeout(() => stop.abort(), o.durationS * 1000);
+    const giveUp = setTimeout(() => drainDeadline.abort(), (o.durationS + o.drainTimeoutS) * 1000);
+    const summaries = await Promise.all(runs.map((r) => {
+      // The shadow must hold only committed epochs: segments are held back until the commit.
+      const pendingSegments: Parameters<EpochSink['segment']>[] = [];
+      const shadowSink: EpochSink = {
+        begin: (h) => { pendingSegments.length = 0; r.shadow.begin(); void h; },
+        segment: (h, seg) => { pendingSegments.push([h, seg]); },
+        commit: () => undefined,
+      };
+      return runHarvest(r.source, {
+        epochs: 0, intervalMs: o.intervalMs, signal: stop.signal, sinks: [r.publisher, shadowSink],
+        cycle: { generation: Date.now() }, logger: log, metrics: createHarvesterMetrics(),
+        takeResyncRequest: () => listener!.takeResyncRequest(r.vm),
+        onEpoch: (c) => {
+          // The publisher's commit has been acknowledged by the broker: the epoch is committed.
+          for (const [h, seg] of pendingSegments) r.shadow.segment(h, seg);
+          pendingSegments.length = 0;
+          r.last = c;
+          r.committed++;
+          r.commits.set(`${c.generation}/${c.epoch}`, c.committedAtMs);
+        },
+      });
+    }));
+    clearTimeout(timer);
+    clearTimeout(giveUp);
+    const harvestS = (performance.now() - t0) / 1000;
+    for (const r of runs) r.source.pause();
+    phase('draining replicators');
+    const deadline = Date.now() + o.drainTimeoutS * 1000;
+    for (const r of runs) {
+      if (!r.last) continue;
+      for (;;) {
+        const m = await store.readMeta(r.vm);
+        if (m && m.generation === r.last.generation && m.epoch === r.last.epoch) break;
+        if (Date.now() > deadline) break;
+        await new Promise((res) => setTimeout(res, 20));
+      }
+    }
+    clearInterval(poll);
+    phase('verifying');
+    const checks: StandbyCheck[] = [];
+    let applied = 0;
+    for (const r of runs) {
+      if (!r.last) {
+        checks.push({ vm: r.vm, matches: false, problems: ['the harvester committed no epoch'], generation: 0, epoch: -1, digest: '', recomputedDigest: '', pagesCompared: 0 });
+        continue;
+      }
+      const c = await verifyStandby(store, r.vm, { generation: r.last.generation, epoch: r.last.epoch, digest: r.last.digest }, r.shadow.shadow);
+      checks.push(c);
+      applied += c.generation === r.last.generation ? c.epoch + 1 : 0;
+    }
+    const bytesHarvested = summaries.reduce((n, s) => n + s.bytesHarvested, 0);
+    return {
+      source: sourceKind, sourceNote, vms: o.vms,
+      epochsCommitted: runs.reduce((n, r) => n + r.committed, 0),
+      epochsApplied: applied,
+      standbyMatches: checks.every((c) => c.matches),
+      pagesShipped: summaries.reduce((n, s) => n + s.pagesHarvested, 0),
+      bytesHarvested,
+      bytesOnWire: runs.reduce((n, r) => n + r.publisher.bytesOnWire, 0),
+      throughputMBps: Number((bytesHarvested / harvestS / 1e6).toFixed(1)),
+      lagP50Ms: percentile(lags, 50), lagP99Ms: percentile(lags, 99),
+      resyncs: summaries.reduce((n, s) => n + s.resyncs, 0),
+      durationS: Number(harvestS.toFixed(2)),
+      checks,
+    };
+  } finally {
+    for (const r of runs) r.source.close();
+    await listener?.stop();
+    await producer?.disconnect().catch(() => undefined);
+    await Promise.all(replicators.map((c) => stopChild(c)));
+    redis?.disconnect();
+    await servers.stop();
+  }
+}

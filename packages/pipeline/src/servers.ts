@@ -1,0 +1,81 @@
+/**
+ * The servers a pipeline, bench or drill run needs: the embedded Kafka test broker and redis-server,
+ * unless KAFKA_BROKERS / REDIS_URL point at real ones; and replicator processes.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { KafkaMock, RedisServer } from '@ckpt/embedded';
+
+export interface Topics { pages: string; control: string; deadLetter: string }
+export const DEFAULT_TOPICS: Topics = { pages: 'ckpt.pages', control: 'ckpt.control', deadLetter: 'ckpt.dead' };
+
+export interface Servers {
+  brokers: string[];
+  redisUrl: string;
+  /** True for the embedded test broker: no idempotent producer, partitions keep 5 MiB. */
+  embeddedKafka: boolean;
+  kafka: KafkaMock | null;
+  redis: RedisServer | null;
+  topics: Topics;
+  stop(): Promise<void>;
+}
+
+export async function startServers(opts: { partitions: number; topics?: Topics; env?: NodeJS.ProcessEnv }): Promise<Servers> {
+  const env = opts.env ?? process.env;
+  const topics = opts.topics ?? DEFAULT_TOPICS;
+  let kafka: KafkaMock | null = null;
+  let redis: RedisServer | null = null;
+  try {
+    const brokers = env.KAFKA_BROKERS ? env.KAFKA_BROKERS.split(',').map((s) => s.trim()).filter(Boolean) : null;
+    if (!brokers) {
+      kafka = await KafkaMock.start({ brokers: 1, topics: [{ name: topics.pages, partitions: opts.partitions }, { name: topics.control, partitions: 1 }, { name: topics.deadLetter, partitions: 1 }] });
+    }
+    if (!env.REDIS_URL) redis = await RedisServer.start();
+    return {
+      brokers: brokers ?? kafka!.brokers, redisUrl: env.REDIS_URL ?? redis!.url, embeddedKafka: kafka !== null, kafka, redis, topics,
+      async stop() {
+        await kafka?.stop();
+        await redis?.stop();
+      },
+    };
+  } catch (err) {
+    await kafka?.stop().catch(() => undefined);
+    await redis?.stop().catch(() => undefined);
+    throw err;
+  }
+}
+
+const REPLICATOR_MAIN = fileURLToPath(new URL('../../../services/replicator/src/main.ts', import.meta.url));
+
+/** A replicator in its own process (so tests can kill -9 it), logging to `onLog`. */
+export function spawnReplicator(s: Servers, extra: Record<string, string> = {}, onLog?: (line: string) => void): ChildProcess {
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    REPLICATOR_KAFKA_BROKERS: s.brokers.join(','), REPLICATOR_REDIS_URL: s.redisUrl,
+    REPLICATOR_PAGES_TOPIC: s.topics.pages, REPLICATOR_CONTROL_TOPIC: s.topics.control, REPLICATOR_DEAD_LETTER_TOPIC: s.topics.deadLetter,
+    REPLICATOR_KAFKA_IDEMPOTENT: s.embeddedKafka ? 'false' : 'true', REPLICATOR_METRICS_PORT: '-1', ...extra,
+  };
+  const child = spawn(process.execPath, ['--import', 'tsx', REPLICATOR_MAIN], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  let buf = '';
+  child.stderr?.on('data', (d: Buffer) => {
+    buf += d.toString();
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      onLog?.(buf.slice(0, i));
+      buf = buf.slice(i + 1);
+    }
+  });
+  const kill = (): void => { child.kill('SIGKILL'); };
+  process.once('exit', kill);
+  child.once('exit', () => process.removeListener('exit', kill));
+  return child;
+}
+
+export async function stopChild(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM', graceMs = 5000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  child.kill(signal);
+  const t = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(t);
+}

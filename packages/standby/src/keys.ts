@@ -1,0 +1,53 @@
+/**
+ * Redis key layout of one VM's standby image. Every key carries the hash tag `{vm}`, so a VM's keys
+ * share one Redis Cluster slot and a Lua script may touch all of them.
+ *
+ *   <p>:{vm}:meta                 HASH  the committed epoch: generation, epoch, digest, state, layout, vCPU state
+ *   <p>:{vm}:asm                  HASH  the epoch being assembled: generation, epoch, baseline, begin, nextSeq
+ *   <p>:{vm}:fence                STRING while present, no epoch is applied (the restorer's consistent read)
+ *   <p>:{vm}:g<G>:c:<slot>:<n>    STRING chunk n of a slot: CHUNK_PAGES pages (shorter or absent = zero)
+ *   <p>:{vm}:g<G>:h               HASH  page hash of every non-zero page (field "slot:gfn", value 8 bytes BE)
+ *   <p>:{vm}:g<G>:s:<E>:<seq>     HASH  staged pieces of batch <seq> of incremental epoch <E>
+ *   <p>:{vm}:g<G>:sh:<E>          HASH  staged page hashes of incremental epoch <E> ('' = zero page)
+ *
+ * Generation G's keys (g<G>) are the image once meta says generation G. A baseline for a new
+ * generation is written straight into its own g<G> keys, invisible until its commit flips meta.
+ */
+export const CHUNK_PAGES = 256;
+export const DEFAULT_PREFIX = 'ckpt';
+
+const VM_ID_RE = /^[A-Za-z0-9._:-]{1,200}$/;
+
+export function validVmId(vm: string): boolean {
+  return VM_ID_RE.test(vm);
+}
+
+export class VmKeys {
+  readonly base: string;
+  constructor(readonly vm: string, readonly prefix = DEFAULT_PREFIX) {
+    if (!validVmId(vm)) throw new RangeError(`bad VM id ${JSON.stringify(vm)}: use 1-200 of A-Z a-z 0-9 . _ : -`);
+    this.base = `${prefix}:{${vm}}`;
+  }
+  get meta(): string { return `${this.base}:meta`; }
+  get asm(): string { return `${this.base}:asm`; }
+  get fence(): string { return `${this.base}:fence`; }
+  gen(g: number): string { return `${this.base}:g${g}`; }
+  chunkPrefix(g: number): string { return `${this.gen(g)}:c:`; }
+  chunk(g: number, slot: number, n: number): string { return `${this.gen(g)}:c:${slot}:${n}`; }
+  hashes(g: number): string { return `${this.gen(g)}:h`; }
+  stagePrefix(g: number, e: number): string { return `${this.gen(g)}:s:${e}:`; }
+  stage(g: number, e: number, seq: number): string { return `${this.gen(g)}:s:${e}:${seq}`; }
+  stagedHashes(g: number, e: number): string { return `${this.gen(g)}:sh:${e}`; }
+}
+
+/** Field of a page in the hash tables. */
+export function pageField(slot: number, gfn: number): string {
+  return `${slot}:${gfn}`;
+}
+
+export function hashValue(hi: number, lo: number): Buffer {
+  const b = Buffer.allocUnsafe(8);
+  b.writeUInt32BE(hi, 0);
+  b.writeUInt32BE(lo, 4);
+  return b;
+}

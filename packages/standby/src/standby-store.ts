@@ -1,0 +1,363 @@
+/**
+ * The standby image in Redis (layout in keys.ts): staging an epoch's batches as they arrive, checking
+ * its digest, and making it visible atomically; marking an image stale; reading it back.
+ *
+ * Durability: every method resolves once Redis has acknowledged its writes; with AOF and
+ * `appendfsync always` (the embedded default) that means on disk.
+ */
+import type { Redis } from 'ioredis';
+import { CkptError, Digest64, pageHash } from '@ckpt/common';
+import type { EpochBegin, EpochCommit, PageBatch, SlotInfo } from '@ckpt/proto';
+import { APPLY_EPOCH_LUA, COMMIT_BASELINE_LUA } from './lua.ts';
+import { CHUNK_PAGES, DEFAULT_PREFIX, hashValue, pageField, VmKeys } from './keys.ts';
+
+export type ImageState = 'ok' | 'stale';
+
+export interface StandbyMeta {
+  generation: number;
+  epoch: number;
+  digest: string;
+  state: ImageState;
+  staleReason: string;
+  pageSize: number;
+  slots: SlotInfo[];
+  vcpus: number;
+  vcpuStates: Buffer[];
+  guestCounters: number[];
+  /** When the harvester committed the epoch (its clock) and when it was applied here. */
+  committedAtMs: number;
+  appliedAtMs: number;
+}
+
+/** The epoch being assembled (persisted in the asm hash, so a restarted replicator resumes it). */
+export interface Assembly {
+  generation: number;
+  epoch: number;
+  baseline: boolean;
+  begin: EpochBegin;
+  /** Batches staged so far: the next expected batch seq. */
+  nextSeq: number;
+  stagedBytes: number;
+  /** Baselines only: per slot, the highest page written so far in this epoch (-1: none). */
+  maxWritten: Record<number, number>;
+}
+
+export type ApplyOutcome =
+  | { result: 'applied'; digest: string }
+  | { result: 'already' }
+  | { result: 'fenced' }
+  | { result: 'digest-mismatch'; expected: string; computed: string }
+  | { result: 'conflict'; detail: string };
+
+const ZERO_HASH = Buffer.alloc(0);
+
+function num(b: Buffer | undefined, dflt = 0): number {
+  if (!b) return dflt;
+  const n = Number(b.toString());
+  return Number.isFinite(n) ? n : dflt;
+}
+
+export class StandbyStore {
+  constructor(readonly redis: Redis, readonly prefix = DEFAULT_PREFIX) {
+    redis.defineCommand('ckptApplyEpoch', { lua: APPLY_EPOCH_LUA });
+    redis.defineCommand('ckptCommitBaseline', { lua: COMMIT_BASELINE_LUA });
+    // Both scripts are defined without a fixed key count: callers pass numKeys first.
+  }
+
+  keys(vm: string): VmKeys {
+    return new VmKeys(vm, this.prefix);
+  }
+
+  async readMeta(vm: string): Promise<StandbyMeta | null> {
+    const h = await this.redis.hgetallBuffer(this.keys(vm).meta);
+    if (!h.generation) return null;
+    const vcpus = num(h.vcpus);
+    const vcpuStates: Buffer[] = [];
+    for (let i = 0; i < vcpus; i++) vcpuStates.push(h[`vcpu:${i}`] ?? Buffer.alloc(0));
+    return {
+      generation: num(h.generation), epoch: num(h.epoch, -1), digest: h.digest?.toString() ?? '', state: h.state?.toString() === 'ok' ? 'ok' : 'stale',
+      staleReason: h.staleReason?.toString() ?? '', pageSize: num(h.pageSize), slots: h.slots ? (JSON.parse(h.slots.toString()) as SlotInfo[]) : [],
+      vcpus, vcpuStates, guestCounters: h.guestCounters ? (JSON.parse(h.guestCounters.toString()) as number[]) : [],
+      committedAtMs: num(h.committedAtMs), appliedAtMs: num(h.appliedAtMs),
+    };
+  }
+
+  async readAssembly(vm: string): Promise<Assembly | null> {
+    const a = await this.redis.hget(this.keys(vm).asm, 'json');
+    return a ? (JSON.parse(a) as Assembly) : null;
+  }
+
+  /** Starts assembling an epoch; drops what an abandoned assembly had staged. */
+  async startAssembly(vm: string, asm: Assembly, abandoned: Assembly | null): Promise<void> {
+    if (abandoned) await this.dropAssembly(vm, abandoned);
+    await this.redis.hset(this.keys(vm).asm, 'json', JSON.stringify(asm));
+  }
+
+  /** Deletes an assembly's staged keys (and, for a baseline, its whole generation). */
+  async dropAssembly(vm: string, asm: Assembly): Promise<void> {
+    const k = this.keys(vm);
+    const meta = await this.readMeta(vm);
+    if (asm.baseline) {
+      // Never delete the live generation's keys.
+      if (!meta || meta.generation !== asm.generation) await this.deleteGeneration(vm, asm.generation);
+    } else {
+      const del: string[] = [k.stagedHashes(asm.generation, asm.epoch)];
+      for (let s = 0; s < asm.nextSeq; s++) del.push(k.stage(asm.generation, asm.epoch, s));
+      await this.redis.unlink(...del);
+    }
+    await this.redis.del(k.asm);
+  }
+
+  /** Deletes every key of one generation (SCAN + UNLINK). */
+  async deleteGeneration(vm: string, generation: number): Promise<number> {
+    const pattern = `${this.keys(vm).gen(generation)}:*`;
+    let cursor = '0';
+    let n = 0;
+    do {
+      const [next, found] = await this.redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+      cursor = next;
+      if (found.length) n += await this.redis.unlink(...found);
+    } while (cursor !== '0');
+    return n;
+  }
+
+  /**
+   * Stages one batch (already validated against the assembly's layout) durably, together with the
+   * assembly's progress, in one MULTI. `pages` is the batch's decompressed page bytes.
+   */
+  async stageBatch(vm: string, asm: Assembly, batch: PageBatch, pages: Uint8Array): Promise<void> {
+    const k = this.keys(vm);
+    const ps = asm.begin.pageSize;
+    const pw = ps >>> 2;
+    const words = new Uint32Array(pages.buffer, pages.byteOffset, pages.byteLength >>> 2);
+    const out = new Uint32Array(2);
+    const multi = this.redis.multi();
+    const stageArgs: (string | Buffer)[] = [];
+    const hashArgs: (string | Buffer)[] = [];
+    const hdel: string[] = [];
+    const g = asm.generation;
+    let dataOff = 0;
+    for (let i = 0; i < batch.slots.length; i++) {
+      const slot = batch.slots[i]!;
+      let first = batch.firsts[i]!;
+      let count = batch.counts[i]!;
+      const zero = batch.zero[i] === 1;
+      if (asm.baseline && zero) {
+        // Pages of a baseline start out zero: only pages this epoch already wrote need zeroing.
+        const max = asm.maxWritten[slot] ?? -1;
+        if (first > max) continue;
+        count = Math.min(count, max - first + 1);
+      }
+      while (count > 0) {
+        const chunk = Math.floor(first / CHUNK_PAGES);
+        const inChunk = first - chunk * CHUNK_PAGES;
+        const n = Math.min(count, CHUNK_PAGES - inChunk);
+        const off = inChunk * ps;
+        if (zero) {
+          if (asm.baseline) multi.setrange(k.chunk(g, slot, chunk), off, Buffer.alloc(n * ps));
+          else stageArgs.push(`z:${slot}:${chunk}:${off}`, String(n * ps));
+          for (let p = 0; p < n; p++) {
+            if (asm.baseline) hdel.push(pageField(slot, first + p));
+            else hashArgs.push(pageField(slot, first + p), ZERO_HASH);
+          }
+        } else {
+          const bytes = Buffer.from(pages.buffer, pages.byteOffset + dataOff, n * ps);
+          if (asm.baseline) multi.setrange(k.chunk(g, slot, chunk), off, bytes);
+          else stageArgs.push(`d:${slot}:${chunk}:${off}`, bytes);
+          for (let p = 0; p < n; p++) {
+            pageHash(words, (dataOff >>> 2) + p * pw, pw, slot, first + p, out);
+            const zeroPage = out[0] === 0 && out[1] === 0;
+            const field = pageField(slot, first + p);
+            if (asm.baseline) {
+              if (zeroPage) hdel.push(field);
+              else hashArgs.push(field, hashValue(out[0]!, out[1]!));
+            } else {
+              hashArgs.push(field, zeroPage ? ZERO_HASH : hashValue(out[0]!, out[1]!));
+            }
+          }
+          dataOff += n * ps;
+          if (asm.baseline) asm.maxWritten[slot] = Math.max(asm.maxWritten[slot] ?? -1, first + n - 1);
+        }
+        first += n;
+        count -= n;
+      }
+    }
+    if (asm.baseline) {
+      if (hashArgs.length) multi.hset(k.hashes(g), ...hashArgs);
+      if (hdel.length) multi.hdel(k.hashes(g), ...hdel);
+    } else {
+      if (stageArgs.length) multi.hset(k.stage(g, asm.epoch, batch.seq), ...stageArgs);
+      else multi.hset(k.stage(g, asm.epoch, batch.seq), 'empty', '1');
+      if (hashArgs.length) multi.hset(k.stagedHashes(g, asm.epoch), ...hashArgs);
+    }
+    asm.nextSeq = batch.seq + 1;
+    asm.stagedBytes += pages.byteLength;
+    multi.hset(k.asm, 'json', JSON.stringify(asm));
+    await execOrThrow(multi, 'stage a batch');
+  }
+
+  /** Checks the assembled epoch's digest and, if it matches, makes the epoch the image atomically. */
+  async applyEpoch(vm: string, asm: Assembly, commit: EpochCommit): Promise<ApplyOutcome> {
+    const k = this.keys(vm);
+    const g = asm.generation;
+    const fields = metaFields(asm, commit);
+    if (asm.baseline) {
+      const digest = await this.sumHashes(k.hashes(g));
+      if (digest.toHex() !== commit.digest) return { result: 'digest-mismatch', expected: commit.digest, computed: digest.toHex() };
+      const r = String(await (this.redis as unknown as Scripts).ckptCommitBaseline(3, k.meta, k.fence, k.asm, String(g), ...fields));
+      if (r === 'OK') {
+        // The previous generation is no longer reachable; reclaim its keys.
+        await this.deleteOtherGenerations(vm, g);
+        return { result: 'applied', digest: commit.digest };
+      }
+      return outcome(r);
+    }
+    const meta = await this.readMeta(vm);
+    if (!meta) return { result: 'conflict', detail: 'no image to apply an incremental epoch to' };
+    if (meta.generation === g && meta.epoch === asm.epoch) return { result: 'already' };
+    const staged = await this.redis.hgetallBuffer(k.stagedHashes(g, asm.epoch));
+    const names = Object.keys(staged);
+    const digest = Digest64.fromHex(meta.digest);
+    if (names.length) {
+      const old = await this.redis.hmgetBuffer(k.hashes(g), ...names);
+      names.forEach((name, i) => {
+        const o = old[i];
+        if (o && o.length === 8) digest.sub(o.readUInt32BE(0), o.readUInt32BE(4));
+        const n = staged[name]!;
+        if (n.length === 8) digest.add(n.readUInt32BE(0), n.readUInt32BE(4));
+      });
+    }
+    if (digest.toHex() !== commit.digest) return { result: 'digest-mismatch', expected: commit.digest, computed: digest.toHex() };
+    const stageKeys: string[] = [];
+    for (let s = 0; s < asm.nextSeq; s++) stageKeys.push(k.stage(g, asm.epoch, s));
+    const r = String(await (this.redis as unknown as Scripts).ckptApplyEpoch(
+      5 + stageKeys.length, k.meta, k.hashes(g), k.stagedHashes(g, asm.epoch), k.fence, k.asm, ...stageKeys,
+      String(g), String(asm.epoch - 1), String(asm.epoch), k.chunkPrefix(g), ...fields,
+    ));
+    return r === 'OK' ? { result: 'applied', digest: commit.digest } : outcome(r);
+  }
+
+  /** Flags the image stale: it stays the last committed epoch, but must not be trusted as current. */
+  async markStale(vm: string, reason: string): Promise<void> {
+    await this.redis.hset(this.keys(vm).meta, 'state', 'stale', 'staleReason', reason);
+  }
+
+  async deleteOtherGenerations(vm: string, keep: number): Promise<void> {
+    const base = this.keys(vm).base;
+    let cursor = '0';
+    const re = /:g(\d+):/;
+    do {
+      const [next, found] = await this.redis.scan(cursor, 'MATCH', `${base}:g*`, 'COUNT', 1000);
+      cursor = next;
+      const drop = found.filter((key) => {
+        const m = re.exec(key.slice(base.length));
+        return m !== null && Number(m[1]) !== keep;
+      });
+      if (drop.length) await this.redis.unlink(...drop);
+    } while (cursor !== '0');
+  }
+
+  /** Sum of a hash table's page hashes. */
+  async sumHashes(key: string): Promise<Digest64> {
+    const d = new Digest64();
+    let cursor = '0';
+    do {
+      const [next, kv] = await this.redis.hscanBuffer(key, cursor, 'COUNT', 4096);
+      cursor = next.toString();
+      for (let i = 1; i < kv.length; i += 2) {
+        const v = kv[i]!;
+        if (v.length === 8) d.add(v.readUInt32BE(0), v.readUInt32BE(4));
+      }
+    } while (cursor !== '0');
+    return d;
+  }
+
+  /**
+   * Reads the image of generation `g`: calls `onChunk` for every chunk that exists, in slot and
+   * chunk order, with pipelined GETs (no per-page round trips).
+   */
+  async forEachChunk(vm: string, g: number, slots: SlotInfo[], onChunk: (slot: number, chunk: number, bytes: Buffer) => void, window = 64): Promise<void> {
+    const k = this.keys(vm);
+    for (const s of slots) {
+      const chunks = Math.ceil(s.pages / CHUNK_PAGES);
+      if (chunks > 1 << 20) {
+        await this.forEachChunkByScan(vm, g, s.id, onChunk);
+        continue;
+      }
+      for (let c = 0; c < chunks; c += window) {
+        const p = this.redis.pipeline();
+        const n = Math.min(window, chunks - c);
+        for (let i = 0; i < n; i++) p.getBuffer(k.chunk(g, s.id, c + i));
+        const res = (await p.exec()) ?? [];
+        res.forEach(([err, v], i) => {
+          if (err) throw err;
+          if (v) onChunk(s.id, c + i, v as Buffer);
+        });
+      }
+    }
+  }
+
+  private async forEachChunkByScan(vm: string, g: number, slot: number, onChunk: (slot: number, chunk: number, bytes: Buffer) => void): Promise<void> {
+    const prefix = `${this.keys(vm).chunkPrefix(g)}${slot}:`;
+    const found: number[] = [];
+    let cursor = '0';
+    do {
+      const [next, keys] = await this.redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 4096);
+      cursor = next;
+      for (const key of keys) found.push(Number(key.slice(prefix.length)));
+    } while (cursor !== '0');
+    found.sort((a, b) => a - b);
+    for (const c of found) {
+      const v = await this.redis.getBuffer(`${prefix}${c}`);
+      if (v) onChunk(slot, c, v);
+    }
+  }
+
+  /** Recomputes the digest of generation `g`'s image from its bytes. */
+  async computeImageDigest(vm: string, g: number, slots: SlotInfo[], pageSize: number): Promise<Digest64> {
+    const d = new Digest64();
+    const out = new Uint32Array(2);
+    const full = new Uint8Array(CHUNK_PAGES * pageSize);
+    const words = new Uint32Array(full.buffer);
+    const pw = pageSize >>> 2;
+    await this.forEachChunk(vm, g, slots, (slot, chunk, bytes) => {
+      if (bytes.byteLength > full.byteLength) throw new CkptError('CKPT_ERR_STANDBY_CORRUPT', `chunk ${slot}:${chunk} of ${vm} holds ${bytes.byteLength} bytes, more than ${CHUNK_PAGES} pages`);
+      full.fill(0);
+      full.set(bytes);
+      const pagesInChunk = Math.ceil(bytes.byteLength / pageSize);
+      for (let p = 0; p < pagesInChunk; p++) {
+        pageHash(words, p * pw, pw, slot, chunk * CHUNK_PAGES + p, out);
+        d.add(out[0]!, out[1]!);
+      }
+    });
+    return d;
+  }
+}
+
+interface Scripts {
+  ckptApplyEpoch(numKeys: number, ...args: (string | Buffer)[]): Promise<unknown>;
+  ckptCommitBaseline(numKeys: number, ...args: (string | Buffer)[]): Promise<unknown>;
+}
+
+function outcome(r: string): ApplyOutcome {
+  if (r === 'ALREADY') return { result: 'already' };
+  if (r === 'FENCED') return { result: 'fenced' };
+  return { result: 'conflict', detail: r };
+}
+
+function metaFields(asm: Assembly, c: EpochCommit): (string | Buffer)[] {
+  const f: (string | Buffer)[] = [
+    'generation', String(asm.generation), 'epoch', String(asm.epoch), 'digest', c.digest, 'state', 'ok',
+    'pageSize', String(asm.begin.pageSize), 'slots', JSON.stringify(asm.begin.slots), 'vcpus', String(c.vcpuStates.length),
+    'guestCounters', JSON.stringify(c.guestCounters), 'committedAtMs', String(c.committedAtMs), 'appliedAtMs', String(Date.now()),
+    'pauseUs', String(c.pauseUs),
+  ];
+  c.vcpuStates.forEach((s, i) => f.push(`vcpu:${i}`, Buffer.from(s.buffer, s.byteOffset, s.byteLength)));
+  return f;
+}
+
+async function execOrThrow(multi: ReturnType<Redis['multi']>, what: string): Promise<void> {
+  const res = await multi.exec();
+  if (!res) throw new CkptError('CKPT_ERR_REDIS', `cannot ${what}: the transaction was discarded`, { retriable: true });
+  for (const [err] of res) if (err) throw new CkptError('CKPT_ERR_REDIS', `cannot ${what}: ${err.message}`, { retriable: true });
+}

@@ -1,0 +1,192 @@
+/**
+ * Publishes epochs to the pages topic: an EpochSink that turns each epoch into a begin record, page
+ * batches under the record limit (zero pages as marks, optional gzip), and a commit record, all keyed
+ * by the VM id so they stay in order on one partition.
+ *
+ * Memory is bounded twice: at most `maxInFlightBytes` are sent and not yet acknowledged by the broker,
+ * and (when `windowBytes` > 0) at most `windowBytes` are produced and not yet processed by the
+ * replicator. Above either limit the sink waits, so the cut takes longer and the harvest loop's
+ * interval stretches; the waits are counted in ckpt_harvester_backpressure_seconds_total. A send that
+ * keeps failing for `publishTimeoutMs` throws CKPT_ERR_PUBLISH_FAILED: the harvest loop then starts a
+ * new generation with a baseline (the replicator sees the torn epoch and discards it).
+ */
+import type { Producer } from 'kafkajs';
+import { CkptError, type Logger } from '@ckpt/common';
+import {
+  compressPages, encodeEpochRecord, PART_BEGIN, PART_COMMIT, partOfBatch, splitIntoBatches, type Compression, type EpochRecord,
+} from '@ckpt/proto';
+import type { EpochCommit, EpochHeader, EpochSink, PageSegment } from '../epoch/epoch-types.ts';
+import type { HarvesterMetrics } from '../metrics.ts';
+import { ReplicationWindow } from './replication-window.ts';
+
+export interface PublisherOptions {
+  producer: Producer;
+  topic: string;
+  vm: string;
+  maxRecordBytes: number;
+  compression: Compression;
+  maxInFlightBytes: number;
+  /** Cap on bytes produced but not yet processed by the replicator (0 = off). */
+  windowBytes: number;
+  publishTimeoutMs: number;
+  /** Aborts waits for the replicator (the run is stopping). */
+  signal?: AbortSignal;
+  metrics?: HarvesterMetrics;
+  log: Logger;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Most record bytes one produce request carries. */
+const MAX_REQUEST_BYTES = 4 << 20;
+
+export class KafkaPublisher implements EpochSink {
+  readonly window = new ReplicationWindow();
+  /** Records waiting for the sender, in order. One sender per VM keeps them in order on the partition. */
+  private queue: { value: Buffer; rec: EpochRecord }[] = [];
+  private queuedBytes = 0;
+  private sending: Promise<void> | null = null;
+  private progress: (() => void)[] = [];
+  private failure: Error | null = null;
+  private seq = 0;
+  /** Totals, for summaries. */
+  recordsSent = 0;
+  bytesOnWire = 0;
+  backpressureMs = 0;
+
+  constructor(private readonly o: PublisherOptions) {}
+
+  async begin(h: EpochHeader): Promise<void> {
+    this.seq = 0;
+    if (h.baseline) this.window.clear();
+    await this.publish({
+      vm: this.o.vm, generation: h.generation, epoch: h.epoch, kind: 'begin',
+      begin: { pageSize: h.pageSize, slots: h.slots.map((s) => ({ id: s.id, pages: s.pages })), vcpus: h.vcpus, baseline: h.baseline, startedAtMs: h.startedAtMs },
+    }, PART_BEGIN);
+  }
+
+  async segment(h: EpochHeader, seg: PageSegment): Promise<void> {
+    const parts = splitIntoBatches(seg.ranges, seg.data, h.pageSize, this.o.maxRecordBytes, Buffer.byteLength(this.o.vm));
+    for (const p of parts) {
+      const z = compressPages(p.data, this.o.compression);
+      const seq = this.seq++;
+      await this.publish({
+        vm: this.o.vm, generation: h.generation, epoch: h.epoch, kind: 'batch',
+        batch: { seq, slots: p.slots, firsts: p.firsts, counts: p.counts, zero: p.zero, compression: z.compression, data: z.data, dataBytes: p.data.byteLength },
+      }, partOfBatch(seq));
+    }
+  }
+
+  async commit(h: EpochHeader, c: EpochCommit): Promise<void> {
+    await this.publish({
+      vm: this.o.vm, generation: h.generation, epoch: h.epoch, kind: 'commit',
+      commit: {
+        batches: this.seq, pages: c.pages, zeroPages: c.zeroPages, dataBytes: c.bytes, digest: c.digest, vcpuStates: c.vcpuStates,
+        guestCounters: c.guestCounters, pauseUs: c.pauseUs, startedAtMs: h.startedAtMs, committedAtMs: c.committedAtMs,
+      },
+    }, PART_COMMIT);
+    // An epoch counts as committed once the broker has all of it.
+    await this.drain();
+  }
+
+  /** Waits for every record published so far to be acknowledged; throws the first failure. */
+  async drain(): Promise<void> {
+    while (this.sending) await this.sending;
+    this.throwIfFailed();
+  }
+
+  private throwIfFailed(): void {
+    if (this.failure) {
+      const f = this.failure;
+      this.failure = null;
+      this.queue = [];
+      this.queuedBytes = 0;
+      throw f;
+    }
+  }
+
+  private nextProgress(): Promise<void> {
+    return new Promise((r) => this.progress.push(r));
+  }
+
+  private async publish(rec: EpochRecord, part: number): Promise<void> {
+    this.throwIfFailed();
+    const value = Buffer.from(encodeEpochRecord(rec));
+    const size = value.byteLength;
+    const t0 = performance.now();
+    // The replication window: do not run further ahead of the replicator than the topic can hold.
+    if (this.o.windowBytes > 0) {
+      let waited = false;
+      while (this.window.unappliedBytes > 0 && this.window.unappliedBytes + size > this.o.windowBytes) {
+        if (!waited) this.o.log.debug('waiting for the replicator', { unapplied: this.window.unappliedBytes, window: this.o.windowBytes });
+        waited = true;
+        if (this.o.signal?.aborted) {
+          throw new CkptError('CKPT_ERR_ABORTED', `stopped while waiting for the replicator to apply ${this.window.unappliedBytes} bytes of ${this.o.vm} (window ${this.o.windowBytes}); last marker: ${JSON.stringify(this.window.lastMarker)}`);
+        }
+        await this.window.changed(250);
+        this.throwIfFailed();
+      }
+      if (waited) this.o.metrics?.backpressureSeconds.inc({ cause: 'replication-window' }, (performance.now() - t0) / 1000);
+    }
+    // The in-flight cap: bytes queued or being sent.
+    const t1 = performance.now();
+    while (this.queuedBytes > 0 && this.queuedBytes + size > this.o.maxInFlightBytes) {
+      await this.nextProgress();
+      this.throwIfFailed();
+    }
+    const waitedMs = performance.now() - t1;
+    if (waitedMs > 1) this.o.metrics?.backpressureSeconds.inc({ cause: 'in-flight' }, waitedMs / 1000);
+    this.backpressureMs += performance.now() - t0;
+    this.window.produced(rec.generation, rec.epoch, part, size);
+    this.queue.push({ value, rec });
+    this.queuedBytes += size;
+    this.o.metrics?.inFlightBytes.set(this.queuedBytes);
+    this.sending ??= this.sendLoop().finally(() => { this.sending = null; });
+  }
+
+  /** Sends queued records in order, several per request; stops at the first record that cannot be sent. */
+  private async sendLoop(): Promise<void> {
+    while (this.queue.length > 0 && !this.failure) {
+      let n = 0;
+      let bytes = 0;
+      while (n < this.queue.length && (n === 0 || bytes + this.queue[n]!.value.byteLength <= MAX_REQUEST_BYTES)) bytes += this.queue[n++]!.value.byteLength;
+      const batch = this.queue.slice(0, n);
+      try {
+        await this.sendWithRetry(batch);
+        this.recordsSent += n;
+        this.bytesOnWire += bytes;
+        this.o.metrics?.bytesPublished.inc(bytes);
+      } catch (err) {
+        this.failure = err instanceof Error ? err : new Error(String(err));
+      }
+      this.queue.splice(0, n);
+      this.queuedBytes -= bytes;
+      this.o.metrics?.inFlightBytes.set(this.queuedBytes);
+      const p = this.progress;
+      this.progress = [];
+      for (const f of p) f();
+    }
+  }
+
+  /** Sends records in one request, retrying with backoff until `publishTimeoutMs`; nothing is dropped silently. */
+  private async sendWithRetry(batch: { value: Buffer; rec: EpochRecord }[]): Promise<void> {
+    const deadline = Date.now() + this.o.publishTimeoutMs;
+    const first = batch[0]!.rec;
+    for (let attempt = 0; ; attempt++) {
+      const t = performance.now();
+      try {
+        await this.o.producer.send({ topic: this.o.topic, acks: -1, messages: batch.map((b) => ({ key: this.o.vm, value: b.value })) });
+        this.o.metrics?.produceSeconds.observe((performance.now() - t) / 1000);
+        return;
+      } catch (err) {
+        this.o.metrics?.produceErrors.inc();
+        if (Date.now() >= deadline) {
+          throw new CkptError('CKPT_ERR_PUBLISH_FAILED', `cannot publish epoch ${first.generation}/${first.epoch} of ${this.o.vm} for ${this.o.publishTimeoutMs} ms: ${(err as Error).message}`,
+            { retriable: true, context: { vm: this.o.vm, generation: first.generation, epoch: first.epoch } });
+        }
+        if (attempt % 10 === 0) this.o.log.warn('publish failed; retrying', { vm: this.o.vm, epoch: first.epoch, records: batch.length, err });
+        await sleep(Math.min(1000, 50 * 2 ** Math.min(attempt, 5)));
+      }
+    }
+  }
+}

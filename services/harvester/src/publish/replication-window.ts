@@ -1,0 +1,61 @@
+/**
+ * The harvester's view of how far the replicator has got with this VM: records produced but not yet
+ * reported processed (AppliedMarker), and their bytes. Positions order as (generation, epoch, part).
+ */
+import type { AppliedMarker } from '@ckpt/proto';
+
+interface Pending { generation: number; epoch: number; part: number; bytes: number }
+
+const before = (a: Pending, m: AppliedMarker): boolean =>
+  a.generation < m.generation || (a.generation === m.generation && (a.epoch < m.epoch || (a.epoch === m.epoch && a.part <= m.part)));
+
+export class ReplicationWindow {
+  private pending: Pending[] = [];
+  private head = 0;
+  private bytes = 0;
+  private waiters: (() => void)[] = [];
+  lastMarker: AppliedMarker | null = null;
+
+  /** Bytes produced and not yet processed by the replicator. */
+  get unappliedBytes(): number {
+    return this.bytes;
+  }
+
+  produced(generation: number, epoch: number, part: number, bytes: number): void {
+    this.pending.push({ generation, epoch, part, bytes });
+    this.bytes += bytes;
+  }
+
+  marker(m: AppliedMarker): void {
+    this.lastMarker = m;
+    while (this.head < this.pending.length && before(this.pending[this.head]!, m)) {
+      this.bytes -= this.pending[this.head]!.bytes;
+      this.head++;
+    }
+    if (this.head > 1024 && this.head * 2 > this.pending.length) {
+      this.pending = this.pending.slice(this.head);
+      this.head = 0;
+    }
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+
+  /** Forgets everything (a new generation: the replicator will catch up or skip the old records). */
+  clear(): void {
+    this.pending = [];
+    this.head = 0;
+    this.bytes = 0;
+  }
+
+  /** Resolves at the next marker, or after `ms`. */
+  changed(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, ms);
+      this.waiters.push(() => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+  }
+}

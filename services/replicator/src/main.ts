@@ -1,0 +1,84 @@
+/**
+ * The replicator as a service: `node --import tsx services/replicator/src/main.ts [--flags]`, or the
+ * same settings from REPLICATOR_* environment variables (--help lists them). Consumes the pages topic
+ * and keeps each VM's standby image in Redis until SIGTERM/SIGINT.
+ */
+import { Redis } from 'ioredis';
+import {
+  ConfigError, createLogger, helpText, kafkaClientConfig, parseBrokers, parseConfig, redisClientOptions, startMetricsServer, wantsHelp,
+} from '@ckpt/common';
+import { createReplicatorMetrics } from './metrics.ts';
+import { REPLICATOR_SCHEMA } from './replicator-config.ts';
+import { Replicator } from './replicator.ts';
+
+const USAGE = 'usage: node --import tsx services/replicator/src/main.ts [options]\n\nConsumes epochs from Kafka and applies each complete, verified epoch atomically to a standby image in Redis.';
+
+async function main(): Promise<number> {
+  const argv = process.argv.slice(2);
+  if (wantsHelp(argv)) {
+    process.stdout.write(helpText(REPLICATOR_SCHEMA, USAGE, 'REPLICATOR_') + '\n');
+    return 0;
+  }
+  const log = createLogger({ service: 'replicator' });
+  let cfg;
+  let kafka;
+  let redisOpts;
+  try {
+    cfg = parseConfig(REPLICATOR_SCHEMA, { argv, env: process.env, envPrefix: 'REPLICATOR_' });
+    const problems: string[] = [];
+    if (!cfg.kafkaBrokers) problems.push('--kafka-brokers / REPLICATOR_KAFKA_BROKERS is required');
+    if (!cfg.redisUrl) problems.push('--redis-url / REPLICATOR_REDIS_URL is required');
+    if (problems.length) throw new ConfigError(problems);
+    kafka = kafkaClientConfig(cfg, parseBrokers(cfg.kafkaBrokers));
+    redisOpts = redisClientOptions(cfg, cfg.redisUrl);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`replicator: ${err.message}\n\n${helpText(REPLICATOR_SCHEMA, USAGE, 'REPLICATOR_')}\n`);
+      return 2;
+    }
+    throw err;
+  }
+  const redis = new Redis(redisOpts.url, { ...redisOpts.options, maxRetriesPerRequest: 3, retryStrategy: (n) => Math.min(2000, 50 * n) });
+  redis.on('error', (err) => log.debug('redis connection error', { err }));
+  const metrics = createReplicatorMetrics({ defaultMetrics: true });
+  const rep = new Replicator({
+    kafka, idempotent: cfg.kafkaIdempotent, topics: { pages: cfg.pagesTopic, control: cfg.controlTopic, deadLetter: cfg.deadLetterTopic },
+    groupId: cfg.groupId, redis, redisPrefix: cfg.redisPrefix, maxRecordBytes: cfg.maxRecordBytes, markerIntervalMs: cfg.markerIntervalMs,
+    resyncRetryMs: cfg.resyncRetryMs, partitionsConsumedConcurrently: cfg.partitionsConcurrently, metrics, log,
+  });
+  const server = cfg.metricsPort >= 0
+    ? await startMetricsServer(metrics.registry, cfg.metricsPort, async () => {
+      const r = rep.ready();
+      if (r) return r;
+      try {
+        await redis.ping();
+        return null;
+      } catch (err) {
+        return `redis: ${(err as Error).message}`;
+      }
+    })
+    : null;
+  let stopping = false;
+  const stop = async (): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    log.info('stopping');
+    await rep.stop();
+    await server?.close();
+    redis.disconnect();
+  };
+  process.once('SIGTERM', () => void stop());
+  process.once('SIGINT', () => void stop());
+  await rep.start();
+  log.info('replicating', { brokers: cfg.kafkaBrokers, topic: cfg.pagesTopic, group: cfg.groupId, metricsPort: server?.port });
+  // consumer.run() returns once running; stay up until stopped.
+  await new Promise<void>((resolve) => {
+    const t = setInterval(() => { if (stopping) { clearInterval(t); resolve(); } }, 200);
+  });
+  return 0;
+}
+
+main().then((code) => { process.exitCode = code; }, (err: unknown) => {
+  process.stderr.write(`replicator: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,46 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/**
+ * Every metric the replicator exports (`ckpt_replicator_*`). The `vm` label appears only on the
+ * per-VM gauges (lag, image age, stale); its cardinality is the number of VMs this instance serves.
+ */
+export interface ReplicatorMetrics {
+  registry: Registry;
+  records: Counter<'kind'>;
+  epochsApplied: Counter<'kind'>;
+  bytesApplied: Counter;
+  applySeconds: Histogram;
+  replicationLagSeconds: Histogram;
+  lagEpochs: Gauge<'vm'>;
+  lagSeconds: Gauge<'vm'>;
+  staleVms: Gauge;
+  vmStale: Gauge<'vm'>;
+  gaps: Counter<'reason'>;
+  digestMismatches: Counter;
+  resyncRequests: Counter;
+  deadLetters: Counter<'reason'>;
+  fencedWaits: Counter;
+}
+
+export function createReplicatorMetrics(options: { defaultMetrics?: boolean } = {}): ReplicatorMetrics {
+  const registry = new Registry();
+  if (options.defaultMetrics) collectDefaultMetrics({ register: registry });
+  const registers = [registry];
+  return {
+    registry,
+    records: new Counter({ name: 'ckpt_replicator_records_total', help: 'Records consumed from the pages topic, by kind (begin, batch, commit, bad)', labelNames: ['kind'], registers }),
+    epochsApplied: new Counter({ name: 'ckpt_replicator_epochs_applied_total', help: 'Epochs applied to the standby image, by kind (baseline or delta)', labelNames: ['kind'], registers }),
+    bytesApplied: new Counter({ name: 'ckpt_replicator_bytes_applied_total', help: 'Page bytes of applied epochs (zero pages excluded)', registers }),
+    applySeconds: new Histogram({ name: 'ckpt_replicator_apply_seconds', help: 'Time to verify and apply one epoch at its commit record', buckets: [1e-3, 2e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1, 5], registers }),
+    replicationLagSeconds: new Histogram({ name: 'ckpt_replicator_replication_lag_seconds', help: 'From the harvester committing an epoch to the replicator applying it', buckets: [5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1, 2.5, 5, 10], registers }),
+    lagEpochs: new Gauge({ name: 'ckpt_replicator_lag_epochs', help: 'Epochs seen on the topic but not yet applied, per VM', labelNames: ['vm'], registers }),
+    lagSeconds: new Gauge({ name: 'ckpt_replicator_lag_seconds', help: 'Harvester commit to apply of the last applied epoch, per VM', labelNames: ['vm'], registers }),
+    staleVms: new Gauge({ name: 'ckpt_replicator_stale_vms', help: 'VMs whose standby image is stale (waiting for a baseline)', registers }),
+    vmStale: new Gauge({ name: 'ckpt_replicator_vm_stale', help: '1 when this VM\'s standby image is stale', labelNames: ['vm'], registers }),
+    gaps: new Counter({ name: 'ckpt_replicator_gaps_total', help: 'Continuity breaks detected, by reason (missing-epoch, missing-batch, new-generation, no-image)', labelNames: ['reason'], registers }),
+    digestMismatches: new Counter({ name: 'ckpt_replicator_digest_mismatches_total', help: 'Epochs refused because the standby digest would not equal the commit record\'s', registers }),
+    resyncRequests: new Counter({ name: 'ckpt_replicator_resync_requests_total', help: 'Baselines requested from harvesters on the control topic', registers }),
+    deadLetters: new Counter({ name: 'ckpt_replicator_dead_letters_total', help: 'Records parked on the dead-letter topic, by reason', labelNames: ['reason'], registers }),
+    fencedWaits: new Counter({ name: 'ckpt_replicator_fenced_waits_total', help: 'Applies deferred because a restorer holds the VM\'s fence', registers }),
+  };
+}

@@ -1,0 +1,197 @@
+/**
+ * The replicator service: a Kafka consumer group over the pages topic feeding the Applier, a producer
+ * for the control topic (resync requests, applied markers) and the dead-letter topic.
+ *
+ * Offsets: a record's offset is resolved only after its effect is acknowledged by Redis (staged,
+ * applied, or set aside), so a crash redelivers from the last durable record; the Applier is
+ * idempotent under redelivery. Any error from Redis or Kafka while handling a record drops the cached
+ * per-VM state (Redis is the truth) and retries the same record, heartbeating meanwhile.
+ */
+import { hostname } from 'node:os';
+import type { Redis } from 'ioredis';
+import { Kafka, logLevel, type Consumer, type KafkaConfig, type Producer } from 'kafkajs';
+import { CkptError, type Logger } from '@ckpt/common';
+import { encodeControlRecord, PART_BEGIN, PART_COMMIT, partOfBatch, type AppliedMarker, type EpochRecord } from '@ckpt/proto';
+import { StandbyStore } from '@ckpt/standby';
+import type { ReplicatorMetrics } from './metrics.ts';
+import { Applier, type DeadLetterReason, type VmReplica } from './vm-replica.ts';
+
+export interface ReplicatorOptions {
+  kafka: Record<string, unknown>;
+  idempotent: boolean;
+  topics: { pages: string; control: string; deadLetter: string };
+  groupId: string;
+  redis: Redis;
+  redisPrefix: string;
+  maxRecordBytes: number;
+  markerIntervalMs: number;
+  resyncRetryMs: number;
+  partitionsConsumedConcurrently: number;
+  metrics: ReplicatorMetrics;
+  log: Logger;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Errors from a server that went away or is busy: the same record is retried until it works. */
+export function isTransient(err: unknown): boolean {
+  if (err instanceof CkptError) return err.retriable;
+  if (!(err instanceof Error)) return false;
+  const e = err as Error & { code?: string; retriable?: boolean };
+  if (e.retriable === true) return true;
+  if (/^KafkaJS|ReplyError|MaxRetriesPerRequestError|AbortError/.test(e.name)) return true;
+  if (e.code && ['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTCONN'].includes(e.code)) return true;
+  return /Connection is closed|LOADING|BUSY|READONLY|stream isn't writeable|ended/i.test(e.message);
+}
+
+/** A record that fails this often with a non-transient error is set aside instead of blocking its partition. */
+const POISON_ATTEMPTS = 3;
+
+export class Replicator {
+  readonly store: StandbyStore;
+  readonly applier: Applier;
+  private readonly kafka: Kafka;
+  private readonly consumer: Consumer;
+  private readonly producer: Producer;
+  private readonly markers = new Map<string, AppliedMarker>();
+  private markerTimer: NodeJS.Timeout | null = null;
+  private current: { topic: string; partition: number; offset: string; raw: Buffer; headers: Record<string, string> } | null = null;
+  private running = false;
+  private lastError: string | null = null;
+
+  constructor(private readonly o: ReplicatorOptions) {
+    this.store = new StandbyStore(o.redis, o.redisPrefix);
+    this.kafka = new Kafka({ ...(o.kafka as unknown as KafkaConfig), logLevel: logLevel.ERROR, retry: { retries: 8, initialRetryTime: 100, maxRetryTime: 2000 } });
+    this.consumer = this.kafka.consumer({
+      groupId: o.groupId, maxBytesPerPartition: Math.max(4 << 20, 2 * o.maxRecordBytes), maxBytes: 32 << 20,
+      sessionTimeout: 30_000, heartbeatInterval: 3000, retry: { retries: 10, initialRetryTime: 200, maxRetryTime: 3000 },
+    });
+    this.producer = this.kafka.producer({ idempotent: o.idempotent, allowAutoTopicCreation: false, retry: { retries: 10, initialRetryTime: 100, maxRetryTime: 3000 } });
+    this.applier = new Applier(this.store, {
+      deadLetter: (vm, reason, detail) => this.deadLetter(vm, reason, detail),
+      requestResync: (vm, reason, generation, epoch) => this.requestResync(vm, reason, generation, epoch),
+      processed: (vm, rec, r) => this.noteProcessed(vm, rec, r),
+    }, o.metrics, o.log, { maxRecordBytes: o.maxRecordBytes, resyncRetryMs: o.resyncRetryMs });
+  }
+
+  async start(): Promise<void> {
+    await this.producer.connect();
+    await this.consumer.connect();
+    this.consumer.on(this.consumer.events.GROUP_JOIN, (e) => {
+      // Partitions may have moved: what other instances did is in Redis, not in our cache.
+      this.applier.forget();
+      this.o.log.info('joined the consumer group', { memberId: e.payload.memberId, assignment: e.payload.memberAssignment });
+    });
+    await this.consumer.subscribe({ topic: this.o.topics.pages, fromBeginning: true });
+    this.running = true;
+    this.markerTimer = setInterval(() => void this.flushMarkers(), this.o.markerIntervalMs);
+    await this.consumer.run({
+      autoCommit: true,
+      autoCommitInterval: 200,
+      eachBatchAutoResolve: false,
+      partitionsConsumedConcurrently: this.o.partitionsConsumedConcurrently,
+      eachBatch: async ({ batch, resolveOffset, heartbeat, isRunning, isStale, commitOffsetsIfNecessary }) => {
+        for (const m of batch.messages) {
+          if (!isRunning() || isStale()) break;
+          const raw = m.value ?? Buffer.alloc(0);
+          const key = m.key ? m.key.toString() : null;
+          for (let attempt = 0; ; attempt++) {
+            this.current = { topic: batch.topic, partition: batch.partition, offset: m.offset, raw, headers: { vm: key ?? '' } };
+            try {
+              const r = await this.applier.handle(raw, key);
+              if (r === 'done') {
+                this.lastError = null;
+                break;
+              }
+              await sleep(50); // fenced by a restorer: wait for it
+            } catch (err) {
+              this.lastError = (err as Error).message;
+              this.applier.forget();
+              if (!isTransient(err) && attempt + 1 >= POISON_ATTEMPTS) {
+                // Not a server going away: this record cannot be handled. Set it aside; the VM's image stays
+                // the last committed epoch and is marked stale until a baseline arrives.
+                this.o.log.error('record cannot be handled; parking it', { topic: batch.topic, partition: batch.partition, offset: m.offset, vm: key, err });
+                try {
+                  await this.applier.poison(key, (err as Error).message);
+                  break;
+                } catch (e2) {
+                  this.lastError = (e2 as Error).message;
+                }
+              }
+              if (attempt % 20 === 0) this.o.log.warn('cannot handle a record yet; retrying', { topic: batch.topic, partition: batch.partition, offset: m.offset, vm: key, err });
+              await sleep(Math.min(2000, 100 * (attempt + 1)));
+            }
+            if (!isRunning()) return;
+            await heartbeat();
+          }
+          this.current = null;
+          resolveOffset(m.offset);
+          await commitOffsetsIfNecessary();
+          await heartbeat();
+        }
+        await this.flushMarkers();
+      },
+    });
+  }
+
+  /** Null when serving, else why not. */
+  ready(): string | null {
+    if (!this.running) return 'not started';
+    return this.lastError ? `retrying: ${this.lastError}` : null;
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    if (this.markerTimer) clearInterval(this.markerTimer);
+    await this.consumer.disconnect().catch(() => undefined);
+    await this.flushMarkers().catch(() => undefined);
+    await this.producer.disconnect().catch(() => undefined);
+  }
+
+  private async deadLetter(vm: string | null, reason: DeadLetterReason, detail: string): Promise<void> {
+    const c = this.current;
+    this.o.metrics.deadLetters.inc({ reason });
+    this.o.log.warn('record parked on the dead-letter topic', { vm, reason, detail, topic: c?.topic, partition: c?.partition, offset: c?.offset });
+    await this.producer.send({
+      topic: this.o.topics.deadLetter, acks: -1,
+      messages: [{
+        key: vm ?? null, value: c?.raw ?? null,
+        headers: { reason, detail: detail.slice(0, 1000), 'source-topic': c?.topic ?? '', 'source-partition': String(c?.partition ?? ''), 'source-offset': c?.offset ?? '', replicator: hostname() },
+      }],
+    });
+  }
+
+  private async requestResync(vm: string, reason: string, generation: number, epoch: number): Promise<void> {
+    this.o.log.warn('requesting a baseline', { vm, reason });
+    await this.producer.send({
+      topic: this.o.topics.control, acks: -1,
+      messages: [{ key: vm, value: Buffer.from(encodeControlRecord({ vm, kind: 'resync', resync: { reason: reason.slice(0, 500), generation, epoch: Math.max(0, epoch), requestedAtMs: Date.now() } })) }],
+    });
+  }
+
+  private noteProcessed(vm: string, rec: EpochRecord, r: VmReplica): void {
+    const part = rec.kind === 'begin' ? PART_BEGIN : rec.kind === 'commit' ? PART_COMMIT : partOfBatch(rec.batch.seq);
+    this.markers.set(vm, {
+      generation: rec.generation, epoch: rec.epoch, part,
+      imageGeneration: r.meta?.generation ?? 0, imageEpoch: r.meta ? r.meta.epoch : -1, stale: r.stale, atMs: Date.now(),
+    });
+  }
+
+  private flushing: Promise<void> | null = null;
+
+  /** Publishes the newest marker of every VM that progressed (best effort: the next one supersedes it). */
+  private flushMarkers(): Promise<void> {
+    if (this.flushing || this.markers.size === 0) return this.flushing ?? Promise.resolve();
+    const batch = [...this.markers.entries()];
+    this.markers.clear();
+    this.flushing = this.producer.send({
+      topic: this.o.topics.control, acks: -1,
+      messages: batch.map(([vm, applied]) => ({ key: vm, value: Buffer.from(encodeControlRecord({ vm, kind: 'applied', applied })) })),
+    }).then(() => undefined, (err: unknown) => {
+      // Put them back unless newer ones arrived meanwhile.
+      for (const [vm, m] of batch) if (!this.markers.has(vm)) this.markers.set(vm, m);
+      this.o.log.debug('cannot publish applied markers yet', { err });
+    }).finally(() => { this.flushing = null; });
+    return this.flushing;
+  }
+}

@@ -1,0 +1,312 @@
+/**
+ * The replicator's decisions, one record at a time, per VM: assemble an epoch's begin, batches and
+ * commit; stage batches durably as they arrive; verify and apply the epoch atomically at its commit;
+ * detect gaps and bad records. The standby image is always exactly a committed epoch: anything that
+ * cannot complete an epoch leaves the image as it is (marked stale when continuity is lost) and asks
+ * the harvester for a baseline.
+ */
+import type { Logger } from '@ckpt/common';
+import { batchPages, decodeEpochRecord, WireError, type EpochBegin, type EpochRecord, type PageBatch } from '@ckpt/proto';
+import { validVmId, type Assembly, type StandbyMeta, type StandbyStore } from '@ckpt/standby';
+import type { ReplicatorMetrics } from './metrics.ts';
+
+export type DeadLetterReason =
+  | 'malformed' | 'schema-version' | 'invalid' | 'oversize' | 'bad-vm-id' | 'key-mismatch'
+  | 'layout-mismatch' | 'old-generation' | 'duplicate' | 'out-of-order' | 'unknown-epoch';
+
+export interface ReplicaHooks {
+  /** Parks the record being handled on the dead-letter topic. */
+  deadLetter(vm: string | null, reason: DeadLetterReason, detail: string): Promise<void>;
+  requestResync(vm: string, reason: string, generation: number, epoch: number): Promise<void>;
+  /** The record was handled: (generation, epoch, part) of the VM is processed. */
+  processed(vm: string, rec: EpochRecord, replica: VmReplica): void;
+}
+
+export interface ApplierOptions {
+  maxRecordBytes: number;
+  /** While a VM is stale, repeat the resync request this often. */
+  resyncRetryMs: number;
+}
+
+export type HandleResult = 'done' | 'retry';
+
+/** What the replicator knows of one VM (loaded from Redis on first sight). */
+export interface VmReplica {
+  vm: string;
+  meta: StandbyMeta | null;
+  asm: Assembly | null;
+  stale: boolean;
+  lastResyncAtMs: number;
+  /** Highest epoch seen in the newest generation seen. */
+  seen: { generation: number; epoch: number };
+}
+
+const sameLayout = (a: EpochBegin, m: StandbyMeta): boolean =>
+  a.pageSize === m.pageSize && a.slots.length === m.slots.length && a.slots.every((s, i) => s.id === m.slots[i]!.id && s.pages === m.slots[i]!.pages);
+
+export class Applier {
+  readonly replicas = new Map<string, VmReplica>();
+
+  constructor(private readonly store: StandbyStore, private readonly hooks: ReplicaHooks, private readonly metrics: ReplicatorMetrics,
+    private readonly log: Logger, private readonly opts: ApplierOptions) {}
+
+  /** Forgets cached state (after a partition was revoked, another instance may change it). */
+  forget(vm?: string): void {
+    if (vm) this.replicas.delete(vm);
+    else this.replicas.clear();
+  }
+
+  private async replica(vm: string): Promise<VmReplica> {
+    let r = this.replicas.get(vm);
+    if (!r) {
+      const [meta, asm] = await Promise.all([this.store.readMeta(vm), this.store.readAssembly(vm)]);
+      r = { vm, meta, asm, stale: meta?.state === 'stale', lastResyncAtMs: 0, seen: { generation: meta?.generation ?? 0, epoch: meta?.epoch ?? -1 } };
+      this.replicas.set(vm, r);
+      this.updateGauges(r);
+    }
+    return r;
+  }
+
+  /** Parks a record that failed with an unexpected error; the key's VM (if valid) loses continuity. */
+  async poison(key: string | null, detail: string): Promise<void> {
+    await this.hooks.deadLetter(key, 'invalid', `unexpected error: ${detail}`);
+    if (key !== null && validVmId(key)) await this.breakContinuity(await this.replica(key), 'missing-batch', `a record could not be handled: ${detail}`);
+  }
+
+  /** Handles one raw record of the pages topic. `key` is the Kafka message key. */
+  async handle(raw: Buffer, key: string | null): Promise<HandleResult> {
+    if (raw.byteLength > this.opts.maxRecordBytes) {
+      this.metrics.records.inc({ kind: 'bad' });
+      await this.hooks.deadLetter(key, 'oversize', `record of ${raw.byteLength} bytes exceeds the limit of ${this.opts.maxRecordBytes}`);
+      return 'done';
+    }
+    let rec: EpochRecord;
+    try {
+      rec = decodeEpochRecord(raw);
+    } catch (err) {
+      this.metrics.records.inc({ kind: 'bad' });
+      const reason: DeadLetterReason = err instanceof WireError ? (err.code === 'CKPT_ERR_WIRE_MALFORMED' ? 'malformed' : err.code === 'CKPT_ERR_WIRE_VERSION' ? 'schema-version' : 'invalid') : 'malformed';
+      await this.hooks.deadLetter(key, reason, (err as Error).message);
+      return 'done';
+    }
+    this.metrics.records.inc({ kind: rec.kind });
+    if (!validVmId(rec.vm)) {
+      await this.hooks.deadLetter(key, 'bad-vm-id', `VM id ${JSON.stringify(rec.vm)} is not usable as a key`);
+      return 'done';
+    }
+    if (key !== null && key !== rec.vm) {
+      await this.hooks.deadLetter(key, 'key-mismatch', `record of VM ${rec.vm} arrived with key ${key}`);
+      return 'done';
+    }
+    const r = await this.replica(rec.vm);
+    if (rec.generation > r.seen.generation || (rec.generation === r.seen.generation && rec.epoch > r.seen.epoch)) r.seen = { generation: rec.generation, epoch: rec.epoch };
+    let result: HandleResult = 'done';
+    switch (rec.kind) {
+      case 'begin': await this.onBegin(r, rec); break;
+      case 'batch': await this.onBatch(r, rec); break;
+      case 'commit': result = await this.onCommit(r, rec); break;
+    }
+    if (result === 'done') {
+      if (r.stale) await this.maybeResync(r, r.meta?.state === 'stale' ? 'still waiting for a baseline' : 'no image');
+      this.updateGauges(r);
+      this.hooks.processed(rec.vm, rec, r);
+    }
+    return result;
+  }
+
+  private async onBegin(r: VmReplica, rec: EpochRecord & { kind: 'begin' }): Promise<void> {
+    const { generation: g, epoch: e, begin } = rec;
+    if (r.asm && r.asm.generation === g && r.asm.epoch === e) {
+      await this.hooks.deadLetter(r.vm, 'duplicate', `begin of epoch ${g}/${e} again (its assembly is in progress)`);
+      return;
+    }
+    if (begin.baseline) {
+      if (e !== 0) {
+        await this.hooks.deadLetter(r.vm, 'invalid', `baseline begin with epoch ${e} (baselines are epoch 0)`);
+        return;
+      }
+      const imageGen = r.meta?.generation ?? 0;
+      if (r.asm && g < r.asm.generation) {
+        await this.hooks.deadLetter(r.vm, 'old-generation', `baseline of generation ${g} while generation ${r.asm.generation} is being assembled`);
+        return;
+      }
+      if (g <= imageGen) {
+        await this.hooks.deadLetter(r.vm, g === imageGen ? 'duplicate' : 'old-generation', `baseline of generation ${g}; the image is at generation ${imageGen}`);
+        return;
+      }
+      await this.startAssembly(r, { generation: g, epoch: 0, baseline: true, begin, nextSeq: 0, stagedBytes: 0, maxWritten: {} });
+      return;
+    }
+    // A delta epoch.
+    if (r.stale || !r.meta) {
+      if (r.meta && g < r.meta.generation) await this.hooks.deadLetter(r.vm, 'old-generation', `epoch ${g}/${e} of a generation older than the image's (${r.meta.generation})`);
+      else if (!r.meta) await this.breakContinuity(r, 'no-image', `epoch ${g}/${e} arrived but there is no image to apply it to`);
+      return; // waiting for a baseline; counted in processed()
+    }
+    const m = r.meta;
+    if (g < m.generation) {
+      await this.hooks.deadLetter(r.vm, 'old-generation', `epoch ${g}/${e} of a generation older than the image's (${m.generation})`);
+      return;
+    }
+    if (g > m.generation) {
+      await this.breakContinuity(r, 'new-generation', `epoch ${g}/${e} of generation ${g} arrived without its baseline (image at ${m.generation}/${m.epoch})`);
+      return;
+    }
+    if (e <= m.epoch) {
+      await this.hooks.deadLetter(r.vm, 'duplicate', `epoch ${g}/${e} is already applied (image at epoch ${m.epoch})`);
+      return;
+    }
+    if (e > m.epoch + 1) {
+      await this.breakContinuity(r, 'missing-epoch', `epoch ${g}/${e} follows ${m.epoch}: epochs ${m.epoch + 1}..${e - 1} are missing`);
+      return;
+    }
+    if (!sameLayout(begin, m)) {
+      await this.hooks.deadLetter(r.vm, 'layout-mismatch', `epoch ${g}/${e} has page size ${begin.pageSize} and slots ${JSON.stringify(begin.slots)}; the image has ${m.pageSize} and ${JSON.stringify(m.slots)}`);
+      await this.breakContinuity(r, 'missing-epoch', `epoch ${g}/${e} cannot be applied (layout mismatch)`);
+      return;
+    }
+    await this.startAssembly(r, { generation: g, epoch: e, baseline: false, begin, nextSeq: 0, stagedBytes: 0, maxWritten: {} });
+  }
+
+  private async startAssembly(r: VmReplica, asm: Assembly): Promise<void> {
+    await this.store.startAssembly(r.vm, asm, r.asm);
+    r.asm = asm;
+  }
+
+  /** Is this record (batch or commit) for the epoch being assembled? If not, says why and parks it. */
+  private async matchAssembly(r: VmReplica, rec: EpochRecord): Promise<Assembly | null> {
+    const a = r.asm;
+    if (a && a.generation === rec.generation && a.epoch === rec.epoch) return a;
+    const m = r.meta;
+    if (m && rec.generation === m.generation && rec.epoch <= m.epoch) {
+      await this.hooks.deadLetter(r.vm, 'duplicate', `${rec.kind} of epoch ${rec.generation}/${rec.epoch}, which is already applied`);
+    } else if (m && rec.generation < m.generation) {
+      await this.hooks.deadLetter(r.vm, 'old-generation', `${rec.kind} of generation ${rec.generation}; the image is at ${m.generation}`);
+    } else if (r.stale) {
+      // Waiting for a baseline: the records of epochs after a gap are of no use.
+    } else {
+      await this.hooks.deadLetter(r.vm, 'unknown-epoch', `${rec.kind} of epoch ${rec.generation}/${rec.epoch}, whose begin was not seen`);
+      await this.breakContinuity(r, 'missing-epoch', `${rec.kind} of epoch ${rec.generation}/${rec.epoch} without its begin`);
+    }
+    return null;
+  }
+
+  private async onBatch(r: VmReplica, rec: EpochRecord & { kind: 'batch' }): Promise<void> {
+    const a = await this.matchAssembly(r, rec);
+    if (!a) return;
+    const b = rec.batch;
+    this.log.debug('batch', { vm: r.vm, generation: a.generation, epoch: a.epoch, seq: b.seq, nextSeq: a.nextSeq });
+    if (b.seq < a.nextSeq) {
+      await this.hooks.deadLetter(r.vm, 'duplicate', `batch ${b.seq} of epoch ${a.generation}/${a.epoch} is already staged`);
+      return;
+    }
+    if (b.seq > a.nextSeq) {
+      await this.hooks.deadLetter(r.vm, 'out-of-order', `batch ${b.seq} of epoch ${a.generation}/${a.epoch} arrived before batch ${a.nextSeq}`);
+      await this.breakContinuity(r, 'missing-batch', `batches ${a.nextSeq}..${b.seq - 1} of epoch ${a.generation}/${a.epoch} are missing`);
+      return;
+    }
+    let pages: Uint8Array;
+    try {
+      pages = batchPages(b);
+      checkBatchAgainstLayout(b, a.begin, pages.byteLength);
+    } catch (err) {
+      await this.hooks.deadLetter(r.vm, 'invalid', (err as Error).message);
+      await this.breakContinuity(r, 'missing-batch', `batch ${b.seq} of epoch ${a.generation}/${a.epoch} is unusable: ${(err as Error).message}`);
+      return;
+    }
+    await this.store.stageBatch(r.vm, a, b, pages);
+  }
+
+  private async onCommit(r: VmReplica, rec: EpochRecord & { kind: 'commit' }): Promise<HandleResult> {
+    const a = await this.matchAssembly(r, rec);
+    if (!a) return 'done';
+    const c = rec.commit;
+    if (c.batches !== a.nextSeq) {
+      await this.breakContinuity(r, 'missing-batch', `commit of epoch ${a.generation}/${a.epoch} names ${c.batches} batches, ${a.nextSeq} arrived`);
+      return 'done';
+    }
+    if (c.vcpuStates.length !== a.begin.vcpus) {
+      await this.hooks.deadLetter(r.vm, 'invalid', `commit of epoch ${a.generation}/${a.epoch} carries ${c.vcpuStates.length} vCPU states, its begin says ${a.begin.vcpus} vCPUs`);
+      await this.breakContinuity(r, 'missing-epoch', `epoch ${a.generation}/${a.epoch} has an unusable commit`);
+      return 'done';
+    }
+    const t0 = performance.now();
+    const out = await this.store.applyEpoch(r.vm, a, c);
+    switch (out.result) {
+      case 'fenced':
+        this.metrics.fencedWaits.inc();
+        return 'retry';
+      case 'applied':
+      case 'already': {
+        const now = Date.now();
+        if (out.result === 'applied') {
+          this.metrics.applySeconds.observe((performance.now() - t0) / 1000);
+          this.metrics.epochsApplied.inc({ kind: a.baseline ? 'baseline' : 'delta' });
+          this.metrics.bytesApplied.inc(c.dataBytes);
+          this.metrics.replicationLagSeconds.observe(Math.max(0, now - c.committedAtMs) / 1000);
+          this.metrics.lagSeconds.set({ vm: r.vm }, Math.max(0, now - c.committedAtMs) / 1000);
+        }
+        r.asm = null;
+        r.meta = await this.store.readMeta(r.vm);
+        r.stale = r.meta?.state === 'stale';
+        if (a.baseline && !r.stale) this.log.info('baseline applied', { vm: r.vm, generation: a.generation, pages: c.pages });
+        return 'done';
+      }
+      case 'digest-mismatch':
+        this.metrics.digestMismatches.inc();
+        await this.breakContinuity(r, 'digest-mismatch', `epoch ${a.generation}/${a.epoch} would give digest ${out.computed}, its commit says ${out.expected}: not applied`);
+        return 'done';
+      case 'conflict':
+        r.meta = await this.store.readMeta(r.vm);
+        await this.breakContinuity(r, 'missing-epoch', `epoch ${a.generation}/${a.epoch} no longer fits the image (${out.detail})`);
+        return 'done';
+    }
+  }
+
+  /** Continuity is lost: keep the image (it is a committed epoch), mark it stale, ask for a baseline. */
+  private async breakContinuity(r: VmReplica, reason: string, detail: string): Promise<void> {
+    this.metrics.gaps.inc({ reason });
+    this.log.warn('continuity lost; the image is stale until a baseline arrives', { vm: r.vm, reason, detail });
+    if (r.asm) {
+      await this.store.dropAssembly(r.vm, r.asm);
+      r.asm = null;
+    }
+    await this.store.markStale(r.vm, `${reason}: ${detail}`);
+    r.meta = await this.store.readMeta(r.vm);
+    r.stale = true;
+    r.lastResyncAtMs = 0;
+    await this.maybeResync(r, `${reason}: ${detail}`);
+  }
+
+  private async maybeResync(r: VmReplica, reason: string): Promise<void> {
+    // A baseline being assembled is the answer already on its way.
+    if (r.asm?.baseline) return;
+    const now = Date.now();
+    if (now - r.lastResyncAtMs < this.opts.resyncRetryMs) return;
+    r.lastResyncAtMs = now;
+    this.metrics.resyncRequests.inc();
+    await this.hooks.requestResync(r.vm, reason, r.meta?.generation ?? 0, r.meta?.epoch ?? -1);
+  }
+
+  private updateGauges(r: VmReplica): void {
+    this.metrics.vmStale.set({ vm: r.vm }, r.stale ? 1 : 0);
+    let stale = 0;
+    for (const x of this.replicas.values()) if (x.stale) stale++;
+    this.metrics.staleVms.set(stale);
+    const applied = r.meta && r.meta.generation === r.seen.generation ? r.meta.epoch : -1;
+    this.metrics.lagEpochs.set({ vm: r.vm }, Math.max(0, r.seen.epoch - applied));
+  }
+}
+
+/** Ranges inside the layout, in order, and page bytes that match them. Throws a plain Error. */
+export function checkBatchAgainstLayout(b: PageBatch, begin: EpochBegin, bytes: number): void {
+  const slots = new Map(begin.slots.map((s) => [s.id, s.pages]));
+  let dataPages = 0;
+  for (let i = 0; i < b.slots.length; i++) {
+    const pages = slots.get(b.slots[i]!);
+    if (pages === undefined) throw new Error(`batch ${b.seq}: range ${i} names slot ${b.slots[i]}, which the epoch's layout does not have`);
+    if (b.firsts[i]! + b.counts[i]! > pages) throw new Error(`batch ${b.seq}: range ${i} (pages ${b.firsts[i]}..${b.firsts[i]! + b.counts[i]! - 1}) is outside slot ${b.slots[i]} (${pages} pages)`);
+    if (b.zero[i] !== 1) dataPages += b.counts[i]!;
+  }
+  if (dataPages * begin.pageSize !== bytes) throw new Error(`batch ${b.seq}: ${dataPages} data pages need ${dataPages * begin.pageSize} bytes, it carries ${bytes}`);
+}

@@ -32,9 +32,21 @@ export interface PipelineOptions {
   replicators: number;
   /** How long to wait for the replicators to apply the last epochs. */
   drainTimeoutS: number;
+  /** Injuries during the run, at random moments (crash tests). Broker and Redis ones need the embedded servers. */
+  chaos?: Chaos;
   log?: Logger;
   /** Called with each phase, for a progress display. */
   onPhase?: (phase: string) => void;
+}
+
+export interface Chaos {
+  /** kill -9 of a replicator process (it is started again at once). */
+  replicatorKills?: number;
+  /** kill -9 of redis-server, started again on the same AOF. */
+  redisRestarts?: number;
+  /** The broker refuses connections for this long, once. */
+  brokerOutageMs?: number;
+  seed?: number;
 }
 
 export interface PipelineResult {
@@ -52,6 +64,8 @@ export interface PipelineResult {
   lagP99Ms: number;
   resyncs: number;
   durationS: number;
+  /** What was done to the system during the run, with times (ms from the start). */
+  injuries: string[];
   checks: StandbyCheck[];
 }
 
@@ -128,6 +142,8 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
       }
     }, 5);
     const t0 = performance.now();
+    const injuries: string[] = [];
+    const chaosDone = runChaos(o.chaos, o.durationS * 1000, servers, replicators, injuries, t0, log);
     const timer = setTimeout(() => stop.abort(), o.durationS * 1000);
     const giveUp = setTimeout(() => drainDeadline.abort(), (o.durationS + o.drainTimeoutS) * 1000);
     const summaries = await Promise.all(runs.map((r) => {
@@ -154,6 +170,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     }));
     clearTimeout(timer);
     clearTimeout(giveUp);
+    await chaosDone;
     const harvestS = (performance.now() - t0) / 1000;
     for (const r of runs) r.source.pause();
     phase('draining replicators');
@@ -193,6 +210,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
       lagP50Ms: percentile(lags, 50), lagP99Ms: percentile(lags, 99),
       resyncs: summaries.reduce((n, s) => n + s.resyncs, 0),
       durationS: Number(harvestS.toFixed(2)),
+      injuries,
       checks,
     };
   } finally {
@@ -202,5 +220,42 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     await Promise.all(replicators.map((c) => stopChild(c)));
     redis?.disconnect();
     await servers.stop();
+  }
+}
+
+/** Plays the injuries at random moments between 15% and 75% of the run. */
+async function runChaos(c: Chaos | undefined, durationMs: number, servers: Servers, replicators: ChildProcess[], injuries: string[], t0: number, log: Logger): Promise<void> {
+  if (!c) return;
+  let seed = (c.seed ?? 1) >>> 0 || 1;
+  const rnd = (): number => {
+    seed ^= seed << 13; seed >>>= 0; seed ^= seed >>> 17; seed ^= seed << 5; seed >>>= 0;
+    return seed / 2 ** 32;
+  };
+  const events: { at: number; kind: 'replicator' | 'redis' | 'broker' }[] = [];
+  for (let i = 0; i < (c.replicatorKills ?? 0); i++) events.push({ at: durationMs * (0.15 + 0.6 * rnd()), kind: 'replicator' });
+  for (let i = 0; i < (c.redisRestarts ?? 0); i++) events.push({ at: durationMs * (0.15 + 0.6 * rnd()), kind: 'redis' });
+  if (c.brokerOutageMs) events.push({ at: durationMs * (0.15 + 0.6 * rnd()), kind: 'broker' });
+  events.sort((a, b) => a.at - b.at);
+  const since = (): number => Math.round(performance.now() - t0);
+  for (const e of events) {
+    const wait = e.at - (performance.now() - t0);
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    if (e.kind === 'replicator') {
+      const i = Math.floor(rnd() * replicators.length);
+      const victim = replicators[i]!;
+      await stopChild(victim, 'SIGKILL');
+      replicators[i] = spawnReplicator(servers, {}, (line) => log.debug('replicator', { line }));
+      injuries.push(`${since()} ms: kill -9 replicator ${i} (pid ${victim.pid}), started again`);
+    } else if (e.kind === 'redis') {
+      if (!servers.redis) throw new Error('a Redis restart needs the embedded redis-server (unset REDIS_URL)');
+      await servers.redis.restart();
+      injuries.push(`${since()} ms: kill -9 redis-server, restarted on its AOF`);
+    } else {
+      if (!servers.kafka) throw new Error('a broker outage needs the embedded broker (unset KAFKA_BROKERS)');
+      await servers.kafka.brokerDown(-1);
+      injuries.push(`${since()} ms: broker down for ${c.brokerOutageMs} ms`);
+      await new Promise((r) => setTimeout(r, c.brokerOutageMs));
+      await servers.kafka.brokerUp(-1);
+    }
   }
 }

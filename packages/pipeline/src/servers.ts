@@ -53,7 +53,10 @@ export function spawnReplicator(s: Servers, extra: Record<string, string> = {}, 
     ...process.env,
     REPLICATOR_KAFKA_BROKERS: s.brokers.join(','), REPLICATOR_REDIS_URL: s.redisUrl,
     REPLICATOR_PAGES_TOPIC: s.topics.pages, REPLICATOR_CONTROL_TOPIC: s.topics.control, REPLICATOR_DEAD_LETTER_TOPIC: s.topics.deadLetter,
-    REPLICATOR_KAFKA_IDEMPOTENT: s.embeddedKafka ? 'false' : 'true', REPLICATOR_METRICS_PORT: '-1', ...extra,
+    REPLICATOR_KAFKA_IDEMPOTENT: s.embeddedKafka ? 'false' : 'true', REPLICATOR_METRICS_PORT: '-1',
+    // The embedded broker answers a fetch only when its wait expires: keep the wait short.
+    // A short session lets a killed replicator's partitions move quickly in tests and drills.
+    ...(s.embeddedKafka ? { REPLICATOR_FETCH_MAX_WAIT_MS: '10', REPLICATOR_SESSION_TIMEOUT_MS: '3000' } : {}), ...extra,
   };
   const child = spawn(process.execPath, ['--import', 'tsx', REPLICATOR_MAIN], { env, stdio: ['ignore', 'ignore', 'pipe'] });
   let buf = '';

@@ -44,7 +44,7 @@ async function main(): Promise<number> {
   const rep = new Replicator({
     kafka, idempotent: cfg.kafkaIdempotent, topics: { pages: cfg.pagesTopic, control: cfg.controlTopic, deadLetter: cfg.deadLetterTopic },
     groupId: cfg.groupId, redis, redisPrefix: cfg.redisPrefix, maxRecordBytes: cfg.maxRecordBytes, markerIntervalMs: cfg.markerIntervalMs,
-    resyncRetryMs: cfg.resyncRetryMs, partitionsConsumedConcurrently: cfg.partitionsConcurrently, metrics, log,
+    resyncRetryMs: cfg.resyncRetryMs, partitionsConsumedConcurrently: cfg.partitionsConcurrently, fetchMaxWaitMs: cfg.fetchMaxWaitMs, sessionTimeoutMs: cfg.sessionTimeoutMs, metrics, log,
   });
   const server = cfg.metricsPort >= 0
     ? await startMetricsServer(metrics.registry, cfg.metricsPort, async () => {

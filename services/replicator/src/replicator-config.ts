@@ -8,6 +8,8 @@ export const REPLICATOR_SCHEMA = {
   maxRecordBytes: { type: 'int', default: 1_000_000, min: 8192, max: 64 << 20, help: 'largest record accepted from the pages topic (bigger ones are dead-lettered)' },
   markerIntervalMs: { type: 'int', default: 50, min: 5, max: 60_000, help: 'how often applied markers are published on the control topic' },
   resyncRetryMs: { type: 'int', default: 2000, min: 100, max: 600_000, help: 'while a VM is stale, repeat its resync request this often' },
+  sessionTimeoutMs: { type: 'int', default: 10_000, min: 1000, max: 300_000, help: 'consumer-group session timeout: how long a dead replicator keeps its partitions' },
+  fetchMaxWaitMs: { type: 'int', default: 100, min: 1, max: 30_000, help: 'longest a Kafka fetch waits for new records' },
   partitionsConcurrently: { type: 'int', default: 4, min: 1, max: 256, help: 'partitions processed in parallel' },
   metricsPort: { type: 'int', default: 9465, min: -1, max: 65535, help: 'serve /metrics, /healthz and /readyz on this port (0 = any free port, -1 = off)' },
 } as const satisfies Schema;

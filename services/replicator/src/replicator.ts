@@ -27,6 +27,10 @@ export interface ReplicatorOptions {
   markerIntervalMs: number;
   resyncRetryMs: number;
   partitionsConsumedConcurrently: number;
+  /** A replicator that stops heartbeating (killed) loses its partitions after this long. */
+  sessionTimeoutMs: number;
+  /** Longest a fetch waits for new records (the lag floor against brokers that do not answer early). */
+  fetchMaxWaitMs: number;
   metrics: ReplicatorMetrics;
   log: Logger;
 }
@@ -64,7 +68,9 @@ export class Replicator {
     this.kafka = new Kafka({ ...(o.kafka as unknown as KafkaConfig), logLevel: logLevel.ERROR, retry: { retries: 8, initialRetryTime: 100, maxRetryTime: 2000 } });
     this.consumer = this.kafka.consumer({
       groupId: o.groupId, maxBytesPerPartition: Math.max(4 << 20, 2 * o.maxRecordBytes), maxBytes: 32 << 20,
-      sessionTimeout: 30_000, heartbeatInterval: 3000, retry: { retries: 10, initialRetryTime: 200, maxRetryTime: 3000 },
+      // A fetch returns at once when data is there on real Kafka; the mock broker waits out maxWaitTime.
+      maxWaitTimeInMs: o.fetchMaxWaitMs,
+      sessionTimeout: o.sessionTimeoutMs, heartbeatInterval: Math.max(100, Math.floor(o.sessionTimeoutMs / 10)), rebalanceTimeout: Math.max(o.sessionTimeoutMs, 10_000), retry: { retries: 10, initialRetryTime: 200, maxRetryTime: 3000 },
     });
     this.producer = this.kafka.producer({ idempotent: o.idempotent, allowAutoTopicCreation: false, retry: { retries: 10, initialRetryTime: 100, maxRetryTime: 3000 } });
     this.applier = new Applier(this.store, {
@@ -90,7 +96,11 @@ export class Replicator {
       autoCommitInterval: 200,
       eachBatchAutoResolve: false,
       partitionsConsumedConcurrently: this.o.partitionsConsumedConcurrently,
-      eachBatch: async ({ batch, resolveOffset, heartbeat, isRunning, isStale, commitOffsetsIfNecessary }) => {
+      eachBatch: async (payload) => {
+        const { batch } = payload;
+        const isRunning = (): boolean => payload.isRunning();
+        const isStale = (): boolean => payload.isStale();
+        const heartbeat = (): Promise<void> => payload.heartbeat();
         for (const m of batch.messages) {
           if (!isRunning() || isStale()) break;
           const raw = m.value ?? Buffer.alloc(0);
@@ -125,8 +135,8 @@ export class Replicator {
             await heartbeat();
           }
           this.current = null;
-          resolveOffset(m.offset);
-          await commitOffsetsIfNecessary();
+          payload.resolveOffset(m.offset);
+          await payload.commitOffsetsIfNecessary();
           await heartbeat();
         }
         await this.flushMarkers();

@@ -1,0 +1,157 @@
+/**
+ * The replicator's decisions against a real redis-server: epochs apply atomically and only when
+ * complete and verified; bad and out-of-place records are parked with a reason and change nothing;
+ * gaps mark the image stale and ask for a baseline, which heals it.
+ */
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { Redis } from 'ioredis';
+import { silentLogger } from '@ckpt/common';
+import { RedisServer } from '@ckpt/embedded';
+import { encodeEpochRecord } from '@ckpt/proto';
+import { StandbyStore } from '@ckpt/standby';
+import { Applier, createReplicatorMetrics, type DeadLetterReason } from '../src/index.ts';
+
+import { FakeHarvester, PAGE, SLOT_PAGES } from './fake-harvester.ts';
+let server: RedisServer;
+let redis: Redis;
+
+before(async () => {
+  server = await RedisServer.start();
+  redis = new Redis(server.port, '127.0.0.1');
+});
+after(async () => {
+  redis.disconnect();
+  await server.stop();
+});
+
+function setup(vm: string) {
+  const store = new StandbyStore(redis, `t${Math.random().toString(36).slice(2, 8)}`);
+  const dead: { vm: string | null; reason: DeadLetterReason; detail: string }[] = [];
+  const resyncs: string[] = [];
+  const applier = new Applier(store, {
+    deadLetter: (v, reason, detail) => { dead.push({ vm: v, reason, detail }); return Promise.resolve(); },
+    requestResync: (v, reason) => { resyncs.push(`${v}: ${reason}`); return Promise.resolve(); },
+    processed: () => undefined,
+  }, createReplicatorMetrics(), silentLogger, { maxRecordBytes: 1 << 20, resyncRetryMs: 60_000 });
+  const feed = async (recs: Buffer[]): Promise<void> => { for (const r of recs) assert.equal(await applier.handle(r, vm), 'done'); };
+  const image = async (): Promise<{ epoch: number; digest: string; state: string; bytesDigest: string }> => {
+    const m = await store.readMeta(vm);
+    if (!m) return { epoch: -1, digest: '', state: 'none', bytesDigest: '' };
+    return { epoch: m.epoch, digest: m.digest, state: m.state, bytesDigest: (await store.computeImageDigest(vm, m.generation, m.slots, m.pageSize)).toHex() };
+  };
+  return { store, applier, dead, resyncs, feed, image };
+}
+
+const pages = (entries: [number, number][]): Map<number, number> => new Map(entries);
+
+
+test('epochs apply in order; the image equals the model after each commit; redelivery changes nothing', async () => {
+  const t = setup('vm-a');
+  const h = new FakeHarvester('vm-a', 100);
+  await t.feed(h.epochRecords(pages([[1, 7], [2, 8], [500, 9], [1023, 10]])));
+  let img = await t.image();
+  assert.deepEqual([img.epoch, img.state, img.digest, img.bytesDigest], [0, 'ok', h.model.digest().toHex(), h.model.digest().toHex()]);
+  const e1 = h.epochRecords(pages([[2, 0], [3, 11], [500, 12]]));
+  // Nothing shows before the commit.
+  await t.feed(e1.slice(0, -1));
+  assert.equal((await t.image()).epoch, 0, 'no commit, no change');
+  await t.feed(e1.slice(-1));
+  img = await t.image();
+  assert.deepEqual([img.epoch, img.digest, img.bytesDigest], [1, h.model.digest().toHex(), h.model.digest().toHex()]);
+  // At-least-once delivery: the whole epoch again is parked as duplicates and changes nothing.
+  await t.feed(e1);
+  assert.deepEqual((await t.image()).epoch, 1);
+  assert.ok(t.dead.length >= e1.length && t.dead.every((d) => d.reason === 'duplicate'), JSON.stringify(t.dead));
+  assert.equal(t.resyncs.length, 0);
+});
+
+test('bad records are parked with their reason and the image stays the committed epoch', async () => {
+  const t = setup('vm-b');
+  const h = new FakeHarvester('vm-b', 200);
+  await t.feed(h.epochRecords(pages([[1, 1], [2, 2]])));
+  const before = await t.image();
+  const bad: [Buffer, DeadLetterReason][] = [
+    [Buffer.from([0xff, 0xff, 0x01]), 'malformed'],
+    [Buffer.alloc(2 << 20), 'oversize'],
+  ];
+  for (const [raw, reason] of bad) {
+    await t.applier.handle(raw, 'vm-b');
+    assert.equal(t.dead.at(-1)?.reason, reason);
+  }
+  // A record of another VM under this key.
+  const other = new FakeHarvester('vm-zzz', 1).epochRecords(pages([[1, 1]]));
+  await t.applier.handle(other[0]!, 'vm-b');
+  assert.equal(t.dead.at(-1)?.reason, 'key-mismatch');
+  // A batch outside the layout: the epoch cannot complete, so the image goes stale and a baseline is asked for.
+  const e1 = h.epochRecords(pages([[5, 5]]));
+  await t.applier.handle(e1[0]!, 'vm-b');
+  const bogus = Buffer.from(encodeEpochRecord({ vm: 'vm-b', generation: 200, epoch: 1, kind: 'batch', batch: {
+    seq: 0, slots: [0], firsts: [SLOT_PAGES], counts: [1], zero: Uint8Array.of(0), compression: 'none', data: new Uint8Array(PAGE), dataBytes: PAGE,
+  } }));
+  await t.applier.handle(bogus, 'vm-b');
+  assert.equal(t.dead.at(-1)?.reason, 'invalid');
+  assert.match(t.dead.at(-1)!.detail, /outside slot 0/);
+  const after = await t.image();
+  assert.deepEqual([after.epoch, after.digest, after.bytesDigest], [before.epoch, before.digest, before.digest], 'image unchanged');
+  assert.equal(after.state, 'stale');
+  assert.equal(t.resyncs.length, 1);
+  // The rest of the broken epoch applies nothing.
+  await t.feed(e1.slice(1));
+  assert.equal((await t.image()).epoch, 0);
+});
+
+test('a missing epoch marks the image stale, later epochs are ignored, and the next baseline heals it', async () => {
+  const t = setup('vm-c');
+  const h = new FakeHarvester('vm-c', 300);
+  await t.feed(h.epochRecords(pages([[1, 1]])));
+  h.epochRecords(pages([[2, 2]])); // epoch 1 is lost
+  await t.feed(h.epochRecords(pages([[3, 3]]))); // epoch 2 arrives
+  let img = await t.image();
+  assert.deepEqual([img.epoch, img.state], [0, 'stale']);
+  assert.equal(t.resyncs.length, 1);
+  assert.match(t.resyncs[0]!, /missing-epoch/);
+  // The harvester answers with a new generation.
+  const h2 = new FakeHarvester('vm-c', 301);
+  await t.feed(h2.epochRecords(pages([[1, 1], [2, 2], [3, 3], [4, 4]])));
+  await t.feed(h2.epochRecords(pages([[4, 0]])));
+  img = await t.image();
+  assert.deepEqual([img.epoch, img.state, img.digest, img.bytesDigest], [1, 'ok', h2.model.digest().toHex(), h2.model.digest().toHex()]);
+  // The old generation's keys are gone.
+  const old = await redis.keys(`${t.store.prefix}:{vm-c}:g300:*`);
+  assert.deepEqual(old, []);
+  // An old-generation record now is parked as such.
+  await t.applier.handle(h.epochRecords(pages([[9, 9]]))[0]!, 'vm-c');
+  assert.equal(t.dead.at(-1)?.reason, 'old-generation');
+});
+
+test('NEGATIVE: a commit whose digest does not match the pages is refused; the image keeps the last good epoch', async () => {
+  const t = setup('vm-d');
+  const h = new FakeHarvester('vm-d', 400);
+  await t.feed(h.epochRecords(pages([[1, 1], [2, 2]])));
+  const good = await t.image();
+  const e1 = h.epochRecords(pages([[1, 99]]));
+  // Corrupt one page byte in flight: the batch still decodes, the digest no longer matches.
+  const batch = e1[1]!;
+  batch.writeUInt8(batch.readUInt8(batch.length - 10) ^ 0xff, batch.length - 10);
+  await t.feed(e1);
+  const img = await t.image();
+  assert.deepEqual([img.epoch, img.digest, img.bytesDigest, img.state], [0, good.digest, good.digest, 'stale']);
+  assert.match(t.resyncs.join(), /digest-mismatch/);
+});
+
+test('out-of-order and unknown-epoch batches are parked and break continuity', async () => {
+  const t = setup('vm-e');
+  const h = new FakeHarvester('vm-e', 500);
+  await t.feed(h.epochRecords(pages([[1, 1]])));
+  const e1 = h.epochRecords(pages([[1, 2], [2, 2], [3, 2], [4, 2]]), 1);
+  await t.feed([e1[0]!, e1[2]!]); // begin, then batch 1 before batch 0
+  assert.equal(t.dead.at(-1)?.reason, 'out-of-order');
+  assert.equal((await t.image()).state, 'stale');
+  const t2 = setup('vm-f');
+  const hf = new FakeHarvester('vm-f', 600);
+  await t2.feed(hf.epochRecords(pages([[1, 1]])));
+  const f1 = hf.epochRecords(pages([[1, 2]]));
+  await t2.feed([f1[1]!]); // a batch without its begin
+  assert.equal(t2.dead.at(-1)?.reason, 'unknown-epoch');
+});

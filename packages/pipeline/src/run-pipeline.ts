@@ -60,6 +60,8 @@ export interface PipelineResult {
   bytesHarvested: number;
   bytesOnWire: number;
   throughputMBps: number;
+  /** Page bytes of delta epochs per second, from the first delta epoch on (the baselines excluded). */
+  steadyThroughputMBps: number;
   lagP50Ms: number;
   lagP99Ms: number;
   resyncs: number;
@@ -77,6 +79,9 @@ interface VmRun {
   commits: Map<string, number>;
   last: EpochCommit | null;
   committed: number;
+  /** Delta epochs: page bytes and when the first one started. */
+  deltaBytes: number;
+  deltaStartMs: number;
 }
 
 export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
@@ -117,7 +122,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
         windowBytes, publishTimeoutMs: 30_000, log, signal: drainDeadline.signal,
       });
       listener.register(vm, (m) => publisher.window.marker(m));
-      runs.push({ vm, source: opened.source, shadow: new ShadowVerifier(opened.source), publisher, commits: new Map(), last: null, committed: 0 });
+      runs.push({ vm, source: opened.source, shadow: new ShadowVerifier(opened.source), publisher, commits: new Map(), last: null, committed: 0, deltaBytes: 0, deltaStartMs: 0 });
     }
     await listener.start();
     phase('harvesting');
@@ -164,6 +169,10 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
           pendingSegments.length = 0;
           r.last = c;
           r.committed++;
+          if (!c.baseline) {
+            if (r.deltaStartMs === 0) r.deltaStartMs = performance.now();
+            else r.deltaBytes += c.bytes;
+          }
           r.commits.set(`${c.generation}/${c.epoch}`, c.committedAtMs);
         },
       });
@@ -171,7 +180,10 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     clearTimeout(timer);
     clearTimeout(giveUp);
     await chaosDone;
-    const harvestS = (performance.now() - t0) / 1000;
+    const tEnd = performance.now();
+    const harvestS = (tEnd - t0) / 1000;
+    const steady = runs.filter((r) => r.deltaStartMs > 0);
+    const steadyMBps = steady.reduce((n, r) => n + r.deltaBytes / ((tEnd - r.deltaStartMs) / 1000), 0) / 1e6;
     for (const r of runs) r.source.pause();
     phase('draining replicators');
     const deadline = Date.now() + o.drainTimeoutS * 1000;
@@ -207,6 +219,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
       bytesHarvested,
       bytesOnWire: runs.reduce((n, r) => n + r.publisher.bytesOnWire, 0),
       throughputMBps: Number((bytesHarvested / harvestS / 1e6).toFixed(1)),
+      steadyThroughputMBps: Number(steadyMBps.toFixed(1)),
       lagP50Ms: percentile(lags, 50), lagP99Ms: percentile(lags, 99),
       resyncs: summaries.reduce((n, s) => n + s.resyncs, 0),
       durationS: Number(harvestS.toFixed(2)),

@@ -1,34 +1,53 @@
 /**
  * The harvester as a long-running service: configuration from HARVESTER_* environment variables
- * (same schema as `npm run harvest`), metrics on HARVESTER_METRICS_PORT (default 9464), epochs cut until
- * SIGTERM/SIGINT. Publishing epochs to Kafka arrives with the replication issue; until then the
- * service checkpoints locally (and verifies, with HARVESTER_VERIFY=true).
+ * (the `npm run harvest` schema plus Kafka settings), metrics on HARVESTER_METRICS_PORT (default
+ * 9464), epochs cut and published to Kafka until SIGTERM/SIGINT. Without HARVESTER_KAFKA_BROKERS it
+ * checkpoints locally only (and verifies, with HARVESTER_VERIFY=true), and says so.
  */
-import { ConfigError, CkptError, createLogger, helpText, parseConfig, startMetricsServer, wantsHelp } from '@ckpt/common';
+import { Kafka, logLevel } from 'kafkajs';
+import {
+  ConfigError, CkptError, createLogger, helpText, KAFKA_SCHEMA, kafkaClientConfig, parseBrokers, parseConfig, startMetricsServer, wantsHelp,
+} from '@ckpt/common';
 import { HARVEST_SCHEMA } from './harvest-config.ts';
 import { runHarvest } from './harvest-loop.ts';
 import { createHarvesterMetrics } from './metrics.ts';
+import { ControlListener } from './publish/control-listener.ts';
+import { KafkaPublisher } from './publish/kafka-publisher.ts';
 import { openSource } from './sources/open-source.ts';
+import type { EpochSink } from './epoch/epoch-types.ts';
 
 const SERVICE_SCHEMA = {
   ...HARVEST_SCHEMA,
+  ...KAFKA_SCHEMA,
   epochs: { ...HARVEST_SCHEMA.epochs, default: 0 },
   metricsPort: { ...HARVEST_SCHEMA.metricsPort, default: 9464 },
+  vmId: { type: 'string', default: 'vm-0', help: 'this guest\'s id: the Kafka key and the Redis hash tag (A-Z a-z 0-9 . _ : -)' },
+  maxRecordBytes: { type: 'int', default: 1_000_000, min: 16384, max: 64 << 20, help: 'largest record produced (stay under the topic\'s max.message.bytes)' },
+  compression: { type: 'enum', values: ['none', 'gzip'], default: 'none', help: 'compression of page batches (gzip only where it shrinks a batch)' },
+  maxInFlightBytes: { type: 'int', default: 16 << 20, min: 1 << 20, help: 'bytes queued or unacknowledged by Kafka before the harvester waits' },
+  windowBytes: { type: 'int', default: 0, min: 0, help: 'bytes produced but not yet applied by the replicator before the harvester waits (0 = off; keep it under the topic\'s retention)' },
+  publishTimeoutMs: { type: 'int', default: 30_000, min: 1000, help: 'a record that cannot be published for this long ends the generation (a new baseline follows)' },
 } as const;
+
+const USAGE = 'Usage: node --import tsx services/harvester/src/main.ts\n\nConfigured by environment variables:';
 
 async function main(): Promise<number> {
   if (wantsHelp(process.argv.slice(2))) {
-    process.stdout.write(helpText(SERVICE_SCHEMA, 'Usage: node --import tsx services/harvester/src/main.ts\n\nConfigured by environment variables:', 'HARVESTER_') + '\n');
+    process.stdout.write(helpText(SERVICE_SCHEMA, USAGE, 'HARVESTER_') + '\n');
     return 0;
   }
   const cfg = parseConfig(SERVICE_SCHEMA, { env: process.env, envPrefix: 'HARVESTER_' });
-  const log = createLogger({ service: 'harvester' });
+  if (!/^[A-Za-z0-9._:-]{1,200}$/.test(cfg.vmId)) throw new ConfigError([`HARVESTER_VM_ID "${cfg.vmId}" may only use A-Z a-z 0-9 . _ : - (1-200 characters)`]);
+  const log = createLogger({ service: 'harvester', vm: cfg.vmId });
   const metrics = createHarvesterMetrics({ defaultMetrics: true });
+  const brokers = parseBrokers(cfg.kafkaBrokers);
+  const kafka = brokers.length ? new Kafka({ ...(kafkaClientConfig(cfg, brokers) as object), logLevel: logLevel.ERROR } as ConstructorParameters<typeof Kafka>[0]) : null;
+  if (!kafka) log.warn('HARVESTER_KAFKA_BROKERS is not set: checkpointing locally only, nothing is published');
   const { source, fallbackReason } = openSource(cfg);
   if (fallbackReason) log.warn('using the simulator', { component: 'source', reason: fallbackReason });
   const abort = new AbortController();
   let ready = false;
-  const server = await startMetricsServer(metrics.registry, cfg.metricsPort, () => (ready ? null : 'guest not started'));
+  const server = await startMetricsServer(metrics.registry, cfg.metricsPort, () => (ready ? null : 'guest not started or Kafka not connected'));
   log.info('started', { component: 'main', source: source.kind, mode: source.mode, metricsPort: server.port });
   const stop = (signal: string): void => {
     log.info('stopping', { component: 'main', signal });
@@ -36,16 +55,32 @@ async function main(): Promise<number> {
   };
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));
+  const producer = kafka?.producer({ idempotent: cfg.kafkaIdempotent, maxInFlightRequests: cfg.kafkaIdempotent ? 5 : 1, allowAutoTopicCreation: false }) ?? null;
+  const listener = kafka ? new ControlListener(kafka, cfg.controlTopic, log.child({ component: 'control' })) : null;
   try {
+    const sinks: EpochSink[] = [];
+    if (producer && listener) {
+      await producer.connect();
+      const publisher = new KafkaPublisher({
+        producer, topic: cfg.pagesTopic, vm: cfg.vmId, maxRecordBytes: cfg.maxRecordBytes, compression: cfg.compression,
+        maxInFlightBytes: cfg.maxInFlightBytes, windowBytes: cfg.windowBytes, publishTimeoutMs: cfg.publishTimeoutMs, metrics, log: log.child({ component: 'publish' }),
+      });
+      listener.register(cfg.vmId, (m) => publisher.window.marker(m));
+      await listener.start();
+      sinks.push(publisher);
+    }
     ready = true;
     const summary = await runHarvest(source, {
       epochs: cfg.epochs, intervalMs: cfg.intervalMs, verify: cfg.verify, metrics, logger: log.child({ component: 'harvest' }),
-      signal: abort.signal, cycle: { precopyRounds: cfg.precopyRounds },
+      signal: abort.signal, sinks, cycle: { precopyRounds: cfg.precopyRounds, generation: Date.now() },
+      takeResyncRequest: listener ? () => listener.takeResyncRequest(cfg.vmId) : undefined,
     });
     log.info('stopped', { component: 'main', ...summary });
     return summary.mismatches > 0 || summary.vcpuError ? 1 : 0;
   } finally {
     source.close();
+    await listener?.stop();
+    await producer?.disconnect().catch(() => undefined);
     await server.close();
   }
 }

@@ -136,6 +136,8 @@ export class Replicator {
           }
           this.current = null;
           payload.resolveOffset(m.offset);
+          // Markers open the harvester's replication window: send them soon, not only on the timer.
+          if (Date.now() - this.lastFlushMs >= 5) void this.flushMarkers();
           await payload.commitOffsetsIfNecessary();
           await heartbeat();
         }
@@ -188,12 +190,14 @@ export class Replicator {
   }
 
   private flushing: Promise<void> | null = null;
+  private lastFlushMs = 0;
 
   /** Publishes the newest marker of every VM that progressed (best effort: the next one supersedes it). */
   private flushMarkers(): Promise<void> {
     if (this.flushing || this.markers.size === 0) return this.flushing ?? Promise.resolve();
     const batch = [...this.markers.entries()];
     this.markers.clear();
+    this.lastFlushMs = Date.now();
     this.flushing = this.producer.send({
       topic: this.o.topics.control, acks: -1,
       messages: batch.map(([vm, applied]) => ({ key: vm, value: Buffer.from(encodeControlRecord({ vm, kind: 'applied', applied })) })),

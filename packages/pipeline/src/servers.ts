@@ -56,7 +56,7 @@ export function spawnReplicator(s: Servers, extra: Record<string, string> = {}, 
     REPLICATOR_KAFKA_IDEMPOTENT: s.embeddedKafka ? 'false' : 'true', REPLICATOR_METRICS_PORT: '-1',
     // The embedded broker answers a fetch only when its wait expires: keep the wait short.
     // A short session lets a killed replicator's partitions move quickly in tests and drills.
-    ...(s.embeddedKafka ? { REPLICATOR_FETCH_MAX_WAIT_MS: '10', REPLICATOR_SESSION_TIMEOUT_MS: '3000' } : {}), ...extra,
+    ...(s.embeddedKafka ? { REPLICATOR_FETCH_MAX_WAIT_MS: '2', REPLICATOR_SESSION_TIMEOUT_MS: '3000' } : {}), ...extra,
   };
   const child = spawn(process.execPath, ['--import', 'tsx', REPLICATOR_MAIN], { env, stdio: ['ignore', 'ignore', 'pipe'] });
   let buf = '';

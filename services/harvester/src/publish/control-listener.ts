@@ -15,7 +15,7 @@ export class ControlListener {
   private joined = false;
 
   constructor(kafka: Kafka, private readonly topic: string, private readonly log: Logger, private readonly startedAtMs = Date.now()) {
-    this.consumer = kafka.consumer({ groupId: `ckpt-harvester-${randomUUID()}`, sessionTimeout: 30_000, heartbeatInterval: 3000, maxWaitTimeInMs: 5 });
+    this.consumer = kafka.consumer({ groupId: `ckpt-harvester-${randomUUID()}`, sessionTimeout: 30_000, heartbeatInterval: 3000, maxWaitTimeInMs: 2 });
   }
 
   /** Routes this VM's markers to `onMarker` and keeps its resync requests. */

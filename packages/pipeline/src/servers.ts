@@ -58,7 +58,9 @@ export function spawnReplicator(s: Servers, extra: Record<string, string> = {}, 
     // A short session lets a killed replicator's partitions move quickly in tests and drills.
     ...(s.embeddedKafka ? { REPLICATOR_FETCH_MAX_WAIT_MS: '2', REPLICATOR_SESSION_TIMEOUT_MS: '3000' } : {}), ...extra,
   };
-  const child = spawn(process.execPath, ['--import', 'tsx', REPLICATOR_MAIN], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  // CKPT_REPLICATOR_NODE_ARGS adds node flags (e.g. --cpu-prof) to replicator processes, for profiling.
+  const nodeArgs = (process.env.CKPT_REPLICATOR_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', REPLICATOR_MAIN], { env, stdio: ['ignore', 'ignore', 'pipe'] });
   let buf = '';
   child.stderr?.on('data', (d: Buffer) => {
     buf += d.toString();

@@ -5,7 +5,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { Redis } from 'ioredis';
-import { Kafka, logLevel, type Producer } from 'kafkajs';
+import { Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
 import { percentile, silentLogger, type Logger } from '@ckpt/common';
 import {
   ControlListener, createHarvesterMetrics, KafkaPublisher, openSource, runHarvest, ShadowVerifier, type DirtySource, type EpochCommit, type EpochSink,
@@ -104,7 +104,9 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     redis = new Redis(servers.redisUrl, { maxRetriesPerRequest: 5 });
     redis.on('error', (err) => log.debug('redis connection error', { err }));
     const store = new StandbyStore(redis);
-    const windowBytes = o.windowBytes ?? (servers.embeddedKafka ? 3 << 20 : 0);
+    // The embedded broker keeps 5 MiB per partition, shared by the VMs whose keys hash to it: split
+    // 4 MiB between them.
+    const windowBytes = o.windowBytes ?? (servers.embeddedKafka ? Math.floor((4 << 20) / maxVmsPerPartition(o.vms, Math.max(4, o.vms), servers.topics.pages)) : 0);
     // Publishers stuck on a replicator that does not progress give up after the drain timeout.
     const drainDeadline = new AbortController();
     let sourceKind = '';
@@ -271,4 +273,16 @@ async function runChaos(c: Chaos | undefined, durationMs: number, servers: Serve
       await servers.kafka.brokerUp(-1);
     }
   }
+}
+
+/** Most VMs (vm-0, vm-1, ...) whose keys the default partitioner puts on one partition. */
+function maxVmsPerPartition(vms: number, partitions: number, topic: string): number {
+  const partitioner = Partitioners.DefaultPartitioner();
+  const partitionMetadata = Array.from({ length: partitions }, (_, i) => ({ partitionId: i, leader: 1, partitionErrorCode: 0, replicas: [1], isr: [1] }));
+  const counts = new Map<number, number>();
+  for (let v = 0; v < vms; v++) {
+    const p = partitioner({ topic, partitionMetadata, message: { key: `vm-${v}`, value: null } });
+    counts.set(p, (counts.get(p) ?? 0) + 1);
+  }
+  return Math.max(1, ...counts.values());
 }

@@ -24,6 +24,7 @@ export interface HarvesterMetrics {
   backpressureSeconds: Counter<'cause'>;
   intervalStretchSeconds: Counter;
   resyncRequests: Counter;
+  windowStalls: Counter;
 }
 
 const LATENCY_BUCKETS = [50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1];
@@ -54,6 +55,7 @@ export function createHarvesterMetrics(options: { defaultMetrics?: boolean } = {
     inFlightBytes: new Gauge({ name: 'ckpt_harvester_in_flight_bytes', help: 'Bytes sent to Kafka and not yet acknowledged', registers }),
     backpressureSeconds: new Counter({ name: 'ckpt_harvester_backpressure_seconds_total', help: 'Time the harvester waited before producing, by cause (in-flight cap, replication window)', labelNames: ['cause'], registers }),
     intervalStretchSeconds: new Counter({ name: 'ckpt_harvester_interval_stretch_seconds_total', help: 'Time by which epoch intervals exceeded the configured interval (backpressure or slow epochs)', registers }),
+    windowStalls: new Counter({ name: 'ckpt_harvester_window_stalls_total', help: 'Times the replicator reported no progress for the stall timeout and the replication window was cleared', registers }),
     resyncRequests: new Counter({ name: 'ckpt_harvester_resync_requests_total', help: 'Resync requests received from replicators (each starts a new generation with a baseline)', registers }),
     lastEpoch: new Gauge({ name: 'ckpt_harvester_last_epoch', help: 'Number of the last epoch cut', registers }),
   };

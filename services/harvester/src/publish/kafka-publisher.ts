@@ -29,6 +29,12 @@ export interface PublisherOptions {
   /** Cap on bytes produced but not yet processed by the replicator (0 = off). */
   windowBytes: number;
   publishTimeoutMs: number;
+  /**
+   * When the replicator reports no progress for this long while the window is full, the window is
+   * cleared and production resumes (records lost to retention are never reported; the replicator
+   * detects the gap when newer records arrive and asks for a baseline). 0 = wait forever.
+   */
+  windowStallMs?: number;
   /** Aborts waits for the replicator (the run is stopping). */
   signal?: AbortSignal;
   metrics?: HarvesterMetrics;
@@ -125,6 +131,13 @@ export class KafkaPublisher implements EpochSink {
         }
         await this.window.changed(250);
         this.throwIfFailed();
+        const stall = this.o.windowStallMs ?? 10_000;
+        if (stall > 0 && performance.now() - Math.max(t0, this.window.lastChangeMs) > stall) {
+          this.o.log.warn('the replicator reports no progress: resuming without the replication window', { vm: this.o.vm, unapplied: this.window.unappliedBytes, stalledMs: stall, lastMarker: this.window.lastMarker });
+          this.o.metrics?.windowStalls.inc();
+          this.window.clear();
+          break;
+        }
       }
       if (waited) this.o.metrics?.backpressureSeconds.inc({ cause: 'replication-window' }, (performance.now() - t0) / 1000);
     }
@@ -141,7 +154,7 @@ export class KafkaPublisher implements EpochSink {
     this.queue.push({ value, rec });
     this.queuedBytes += size;
     this.o.metrics?.inFlightBytes.set(this.queuedBytes);
-    this.sending ??= this.sendLoop().finally(() => { this.sending = null; });
+    this.sending ??= this.sendLoop();
   }
 
   /** Sends queued records in order, several per request; stops at the first record that cannot be sent. */
@@ -166,6 +179,9 @@ export class KafkaPublisher implements EpochSink {
       this.progress = [];
       for (const f of p) f();
     }
+    // Cleared in the same synchronous step as the emptiness check above, so a record queued from
+    // now on starts a new loop (a `.finally()` would leave a window where it is stranded).
+    this.sending = null;
   }
 
   /** Sends records in one request, retrying with backoff until `publishTimeoutMs`; nothing is dropped silently. */

@@ -15,6 +15,8 @@ export class ReplicationWindow {
   private bytes = 0;
   private waiters: (() => void)[] = [];
   lastMarker: AppliedMarker | null = null;
+  /** performance.now() of the last marker that released bytes. */
+  lastChangeMs = 0;
 
   /** Bytes produced and not yet processed by the replicator. */
   get unappliedBytes(): number {
@@ -31,6 +33,7 @@ export class ReplicationWindow {
     while (this.head < this.pending.length && before(this.pending[this.head]!, m)) {
       this.bytes -= this.pending[this.head]!.bytes;
       this.head++;
+      this.lastChangeMs = performance.now();
     }
     if (this.head > 1024 && this.head * 2 > this.pending.length) {
       this.pending = this.pending.slice(this.head);

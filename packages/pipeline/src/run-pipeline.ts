@@ -27,8 +27,10 @@ export interface PipelineOptions {
   intervalMs: number;
   compression: Compression;
   maxRecordBytes: number;
-  /** Un-applied bytes per VM (0 = off); defaults to 3 MiB against the embedded broker. */
+  /** Un-applied bytes per VM (0 = off); defaults to 4 MiB per partition against the embedded broker. */
   windowBytes?: number;
+  /** See PublisherOptions.windowStallMs (default 10 s). */
+  windowStallMs?: number;
   replicators: number;
   /** How long to wait for the replicators to apply the last epochs. */
   drainTimeoutS: number;
@@ -46,6 +48,10 @@ export interface Chaos {
   redisRestarts?: number;
   /** The broker refuses connections for this long, once. */
   brokerOutageMs?: number;
+  /** Every replicator is killed (-9) and started again only after this long, once. */
+  replicatorOutageMs?: number;
+  /** Replicators that join the consumer group mid-run (partitions rebalance between live members). */
+  replicatorJoins?: number;
   seed?: number;
 }
 
@@ -121,7 +127,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
       sourceNote = opened.fallbackReason;
       const publisher = new KafkaPublisher({
         producer, topic: servers.topics.pages, vm, maxRecordBytes: o.maxRecordBytes, compression: o.compression, maxInFlightBytes: 8 << 20,
-        windowBytes, publishTimeoutMs: 30_000, log, signal: drainDeadline.signal,
+        windowBytes, windowStallMs: o.windowStallMs, publishTimeoutMs: 30_000, log, signal: drainDeadline.signal,
       });
       listener.register(vm, (m) => publisher.window.marker(m));
       runs.push({ vm, source: opened.source, shadow: new ShadowVerifier(opened.source), publisher, commits: new Map(), last: null, committed: 0, deltaBytes: 0, deltaStartMs: 0 });
@@ -246,7 +252,9 @@ async function runChaos(c: Chaos | undefined, durationMs: number, servers: Serve
     seed ^= seed << 13; seed >>>= 0; seed ^= seed >>> 17; seed ^= seed << 5; seed >>>= 0;
     return seed / 2 ** 32;
   };
-  const events: { at: number; kind: 'replicator' | 'redis' | 'broker' }[] = [];
+  const events: { at: number; kind: 'replicator' | 'redis' | 'broker' | 'replicators-out' | 'join' }[] = [];
+  for (let i = 0; i < (c.replicatorJoins ?? 0); i++) events.push({ at: durationMs * (0.15 + 0.6 * rnd()), kind: 'join' });
+  if (c.replicatorOutageMs) events.push({ at: durationMs * (0.15 + 0.2 * rnd()), kind: 'replicators-out' });
   for (let i = 0; i < (c.replicatorKills ?? 0); i++) events.push({ at: durationMs * (0.15 + 0.6 * rnd()), kind: 'replicator' });
   for (let i = 0; i < (c.redisRestarts ?? 0); i++) events.push({ at: durationMs * (0.15 + 0.6 * rnd()), kind: 'redis' });
   if (c.brokerOutageMs) events.push({ at: durationMs * (0.15 + 0.6 * rnd()), kind: 'broker' });
@@ -261,6 +269,15 @@ async function runChaos(c: Chaos | undefined, durationMs: number, servers: Serve
       await stopChild(victim, 'SIGKILL');
       replicators[i] = spawnReplicator(servers, {}, (line) => log.debug('replicator', { line }));
       injuries.push(`${since()} ms: kill -9 replicator ${i} (pid ${victim.pid}), started again`);
+    } else if (e.kind === 'join') {
+      replicators.push(spawnReplicator(servers, {}, (line) => log.debug('replicator', { line })));
+      injuries.push(`${since()} ms: replicator ${replicators.length - 1} joined the group`);
+    } else if (e.kind === 'replicators-out') {
+      for (const r of replicators) await stopChild(r, 'SIGKILL');
+      injuries.push(`${since()} ms: kill -9 of every replicator; down for ${c.replicatorOutageMs} ms`);
+      await new Promise((r) => setTimeout(r, c.replicatorOutageMs));
+      for (let i = 0; i < replicators.length; i++) replicators[i] = spawnReplicator(servers, {}, (line) => log.debug('replicator', { line }));
+      injuries.push(`${since()} ms: replicators started again`);
     } else if (e.kind === 'redis') {
       if (!servers.redis) throw new Error('a Redis restart needs the embedded redis-server (unset REDIS_URL)');
       await servers.redis.restart();

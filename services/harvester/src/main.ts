@@ -60,7 +60,11 @@ async function main(): Promise<number> {
   try {
     const sinks: EpochSink[] = [];
     if (producer && listener) {
-      await producer.connect();
+      try {
+        await producer.connect();
+      } catch (err) {
+        throw new CkptError('CKPT_ERR_KAFKA_UNREACHABLE', `cannot connect to Kafka at ${cfg.kafkaBrokers}: ${(err as Error).message}`, { cause: err });
+      }
       const publisher = new KafkaPublisher({
         producer, topic: cfg.pagesTopic, vm: cfg.vmId, maxRecordBytes: cfg.maxRecordBytes, compression: cfg.compression,
         maxInFlightBytes: cfg.maxInFlightBytes, windowBytes: cfg.windowBytes, publishTimeoutMs: cfg.publishTimeoutMs, metrics, log: log.child({ component: 'publish' }),

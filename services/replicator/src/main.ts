@@ -69,7 +69,16 @@ async function main(): Promise<number> {
   };
   process.once('SIGTERM', () => void stop());
   process.once('SIGINT', () => void stop());
-  await rep.start();
+  try {
+    await rep.start();
+  } catch (err) {
+    log.error('cannot start: Kafka is not reachable', { brokers: cfg.kafkaBrokers, err });
+    process.stderr.write(`replicator: cannot connect to Kafka at ${cfg.kafkaBrokers}: ${(err as Error).message}\n`);
+    await rep.stop().catch(() => undefined);
+    await server?.close();
+    redis.disconnect();
+    return 1;
+  }
   log.info('replicating', { brokers: cfg.kafkaBrokers, topic: cfg.pagesTopic, group: cfg.groupId, metricsPort: server?.port });
   // consumer.run() returns once running; stay up until stopped.
   await new Promise<void>((resolve) => {

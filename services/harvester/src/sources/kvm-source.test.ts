@@ -148,14 +148,15 @@ test('NEGATIVE real KVM: a harvester that loses one ring entry is caught by the 
 test('real KVM: a ring-full storm is survived, nothing is lost, the guest keeps running', async (t) => {
   if (!needKvm(t)) return;
   // 4096 entries: rings smaller than a kvm-pvm emulation batch (1024 stores) plus the reserve are overrun on every fill.
-  // 200 ms epochs: an unpaced guest writes faster than a 4096-entry ring holds on any host (about
-  // 50000 pages/s per vCPU on kvm-pvm, which emulates each logged store).
+  // 500 ms epochs: an unpaced guest writes far more than a 4096-entry ring holds between them on any
+  // host (about 50000 pages/s per vCPU on kvm-pvm, which emulates each logged store), also when the
+  // test suite's other processes take most of the CPU.
   const source = kvmSource({ workload: 'sequential', rate: 0, ringEntries: 4096, vcpus: 2 });
   try {
     const counters = new Float64Array(4);
     const seen: number[] = [];
     const s = await runHarvest(source, {
-      epochs: 6, intervalMs: 200, verify: true,
+      epochs: 6, intervalMs: 500, verify: true,
       onEpoch: () => { source.guestCounters(counters); seen.push(counters[1]! + counters[3]!); },
     });
     assert.ok(s.ringFullExits > 0, 'the storm happened');

@@ -3,7 +3,6 @@
  * the guests stop, the replicators drain, and every VM's standby is checked against the harvester's
  * last committed epoch (a shadow image built only from committed epochs).
  */
-import type { ChildProcess } from 'node:child_process';
 import { Redis } from 'ioredis';
 import { Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
 import { percentile, silentLogger, type Logger } from '@ckpt/common';
@@ -12,7 +11,7 @@ import {
 } from '@ckpt/harvester';
 import type { Compression } from '@ckpt/proto';
 import { StandbyStore } from '@ckpt/standby';
-import { spawnReplicator, startServers, stopChild, type Servers } from './servers.ts';
+import { ReplicatorPool, startServers, type Servers } from './servers.ts';
 import { verifyStandby, type StandbyCheck } from './verify-standby.ts';
 
 export interface PipelineOptions {
@@ -52,6 +51,8 @@ export interface Chaos {
   replicatorOutageMs?: number;
   /** Replicators that join the consumer group mid-run (partitions rebalance between live members). */
   replicatorJoins?: number;
+  /** Earliest moment of an injury, as a fraction of the run (default 0.15). */
+  from?: number;
   seed?: number;
 }
 
@@ -74,6 +75,8 @@ export interface PipelineResult {
   durationS: number;
   /** What was done to the system during the run, with times (ms from the start). */
   injuries: string[];
+  /** Replicators that exited on their own (a consumer that could not recover) and were started again. */
+  replicatorRestarts: string[];
   checks: StandbyCheck[];
 }
 
@@ -95,7 +98,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
   const phase = o.onPhase ?? (() => undefined);
   phase('starting servers');
   const servers: Servers = await startServers({ partitions: Math.max(4, o.vms) });
-  const replicators: ChildProcess[] = [];
+  let pool: ReplicatorPool | null = null;
   const runs: VmRun[] = [];
   let producer: Producer | null = null;
   let listener: ControlListener | null = null;
@@ -105,7 +108,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     // Without idempotence, one request in flight keeps a VM's records in order across retries.
     producer = kafka.producer({ idempotent: !servers.embeddedKafka, maxInFlightRequests: servers.embeddedKafka ? 1 : 5, allowAutoTopicCreation: false });
     await producer.connect();
-    for (let i = 0; i < o.replicators; i++) replicators.push(spawnReplicator(servers, {}, (line) => log.debug('replicator', { line })));
+    pool = new ReplicatorPool(servers, o.replicators, (line) => log.debug('replicator', { line }));
     listener = new ControlListener(kafka, servers.topics.control, log);
     redis = new Redis(servers.redisUrl, { maxRetriesPerRequest: 5 });
     redis.on('error', (err) => log.debug('redis connection error', { err }));
@@ -156,7 +159,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     }, 5);
     const t0 = performance.now();
     const injuries: string[] = [];
-    const chaosDone = runChaos(o.chaos, o.durationS * 1000, servers, replicators, injuries, t0, log);
+    const chaosDone = runChaos(o.chaos, o.durationS * 1000, servers, pool, injuries, t0);
     const timer = setTimeout(() => stop.abort(), o.durationS * 1000);
     const giveUp = setTimeout(() => drainDeadline.abort(), (o.durationS + o.drainTimeoutS) * 1000);
     const summaries = await Promise.all(runs.map((r) => {
@@ -232,51 +235,54 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
       resyncs: summaries.reduce((n, s) => n + s.resyncs, 0),
       durationS: Number(harvestS.toFixed(2)),
       injuries,
+      replicatorRestarts: [...pool.restarts],
       checks,
     };
   } finally {
     for (const r of runs) r.source.close();
     await listener?.stop();
     await producer?.disconnect().catch(() => undefined);
-    await Promise.all(replicators.map((c) => stopChild(c)));
+    await pool?.stop();
     redis?.disconnect();
     await servers.stop();
   }
 }
 
-/** Plays the injuries at random moments between 15% and 75% of the run. */
-async function runChaos(c: Chaos | undefined, durationMs: number, servers: Servers, replicators: ChildProcess[], injuries: string[], t0: number, log: Logger): Promise<void> {
+/**
+ * Plays the injuries at random moments between `from` and 90% of the run (default from 15%).
+ * Member churn while the consumer group is still forming is the harshest case on the embedded broker.
+ */
+async function runChaos(c: Chaos | undefined, durationMs: number, servers: Servers, pool: ReplicatorPool, injuries: string[], t0: number): Promise<void> {
   if (!c) return;
   let seed = (c.seed ?? 1) >>> 0 || 1;
   const rnd = (): number => {
     seed ^= seed << 13; seed >>>= 0; seed ^= seed >>> 17; seed ^= seed << 5; seed >>>= 0;
     return seed / 2 ** 32;
   };
+  const from = Math.min(0.85, Math.max(0, c.from ?? 0.15));
   const events: { at: number; kind: 'replicator' | 'redis' | 'broker' | 'replicators-out' | 'join' }[] = [];
-  for (let i = 0; i < (c.replicatorJoins ?? 0); i++) events.push({ at: durationMs * (0.15 + 0.6 * rnd()), kind: 'join' });
+  for (let i = 0; i < (c.replicatorJoins ?? 0); i++) events.push({ at: durationMs * (from + (0.9 - from) * rnd()), kind: 'join' });
   if (c.replicatorOutageMs) events.push({ at: durationMs * (0.15 + 0.2 * rnd()), kind: 'replicators-out' });
-  for (let i = 0; i < (c.replicatorKills ?? 0); i++) events.push({ at: durationMs * (0.15 + 0.6 * rnd()), kind: 'replicator' });
-  for (let i = 0; i < (c.redisRestarts ?? 0); i++) events.push({ at: durationMs * (0.15 + 0.6 * rnd()), kind: 'redis' });
-  if (c.brokerOutageMs) events.push({ at: durationMs * (0.15 + 0.6 * rnd()), kind: 'broker' });
+  for (let i = 0; i < (c.replicatorKills ?? 0); i++) events.push({ at: durationMs * (from + (0.9 - from) * rnd()), kind: 'replicator' });
+  for (let i = 0; i < (c.redisRestarts ?? 0); i++) events.push({ at: durationMs * (from + (0.9 - from) * rnd()), kind: 'redis' });
+  if (c.brokerOutageMs) events.push({ at: durationMs * (from + (0.9 - from) * rnd()), kind: 'broker' });
   events.sort((a, b) => a.at - b.at);
   const since = (): number => Math.round(performance.now() - t0);
   for (const e of events) {
     const wait = e.at - (performance.now() - t0);
     if (wait > 0) await new Promise((r) => setTimeout(r, wait));
     if (e.kind === 'replicator') {
-      const i = Math.floor(rnd() * replicators.length);
-      const victim = replicators[i]!;
-      await stopChild(victim, 'SIGKILL');
-      replicators[i] = spawnReplicator(servers, {}, (line) => log.debug('replicator', { line }));
+      const i = Math.floor(rnd() * pool.members.length);
+      const victim = await pool.kill(i);
       injuries.push(`${since()} ms: kill -9 replicator ${i} (pid ${victim.pid}), started again`);
     } else if (e.kind === 'join') {
-      replicators.push(spawnReplicator(servers, {}, (line) => log.debug('replicator', { line })));
-      injuries.push(`${since()} ms: replicator ${replicators.length - 1} joined the group`);
+      pool.add();
+      injuries.push(`${since()} ms: replicator ${pool.members.length - 1} joined the group`);
     } else if (e.kind === 'replicators-out') {
-      for (const r of replicators) await stopChild(r, 'SIGKILL');
+      await pool.killAll();
       injuries.push(`${since()} ms: kill -9 of every replicator; down for ${c.replicatorOutageMs} ms`);
       await new Promise((r) => setTimeout(r, c.replicatorOutageMs));
-      for (let i = 0; i < replicators.length; i++) replicators[i] = spawnReplicator(servers, {}, (line) => log.debug('replicator', { line }));
+      pool.start();
       injuries.push(`${since()} ms: replicators started again`);
     } else if (e.kind === 'redis') {
       if (!servers.redis) throw new Error('a Redis restart needs the embedded redis-server (unset REDIS_URL)');

@@ -76,6 +76,58 @@ export function spawnReplicator(s: Servers, extra: Record<string, string> = {}, 
   return child;
 }
 
+/**
+ * Keeps `count` replicator processes running, as a Deployment would: one that exits on its own is
+ * started again. `stopChild` on a member (a test's kill -9) is followed by `replace()`.
+ */
+export class ReplicatorPool {
+  readonly members: ChildProcess[] = [];
+  readonly restarts: string[] = [];
+  private stopped = false;
+
+  constructor(private readonly servers: Servers, count: number, private readonly onLog?: (line: string) => void) {
+    for (let i = 0; i < count; i++) this.members.push(this.spawn(i));
+  }
+
+  private spawn(i: number): ChildProcess {
+    const child = spawnReplicator(this.servers, {}, this.onLog);
+    child.once('exit', (code, signal) => {
+      if (this.stopped || this.members[i] !== child || signal === 'SIGKILL') return;
+      this.restarts.push(`replicator ${i} exited (${code ?? signal}) and was started again`);
+      setTimeout(() => { if (!this.stopped && this.members[i] === child) this.members[i] = this.spawn(i); }, 500);
+    });
+    return child;
+  }
+
+  /** Kills member i with SIGKILL and starts a new one in its place (a crash test). */
+  async kill(i: number): Promise<ChildProcess> {
+    const victim = this.members[i]!;
+    await stopChild(victim, 'SIGKILL');
+    this.members[i] = this.spawn(i);
+    return victim;
+  }
+
+  /** Kills every member; start() brings them back. */
+  async killAll(): Promise<void> {
+    this.stopped = true;
+    await Promise.all(this.members.map((c) => stopChild(c, 'SIGKILL')));
+  }
+
+  start(): void {
+    this.stopped = false;
+    for (let i = 0; i < this.members.length; i++) this.members[i] = this.spawn(i);
+  }
+
+  add(): void {
+    this.members.push(this.spawn(this.members.length));
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await Promise.all(this.members.map((c) => stopChild(c)));
+  }
+}
+
 export async function stopChild(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM', graceMs = 5000): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise<void>((r) => child.once('exit', () => r()));

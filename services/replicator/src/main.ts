@@ -38,13 +38,18 @@ async function main(): Promise<number> {
     }
     throw err;
   }
+  let fatal = false;
   const redis = new Redis(redisOpts.url, { ...redisOpts.options, maxRetriesPerRequest: 3, retryStrategy: (n) => Math.min(2000, 50 * n) });
   redis.on('error', (err) => log.debug('redis connection error', { err }));
   const metrics = createReplicatorMetrics({ defaultMetrics: true });
   const rep = new Replicator({
     kafka, idempotent: cfg.kafkaIdempotent, topics: { pages: cfg.pagesTopic, control: cfg.controlTopic, deadLetter: cfg.deadLetterTopic },
     groupId: cfg.groupId, redis, redisPrefix: cfg.redisPrefix, maxRecordBytes: cfg.maxRecordBytes, markerIntervalMs: cfg.markerIntervalMs,
-    resyncRetryMs: cfg.resyncRetryMs, partitionsConsumedConcurrently: cfg.partitionsConcurrently, fetchMaxWaitMs: cfg.fetchMaxWaitMs, sessionTimeoutMs: cfg.sessionTimeoutMs, metrics, log,
+    resyncRetryMs: cfg.resyncRetryMs,
+    // Exit non-zero so the supervisor (Kubernetes, the pipeline) starts a fresh replicator; offsets and
+    // Redis hold all the state it needs.
+    onFatal: () => { fatal = true; void stop(); },
+    partitionsConsumedConcurrently: cfg.partitionsConcurrently, fetchMaxWaitMs: cfg.fetchMaxWaitMs, sessionTimeoutMs: cfg.sessionTimeoutMs, metrics, log,
   });
   const server = cfg.metricsPort >= 0
     ? await startMetricsServer(metrics.registry, cfg.metricsPort, async () => {
@@ -84,7 +89,7 @@ async function main(): Promise<number> {
   await new Promise<void>((resolve) => {
     const t = setInterval(() => { if (stopping) { clearInterval(t); resolve(); } }, 200);
   });
-  return 0;
+  return fatal ? 1 : 0;
 }
 
 main().then((code) => { process.exitCode = code; }, (err: unknown) => {

@@ -33,6 +33,8 @@ export interface ReplicatorOptions {
   fetchMaxWaitMs: number;
   metrics: ReplicatorMetrics;
   log: Logger;
+  /** The consumer crashed and will not restart itself: the process should exit so it is restarted. */
+  onFatal?: (err: Error) => void;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -87,6 +89,14 @@ export class Replicator {
       // Partitions may have moved: what other instances did is in Redis, not in our cache.
       this.applier.forget();
       this.o.log.info('joined the consumer group', { memberId: e.payload.memberId, assignment: e.payload.memberAssignment });
+    });
+    this.consumer.on(this.consumer.events.CRASH, (e) => {
+      const { error, restart } = e.payload as { error: Error; restart: boolean };
+      this.o.log.error(restart ? 'consumer crashed; kafkajs restarts it' : 'consumer crashed and will not restart', { err: error, restart });
+      if (!restart) {
+        this.lastError = error.message;
+        this.o.onFatal?.(error);
+      }
     });
     await this.consumer.subscribe({ topic: this.o.topics.pages, fromBeginning: true });
     this.running = true;

@@ -41,6 +41,9 @@ export interface VmReplica {
   seen: { generation: number; epoch: number };
 }
 
+/** Thrown when the cached state of a VM turned out older than Redis's: the record is handled again. */
+class StaleCache extends Error {}
+
 const sameLayout = (a: EpochBegin, m: StandbyMeta): boolean =>
   a.pageSize === m.pageSize && a.slots.length === m.slots.length && a.slots.every((s, i) => s.id === m.slots[i]!.id && s.pages === m.slots[i]!.pages);
 
@@ -98,7 +101,20 @@ export class Applier {
       await this.hooks.deadLetter(key, 'key-mismatch', `record of VM ${rec.vm} arrived with key ${key}`);
       return 'done';
     }
-    const r = await this.replica(rec.vm);
+    let r = await this.replica(rec.vm);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.handleRecord(r, rec);
+      } catch (err) {
+        // Another replicator (a rebalance overlaps members for a moment) moved this VM on: reload, retry once.
+        if (!(err instanceof StaleCache) || attempt > 0) throw err;
+        this.replicas.delete(rec.vm);
+        r = await this.replica(rec.vm);
+      }
+    }
+  }
+
+  private async handleRecord(r: VmReplica, rec: EpochRecord): Promise<HandleResult> {
     if (rec.generation > r.seen.generation || (rec.generation === r.seen.generation && rec.epoch > r.seen.epoch)) r.seen = { generation: rec.generation, epoch: rec.epoch };
     let result: HandleResult = 'done';
     switch (rec.kind) {
@@ -185,6 +201,7 @@ export class Applier {
     } else if (r.stale) {
       // Waiting for a baseline: the records of epochs after a gap are of no use.
     } else {
+      await this.ensureFresh(r);
       await this.hooks.deadLetter(r.vm, 'unknown-epoch', `${rec.kind} of epoch ${rec.generation}/${rec.epoch}, whose begin was not seen`);
       await this.breakContinuity(r, 'missing-epoch', `${rec.kind} of epoch ${rec.generation}/${rec.epoch} without its begin`);
     }
@@ -197,10 +214,12 @@ export class Applier {
     const b = rec.batch;
     this.log.debug('batch', { vm: r.vm, generation: a.generation, epoch: a.epoch, seq: b.seq, nextSeq: a.nextSeq });
     if (b.seq < a.nextSeq) {
+      await this.ensureFresh(r);
       await this.hooks.deadLetter(r.vm, 'duplicate', `batch ${b.seq} of epoch ${a.generation}/${a.epoch} is already staged`);
       return;
     }
     if (b.seq > a.nextSeq) {
+      await this.ensureFresh(r);
       await this.hooks.deadLetter(r.vm, 'out-of-order', `batch ${b.seq} of epoch ${a.generation}/${a.epoch} arrived before batch ${a.nextSeq}`);
       await this.breakContinuity(r, 'missing-batch', `batches ${a.nextSeq}..${b.seq - 1} of epoch ${a.generation}/${a.epoch} are missing`);
       return;
@@ -263,8 +282,19 @@ export class Applier {
     }
   }
 
+  /**
+   * Before a record is judged out of place on cached state, checks that Redis still agrees with the
+   * cache; if another member changed the VM meanwhile, throws StaleCache so the record is handled again.
+   */
+  private async ensureFresh(r: VmReplica): Promise<void> {
+    const [meta, asm] = await Promise.all([this.store.readMeta(r.vm), this.store.readAssembly(r.vm)]);
+    const key = (m: StandbyMeta | null, a: Assembly | null): string => `${m?.generation}/${m?.epoch}/${m?.state}|${a?.generation}/${a?.epoch}/${a?.nextSeq}`;
+    if (key(meta, asm) !== key(r.meta, r.asm)) throw new StaleCache(`state of ${r.vm} changed under this replicator`);
+  }
+
   /** Continuity is lost: keep the image (it is a committed epoch), mark it stale, ask for a baseline. */
   private async breakContinuity(r: VmReplica, reason: string, detail: string): Promise<void> {
+    await this.ensureFresh(r);
     this.metrics.gaps.inc({ reason });
     this.log.warn('continuity lost; the image is stale until a baseline arrives', { vm: r.vm, reason, detail });
     if (r.asm) {

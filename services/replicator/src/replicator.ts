@@ -61,7 +61,7 @@ export class Replicator {
   private readonly producer: Producer;
   private readonly markers = new Map<string, AppliedMarker>();
   private markerTimer: NodeJS.Timeout | null = null;
-  private current: { topic: string; partition: number; offset: string; raw: Buffer; headers: Record<string, string> } | null = null;
+  private current: { topic: string; partition: number; offset: string; raw: Buffer } | null = null;
   private running = false;
   private lastError: string | null = null;
 
@@ -116,7 +116,7 @@ export class Replicator {
           const raw = m.value ?? Buffer.alloc(0);
           const key = m.key ? m.key.toString() : null;
           for (let attempt = 0; ; attempt++) {
-            this.current = { topic: batch.topic, partition: batch.partition, offset: m.offset, raw, headers: { vm: key ?? '' } };
+            this.current = { topic: batch.topic, partition: batch.partition, offset: m.offset, raw };
             try {
               const r = await this.applier.handle(raw, key);
               if (r === 'done') {

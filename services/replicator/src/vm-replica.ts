@@ -212,7 +212,6 @@ export class Applier {
     const a = await this.matchAssembly(r, rec);
     if (!a) return;
     const b = rec.batch;
-    this.log.debug('batch', { vm: r.vm, generation: a.generation, epoch: a.epoch, seq: b.seq, nextSeq: a.nextSeq });
     if (b.seq < a.nextSeq) {
       await this.ensureFresh(r);
       await this.hooks.deadLetter(r.vm, 'duplicate', `batch ${b.seq} of epoch ${a.generation}/${a.epoch} is already staged`);

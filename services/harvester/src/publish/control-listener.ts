@@ -12,7 +12,6 @@ import { decodeControlRecord, type AppliedMarker } from '@ckpt/proto';
 export class ControlListener {
   private consumer: Consumer;
   private readonly vms = new Map<string, { onMarker: (m: AppliedMarker) => void; resync: string | null }>();
-  private joined = false;
 
   constructor(kafka: Kafka, private readonly topic: string, private readonly log: Logger, private readonly startedAtMs = Date.now()) {
     this.consumer = kafka.consumer({ groupId: `ckpt-harvester-${randomUUID()}`, sessionTimeout: 30_000, heartbeatInterval: 3000, maxWaitTimeInMs: 2 });
@@ -25,7 +24,6 @@ export class ControlListener {
 
   async start(): Promise<void> {
     await this.consumer.connect();
-    this.consumer.on(this.consumer.events.GROUP_JOIN, () => { this.joined = true; });
     // From the beginning: markers are small and a fresh group has no offsets; old records are filtered by time below.
     await this.consumer.subscribe({ topic: this.topic, fromBeginning: true });
     await this.consumer.run({
@@ -46,11 +44,6 @@ export class ControlListener {
         return Promise.resolve();
       },
     });
-  }
-
-  /** True once the consumer group was joined (markers flow from then on). */
-  get ready(): boolean {
-    return this.joined;
   }
 
   /** The VM's pending resync request's reason, once. */

@@ -55,10 +55,8 @@ export class KafkaPublisher implements EpochSink {
   private progress: (() => void)[] = [];
   private failure: Error | null = null;
   private seq = 0;
-  /** Totals, for summaries. */
-  recordsSent = 0;
+  /** Bytes of records acknowledged by the broker, for summaries. */
   bytesOnWire = 0;
-  backpressureMs = 0;
 
   constructor(private readonly o: PublisherOptions) {}
 
@@ -149,7 +147,6 @@ export class KafkaPublisher implements EpochSink {
     }
     const waitedMs = performance.now() - t1;
     if (waitedMs > 1) this.o.metrics?.backpressureSeconds.inc({ cause: 'in-flight' }, waitedMs / 1000);
-    this.backpressureMs += performance.now() - t0;
     this.window.produced(rec.generation, rec.epoch, part, size);
     this.queue.push({ value, rec });
     this.queuedBytes += size;
@@ -166,7 +163,6 @@ export class KafkaPublisher implements EpochSink {
       const batch = this.queue.slice(0, n);
       try {
         await this.sendWithRetry(batch);
-        this.recordsSent += n;
         this.bytesOnWire += bytes;
         this.o.metrics?.bytesPublished.inc(bytes);
       } catch (err) {

@@ -1,7 +1,8 @@
 import type { ChildProcess } from 'node:child_process';
 
 /**
- * Every server process this package starts, so none outlives its parent: they are killed on normal
+ * Child processes that must not outlive this one (the servers this package starts, replicators a
+ * pipeline starts): they are killed on normal
  * exit and on SIGINT/SIGTERM (the handlers re-raise the signal after cleaning up).
  */
 const children = new Set<ChildProcess>();

@@ -4,7 +4,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { KafkaMock, RedisServer } from '@ckpt/embedded';
+import { KafkaMock, killWithParent, RedisServer } from '@ckpt/embedded';
 
 export interface Topics { pages: string; control: string; deadLetter: string }
 export const DEFAULT_TOPICS: Topics = { pages: 'ckpt.pages', control: 'ckpt.control', deadLetter: 'ckpt.dead' };
@@ -70,9 +70,7 @@ export function spawnReplicator(s: Servers, extra: Record<string, string> = {}, 
       buf = buf.slice(i + 1);
     }
   });
-  const kill = (): void => { child.kill('SIGKILL'); };
-  process.once('exit', kill);
-  child.once('exit', () => process.removeListener('exit', kill));
+  killWithParent(child);
   return child;
 }
 

@@ -2,8 +2,8 @@ import type { ChildProcess } from 'node:child_process';
 
 /**
  * Child processes that must not outlive this one (the servers this package starts, replicators a
- * pipeline starts): they are killed on normal
- * exit and on SIGINT/SIGTERM (the handlers re-raise the signal after cleaning up).
+ * pipeline starts): they are killed on normal exit and on SIGINT/SIGTERM (the handlers re-raise the
+ * signal after cleaning up).
  */
 const children = new Set<ChildProcess>();
 let hooked = false;

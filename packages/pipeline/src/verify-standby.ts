@@ -4,7 +4,7 @@
  * a reference image (the harvester's shadow of its committed epochs).
  */
 import { isZeroPage, type SparseImage } from '@ckpt/common';
-import { CHUNK_PAGES, type StandbyStore } from '@ckpt/standby';
+import { CHUNK_PAGES, ChunkDigest, type StandbyStore } from '@ckpt/standby';
 
 export interface StandbyCheck {
   vm: string;
@@ -35,12 +35,12 @@ export async function verifyStandby(store: StandbyStore, vm: string, expect: { g
   const note = (s: string): void => {
     if (bad++ < 5) problems.push(s);
   };
-  const padded = new Uint8Array(CHUNK_PAGES * ps);
   const zero = new Uint8Array(ps);
+  // One pass over the standby: every page is compared and hashed into the recomputed digest.
+  const digest = new ChunkDigest(vm, ps);
+  const padded = digest.padded;
   await store.forEachChunk(vm, meta.generation, meta.slots, (slot, chunk, bytes) => {
-    padded.fill(0);
-    padded.set(bytes.subarray(0, padded.byteLength));
-    const n = Math.ceil(Math.min(bytes.byteLength, padded.byteLength) / ps);
+    const n = digest.add(slot, chunk, bytes);
     for (let p = 0; p < n; p++) {
       const gfn = chunk * CHUNK_PAGES + p;
       seen.add(slot * 2 ** 32 + gfn);
@@ -58,7 +58,7 @@ export async function verifyStandby(store: StandbyStore, vm: string, expect: { g
     }
   }
   if (bad > 5) problems.push(`... ${bad} pages differ in all`);
-  out.recomputedDigest = (await store.computeImageDigest(vm, meta.generation, meta.slots, ps)).toHex();
+  out.recomputedDigest = digest.digest.toHex();
   if (out.recomputedDigest !== meta.digest) problems.push(`the standby's bytes hash to ${out.recomputedDigest}, its meta says ${meta.digest}`);
   out.matches = problems.length === 0;
   return out;

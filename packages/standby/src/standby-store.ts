@@ -108,15 +108,20 @@ export class StandbyStore {
     await this.redis.del(k.asm);
   }
 
-  /** Deletes every key of one generation (SCAN + UNLINK). */
-  async deleteGeneration(vm: string, generation: number): Promise<number> {
-    const pattern = `${this.keys(vm).gen(generation)}:*`;
+  /** Deletes every key of one generation. */
+  deleteGeneration(vm: string, generation: number): Promise<number> {
+    return this.unlinkMatching(`${this.keys(vm).gen(generation)}:*`, () => true);
+  }
+
+  /** SCAN + UNLINK of the keys matching `pattern` that `drop` selects; returns how many went. */
+  private async unlinkMatching(pattern: string, drop: (key: string) => boolean): Promise<number> {
     let cursor = '0';
     let n = 0;
     do {
       const [next, found] = await this.redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
       cursor = next;
-      if (found.length) n += await this.redis.unlink(...found);
+      const victims = found.filter(drop);
+      if (victims.length) n += await this.redis.unlink(...victims);
     } while (cursor !== '0');
     return n;
   }
@@ -244,17 +249,11 @@ export class StandbyStore {
 
   async deleteOtherGenerations(vm: string, keep: number): Promise<void> {
     const base = this.keys(vm).base;
-    let cursor = '0';
     const re = /:g(\d+):/;
-    do {
-      const [next, found] = await this.redis.scan(cursor, 'MATCH', `${base}:g*`, 'COUNT', 1000);
-      cursor = next;
-      const drop = found.filter((key) => {
-        const m = re.exec(key.slice(base.length));
-        return m !== null && Number(m[1]) !== keep;
-      });
-      if (drop.length) await this.redis.unlink(...drop);
-    } while (cursor !== '0');
+    await this.unlinkMatching(`${base}:g*`, (key) => {
+      const m = re.exec(key.slice(base.length));
+      return m !== null && Number(m[1]) !== keep;
+    });
   }
 
   /** Sum of a hash table's page hashes. */
@@ -315,22 +314,42 @@ export class StandbyStore {
 
   /** Recomputes the digest of generation `g`'s image from its bytes. */
   async computeImageDigest(vm: string, g: number, slots: SlotInfo[], pageSize: number): Promise<Digest64> {
-    const d = new Digest64();
-    const out = new Uint32Array(2);
-    const full = new Uint8Array(CHUNK_PAGES * pageSize);
-    const words = new Uint32Array(full.buffer);
-    const pw = pageSize >>> 2;
-    await this.forEachChunk(vm, g, slots, (slot, chunk, bytes) => {
-      if (bytes.byteLength > full.byteLength) throw new CkptError('CKPT_ERR_STANDBY_CORRUPT', `chunk ${slot}:${chunk} of ${vm} holds ${bytes.byteLength} bytes, more than ${CHUNK_PAGES} pages`);
-      full.fill(0);
-      full.set(bytes);
-      const pagesInChunk = Math.ceil(bytes.byteLength / pageSize);
-      for (let p = 0; p < pagesInChunk; p++) {
-        pageHash(words, p * pw, pw, slot, chunk * CHUNK_PAGES + p, out);
-        d.add(out[0]!, out[1]!);
-      }
-    });
-    return d;
+    const d = new ChunkDigest(vm, pageSize);
+    await this.forEachChunk(vm, g, slots, (slot, chunk, bytes) => d.add(slot, chunk, bytes));
+    return d.digest;
+  }
+}
+
+/**
+ * Adds chunks read from Redis to an image digest. Each chunk is copied into a zero-padded buffer of
+ * CHUNK_PAGES pages (a chunk's missing tail is zero), which `padded` exposes to callers that also
+ * look at the pages.
+ */
+export class ChunkDigest {
+  readonly digest = new Digest64();
+  readonly padded: Uint8Array;
+  private readonly words: Uint32Array;
+  private readonly out = new Uint32Array(2);
+
+  constructor(private readonly vm: string, private readonly pageSize: number) {
+    this.padded = new Uint8Array(CHUNK_PAGES * pageSize);
+    this.words = new Uint32Array(this.padded.buffer);
+  }
+
+  /** Pads the chunk into `padded`, hashes its pages; returns how many pages it holds. */
+  add(slot: number, chunk: number, bytes: Uint8Array): number {
+    if (bytes.byteLength > this.padded.byteLength) {
+      throw new CkptError('CKPT_ERR_STANDBY_CORRUPT', `chunk ${slot}:${chunk} of ${this.vm} holds ${bytes.byteLength} bytes, more than ${CHUNK_PAGES} pages`);
+    }
+    this.padded.fill(0);
+    this.padded.set(bytes);
+    const pw = this.pageSize >>> 2;
+    const pages = Math.ceil(bytes.byteLength / this.pageSize);
+    for (let p = 0; p < pages; p++) {
+      pageHash(this.words, p * pw, pw, slot, chunk * CHUNK_PAGES + p, this.out);
+      this.digest.add(this.out[0]!, this.out[1]!);
+    }
+    return pages;
   }
 }
 

@@ -142,7 +142,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     // Lag: from the harvester's commit to the epoch being visible in Redis.
     const poll = setInterval(() => {
       for (const r of runs) {
-        void store.readMeta(r.vm).then((m) => {
+        void store.readPosition(r.vm).then((m) => {
           if (!m) return;
           const key = `${m.generation}/${m.epoch}`;
           const at = r.commits.get(key);
@@ -201,7 +201,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     for (const r of runs) {
       if (!r.last) continue;
       for (;;) {
-        const m = await store.readMeta(r.vm);
+        const m = await store.readPosition(r.vm);
         if (m && m.generation === r.last.generation && m.epoch === r.last.epoch) break;
         if (Date.now() > deadline) break;
         await new Promise((res) => setTimeout(res, 20));

@@ -82,6 +82,12 @@ export class StandbyStore {
     };
   }
 
+  /** Just the committed (generation, epoch): cheap enough to poll. */
+  async readPosition(vm: string): Promise<{ generation: number; epoch: number } | null> {
+    const [g, e] = await this.redis.hmget(this.keys(vm).meta, 'generation', 'epoch');
+    return g ? { generation: Number(g), epoch: Number(e) } : null;
+  }
+
   async readAssembly(vm: string): Promise<Assembly | null> {
     const a = await this.redis.hget(this.keys(vm).asm, 'json');
     return a ? (JSON.parse(a) as Assembly) : null;

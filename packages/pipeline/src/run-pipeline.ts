@@ -7,7 +7,8 @@ import { Redis } from 'ioredis';
 import { Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
 import { percentile, silentLogger, type Logger } from '@ckpt/common';
 import {
-  ControlListener, createHarvesterMetrics, KafkaPublisher, openSource, runHarvest, ShadowVerifier, type DirtySource, type EpochCommit, type EpochSink,
+  ControlListener, createHarvesterMetrics, KafkaPublisher, openSource, runHarvest, ShadowVerifier, stoppedGuest,
+  type DirtySource, type EpochCommit, type EpochSink, type HarvestSummary,
 } from '@ckpt/harvester';
 import type { Compression } from '@ckpt/proto';
 import { StandbyStore } from '@ckpt/standby';
@@ -91,6 +92,8 @@ interface VmRun {
   /** Delta epochs: page bytes and when the first one started. */
   deltaBytes: number;
   deltaStartMs: number;
+  /** The guest was stopped (the drain phase). */
+  stopped: boolean;
 }
 
 export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
@@ -133,7 +136,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
         windowBytes, windowStallMs: o.windowStallMs, publishTimeoutMs: 30_000, log, signal: drainDeadline.signal,
       });
       listener.register(vm, (m) => publisher.window.marker(m));
-      runs.push({ vm, source: opened.source, shadow: new ShadowVerifier(opened.source), publisher, commits: new Map(), last: null, committed: 0, deltaBytes: 0, deltaStartMs: 0 });
+      runs.push({ vm, source: opened.source, shadow: new ShadowVerifier(opened.source), publisher, commits: new Map(), last: null, committed: 0, deltaBytes: 0, deltaStartMs: 0, stopped: false });
     }
     await listener.start();
     phase('harvesting');
@@ -162,17 +165,18 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     const chaosDone = runChaos(o.chaos, o.durationS * 1000, servers, pool, injuries, t0);
     const timer = setTimeout(() => stop.abort(), o.durationS * 1000);
     const giveUp = setTimeout(() => drainDeadline.abort(), (o.durationS + o.drainTimeoutS) * 1000);
-    const summaries = await Promise.all(runs.map((r) => {
+    // Checkpoints one VM's guest until `signal` aborts (epochs 0) or for a baseline and `epochs` more.
+    const harvest = (r: VmRun, source: DirtySource, epochs: number, generation: number, signal?: AbortSignal): Promise<HarvestSummary> => {
       // The shadow must hold only committed epochs: segments are held back until the commit.
       const pendingSegments: Parameters<EpochSink['segment']>[] = [];
       const shadowSink: EpochSink = {
-        begin: (h) => { pendingSegments.length = 0; r.shadow.begin(); void h; },
+        begin: () => { pendingSegments.length = 0; r.shadow.begin(); },
         segment: (h, seg) => { pendingSegments.push([h, seg]); },
         commit: () => undefined,
       };
-      return runHarvest(r.source, {
-        epochs: 0, intervalMs: o.intervalMs, signal: stop.signal, sinks: [r.publisher, shadowSink],
-        cycle: { generation: Date.now() }, logger: log, metrics: createHarvesterMetrics(),
+      return runHarvest(source, {
+        epochs, intervalMs: o.intervalMs, signal, sinks: [r.publisher, shadowSink],
+        cycle: { generation }, logger: log, metrics: createHarvesterMetrics(),
         takeResyncRequest: () => listener!.takeResyncRequest(r.vm),
         onEpoch: (c) => {
           // The publisher's commit has been acknowledged by the broker: the epoch is committed.
@@ -182,14 +186,14 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
           r.committed++;
           if (!c.baseline) {
             if (r.deltaStartMs === 0) r.deltaStartMs = performance.now();
-            else r.deltaBytes += c.bytes;
+            else if (!r.stopped) r.deltaBytes += c.bytes;
           }
           r.commits.set(`${c.generation}/${c.epoch}`, c.committedAtMs);
         },
       });
-    }));
+    };
+    const summaries = await Promise.all(runs.map((r) => harvest(r, r.source, 0, Date.now(), stop.signal)));
     clearTimeout(timer);
-    clearTimeout(giveUp);
     await chaosDone;
     const tEnd = performance.now();
     const harvestS = (tEnd - t0) / 1000;
@@ -197,16 +201,29 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     const steadyMBps = steady.reduce((n, r) => n + r.deltaBytes / ((tEnd - r.deltaStartMs) / 1000), 0) / 1e6;
     for (const r of runs) r.source.pause();
     phase('draining replicators');
+    // The guests no longer run, but their harvesters still answer: a replicator that lost continuity
+    // (records dropped by retention while it was down, say) asks for a baseline, which is cut from the
+    // stopped guest and must be applied before the standby can match.
     const deadline = Date.now() + o.drainTimeoutS * 1000;
-    for (const r of runs) {
-      if (!r.last) continue;
-      for (;;) {
+    let drainBaselines = 0;
+    await Promise.all(runs.map(async (r) => {
+      r.stopped = true;
+      const stopped = stoppedGuest(r.source);
+      while (r.last && Date.now() <= deadline) {
         const m = await store.readPosition(r.vm);
         if (m && m.generation === r.last.generation && m.epoch === r.last.epoch) break;
-        if (Date.now() > deadline) break;
+        const why = listener!.takeResyncRequest(r.vm);
+        if (why !== null) {
+          log.warn('the guest is stopped; answering a resync request with a baseline of its final memory', { vm: r.vm, reason: why });
+          drainBaselines++;
+          const s = await harvest(r, stopped, 1, r.last.generation + 1, drainDeadline.signal);
+          summaries.push({ ...s, bytesHarvested: 0, pagesHarvested: 0 });
+          continue;
+        }
         await new Promise((res) => setTimeout(res, 20));
       }
-    }
+    }));
+    clearTimeout(giveUp);
     clearInterval(poll);
     phase('verifying');
     const checks: StandbyCheck[] = [];
@@ -232,7 +249,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
       throughputMBps: Number((bytesHarvested / harvestS / 1e6).toFixed(1)),
       steadyThroughputMBps: Number(steadyMBps.toFixed(1)),
       lagP50Ms: percentile(lags, 50), lagP99Ms: percentile(lags, 99),
-      resyncs: summaries.reduce((n, s) => n + s.resyncs, 0),
+      resyncs: summaries.reduce((n, s) => n + s.resyncs, 0) + drainBaselines,
       durationS: Number(harvestS.toFixed(2)),
       injuries,
       replicatorRestarts: [...pool.restarts],

@@ -45,11 +45,11 @@ test('real KVM: the standby equals the last committed epoch', async (t) => {
   assertMatches(r);
 });
 
-// TODO, open bug: about one run in three ends with a VM stale ("batch of epoch N without its begin")
-// after a kill -9 and restart, so the standby is one epoch behind when the run stops (it stays a
-// committed epoch: safe, but a resync the harvester is no longer there to answer). The test runs and
-// prints its outcome; node:test reports it as todo until the bug is found.
-test('crash: kill -9 of replicators at random moments loses and tears nothing', { todo: 'open bug: a begin can go missing across a replicator restart (see the comment above)' }, async () => {
+// Kills close together keep the embedded broker's group rebalancing (3 s join delay, 3 s session
+// timeout) for longer than the harvester's 10 s window stall: records can then be lost to the 5 MiB
+// retention. That is a real gap, and the replicator must detect it and get a baseline, from the stopped
+// guest if need be; the standby must end equal to the last committed epoch either way.
+test('crash: kill -9 of replicators at random moments loses and tears nothing', async () => {
   // After the group has formed (the embedded broker delays a join by 3 s): kills then hit members
   // that are applying epochs, not ones still joining.
   // One replicator: each kill -9 lands while it applies epochs, and its successor resumes from Redis and

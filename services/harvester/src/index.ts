@@ -4,7 +4,7 @@ export { Coalescer } from './epoch/coalesce.ts';
 export type { EpochCommit, EpochHeader, EpochSink, PageSegment } from './epoch/epoch-types.ts';
 export { runHarvest, type HarvestRunOptions, type HarvestSummary } from './harvest-loop.ts';
 export { createHarvesterMetrics, type HarvesterMetrics } from './metrics.ts';
-export type { DirtySource, SlotInfo, SourceStats } from './sources/dirty-source.ts';
+export { stoppedGuest, type DirtySource, type SlotInfo, type SourceStats } from './sources/dirty-source.ts';
 export { KvmSource } from './sources/kvm-source.ts';
 export { openSource, slotSizes } from './sources/open-source.ts';
 export { SimSource, type SimSourceOptions } from './sources/sim/sim-source.ts';

@@ -75,3 +75,19 @@ export interface DirtySource {
 /** Indexes into the guest counters filled by guestCounters(). */
 export const COUNTER_LOOPS = 0;
 export const COUNTER_PAGES = 1;
+
+/**
+ * The same guest with its vCPUs kept stopped: start() and resume() do nothing, everything else is the
+ * source's own. Checkpointing it cuts epochs of a guest that no longer runs (for example, a baseline
+ * that answers a resync request after the guest was stopped).
+ */
+export function stoppedGuest(source: DirtySource): DirtySource {
+  const noop = (): void => undefined;
+  return new Proxy(source, {
+    get(target, prop) {
+      if (prop === 'start' || prop === 'resume') return noop;
+      const v: unknown = Reflect.get(target, prop, target);
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+}

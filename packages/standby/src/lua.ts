@@ -61,3 +61,36 @@ redis.call('HDEL', meta, 'staleReason')
 for i = 2, #ARGV, 2 do redis.call('HSET', meta, ARGV[i], ARGV[i + 1]) end
 return 'OK'
 `;
+
+/** KEYS: fence; ARGV: token, ttl ms. Extends the fence if the token holds it; returns 1, else 0. */
+export const FENCE_REFRESH_LUA = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+`;
+
+/** KEYS: fence; ARGV: token. Deletes the fence if the token holds it. */
+export const FENCE_RELEASE_LUA = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`;
+
+/**
+ * Zeroes the pages a baseline being assembled marks zero. A fresh generation starts all zero, so only
+ * pages this baseline already wrote with data need it, and exactly those have a field in the hash table
+ * (HDEL says which): nothing else is written, so a sparse image stays sparse and the AOF small.
+ * KEYS: hashes; ARGV: chunk key prefix, page size, pages per chunk, then (slot, chunk, first page in chunk, pages) per piece.
+ */
+export const ZERO_BASELINE_PAGES_LUA = `
+local prefix, ps, per = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local zero = string.rep('\\0', ps)
+for i = 4, #ARGV, 4 do
+  local slot, chunk, first, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local ck = prefix .. slot .. ':' .. chunk
+  local pages = math.min(n, math.ceil((redis.call('STRLEN', ck) - first * ps) / ps))
+  local base = chunk * per + first
+  for p = 0, pages - 1 do
+    if redis.call('HDEL', KEYS[1], slot .. ':' .. (base + p)) == 1 then redis.call('SETRANGE', ck, (first + p) * ps, zero) end
+  end
+end
+return 'OK'
+`;

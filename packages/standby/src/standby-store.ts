@@ -8,7 +8,7 @@
 import type { Redis } from 'ioredis';
 import { CkptError, Digest64, pageHash } from '@ckpt/common';
 import type { EpochBegin, EpochCommit, PageBatch, SlotInfo } from '@ckpt/proto';
-import { APPLY_EPOCH_LUA, COMMIT_BASELINE_LUA } from './lua.ts';
+import { APPLY_EPOCH_LUA, COMMIT_BASELINE_LUA, FENCE_REFRESH_LUA, FENCE_RELEASE_LUA, ZERO_BASELINE_PAGES_LUA } from './lua.ts';
 import { CHUNK_PAGES, DEFAULT_PREFIX, hashValue, pageField, VmKeys } from './keys.ts';
 
 export type ImageState = 'ok' | 'stale';
@@ -61,6 +61,7 @@ export class StandbyStore {
   constructor(readonly redis: Redis, readonly prefix = DEFAULT_PREFIX) {
     redis.defineCommand('ckptApplyEpoch', { lua: APPLY_EPOCH_LUA });
     redis.defineCommand('ckptCommitBaseline', { lua: COMMIT_BASELINE_LUA });
+    redis.defineCommand('ckptZeroBaselinePages', { numberOfKeys: 1, lua: ZERO_BASELINE_PAGES_LUA });
     // Both scripts are defined without a fixed key count: callers pass numKeys first.
   }
 
@@ -146,6 +147,7 @@ export class StandbyStore {
     const stageArgs: (string | Buffer)[] = [];
     const hashArgs: (string | Buffer)[] = [];
     const hdel: string[] = [];
+    const zeroPieces: string[] = [];
     const g = asm.generation;
     let dataOff = 0;
     for (let i = 0; i < batch.slots.length; i++) {
@@ -165,11 +167,10 @@ export class StandbyStore {
         const n = Math.min(count, CHUNK_PAGES - inChunk);
         const off = inChunk * ps;
         if (zero) {
-          if (asm.baseline) multi.setrange(k.chunk(g, slot, chunk), off, Buffer.alloc(n * ps));
-          else stageArgs.push(`z:${slot}:${chunk}:${off}`, String(n * ps));
-          for (let p = 0; p < n; p++) {
-            if (asm.baseline) hdel.push(pageField(slot, first + p));
-            else hashArgs.push(pageField(slot, first + p), ZERO_HASH);
+          if (asm.baseline) zeroPieces.push(String(slot), String(chunk), String(inChunk), String(n));
+          else {
+            stageArgs.push(`z:${slot}:${chunk}:${off}`, String(n * ps));
+            for (let p = 0; p < n; p++) hashArgs.push(pageField(slot, first + p), ZERO_HASH);
           }
         } else {
           const bytes = Buffer.from(pages.buffer, pages.byteOffset + dataOff, n * ps);
@@ -193,13 +194,15 @@ export class StandbyStore {
         count -= n;
       }
     }
+    // Commands take their arguments in slices: a zero range may span millions of pages.
     if (asm.baseline) {
-      if (hashArgs.length) multi.hset(k.hashes(g), ...hashArgs);
-      if (hdel.length) multi.hdel(k.hashes(g), ...hdel);
+      sliced(hashArgs, (a) => multi.hset(k.hashes(g), ...a));
+      sliced(hdel, (a) => multi.hdel(k.hashes(g), ...a));
+      sliced(zeroPieces, (a) => (multi as unknown as ZeroPages).ckptZeroBaselinePages(k.hashes(g), k.chunkPrefix(g), String(ps), String(CHUNK_PAGES), ...a));
     } else {
-      if (stageArgs.length) multi.hset(k.stage(g, asm.epoch, batch.seq), ...stageArgs);
-      else multi.hset(k.stage(g, asm.epoch, batch.seq), 'empty', '1');
-      if (hashArgs.length) multi.hset(k.stagedHashes(g, asm.epoch), ...hashArgs);
+      sliced(stageArgs, (a) => multi.hset(k.stage(g, asm.epoch, batch.seq), ...a));
+      if (!stageArgs.length) multi.hset(k.stage(g, asm.epoch, batch.seq), 'empty', '1');
+      sliced(hashArgs, (a) => multi.hset(k.stagedHashes(g, asm.epoch), ...a));
     }
     asm.nextSeq = batch.seq + 1;
     asm.stagedBytes += pages.byteLength;
@@ -230,13 +233,19 @@ export class StandbyStore {
     const names = Object.keys(staged);
     const digest = Digest64.fromHex(meta.digest);
     if (names.length) {
-      const old = await this.redis.hmgetBuffer(k.hashes(g), ...names);
-      names.forEach((name, i) => {
-        const o = old[i];
-        if (o && o.length === 8) digest.sub(o.readUInt32BE(0), o.readUInt32BE(4));
-        const n = staged[name]!;
-        if (n.length === 8) digest.add(n.readUInt32BE(0), n.readUInt32BE(4));
-      });
+      // The pages' current hashes, in slices of one pipeline (an epoch may touch millions of pages).
+      const p = this.redis.pipeline();
+      sliced(names, (a) => p.hmgetBuffer(k.hashes(g), ...a));
+      const res = (await p.exec()) ?? [];
+      let i = 0;
+      for (const [err, old] of res) {
+        if (err) throw err;
+        for (const o of old as (Buffer | null)[]) {
+          if (o && o.length === 8) digest.sub(o.readUInt32BE(0), o.readUInt32BE(4));
+          const n = staged[names[i++]!]!;
+          if (n.length === 8) digest.add(n.readUInt32BE(0), n.readUInt32BE(4));
+        }
+      }
     }
     if (digest.toHex() !== commit.digest) return { result: 'digest-mismatch', expected: commit.digest, computed: digest.toHex() };
     const stageKeys: string[] = [];
@@ -246,6 +255,25 @@ export class StandbyStore {
       String(g), String(asm.epoch - 1), String(asm.epoch), k.chunkPrefix(g), ...fields,
     ));
     return r === 'OK' ? { result: 'applied', digest: commit.digest } : outcome(r);
+  }
+
+  /**
+   * Holds the VM's fence (no epoch is applied while it exists) under `token` for `ttlMs`, so a
+   * restorer reads one committed epoch. False if someone else holds it. The TTL frees a VM whose
+   * restorer died; refreshFence() extends it.
+   */
+  async acquireFence(vm: string, token: string, ttlMs: number): Promise<boolean> {
+    return (await this.redis.set(this.keys(vm).fence, token, 'PX', ttlMs, 'NX')) === 'OK';
+  }
+
+  /** Extends a fence this token holds; false if it is no longer held (expired or taken). */
+  async refreshFence(vm: string, token: string, ttlMs: number): Promise<boolean> {
+    return Number(await this.redis.eval(FENCE_REFRESH_LUA, 1, this.keys(vm).fence, token, String(ttlMs))) === 1;
+  }
+
+  /** Drops the fence if this token holds it. */
+  async releaseFence(vm: string, token: string): Promise<void> {
+    await this.redis.eval(FENCE_RELEASE_LUA, 1, this.keys(vm).fence, token);
   }
 
   /** Flags the image stale: it stays the last committed epoch, but must not be trusted as current. */
@@ -279,9 +307,10 @@ export class StandbyStore {
 
   /**
    * Reads the image of generation `g`: calls `onChunk` for every chunk that exists, in slot and
-   * chunk order, with pipelined GETs (no per-page round trips).
+   * chunk order, with pipelined GETs (no per-page round trips), `window` chunks per round trip;
+   * `afterWindow` (tests) runs between round trips.
    */
-  async forEachChunk(vm: string, g: number, slots: SlotInfo[], onChunk: (slot: number, chunk: number, bytes: Buffer) => void, window = 64): Promise<void> {
+  async forEachChunk(vm: string, g: number, slots: SlotInfo[], onChunk: (slot: number, chunk: number, bytes: Buffer) => void, window = 64, afterWindow?: () => Promise<void>): Promise<void> {
     const k = this.keys(vm);
     for (const s of slots) {
       const chunks = Math.ceil(s.pages / CHUNK_PAGES);
@@ -298,6 +327,7 @@ export class StandbyStore {
           if (err) throw err;
           if (v) onChunk(s.id, c + i, v as Buffer);
         });
+        await afterWindow?.();
       }
     }
   }
@@ -357,6 +387,15 @@ export class ChunkDigest {
     }
     return pages;
   }
+}
+
+/** Calls `f` with consecutive slices of `args` (an even number of items each, so field/value pairs stay whole). */
+function sliced<T>(args: T[], f: (a: T[]) => unknown, size = 8192): void {
+  for (let i = 0; i < args.length; i += size) f(args.slice(i, i + size));
+}
+
+interface ZeroPages {
+  ckptZeroBaselinePages(hashesKey: string, ...args: string[]): unknown;
 }
 
 interface Scripts {

@@ -1,0 +1,112 @@
+/**
+ * `npm run restore -- --vm ID --redis-url URL [--out DIR | --resume-ms N] [--allow-stale] [--json]`:
+ * restores one VM's committed image from Redis, verified against the epoch's digest, as raw slot files
+ * plus vCPU state JSON (--out), or into a fresh KVM VM that is resumed for --resume-ms and checked to
+ * make progress. Exit 0 on success, 1 when the image is refused or the restore fails, 2 on bad options.
+ */
+import { Redis } from 'ioredis';
+import { CkptError, ConfigError, createLogger, helpText, parseConfig, REDIS_SCHEMA, redisClientOptions, wantsHelp, type Schema } from '@ckpt/common';
+import { StandbyStore } from '@ckpt/standby';
+import { createRestorerMetrics } from './metrics.ts';
+import { restoreImage, type RestoredImage } from './restore-image.ts';
+import { FileTarget, KvmTarget } from './targets.ts';
+
+const SCHEMA = {
+  vm: { type: 'string', default: '', help: 'the VM to restore (required)' },
+  ...REDIS_SCHEMA,
+  out: { type: 'string', default: '', help: 'write <vm>.slot<id>.raw (sparse) and <vm>.vcpus.json into this directory' },
+  resumeMs: { type: 'int', default: 0, min: 0, max: 3_600_000, help: 'instead of files: load the image into a fresh KVM VM, run it this long, and check its progress counters advance' },
+  devPath: { type: 'string', default: '/dev/kvm', help: 'KVM device for --resume-ms' },
+  allowStale: { type: 'bool', default: false, help: 'restore a stale image (its newest verified epoch) instead of refusing it' },
+  fenceTtlMs: { type: 'int', default: 10_000, min: 500, help: 'lifetime of the fence that holds the replicator back while reading (refreshed)' },
+  json: { type: 'bool', default: false, help: 'print one JSON object as the last line' },
+} as const satisfies Schema;
+
+const USAGE = `usage: npm run restore -- --vm ID [--redis-url URL] (--out DIR | --resume-ms N) [options]
+
+Reads the VM's committed image from Redis under a fence (one committed epoch, named in the output),
+recomputes its digest from the bytes and refuses it unless it equals the committed epoch's digest.
+REDIS_URL is read when --redis-url is not given.`;
+
+async function main(): Promise<number> {
+  const argv = process.argv.slice(2);
+  if (wantsHelp(argv)) {
+    process.stdout.write(helpText(SCHEMA, USAGE) + '\n');
+    return 0;
+  }
+  let cfg;
+  let redisOpts;
+  try {
+    cfg = parseConfig(SCHEMA, { argv });
+    const problems: string[] = [];
+    if (!cfg.vm) problems.push('--vm is required');
+    const url = cfg.redisUrl || process.env.REDIS_URL || '';
+    if (!url) problems.push('--redis-url (or REDIS_URL) is required');
+    if (!cfg.out && cfg.resumeMs === 0) problems.push('say where the image goes: --out DIR or --resume-ms N');
+    if (cfg.out && cfg.resumeMs > 0) problems.push('--out and --resume-ms exclude each other');
+    if (problems.length) throw new ConfigError(problems);
+    redisOpts = redisClientOptions(cfg, url);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`restore: ${err.message}\n\n${helpText(SCHEMA, USAGE)}\n`);
+      return 2;
+    }
+    throw err;
+  }
+  const log = createLogger({ service: 'restorer', vm: cfg.vm }, { level: 'warn' });
+  const redis = new Redis(redisOpts.url, { ...redisOpts.options, maxRetriesPerRequest: 3, lazyConnect: true });
+  redis.on('error', () => undefined);
+  const say = (s: string): void => void process.stderr.write(s + '\n');
+  try {
+    try {
+      await redis.connect();
+    } catch (err) {
+      throw new CkptError('CKPT_ERR_REDIS_UNREACHABLE', `cannot connect to Redis at ${redisOpts.url.replace(/\/\/[^@]*@/, '//***@')}: ${(err as Error).message}`);
+    }
+    const store = new StandbyStore(redis, cfg.redisPrefix);
+    const metrics = createRestorerMetrics();
+    let img: RestoredImage;
+    let resumed: { ok: boolean; detail: string } | null = null;
+    if (cfg.out) {
+      img = await restoreImage(store, cfg.vm, new FileTarget(cfg.out), { allowStale: cfg.allowStale, fenceTtlMs: cfg.fenceTtlMs, metrics, log });
+    } else {
+      const target = new KvmTarget({ devPath: cfg.devPath });
+      try {
+        img = await restoreImage(store, cfg.vm, target, { allowStale: cfg.allowStale, fenceTtlMs: cfg.fenceTtlMs, metrics, log });
+        const vm = target.vm!;
+        vm.start();
+        await new Promise((r) => setTimeout(r, cfg.resumeMs));
+        vm.pause();
+        const c = vm.guestCounters();
+        const err = vm.lastError();
+        const advanced = img.guestCounters.every((v, i) => i % 2 === 0 || c[i]! > v);
+        resumed = { ok: !err && advanced, detail: err ?? `guest pages written per vCPU ${img.guestCounters.filter((_, i) => i % 2 === 1).join(',')} -> ${[...c].filter((_, i) => i % 2 === 1).join(',')}` };
+      } finally {
+        target.vm?.destroy();
+      }
+    }
+    say(`restore: ${cfg.vm} epoch ${img.generation}/${img.epoch}${img.state === 'stale' ? ' (STALE image, taken with --allow-stale)' : ''}, digest ${img.digest} verified`);
+    say(`  ${(img.imageBytes / 2 ** 20).toFixed(0)} MiB of guest memory (${(img.bytesRead / 2 ** 20).toFixed(1)} MiB read) in ${img.durationMs.toFixed(0)} ms: ${img.mbps} MB/s`);
+    if (cfg.out) say(`  written to ${cfg.out}: ${cfg.vm}.slot<id>.raw, ${cfg.vm}.vcpus.json`);
+    if (resumed) say(`  resumed for ${cfg.resumeMs} ms on a fresh KVM VM: ${resumed.ok ? 'running' : 'NOT RUNNING'} (${resumed.detail})`);
+    if (cfg.json) {
+      process.stdout.write(JSON.stringify({
+        vm: img.vm, generation: img.generation, epoch: img.epoch, digest: img.digest, state: img.state, verified: true, imageBytes: img.imageBytes,
+        bytesRead: img.bytesRead, durationMs: Math.round(img.durationMs), restoreMBps: img.mbps, resumed: resumed?.ok ?? null, out: cfg.out || null,
+      }) + '\n');
+    }
+    return resumed && !resumed.ok ? 1 : 0;
+  } catch (err) {
+    if (!(err instanceof CkptError)) throw err;
+    say(`restore: FAILED: ${err.message}`);
+    if (cfg.json) process.stdout.write(JSON.stringify({ vm: cfg.vm, verified: false, code: err.code, error: err.message }) + '\n');
+    return 1;
+  } finally {
+    redis.disconnect();
+  }
+}
+
+main().then((code) => { process.exitCode = code; }, (err: unknown) => {
+  process.stderr.write(`restore: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,21 @@
+import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** The restorer's metrics (`ckpt_restore_*`). */
+export interface RestorerMetrics {
+  registry: Registry;
+  durationSeconds: Histogram;
+  bytes: Counter;
+  restores: Counter<'outcome'>;
+}
+
+export function createRestorerMetrics(options: { defaultMetrics?: boolean } = {}): RestorerMetrics {
+  const registry = new Registry();
+  if (options.defaultMetrics) collectDefaultMetrics({ register: registry });
+  const registers = [registry];
+  return {
+    registry,
+    durationSeconds: new Histogram({ name: 'ckpt_restore_duration_seconds', help: 'Time to read, verify and hand over one image (fence to release)', buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120], registers }),
+    bytes: new Counter({ name: 'ckpt_restore_bytes_total', help: 'Guest memory bytes restored and verified', registers }),
+    restores: new Counter({ name: 'ckpt_restores_total', help: 'Restores by outcome: ok, ok-stale, refused-stale, refused-digest, error', labelNames: ['outcome'], registers }),
+  };
+}

@@ -1,0 +1,150 @@
+/**
+ * Reads one VM's committed image out of Redis, consistently, and proves it: the fence stops the
+ * replicator from applying newer epochs while the chunks are read (so the bytes are one committed
+ * epoch, named in the result), and the digest recomputed from the bytes read must equal the digest the
+ * harvester put in that epoch's commit. Chunks are read with pipelined GETs (no per-page round trips)
+ * and handed to a RestoreTarget (memory, raw files, or a fresh KVM VM: targets.ts).
+ */
+import { randomBytes } from 'node:crypto';
+import { CkptError, silentLogger, type Logger } from '@ckpt/common';
+import type { SlotInfo } from '@ckpt/proto';
+import { CHUNK_PAGES, ChunkDigest, type StandbyMeta, type StandbyStore } from '@ckpt/standby';
+import type { RestorerMetrics } from './metrics.ts';
+
+/** The image's layout, given to a target before any page. */
+export interface ImageLayout {
+  vm: string;
+  pageSize: number;
+  slots: readonly SlotInfo[];
+  vcpus: number;
+}
+
+/** Where restored pages go. Chunks not written are zero. */
+export interface RestoreTarget {
+  open(layout: ImageLayout): void | Promise<void>;
+  /** `pages` pages from page `firstPage` of slot index `slotIndex` (not the slot id). The bytes are only valid during the call. */
+  write(slotIndex: number, firstPage: number, bytes: Uint8Array): void;
+  /** The image verified: vCPU state and the epoch it is. */
+  finish(image: RestoredImage): void | Promise<void>;
+  /** The image was refused or the read failed: drop what was written. */
+  abort(): void | Promise<void>;
+}
+
+export interface RestoredImage {
+  vm: string;
+  generation: number;
+  epoch: number;
+  digest: string;
+  /** 'stale' only with allowStale: the newest verified epoch of an image that lost continuity. */
+  state: 'ok' | 'stale';
+  staleReason: string;
+  pageSize: number;
+  slots: SlotInfo[];
+  vcpuStates: Buffer[];
+  guestCounters: number[];
+  committedAtMs: number;
+  appliedAtMs: number;
+  /** Bytes of chunk data read from Redis (absent chunks, which are zero, are not counted). */
+  bytesRead: number;
+  /** Guest memory size restored (all slots). */
+  imageBytes: number;
+  durationMs: number;
+  /** imageBytes per second of durationMs, in MB/s. */
+  mbps: number;
+}
+
+export interface RestoreOptions {
+  /** Take a stale image (its last verified epoch) instead of refusing it. */
+  allowStale?: boolean;
+  /** Fence lifetime; refreshed while reading. Default 10 s. */
+  fenceTtlMs?: number;
+  /** How long to wait for a fence another restorer holds. Default 30 s. */
+  fenceWaitMs?: number;
+  /** Chunks per pipelined round trip. Default 64 (64 MiB of 4 KiB pages). */
+  window?: number;
+  metrics?: RestorerMetrics;
+  log?: Logger;
+  /** TEST ONLY: skip the fence (a negative test shows a torn read is then caught by the digest). */
+  unsafeNoFence?: boolean;
+  /** TEST ONLY: awaited between pipelined reads (a test applies an epoch there). */
+  afterWindow?: () => Promise<void>;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Restores `vm`'s committed image into `target`. Throws CkptError: CKPT_ERR_RESTORE_NO_IMAGE,
+ * CKPT_ERR_RESTORE_STALE (unless allowStale), CKPT_ERR_RESTORE_DIGEST (bytes do not hash to the
+ * committed digest), CKPT_ERR_RESTORE_BUSY (another restorer holds the fence), or a Redis error.
+ */
+export async function restoreImage(store: StandbyStore, vm: string, target: RestoreTarget, opts: RestoreOptions = {}): Promise<RestoredImage> {
+  const log = opts.log ?? silentLogger;
+  const ttl = opts.fenceTtlMs ?? 10_000;
+  const token = randomBytes(12).toString('hex');
+  const t0 = performance.now();
+  const end = opts.metrics?.durationSeconds.startTimer();
+  let outcome = 'error';
+  let fenced = false;
+  let refresher: NodeJS.Timeout | undefined;
+  let fenceLost = false;
+  let opened = false;
+  try {
+    if (!opts.unsafeNoFence) {
+      const waitUntil = Date.now() + (opts.fenceWaitMs ?? 30_000);
+      while (!(await store.acquireFence(vm, token, ttl))) {
+        if (Date.now() > waitUntil) throw new CkptError('CKPT_ERR_RESTORE_BUSY', `cannot restore ${vm}: another restorer holds its fence (${store.keys(vm).fence})`, { retriable: true });
+        await sleep(100);
+      }
+      fenced = true;
+      refresher = setInterval(() => {
+        store.refreshFence(vm, token, ttl).then((held) => { if (!held) fenceLost = true; }, () => { fenceLost = true; });
+      }, Math.max(50, Math.floor(ttl / 3)));
+    }
+    const meta = await store.readMeta(vm);
+    if (!meta) throw new CkptError('CKPT_ERR_RESTORE_NO_IMAGE', `no standby image of ${vm} in Redis (prefix ${store.prefix})`);
+    if (meta.state !== 'ok' && !opts.allowStale) {
+      outcome = 'refused-stale';
+      throw new CkptError('CKPT_ERR_RESTORE_STALE', `the standby image of ${vm} is stale (${meta.staleReason}): it is epoch ${meta.generation}/${meta.epoch}, committed ${new Date(meta.committedAtMs).toISOString()}, but newer epochs were lost; pass --allow-stale to restore it anyway`);
+    }
+    const layout: ImageLayout = { vm, pageSize: meta.pageSize, slots: meta.slots, vcpus: meta.vcpus };
+    await target.open(layout);
+    opened = true;
+    const slotIndex = new Map(meta.slots.map((s, i) => [s.id, i]));
+    const digest = new ChunkDigest(vm, meta.pageSize);
+    let bytesRead = 0;
+    await store.forEachChunk(vm, meta.generation, meta.slots, (slot, chunk, bytes) => {
+      const pages = digest.add(slot, chunk, bytes);
+      bytesRead += bytes.byteLength;
+      target.write(slotIndex.get(slot)!, chunk * CHUNK_PAGES, digest.padded.subarray(0, pages * meta.pageSize));
+    }, opts.window ?? 64, opts.afterWindow);
+    if (fenceLost) throw new CkptError('CKPT_ERR_RESTORE_FENCE_LOST', `the fence of ${vm} expired or was taken while reading: the read may mix epochs; try again (or raise the fence TTL)`, { retriable: true });
+    const recomputed = digest.digest.toHex();
+    if (recomputed !== meta.digest) {
+      outcome = 'refused-digest';
+      throw new CkptError('CKPT_ERR_RESTORE_DIGEST', `the standby image of ${vm} does not verify: its bytes hash to ${recomputed}, epoch ${meta.generation}/${meta.epoch} was committed with digest ${meta.digest}; refusing to restore it`);
+    }
+    const image = toImage(vm, meta, bytesRead, performance.now() - t0);
+    await target.finish(image);
+    outcome = image.state === 'ok' ? 'ok' : 'ok-stale';
+    opts.metrics?.bytes.inc(image.imageBytes);
+    log.info('image restored', { vm, generation: image.generation, epoch: image.epoch, digest: image.digest, bytes: image.imageBytes, ms: Math.round(image.durationMs), mbps: image.mbps });
+    return image;
+  } catch (err) {
+    if (opened) await Promise.resolve(target.abort()).catch(() => undefined);
+    throw err;
+  } finally {
+    if (refresher) clearInterval(refresher);
+    if (fenced) await store.releaseFence(vm, token).catch((err: unknown) => log.warn('cannot release the fence; it expires by itself', { vm, err }));
+    end?.();
+    opts.metrics?.restores.inc({ outcome });
+  }
+}
+
+function toImage(vm: string, m: StandbyMeta, bytesRead: number, ms: number): RestoredImage {
+  const imageBytes = m.slots.reduce((n, s) => n + s.pages * m.pageSize, 0);
+  return {
+    vm, generation: m.generation, epoch: m.epoch, digest: m.digest, state: m.state, staleReason: m.staleReason, pageSize: m.pageSize, slots: m.slots,
+    vcpuStates: m.vcpuStates, guestCounters: m.guestCounters, committedAtMs: m.committedAtMs, appliedAtMs: m.appliedAtMs,
+    bytesRead, imageBytes, durationMs: ms, mbps: Number((imageBytes / (ms / 1000) / 1e6).toFixed(1)),
+  };
+}

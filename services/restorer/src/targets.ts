@@ -1,0 +1,161 @@
+/**
+ * Where a restored image goes: a SparseImage in memory (tests, the drill's byte comparison, guests far
+ * larger than RAM), raw files per slot plus the vCPU state as JSON, or a fresh KVM VM with that memory
+ * and vCPU state, ready to resume.
+ */
+import { closeSync, ftruncateSync, openSync, renameSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { CkptError, isZeroPage, SparseImage } from '@ckpt/common';
+import { KvmVm } from '@ckpt/kvm-native';
+import type { ImageLayout, RestoredImage, RestoreTarget } from './restore-image.ts';
+
+/**
+ * Calls `f(firstPage, pages)` for each run of non-zero pages in `bytes`: targets that start out zero
+ * (fresh files and VM memory) write only those, so sparse images stay sparse.
+ */
+export function forEachNonZeroRun(bytes: Uint8Array, pageSize: number, f: (firstPage: number, pages: number) => void): void {
+  const words = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >>> 2);
+  const pw = pageSize >>> 2;
+  const n = Math.floor(bytes.byteLength / pageSize);
+  let start = -1;
+  for (let p = 0; p <= n; p++) {
+    const data = p < n && !isZeroPage(words, p * pw, pw);
+    if (data && start < 0) start = p;
+    else if (!data && start >= 0) {
+      f(start, p - start);
+      start = -1;
+    }
+  }
+}
+
+/** Into a SparseImage: only non-zero pages take memory. */
+export class SparseTarget implements RestoreTarget {
+  image: SparseImage | null = null;
+  restored: RestoredImage | null = null;
+
+  open(l: ImageLayout): void {
+    this.image = new SparseImage(l.pageSize, l.slots.map((s) => s.pages));
+  }
+
+  write(slotIndex: number, firstPage: number, bytes: Uint8Array): void {
+    const img = this.image!;
+    forEachNonZeroRun(bytes, img.pageSize, (p, n) => img.writePages(slotIndex, firstPage + p, n, bytes, p * img.pageSize));
+  }
+
+  finish(image: RestoredImage): void { this.restored = image; }
+  abort(): void { this.image = null; }
+}
+
+/** What the restorer writes next to the raw slot images. */
+export interface VcpuStateFile {
+  vm: string;
+  generation: number;
+  epoch: number;
+  digest: string;
+  state: 'ok' | 'stale';
+  pageSize: number;
+  slots: { id: number; pages: number; file: string }[];
+  committedAtMs: number;
+  guestCounters: number[];
+  /** Register state per vCPU, base64 (the native helper's layout: docs/guest-program.md). */
+  vcpuStates: string[];
+}
+
+/**
+ * Raw, sparse memory images `<vm>.slot<id>.raw` and `<vm>.vcpus.json` in `dir`. Written under
+ * `.partial` names and renamed into place only once the image verified.
+ */
+export class FileTarget implements RestoreTarget {
+  private fds: number[] = [];
+  private names: string[] = [];
+  private layout: ImageLayout | null = null;
+
+  constructor(readonly dir: string) {}
+
+  open(l: ImageLayout): void {
+    this.layout = l;
+    for (const s of l.slots) {
+      const name = join(this.dir, `${l.vm}.slot${s.id}.raw`);
+      let fd: number;
+      try {
+        fd = openSync(`${name}.partial`, 'w');
+      } catch (err) {
+        throw new CkptError('CKPT_ERR_RESTORE_OUTPUT', `cannot write the restored image to ${this.dir}: ${(err as Error).message}`, { cause: err });
+      }
+      this.fds.push(fd);
+      this.names.push(name);
+      ftruncateSync(fd, s.pages * l.pageSize);
+    }
+  }
+
+  write(slotIndex: number, firstPage: number, bytes: Uint8Array): void {
+    const ps = this.layout!.pageSize;
+    forEachNonZeroRun(bytes, ps, (p, n) => {
+      const pos = (firstPage + p) * ps;
+      let off = p * ps;
+      const end = off + n * ps;
+      while (off < end) off += writeSync(this.fds[slotIndex]!, bytes, off, end - off, pos + off - p * ps);
+    });
+  }
+
+  finish(img: RestoredImage): void {
+    for (const fd of this.fds) closeSync(fd);
+    this.fds = [];
+    this.names.forEach((n) => renameSync(`${n}.partial`, n));
+    const state: VcpuStateFile = {
+      vm: img.vm, generation: img.generation, epoch: img.epoch, digest: img.digest, state: img.state, pageSize: img.pageSize,
+      slots: img.slots.map((s, i) => ({ id: s.id, pages: s.pages, file: this.names[i]! })), committedAtMs: img.committedAtMs,
+      guestCounters: img.guestCounters, vcpuStates: img.vcpuStates.map((b) => b.toString('base64')),
+    };
+    writeFileSync(join(this.dir, `${img.vm}.vcpus.json`), JSON.stringify(state, null, 2) + '\n');
+  }
+
+  abort(): void {
+    for (const fd of this.fds) closeSync(fd);
+    this.fds = [];
+    for (const n of this.names) {
+      try { unlinkSync(`${n}.partial`); } catch { /* already gone */ }
+    }
+  }
+
+  /** The files a finished restore wrote. */
+  files(vm: string): string[] {
+    return [...this.names, join(this.dir, `${vm}.vcpus.json`)];
+  }
+}
+
+/**
+ * A fresh KVM VM (no guest program loaded: the image holds it) with the image's memory; finish() sets
+ * every vCPU's registers. Call `vm.start()` to resume the guest where the epoch left it.
+ */
+export class KvmTarget implements RestoreTarget {
+  vm: KvmVm | null = null;
+  restored: RestoredImage | null = null;
+  private layout: ImageLayout | null = null;
+
+  constructor(private readonly o: { devPath?: string; ringEntries?: number } = {}) {}
+
+  open(l: ImageLayout): void {
+    this.layout = l;
+    this.vm = KvmVm.create({
+      devPath: this.o.devPath, slotBytes: l.slots.map((s) => s.pages * l.pageSize), vcpus: l.vcpus, loadGuest: false,
+      ringEntries: this.o.ringEntries ?? 4096,
+    });
+    if (this.vm.pageSize !== l.pageSize) throw new CkptError('CKPT_ERR_RESTORE_LAYOUT', `the image has ${l.pageSize}-byte pages, this host ${this.vm.pageSize}`);
+  }
+
+  write(slotIndex: number, firstPage: number, bytes: Uint8Array): void {
+    const ps = this.layout!.pageSize;
+    forEachNonZeroRun(bytes, ps, (p, n) => this.vm!.writeRange(slotIndex, firstPage + p, bytes.subarray(p * ps, (p + n) * ps)));
+  }
+
+  finish(img: RestoredImage): void {
+    img.vcpuStates.forEach((s, i) => this.vm!.setVcpuState(i, s));
+    this.restored = img;
+  }
+
+  abort(): void {
+    this.vm?.destroy();
+    this.vm = null;
+  }
+}

@@ -61,6 +61,31 @@ export function spawnReplicator(s: Servers, extra: Record<string, string> = {}, 
   // CKPT_REPLICATOR_NODE_ARGS adds node flags (e.g. --cpu-prof) to replicator processes, for profiling.
   const nodeArgs = (process.env.CKPT_REPLICATOR_NODE_ARGS ?? '').split(' ').filter(Boolean);
   const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', REPLICATOR_MAIN], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  lines(child, onLog);
+  killWithParent(child);
+  return child;
+}
+
+const HARVESTER_MAIN = fileURLToPath(new URL('../../../services/harvester/src/main.ts', import.meta.url));
+
+/**
+ * The harvester service and its guest in their own process (the drill kills it with -9, as a host
+ * failure would), publishing to the servers' broker. `env` adds HARVESTER_* settings.
+ */
+export function spawnHarvester(s: Servers, env: Record<string, string>, onLog?: (line: string) => void): ChildProcess {
+  const child = spawn(process.execPath, ['--import', 'tsx', HARVESTER_MAIN], {
+    env: {
+      ...process.env, HARVESTER_KAFKA_BROKERS: s.brokers.join(','), HARVESTER_PAGES_TOPIC: s.topics.pages, HARVESTER_CONTROL_TOPIC: s.topics.control,
+      HARVESTER_KAFKA_IDEMPOTENT: s.embeddedKafka ? 'false' : 'true', HARVESTER_METRICS_PORT: '-1', HARVESTER_EPOCHS: '0', ...env,
+    },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  lines(child, onLog);
+  killWithParent(child);
+  return child;
+}
+
+function lines(child: ChildProcess, onLog?: (line: string) => void): void {
   let buf = '';
   child.stderr?.on('data', (d: Buffer) => {
     buf += d.toString();
@@ -70,8 +95,6 @@ export function spawnReplicator(s: Servers, extra: Record<string, string> = {}, 
       buf = buf.slice(i + 1);
     }
   });
-  killWithParent(child);
-  return child;
 }
 
 /**

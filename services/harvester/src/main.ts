@@ -47,8 +47,9 @@ async function main(): Promise<number> {
   if (fallbackReason) log.warn('using the simulator', { component: 'source', reason: fallbackReason });
   const abort = new AbortController();
   let ready = false;
-  const server = await startMetricsServer(metrics.registry, cfg.metricsPort, () => (ready ? null : 'guest not started or Kafka not connected'));
-  log.info('started', { component: 'main', source: source.kind, mode: source.mode, metricsPort: server.port });
+  // -1 = no metrics server (the schema's "off").
+  const server = cfg.metricsPort >= 0 ? await startMetricsServer(metrics.registry, cfg.metricsPort, () => (ready ? null : 'guest not started or Kafka not connected')) : null;
+  log.info('started', { component: 'main', source: source.kind, mode: source.mode, metricsPort: server?.port ?? 'off' });
   const stop = (signal: string): void => {
     log.info('stopping', { component: 'main', signal });
     abort.abort();
@@ -85,7 +86,7 @@ async function main(): Promise<number> {
     source.close();
     await listener?.stop();
     await producer?.disconnect().catch(() => undefined);
-    await server.close();
+    await server?.close();
   }
 }
 

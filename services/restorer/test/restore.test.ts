@@ -5,6 +5,8 @@
  * restores through the whole harvest → apply → restore path.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -269,6 +271,25 @@ test('a 4 GiB sparse simulator guest: harvested, applied, restored to memory and
     const st = statSync(f);
     assert.equal(st.size, 4 * 2 ** 30);
     assert.ok(st.blocks * 512 < 256 << 20, `the raw image is sparse (${st.blocks * 512} bytes allocated)`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('NEGATIVE: npm run restore exits 1 and says FAILED on a corrupted image; 0 with files on a good one', async () => {
+  const main = fileURLToPath(new URL('../src/main.ts', import.meta.url));
+  const dir = mkdtempSync(join(tmpdir(), 'ckpt-restore-'));
+  try {
+    await buildImage('vm-cli', 3);
+    const run = (): ReturnType<typeof spawnSync> => spawnSync(process.execPath, ['--import', 'tsx', main, '--vm', 'vm-cli', '--redis-url', server.url, '--out', dir, '--json'], { encoding: 'utf8' });
+    const good = run();
+    assert.equal(good.status, 0, String(good.stderr));
+    assert.equal((JSON.parse(String(good.stdout).trim().split('\n').at(-1)!) as { verified: boolean }).verified, true);
+    await redis.setrange(store.keys('vm-cli').chunk(3, 0, 0), 5 * PAGE, 'Q');
+    const bad = run();
+    assert.equal(bad.status, 1, String(bad.stderr));
+    assert.match(String(bad.stderr), /FAILED: the standby image of vm-cli does not verify/);
+    assert.equal((JSON.parse(String(bad.stdout).trim().split('\n').at(-1)!) as { code: string }).code, 'CKPT_ERR_RESTORE_DIGEST');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

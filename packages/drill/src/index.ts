@@ -1,0 +1,2 @@
+export * from './drill.ts';
+export * from './witness.ts';

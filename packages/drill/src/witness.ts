@@ -1,0 +1,109 @@
+/**
+ * An independent reader of the pages topic: it rebuilds, in memory, the image every committed epoch
+ * describes, from the records alone (its own consumer group, from the beginning). After the primary
+ * dies, it knows the last committed epoch and that epoch's bytes: the reference the restored guest
+ * must equal byte for byte. It shares only the wire decoder with the replicator.
+ */
+import { Kafka, logLevel, type Consumer } from 'kafkajs';
+import { SparseImage } from '@ckpt/common';
+import { batchPages, decodeEpochRecord, type EpochBegin, type EpochCommit, type PageBatch } from '@ckpt/proto';
+
+export interface WitnessedEpoch {
+  generation: number;
+  epoch: number;
+  digest: string;
+  committedAtMs: number;
+  guestCounters: number[];
+}
+
+interface Pending { generation: number; epoch: number; begin: EpochBegin; batches: { b: PageBatch; pages: Uint8Array }[] }
+
+export class Witness {
+  image: SparseImage | null = null;
+  last: WitnessedEpoch | null = null;
+  /** Epochs committed, seen in order. */
+  committed = 0;
+  /** Records that could not be used (they would be a bug in the harvester or the wire format). */
+  problems: string[] = [];
+  private pending: Pending | null = null;
+  private readonly consumer: Consumer;
+  private readonly offsets = new Map<number, number>();
+
+  constructor(private readonly kafka: Kafka, private readonly topic: string, private readonly vm: string) {
+    this.consumer = kafka.consumer({ groupId: `ckpt-drill-witness-${process.pid}-${Date.now()}`, maxWaitTimeInMs: 20, maxBytesPerPartition: 8 << 20 });
+  }
+
+  static client(brokers: string[]): Kafka {
+    return new Kafka({ clientId: 'ckpt-drill-witness', brokers, logLevel: logLevel.NOTHING });
+  }
+
+  async start(): Promise<void> {
+    await this.consumer.connect();
+    await this.consumer.subscribe({ topic: this.topic, fromBeginning: true });
+    await this.consumer.run({
+      eachMessage: ({ partition, message }) => {
+        this.offsets.set(partition, Number(message.offset));
+        if (message.key?.toString() === this.vm && message.value) this.take(message.value);
+        return Promise.resolve();
+      },
+    });
+  }
+
+  /** True once every record the topic holds now has been read. */
+  async caughtUp(): Promise<boolean> {
+    const admin = this.kafka.admin();
+    await admin.connect();
+    try {
+      const parts = await admin.fetchTopicOffsets(this.topic);
+      return parts.every((p) => Number(p.high) === 0 || (this.offsets.get(p.partition) ?? -1) + 1 >= Number(p.high));
+    } finally {
+      await admin.disconnect();
+    }
+  }
+
+  async stop(): Promise<void> {
+    await this.consumer.disconnect().catch(() => undefined);
+  }
+
+  private take(raw: Buffer): void {
+    let r;
+    try {
+      r = decodeEpochRecord(raw);
+    } catch (err) {
+      this.problems.push(`undecodable record: ${(err as Error).message}`);
+      return;
+    }
+    if (r.kind === 'begin') {
+      this.pending = { generation: r.generation, epoch: r.epoch, begin: r.begin, batches: [] };
+    } else if (r.kind === 'batch') {
+      const p = this.pending;
+      if (p && p.generation === r.generation && p.epoch === r.epoch && r.batch.seq === p.batches.length) p.batches.push({ b: r.batch, pages: batchPages(r.batch) });
+      else this.pending = null; // a torn epoch (the primary died, or a gap): it is never committed
+    } else {
+      const p = this.pending;
+      this.pending = null;
+      if (!p || p.generation !== r.generation || p.epoch !== r.epoch || p.batches.length !== r.commit.batches) return;
+      if (!p.begin.baseline && (!this.last || this.last.generation !== r.generation || this.last.epoch !== r.epoch - 1)) return;
+      this.apply(p, r.commit);
+    }
+  }
+
+  private apply(p: Pending, c: EpochCommit): void {
+    const ps = p.begin.pageSize;
+    if (p.begin.baseline || !this.image) this.image = new SparseImage(ps, p.begin.slots.map((s) => s.pages));
+    const index = new Map(p.begin.slots.map((s, i) => [s.id, i]));
+    for (const { b, pages } of p.batches) {
+      let off = 0;
+      for (let i = 0; i < b.slots.length; i++) {
+        const slot = index.get(b.slots[i]!)!;
+        if (b.zero[i] === 1) this.image.zeroPages(slot, b.firsts[i]!, b.counts[i]!);
+        else {
+          this.image.writePages(slot, b.firsts[i]!, b.counts[i]!, pages, off);
+          off += b.counts[i]! * ps;
+        }
+      }
+    }
+    this.last = { generation: p.generation, epoch: p.epoch, digest: c.digest, committedAtMs: c.committedAtMs, guestCounters: c.guestCounters };
+    this.committed++;
+  }
+}

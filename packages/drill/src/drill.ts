@@ -102,7 +102,11 @@ async function runScenario(name: ScenarioName, source: 'kvm' | 'sim', o: DrillOp
   let redis: Redis | null = null;
   let target: KvmTarget | null = null;
   const harvesterLog: string[] = [];
+  let stopTicker = false;
+  let ticker: Promise<void> | null = null;
   const cleanup = async (): Promise<void> => {
+    stopTicker = true;
+    await ticker;
     target?.vm?.destroy();
     if (harvester) await stopChild(harvester, 'SIGKILL');
     await witness?.stop();
@@ -132,6 +136,17 @@ async function runScenario(name: ScenarioName, source: 'kvm' | 'sim', o: DrillOp
       if (h.exitCode !== null || h.signalCode !== null) throw new Error(`the harvester exited (${h.exitCode ?? h.signalCode}): ${harvesterLog.slice(-5).join(' | ')}`);
       return true;
     };
+    // Progress once a second while the primary runs: epochs committed and how far the standby trails.
+    ticker = (async () => {
+      while (!stopTicker) {
+        await sleep(1000);
+        if (stopTicker) break;
+        const p = await store.readPosition(VM).catch(() => null);
+        const w = witness.last;
+        const lag = p && w && p.generation === w.generation ? `${Math.max(0, w.epoch - p.epoch)} epoch(s) behind` : 'no image yet';
+        phase(`  epochs committed ${witness.committed}, standby at ${p ? `${p.generation}/${p.epoch}` : '-'} (${lag})`);
+      }
+    })();
     await until('the standby to hold the baseline and two epochs', 90_000, async () => alive() && witness!.committed >= 3 && (await store.readPosition(VM)) !== null);
     if (name !== 'primary-crash') {
       await sleep(rnd() * o.runS * 250);
@@ -148,6 +163,8 @@ async function runScenario(name: ScenarioName, source: 'kvm' | 'sim', o: DrillOp
     phase(`the primary runs ${(runMs / 1000).toFixed(1)} s more, then is killed (-9)`);
     await sleep(runMs);
     alive();
+    stopTicker = true;
+    await ticker;
     const killedAt = Date.now();
     const t0 = performance.now();
     await stopChild(h, 'SIGKILL');

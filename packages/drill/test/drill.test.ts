@@ -4,7 +4,8 @@
  * test: the drill's byte comparison reports a restored image that differs from the committed epoch.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { SparseImage } from '@ckpt/common';
@@ -48,4 +49,48 @@ test('NEGATIVE: the drill\'s comparison reports a restored page that differs fro
   const ok = { problems: [], pagesCompared: 0 } as unknown as ScenarioResult;
   compare(img, want, want, { generation: 1, epoch: 3, digest }, ok);
   assert.deepEqual(ok.problems, []);
+});
+
+/** Every live descendant of `pid`, with its command line. */
+function descendants(pid: number): { pid: number; cmd: string[] }[] {
+  const parent = new Map<number, number>();
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+      parent.set(Number(d), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch { /* gone */ }
+  }
+  const out: { pid: number; cmd: string[] }[] = [];
+  const walk = (p: number): void => {
+    for (const [c, pp] of parent) {
+      if (pp !== p) continue;
+      try { out.push({ pid: c, cmd: readFileSync(`/proc/${c}/cmdline`, 'utf8').split('\0') }); } catch { /* gone */ }
+      walk(c);
+    }
+  };
+  walk(pid);
+  return out;
+}
+
+test('Ctrl-C during a drill: exit 130, every process it started is gone, and so is the Redis data directory', async () => {
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, '--run-s', '30'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  await new Promise<void>((resolve, reject) => {
+    child.stderr.on('data', (d: Buffer) => { err += d.toString(); if (/epochs committed [1-9]/.test(err)) resolve(); });
+    child.once('exit', () => reject(new Error(`the drill exited early: ${err}`)));
+  });
+  const kids = descendants(child.pid!);
+  // redis-server rewrites its command line, but it runs in its --dir.
+  const redis = kids.find((k) => readFileSync(`/proc/${k.pid}/comm`, 'utf8').trim() === 'redis-server');
+  const dirArg = redis ? readlinkSync(`/proc/${redis.pid}/cwd`) : '';
+  assert.ok(kids.some((k) => k.cmd.some((a) => a.includes('harvester/src/main.ts'))), `the primary runs: ${JSON.stringify(kids.map((k) => k.cmd.join(' ')))}`);
+  assert.ok(dirArg !== '' && existsSync(dirArg), `the embedded redis-server has a data directory: ${JSON.stringify(redis)}`);
+  child.kill('SIGINT');
+  const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  assert.equal(code, 130, err.slice(-2000));
+  await new Promise((r) => setTimeout(r, 300));
+  const left = kids.filter((k) => existsSync(`/proc/${k.pid}`) && !readFileSync(`/proc/${k.pid}/stat`, 'utf8').includes(') Z '));
+  assert.deepEqual(left.map((k) => k.cmd.join(' ')), [], 'no process of the drill survives it');
+  assert.equal(existsSync(dirArg), false, `${dirArg} was removed`);
 });

@@ -15,24 +15,9 @@ import { execFileSync } from 'node:child_process';
 import { RedisServer } from '@ckpt/embedded';
 import { kvmAvailability } from '@ckpt/kvm-native';
 import { runPipeline, type PipelineOptions, type PipelineResult } from '@ckpt/pipeline';
+import { benchArgs } from './bench-args.ts';
 
-const HELP = `npm run bench:pipeline -- [--json] [--quick]
-
-  --json    the last line of stdout is one JSON object with the figures
-  --quick   shorter runs (a smoke run; figures are noisier)
-`;
-const argv = process.argv.slice(2);
-if (argv.includes('--help') || argv.includes('-h')) {
-  process.stdout.write(HELP);
-  process.exit(0);
-}
-const bad = argv.filter((a) => !['--json', '--quick'].includes(a));
-if (bad.length) {
-  process.stderr.write(`bench:pipeline: unknown options ${bad.join(' ')}\n\n${HELP}`);
-  process.exit(2);
-}
-const json = argv.includes('--json');
-const quick = argv.includes('--quick');
+const { json, quick } = benchArgs('bench:pipeline');
 const say = (s: string): void => void process.stderr.write(s + '\n');
 
 const base: PipelineOptions = {

@@ -17,24 +17,9 @@ import { runDrill } from '@ckpt/drill';
 import { RedisServer } from '@ckpt/embedded';
 import { restoreImage, type ImageLayout, type RestoreTarget } from '@ckpt/restorer';
 import { CHUNK_PAGES, ChunkDigest, StandbyStore } from '@ckpt/standby';
+import { benchArgs } from './bench-args.ts';
 
-const HELP = `npm run bench:restore -- [--json] [--quick]
-
-  --json    the last line of stdout is one JSON object with the figures
-  --quick   fewer repetitions (a smoke run; figures are noisier)
-`;
-const argv = process.argv.slice(2);
-if (argv.includes('--help') || argv.includes('-h')) {
-  process.stdout.write(HELP);
-  process.exit(0);
-}
-const bad = argv.filter((a) => !['--json', '--quick'].includes(a));
-if (bad.length) {
-  process.stderr.write(`bench:restore: unknown options ${bad.join(' ')}\n\n${HELP}`);
-  process.exit(2);
-}
-const json = argv.includes('--json');
-const quick = argv.includes('--quick');
+const { json, quick } = benchArgs('bench:restore');
 const say = (s: string): void => void process.stderr.write(s + '\n');
 
 const PAGE = 4096;

@@ -142,3 +142,25 @@ export function helpText(schema: Schema, usage: string, envPrefix?: string): str
   lines.push(`  ${'--help'.padEnd(38)} show this help`);
   return lines.join('\n');
 }
+
+/**
+ * A command's options from its arguments: prints the help and returns exit code 0 on --help; prints
+ * every problem (parse errors, then `validate`'s) with the help and returns 2 on bad options;
+ * otherwise returns the config.
+ */
+export function commandConfig<T extends Schema>(name: string, schema: T, usage: string, argv: readonly string[], validate?: (cfg: ConfigOf<T>) => string[]): ConfigOf<T> | number {
+  if (wantsHelp(argv)) {
+    process.stdout.write(helpText(schema, usage) + '\n');
+    return 0;
+  }
+  try {
+    const cfg = parseConfig(schema, { argv: [...argv] });
+    const problems = validate?.(cfg) ?? [];
+    if (problems.length) throw new ConfigError(problems);
+    return cfg;
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`${name}: ${err.message}\n\n${helpText(schema, usage)}\n`);
+    return 2;
+  }
+}

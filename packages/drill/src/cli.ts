@@ -3,7 +3,7 @@
  * stderr; with --json the last line on stdout is one JSON object. Exit 0 only when every scenario
  * verified, 1 otherwise, 2 on bad options, 130 on Ctrl-C (after cleaning up).
  */
-import { ConfigError, createLogger, helpText, parseConfig, wantsHelp, type Schema } from '@ckpt/common';
+import { commandConfig, createLogger, type Schema } from '@ckpt/common';
 import { runDrill, running, SCENARIOS, type ScenarioName } from './drill.ts';
 
 const SCHEMA = {
@@ -26,21 +26,8 @@ harvester; kills the primary (-9) at a random moment; restores the standby from 
 fresh KVM VM, and checks every byte against the last committed epoch. Reports RPO and RTO.`;
 
 async function main(): Promise<number> {
-  const argv = process.argv.slice(2);
-  if (wantsHelp(argv)) {
-    process.stdout.write(helpText(SCHEMA, USAGE) + '\n');
-    return 0;
-  }
-  let cfg;
-  try {
-    cfg = parseConfig(SCHEMA, { argv });
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      process.stderr.write(`drill: ${err.message}\n\n${helpText(SCHEMA, USAGE)}\n`);
-      return 2;
-    }
-    throw err;
-  }
+  const cfg = commandConfig('drill', SCHEMA, USAGE, process.argv.slice(2));
+  if (typeof cfg === 'number') return cfg;
   const say = (s: string): void => void process.stderr.write(s + '\n');
   let interrupted = false;
   const onSignal = (sig: string): void => {

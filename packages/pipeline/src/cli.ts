@@ -3,7 +3,7 @@
  * every VM's standby against the harvester's last committed epoch. Exit 0 when all match, 1 when any
  * does not, 2 on bad options.
  */
-import { ConfigError, createLogger, helpText, parseConfig, wantsHelp, WORKLOADS, type Schema } from '@ckpt/common';
+import { commandConfig, createLogger, WORKLOADS, type Schema } from '@ckpt/common';
 import { runPipeline } from './run-pipeline.ts';
 
 const SCHEMA = {
@@ -31,21 +31,8 @@ Runs harvester(s), the Kafka broker (embedded unless KAFKA_BROKERS is set), repl
 each standby image against the harvester's last committed epoch. Exit code 0 only when all match.`;
 
 async function main(): Promise<number> {
-  const argv = process.argv.slice(2);
-  if (wantsHelp(argv)) {
-    process.stdout.write(helpText(SCHEMA, USAGE) + '\n');
-    return 0;
-  }
-  let cfg;
-  try {
-    cfg = parseConfig(SCHEMA, { argv });
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      process.stderr.write(`pipeline: ${err.message}\n\n${helpText(SCHEMA, USAGE)}\n`);
-      return 2;
-    }
-    throw err;
-  }
+  const cfg = commandConfig('pipeline', SCHEMA, USAGE, process.argv.slice(2));
+  if (typeof cfg === 'number') return cfg;
   const log = createLogger({ service: 'pipeline' }, { level: (process.env.LOG_LEVEL as 'debug' | undefined) ?? 'warn' });
   const say = (s: string): void => void process.stderr.write(s + '\n');
   const r = await runPipeline({

@@ -5,7 +5,7 @@
  * make progress. Exit 0 on success, 1 when the image is refused or the restore fails, 2 on bad options.
  */
 import { Redis } from 'ioredis';
-import { CkptError, ConfigError, createLogger, helpText, parseConfig, REDIS_SCHEMA, redisClientOptions, wantsHelp, type Schema } from '@ckpt/common';
+import { CkptError, commandConfig, ConfigError, createLogger, REDIS_SCHEMA, redisClientOptions, type Schema } from '@ckpt/common';
 import { StandbyStore } from '@ckpt/standby';
 import { createRestorerMetrics } from './metrics.ts';
 import { restoreImage, type RestoredImage } from './restore-image.ts';
@@ -29,29 +29,22 @@ recomputes its digest from the bytes and refuses it unless it equals the committ
 REDIS_URL is read when --redis-url is not given.`;
 
 async function main(): Promise<number> {
-  const argv = process.argv.slice(2);
-  if (wantsHelp(argv)) {
-    process.stdout.write(helpText(SCHEMA, USAGE) + '\n');
-    return 0;
-  }
-  let cfg;
+  const cfg = commandConfig('restore', SCHEMA, USAGE, process.argv.slice(2), (c) => {
+    const problems: string[] = [];
+    if (!c.vm) problems.push('--vm is required');
+    if (!c.redisUrl && !process.env.REDIS_URL) problems.push('--redis-url (or REDIS_URL) is required');
+    if (!c.out && c.resumeMs === 0) problems.push('say where the image goes: --out DIR or --resume-ms N');
+    if (c.out && c.resumeMs > 0) problems.push('--out and --resume-ms exclude each other');
+    return problems;
+  });
+  if (typeof cfg === 'number') return cfg;
   let redisOpts;
   try {
-    cfg = parseConfig(SCHEMA, { argv });
-    const problems: string[] = [];
-    if (!cfg.vm) problems.push('--vm is required');
-    const url = cfg.redisUrl || process.env.REDIS_URL || '';
-    if (!url) problems.push('--redis-url (or REDIS_URL) is required');
-    if (!cfg.out && cfg.resumeMs === 0) problems.push('say where the image goes: --out DIR or --resume-ms N');
-    if (cfg.out && cfg.resumeMs > 0) problems.push('--out and --resume-ms exclude each other');
-    if (problems.length) throw new ConfigError(problems);
-    redisOpts = redisClientOptions(cfg, url);
+    redisOpts = redisClientOptions(cfg, cfg.redisUrl || process.env.REDIS_URL!);
   } catch (err) {
-    if (err instanceof ConfigError) {
-      process.stderr.write(`restore: ${err.message}\n\n${helpText(SCHEMA, USAGE)}\n`);
-      return 2;
-    }
-    throw err;
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`restore: ${err.message}\n`);
+    return 2;
   }
   const log = createLogger({ service: 'restorer', vm: cfg.vm }, { level: 'warn' });
   const redis = new Redis(redisOpts.url, { ...redisOpts.options, maxRetriesPerRequest: 3, lazyConnect: true });

@@ -122,7 +122,7 @@ async function runScenario(name: ScenarioName, source: 'kvm' | 'sim', o: DrillOp
     redis = new Redis(servers.redisUrl, { maxRetriesPerRequest: 5 });
     redis.on('error', () => undefined);
     const store = new StandbyStore(redis);
-    witness = new Witness(Witness.client(servers.brokers), servers.topics.pages, VM);
+    witness = new Witness(Witness.client(servers.brokers), servers.topics.pages, VM, (e) => phase(e));
     await witness.start();
     phase(`starting the primary (${source} guest, ${o.memMib} MiB, ${o.vcpus} vCPU) and its harvester`);
     harvester = spawnHarvester(servers, {

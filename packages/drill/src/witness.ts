@@ -25,12 +25,23 @@ export class Witness {
   committed = 0;
   /** Records that could not be used (they would be a bug in the harvester or the wire format). */
   problems: string[] = [];
+  /** Consumers that crashed and were replaced (a broker outage can make kafkajs give up). */
+  restarts = 0;
   private pending: Pending | null = null;
-  private readonly consumer: Consumer;
+  private consumer: Consumer;
+  private stopped = false;
+  private readonly groupId = `ckpt-drill-witness-${process.pid}-${Date.now()}`;
   private readonly offsets = new Map<number, number>();
+  private watchdog: NodeJS.Timeout | null = null;
+  private replacing = false;
+  private lastMessageAt = Date.now();
 
-  constructor(private readonly kafka: Kafka, private readonly topic: string, private readonly vm: string) {
-    this.consumer = kafka.consumer({ groupId: `ckpt-drill-witness-${process.pid}-${Date.now()}`, maxWaitTimeInMs: 20, maxBytesPerPartition: 8 << 20 });
+  constructor(private readonly kafka: Kafka, private readonly topic: string, private readonly vm: string, private readonly onEvent: (what: string) => void = () => undefined) {
+    this.consumer = this.newConsumer();
+  }
+
+  private newConsumer(): Consumer {
+    return this.kafka.consumer({ groupId: this.groupId, maxWaitTimeInMs: 20, maxBytesPerPartition: 8 << 20 });
   }
 
   static client(brokers: string[]): Kafka {
@@ -38,11 +49,31 @@ export class Witness {
   }
 
   async start(): Promise<void> {
-    await this.consumer.connect();
-    await this.consumer.subscribe({ topic: this.topic, fromBeginning: true });
-    await this.consumer.run({
+    const c = this.consumer;
+    c.on(c.events.CRASH, (e) => {
+      const { error, restart } = e.payload as { error: Error; restart: boolean };
+      this.onEvent(`witness consumer crashed (${error.message}); ${restart ? 'kafkajs restarts it' : 'replacing it'}`);
+      if (!restart) this.replace(c);
+    });
+    if (!this.watchdog) {
+      // A consumer can also hang without crashing (seen once after a broker outage): records wait
+      // unread while nothing arrives for a while.
+      this.watchdog = setInterval(() => {
+        if (this.stopped || this.replacing || Date.now() - this.lastMessageAt < 5000) return;
+        this.caughtUp().then((up) => {
+          if (!up && !this.stopped && Date.now() - this.lastMessageAt >= 5000) {
+            this.onEvent('witness consumer stalled with records unread; replacing it');
+            this.replace(this.consumer);
+          }
+        }, () => undefined);
+      }, 2000);
+    }
+    await c.connect();
+    await c.subscribe({ topic: this.topic, fromBeginning: true });
+    await c.run({
       eachMessage: ({ partition, message }) => {
         this.offsets.set(partition, Number(message.offset));
+        this.lastMessageAt = Date.now();
         if (message.key?.toString() === this.vm && message.value) this.take(message.value);
         return Promise.resolve();
       },
@@ -61,7 +92,22 @@ export class Witness {
     }
   }
 
+  /** Replays from the group's committed offset leave the same state: take() is idempotent. */
+  private replace(c: Consumer): void {
+    if (this.stopped || this.replacing) return;
+    this.replacing = true;
+    this.restarts++;
+    void c.disconnect().catch(() => undefined).then(async () => {
+      if (this.stopped) return;
+      this.consumer = this.newConsumer();
+      this.lastMessageAt = Date.now();
+      await this.start().catch((err: unknown) => this.onEvent(`witness consumer cannot restart: ${(err as Error).message}`));
+    }).finally(() => { this.replacing = false; });
+  }
+
   async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.watchdog) clearInterval(this.watchdog);
     await this.consumer.disconnect().catch(() => undefined);
   }
 

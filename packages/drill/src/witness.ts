@@ -111,7 +111,8 @@ export class Witness {
     await this.consumer.disconnect().catch(() => undefined);
   }
 
-  private take(raw: Buffer): void {
+  /** Takes one record of the VM (public for tests). */
+  take(raw: Buffer): void {
     let r;
     try {
       r = decodeEpochRecord(raw);
@@ -119,12 +120,16 @@ export class Witness {
       this.problems.push(`undecodable record: ${(err as Error).message}`);
       return;
     }
+    // Without an idempotent producer (the embedded broker), a send retried after a broker outage can
+    // write records twice: a repeated begin or batch of the epoch being assembled is skipped, as the
+    // replicator does.
+    const p0 = this.pending;
+    const same = p0 !== null && p0.generation === r.generation && p0.epoch === r.epoch;
     if (r.kind === 'begin') {
-      this.pending = { generation: r.generation, epoch: r.epoch, begin: r.begin, batches: [] };
+      if (!same) this.pending = { generation: r.generation, epoch: r.epoch, begin: r.begin, batches: [] };
     } else if (r.kind === 'batch') {
-      const p = this.pending;
-      if (p && p.generation === r.generation && p.epoch === r.epoch && r.batch.seq === p.batches.length) p.batches.push({ b: r.batch, pages: batchPages(r.batch) });
-      else this.pending = null; // a torn epoch (the primary died, or a gap): it is never committed
+      if (same && r.batch.seq === p0.batches.length) p0.batches.push({ b: r.batch, pages: batchPages(r.batch) });
+      else if (!(same && r.batch.seq < p0.batches.length)) this.pending = null; // a torn epoch (the primary died, or a gap): never committed
     } else {
       const p = this.pending;
       this.pending = null;

@@ -35,10 +35,14 @@ for k = 6, #KEYS do
   end
   redis.call('DEL', KEYS[k])
 end
+-- Page hashes in a few large HSET/HDEL calls (each call is one command in the AOF, not one per page).
 local sh = redis.call('HGETALL', shkey)
+local set, del = {}, {}
 for i = 1, #sh, 2 do
-  if sh[i + 1] == '' then redis.call('HDEL', hkey, sh[i]) else redis.call('HSET', hkey, sh[i], sh[i + 1]) end
+  if sh[i + 1] == '' then del[#del + 1] = sh[i] else set[#set + 1] = sh[i]; set[#set + 1] = sh[i + 1] end
 end
+for i = 1, #set, 4000 do redis.call('HSET', hkey, unpack(set, i, math.min(i + 3999, #set))) end
+for i = 1, #del, 4000 do redis.call('HDEL', hkey, unpack(del, i, math.min(i + 3999, #del))) end
 redis.call('DEL', shkey, asm)
 for i = 5, #ARGV, 2 do redis.call('HSET', meta, ARGV[i], ARGV[i + 1]) end
 return 'OK'

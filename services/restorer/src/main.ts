@@ -4,6 +4,7 @@
  * plus vCPU state JSON (--out), or into a fresh KVM VM that is resumed for --resume-ms and checked to
  * make progress. Exit 0 on success, 1 when the image is refused or the restore fails, 2 on bad options.
  */
+import { renameSync, writeFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
 import { CkptError, commandConfig, ConfigError, createLogger, REDIS_SCHEMA, redisClientOptions, type Schema } from '@ckpt/common';
 import { StandbyStore } from '@ckpt/standby';
@@ -20,6 +21,7 @@ const SCHEMA = {
   allowStale: { type: 'bool', default: false, help: 'restore a stale image (its newest verified epoch) instead of refusing it' },
   fenceTtlMs: { type: 'int', default: 10_000, min: 500, help: 'lifetime of the fence that holds the replicator back while reading (refreshed)' },
   json: { type: 'bool', default: false, help: 'print one JSON object as the last line' },
+  metricsFile: { type: 'string', default: '', help: 'write the ckpt_restore_* metrics here (Prometheus text format) when done, for node_exporter\'s textfile collector' },
 } as const satisfies Schema;
 
 const USAGE = `usage: npm run restore -- --vm ID [--redis-url URL] (--out DIR | --resume-ms N) [options]
@@ -50,6 +52,13 @@ async function main(): Promise<number> {
   const redis = new Redis(redisOpts.url, { ...redisOpts.options, maxRetriesPerRequest: 3, lazyConnect: true });
   redis.on('error', () => undefined);
   const say = (s: string): void => void process.stderr.write(s + '\n');
+  const metrics = createRestorerMetrics();
+  // Written through a temp file and a rename, so the collector never reads half a file.
+  const writeMetrics = async (): Promise<void> => {
+    if (!cfg.metricsFile) return;
+    writeFileSync(`${cfg.metricsFile}.tmp`, await metrics.registry.metrics());
+    renameSync(`${cfg.metricsFile}.tmp`, cfg.metricsFile);
+  };
   try {
     try {
       await redis.connect();
@@ -57,7 +66,6 @@ async function main(): Promise<number> {
       throw new CkptError('CKPT_ERR_REDIS_UNREACHABLE', `cannot connect to Redis at ${redisOpts.url.replace(/\/\/[^@]*@/, '//***@')}: ${(err as Error).message}`);
     }
     const store = new StandbyStore(redis, cfg.redisPrefix);
-    const metrics = createRestorerMetrics();
     let img: RestoredImage;
     let resumed: { ok: boolean; detail: string } | null = null;
     if (cfg.out) {
@@ -88,9 +96,11 @@ async function main(): Promise<number> {
         bytesRead: img.bytesRead, durationMs: Math.round(img.durationMs), restoreMBps: img.mbps, resumed: resumed?.ok ?? null, out: cfg.out || null,
       }) + '\n');
     }
+    await writeMetrics();
     return resumed && !resumed.ok ? 1 : 0;
   } catch (err) {
     if (!(err instanceof CkptError)) throw err;
+    await writeMetrics();
     say(`restore: FAILED: ${err.message}`);
     if (cfg.json) process.stdout.write(JSON.stringify({ vm: cfg.vm, verified: false, code: err.code, error: err.message }) + '\n');
     return 1;

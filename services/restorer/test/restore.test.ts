@@ -281,15 +281,18 @@ test('NEGATIVE: npm run restore exits 1 and says FAILED on a corrupted image; 0 
   const dir = mkdtempSync(join(tmpdir(), 'ckpt-restore-'));
   try {
     await buildImage('vm-cli', 3);
-    const run = (): ReturnType<typeof spawnSync> => spawnSync(process.execPath, ['--import', 'tsx', main, '--vm', 'vm-cli', '--redis-url', server.url, '--out', dir, '--json'], { encoding: 'utf8' });
+    const prom = join(dir, 'restore.prom');
+    const run = (): ReturnType<typeof spawnSync> => spawnSync(process.execPath, ['--import', 'tsx', main, '--vm', 'vm-cli', '--redis-url', server.url, '--out', dir, '--json', '--metrics-file', prom], { encoding: 'utf8' });
     const good = run();
     assert.equal(good.status, 0, String(good.stderr));
+    assert.match(readFileSync(prom, 'utf8'), /ckpt_restores_total\{outcome="ok"\} 1/);
     assert.equal((JSON.parse(String(good.stdout).trim().split('\n').at(-1)!) as { verified: boolean }).verified, true);
     await redis.setrange(store.keys('vm-cli').chunk(3, 0, 0), 5 * PAGE, 'Q');
     const bad = run();
     assert.equal(bad.status, 1, String(bad.stderr));
     assert.match(String(bad.stderr), /FAILED: the standby image of vm-cli does not verify/);
     assert.equal((JSON.parse(String(bad.stdout).trim().split('\n').at(-1)!) as { code: string }).code, 'CKPT_ERR_RESTORE_DIGEST');
+    assert.match(readFileSync(prom, 'utf8'), /ckpt_restores_total\{outcome="refused-digest"\} 1/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -134,6 +134,7 @@ async function runScenario(name: ScenarioName, source: 'kvm' | 'sim', o: DrillOp
     const h = harvester;
     const alive = (): boolean => {
       if (h.exitCode !== null || h.signalCode !== null) throw new Error(`the harvester exited (${h.exitCode ?? h.signalCode}): ${harvesterLog.slice(-5).join(' | ')}`);
+      if (witness!.lost) throw new Error(`the drill's witness cannot check this run byte for byte: ${witness!.lost}`);
       return true;
     };
     // Progress once a second while the primary runs: epochs committed and how far the standby trails.
@@ -144,7 +145,8 @@ async function runScenario(name: ScenarioName, source: 'kvm' | 'sim', o: DrillOp
         const p = await store.readPosition(VM).catch(() => null);
         const w = witness.last;
         const lag = p && w && p.generation === w.generation ? `${Math.max(0, w.epoch - p.epoch)} epoch(s) behind` : 'no image yet';
-        phase(`  epochs committed ${witness.committed}, standby at ${p ? `${p.generation}/${p.epoch}` : '-'} (${lag})`);
+        const note = witness.lastRejection ? `; witness: ${witness.records} records, ${witness.restarts} consumer restarts, last rejected ${witness.lastRejection}` : '';
+        phase(`  epochs committed ${witness.committed}, standby at ${p ? `${p.generation}/${p.epoch}` : '-'} (${lag})${note}`);
       }
     })();
     await until('the standby to hold the baseline and two epochs', 90_000, async () => alive() && witness!.committed >= 3 && (await store.readPosition(VM)) !== null);

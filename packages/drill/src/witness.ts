@@ -27,11 +27,17 @@ export class Witness {
   problems: string[] = [];
   /** Consumers that crashed and were replaced (a broker outage can make kafkajs give up). */
   restarts = 0;
+  /** Records of the VM taken, and why the last commit was not taken as a committed epoch. */
+  records = 0;
+  lastRejection = '';
+  /** Set when records passed retention before the witness read them: it cannot vouch for later epochs. */
+  lost = '';
   private pending: Pending | null = null;
   private consumer: Consumer;
   private stopped = false;
   private readonly groupId = `ckpt-drill-witness-${process.pid}-${Date.now()}`;
   private readonly offsets = new Map<number, number>();
+  private readonly seeking = new Map<number, { to: number; since: number }>();
   private watchdog: NodeJS.Timeout | null = null;
   private replacing = false;
   private lastMessageAt = Date.now();
@@ -41,11 +47,16 @@ export class Witness {
   }
 
   private newConsumer(): Consumer {
-    return this.kafka.consumer({ groupId: this.groupId, maxWaitTimeInMs: 20, maxBytesPerPartition: 8 << 20 });
+    return this.kafka.consumer({ groupId: this.groupId, maxWaitTimeInMs: 20, maxBytesPerPartition: 8 << 20, retry: { initialRetryTime: 20, maxRetryTime: 100, retries: 1000 } });
   }
 
+  /**
+   * The witness is not covered by the harvester's replication window, and the embedded broker keeps
+   * only 5 MiB per partition: after a broker outage it must be reading again before the replicator
+   * is, or records pass retention unread. Hence retries far quicker than the replicator's.
+   */
   static client(brokers: string[]): Kafka {
-    return new Kafka({ clientId: 'ckpt-drill-witness', brokers, logLevel: logLevel.NOTHING });
+    return new Kafka({ clientId: 'ckpt-drill-witness', brokers, logLevel: logLevel.NOTHING, retry: { initialRetryTime: 20, maxRetryTime: 100, retries: 1000 } });
   }
 
   async start(): Promise<void> {
@@ -72,9 +83,30 @@ export class Witness {
     await c.subscribe({ topic: this.topic, fromBeginning: true });
     await c.run({
       eachMessage: ({ partition, message }) => {
-        this.offsets.set(partition, Number(message.offset));
+        const off = Number(message.offset);
         this.lastMessageAt = Date.now();
-        if (message.key?.toString() === this.vm && message.value) this.take(message.value);
+        const last = this.offsets.get(partition);
+        if (last !== undefined && off <= last) return Promise.resolve(); // delivered again: already taken
+        const seeking = this.seeking.get(partition);
+        if (seeking) {
+          // Until the seek lands, the rest of the batch already fetched is dropped. If the missed
+          // offset does not come back within 5 s, the records are really gone (retention): the gap stands.
+          if (off !== seeking.to && Date.now() - seeking.since < 5000) return Promise.resolve();
+          this.seeking.delete(partition);
+          if (off !== seeking.to) {
+            this.lost = `offsets ${seeking.to}..${off - 1} of partition ${partition} passed the broker's retention unread`;
+            this.onEvent(`witness: ${this.lost}`);
+          }
+        } else if (last !== undefined && off > last + 1) {
+          // kafkajs was seen to skip records after a broker outage under load (offsets jumped while the
+          // records were still there): read again from the first one missed.
+          this.seeking.set(partition, { to: last + 1, since: Date.now() });
+          this.onEvent(`witness: partition ${partition} jumped from offset ${last} to ${off}; reading again from ${last + 1}`);
+          c.seek({ topic: this.topic, partition, offset: String(last + 1) });
+          return Promise.resolve();
+        }
+        this.offsets.set(partition, off);
+        if (message.key?.toString() === this.vm && message.value) { this.curOffset = `${partition}:${message.offset}`; this.take(message.value); }
         return Promise.resolve();
       },
     });
@@ -113,6 +145,7 @@ export class Witness {
 
   /** Takes one record of the VM (public for tests). */
   take(raw: Buffer): void {
+    this.records++;
     let r;
     try {
       r = decodeEpochRecord(raw);
@@ -123,6 +156,10 @@ export class Witness {
     // Without an idempotent producer (the embedded broker), a send retried after a broker outage can
     // write records twice: a repeated begin or batch of the epoch being assembled is skipped, as the
     // replicator does.
+    if (process.env.CKPT_WITNESS_DEBUG) {
+      this.recent.push(`${this.curOffset}=${r.kind[0]}${r.epoch}${r.kind === 'batch' ? '.' + r.batch.seq : ''}`);
+      if (this.recent.length > 40) this.recent.shift();
+    }
     const p0 = this.pending;
     const same = p0 !== null && p0.generation === r.generation && p0.epoch === r.epoch;
     if (r.kind === 'begin') {
@@ -133,11 +170,26 @@ export class Witness {
     } else {
       const p = this.pending;
       this.pending = null;
-      if (!p || p.generation !== r.generation || p.epoch !== r.epoch || p.batches.length !== r.commit.batches) return;
-      if (!p.begin.baseline && (!this.last || this.last.generation !== r.generation || this.last.epoch !== r.epoch - 1)) return;
+      const at = `commit of ${r.generation}/${r.epoch}`;
+      if (!p) return this.reject(`${at}: no assembly`);
+      if (p.generation !== r.generation || p.epoch !== r.epoch) return this.reject(`${at}: assembling ${p.generation}/${p.epoch}`);
+      if (p.batches.length !== r.commit.batches) return this.reject(`${at}: ${p.batches.length} of ${r.commit.batches} batches`);
+      const l = this.last;
+      if (!p.begin.baseline && (!l || l.generation !== r.generation || l.epoch !== r.epoch - 1)) {
+        // A commit repeated by a retried send (already taken) is no news.
+        if (!(l && l.generation === r.generation && l.epoch === r.epoch)) this.reject(`${at}: the last committed epoch is ${l ? `${l.generation}/${l.epoch}` : 'none'}`);
+        return;
+      }
       this.apply(p, r.commit);
     }
   }
+
+  private reject(why: string): void {
+    if (!this.lastRejection && process.env.CKPT_WITNESS_DEBUG) this.onEvent(`FIRST REJECTION ${why}; recent: ${this.recent.join(' ')}`);
+    this.lastRejection = why;
+  }
+  curOffset = '';
+  recent: string[] = [];
 
   private apply(p: Pending, c: EpochCommit): void {
     const ps = p.begin.pageSize;

@@ -4,7 +4,7 @@
  * dies, it knows the last committed epoch and that epoch's bytes: the reference the restored guest
  * must equal byte for byte. It shares only the wire decoder with the replicator.
  */
-import { Kafka, logLevel, type Consumer } from 'kafkajs';
+import { Kafka, logLevel, type Admin, type Consumer } from 'kafkajs';
 import { SparseImage } from '@ckpt/common';
 import { batchPages, decodeEpochRecord, type EpochBegin, type EpochCommit, type PageBatch } from '@ckpt/proto';
 
@@ -15,6 +15,13 @@ export interface WitnessedEpoch {
   committedAtMs: number;
   guestCounters: number[];
 }
+
+/**
+ * The witness is not covered by the harvester's replication window, and the embedded broker keeps
+ * only 5 MiB per partition: after a broker outage it must be reading again before the replicator is,
+ * or records pass retention unread. Hence retries far quicker than the replicator's (200 ms-3 s).
+ */
+const RETRY = { initialRetryTime: 20, maxRetryTime: 100, retries: 1000 };
 
 interface Pending { generation: number; epoch: number; begin: EpochBegin; batches: { b: PageBatch; pages: Uint8Array }[] }
 
@@ -41,22 +48,19 @@ export class Witness {
   private watchdog: NodeJS.Timeout | null = null;
   private replacing = false;
   private lastMessageAt = Date.now();
+  private admin: Admin | null = null;
+  private adminReady: Promise<void> | null = null;
 
   constructor(private readonly kafka: Kafka, private readonly topic: string, private readonly vm: string, private readonly onEvent: (what: string) => void = () => undefined) {
     this.consumer = this.newConsumer();
   }
 
   private newConsumer(): Consumer {
-    return this.kafka.consumer({ groupId: this.groupId, maxWaitTimeInMs: 20, maxBytesPerPartition: 8 << 20, retry: { initialRetryTime: 20, maxRetryTime: 100, retries: 1000 } });
+    return this.kafka.consumer({ groupId: this.groupId, maxWaitTimeInMs: 20, maxBytesPerPartition: 8 << 20, retry: RETRY });
   }
 
-  /**
-   * The witness is not covered by the harvester's replication window, and the embedded broker keeps
-   * only 5 MiB per partition: after a broker outage it must be reading again before the replicator
-   * is, or records pass retention unread. Hence retries far quicker than the replicator's.
-   */
   static client(brokers: string[]): Kafka {
-    return new Kafka({ clientId: 'ckpt-drill-witness', brokers, logLevel: logLevel.NOTHING, retry: { initialRetryTime: 20, maxRetryTime: 100, retries: 1000 } });
+    return new Kafka({ clientId: 'ckpt-drill-witness', brokers, logLevel: logLevel.NOTHING, retry: RETRY });
   }
 
   async start(): Promise<void> {
@@ -67,8 +71,7 @@ export class Witness {
       if (!restart) this.replace(c);
     });
     if (!this.watchdog) {
-      // A consumer can also hang without crashing (seen once after a broker outage): records wait
-      // unread while nothing arrives for a while.
+      // A consumer that neither crashes nor delivers while records wait unread is replaced too.
       this.watchdog = setInterval(() => {
         if (this.stopped || this.replacing || Date.now() - this.lastMessageAt < 5000) return;
         this.caughtUp().then((up) => {
@@ -90,7 +93,7 @@ export class Witness {
         const seeking = this.seeking.get(partition);
         if (seeking) {
           // Until the seek lands, the rest of the batch already fetched is dropped. If the missed
-          // offset does not come back within 5 s, the records are really gone (retention): the gap stands.
+          // offset does not come back within 5 s, the records are gone: the gap stands.
           if (off !== seeking.to && Date.now() - seeking.since < 5000) return Promise.resolve();
           this.seeking.delete(partition);
           if (off !== seeking.to) {
@@ -98,15 +101,15 @@ export class Witness {
             this.onEvent(`witness: ${this.lost}`);
           }
         } else if (last !== undefined && off > last + 1) {
-          // kafkajs was seen to skip records after a broker outage under load (offsets jumped while the
-          // records were still there): read again from the first one missed.
+          // Offsets jumped: records passed retention unread (what was seen here, after a broker outage),
+          // or the consumer skipped them. Read once more from the first one missed, in case they are there.
           this.seeking.set(partition, { to: last + 1, since: Date.now() });
           this.onEvent(`witness: partition ${partition} jumped from offset ${last} to ${off}; reading again from ${last + 1}`);
           c.seek({ topic: this.topic, partition, offset: String(last + 1) });
           return Promise.resolve();
         }
         this.offsets.set(partition, off);
-        if (message.key?.toString() === this.vm && message.value) { this.curOffset = `${partition}:${message.offset}`; this.take(message.value); }
+        if (message.key?.toString() === this.vm && message.value) this.take(message.value);
         return Promise.resolve();
       },
     });
@@ -114,14 +117,17 @@ export class Witness {
 
   /** True once every record the topic holds now has been read. */
   async caughtUp(): Promise<boolean> {
-    const admin = this.kafka.admin();
-    await admin.connect();
+    // One admin client, connected on first use: this is polled every 100 ms during a failover.
+    this.admin ??= this.kafka.admin();
+    this.adminReady ??= this.admin.connect();
     try {
-      const parts = await admin.fetchTopicOffsets(this.topic);
-      return parts.every((p) => Number(p.high) === 0 || (this.offsets.get(p.partition) ?? -1) + 1 >= Number(p.high));
-    } finally {
-      await admin.disconnect();
+      await this.adminReady;
+    } catch (err) {
+      this.adminReady = null;
+      throw err;
     }
+    const parts = await this.admin.fetchTopicOffsets(this.topic);
+    return parts.every((p) => Number(p.high) === 0 || (this.offsets.get(p.partition) ?? -1) + 1 >= Number(p.high));
   }
 
   /** Replays from the group's committed offset leave the same state: take() is idempotent. */
@@ -141,6 +147,7 @@ export class Witness {
     this.stopped = true;
     if (this.watchdog) clearInterval(this.watchdog);
     await this.consumer.disconnect().catch(() => undefined);
+    await this.admin?.disconnect().catch(() => undefined);
   }
 
   /** Takes one record of the VM (public for tests). */
@@ -156,10 +163,6 @@ export class Witness {
     // Without an idempotent producer (the embedded broker), a send retried after a broker outage can
     // write records twice: a repeated begin or batch of the epoch being assembled is skipped, as the
     // replicator does.
-    if (process.env.CKPT_WITNESS_DEBUG) {
-      this.recent.push(`${this.curOffset}=${r.kind[0]}${r.epoch}${r.kind === 'batch' ? '.' + r.batch.seq : ''}`);
-      if (this.recent.length > 40) this.recent.shift();
-    }
     const p0 = this.pending;
     const same = p0 !== null && p0.generation === r.generation && p0.epoch === r.epoch;
     if (r.kind === 'begin') {
@@ -170,26 +173,22 @@ export class Witness {
     } else {
       const p = this.pending;
       this.pending = null;
+      const l = this.last;
+      if (l && l.generation === r.generation && l.epoch === r.epoch) return; // repeated by a retried send: already taken
       const at = `commit of ${r.generation}/${r.epoch}`;
       if (!p) return this.reject(`${at}: no assembly`);
       if (p.generation !== r.generation || p.epoch !== r.epoch) return this.reject(`${at}: assembling ${p.generation}/${p.epoch}`);
       if (p.batches.length !== r.commit.batches) return this.reject(`${at}: ${p.batches.length} of ${r.commit.batches} batches`);
-      const l = this.last;
       if (!p.begin.baseline && (!l || l.generation !== r.generation || l.epoch !== r.epoch - 1)) {
-        // A commit repeated by a retried send (already taken) is no news.
-        if (!(l && l.generation === r.generation && l.epoch === r.epoch)) this.reject(`${at}: the last committed epoch is ${l ? `${l.generation}/${l.epoch}` : 'none'}`);
-        return;
+        return this.reject(`${at}: the last committed epoch is ${l ? `${l.generation}/${l.epoch}` : 'none'}`);
       }
       this.apply(p, r.commit);
     }
   }
 
   private reject(why: string): void {
-    if (!this.lastRejection && process.env.CKPT_WITNESS_DEBUG) this.onEvent(`FIRST REJECTION ${why}; recent: ${this.recent.join(' ')}`);
     this.lastRejection = why;
   }
-  curOffset = '';
-  recent: string[] = [];
 
   private apply(p: Pending, c: EpochCommit): void {
     const ps = p.begin.pageSize;

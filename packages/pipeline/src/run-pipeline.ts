@@ -215,9 +215,10 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
         const why = listener!.takeResyncRequest(r.vm);
         if (why !== null) {
           log.warn('the guest is stopped; answering a resync request with a baseline of its final memory', { vm: r.vm, reason: why });
-          drainBaselines++;
+          // Counted in `resyncs` (with any generation it had to start itself); its pages are not part
+          // of the run's throughput.
           const s = await harvest(r, stopped, 1, r.last.generation + 1, drainDeadline.signal);
-          summaries.push({ ...s, bytesHarvested: 0, pagesHarvested: 0 });
+          drainBaselines += 1 + s.resyncs;
           continue;
         }
         await new Promise((res) => setTimeout(res, 20));

@@ -188,18 +188,12 @@ async function runScenario(name: ScenarioName, source: 'kvm' | 'sim', o: DrillOp
     res.restoredEpoch = `${img.generation}/${img.epoch}`;
     res.restoreMBps = img.mbps;
     if (target) {
-      const vm = target.vm!;
-      vm.start();
-      res.rtoMs = Math.round(performance.now() - t0);
-      phase('guest resumed on a fresh KVM VM; checking that it runs');
-      await sleep(200);
-      vm.pause();
-      const c = vm.guestCounters();
-      const err = vm.lastError();
-      const before = img.guestCounters.filter((_, i) => i % 2 === 1);
-      const after = [...c].filter((_, i) => i % 2 === 1);
-      res.resumed = !err && after.every((v, i) => v > before[i]!);
-      res.resumeDetail = err ? `vCPU error: ${err}` : `pages written per vCPU ${before.join(',')} at the epoch -> ${after.join(',')} 200 ms after resuming`;
+      const r = await target.resume(200, () => {
+        res.rtoMs = Math.round(performance.now() - t0);
+        phase('guest resumed on a fresh KVM VM; checking that it runs');
+      });
+      res.resumed = r.running;
+      res.resumeDetail = r.detail;
       if (!res.resumed) res.problems.push(`the resumed guest did not make progress: ${res.resumeDetail}`);
     } else {
       res.rtoMs = Math.round(performance.now() - t0);

@@ -74,14 +74,8 @@ async function main(): Promise<number> {
       const target = new KvmTarget({ devPath: cfg.devPath });
       try {
         img = await restoreImage(store, cfg.vm, target, { allowStale: cfg.allowStale, fenceTtlMs: cfg.fenceTtlMs, metrics, log });
-        const vm = target.vm!;
-        vm.start();
-        await new Promise((r) => setTimeout(r, cfg.resumeMs));
-        vm.pause();
-        const c = vm.guestCounters();
-        const err = vm.lastError();
-        const advanced = img.guestCounters.every((v, i) => i % 2 === 0 || c[i]! > v);
-        resumed = { ok: !err && advanced, detail: err ?? `guest pages written per vCPU ${img.guestCounters.filter((_, i) => i % 2 === 1).join(',')} -> ${[...c].filter((_, i) => i % 2 === 1).join(',')}` };
+        const r = await target.resume(cfg.resumeMs);
+        resumed = { ok: r.running, detail: r.detail };
       } finally {
         target.vm?.destroy();
       }

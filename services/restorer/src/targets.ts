@@ -68,12 +68,12 @@ export interface VcpuStateFile {
 export class FileTarget implements RestoreTarget {
   private fds: number[] = [];
   private names: string[] = [];
-  private layout: ImageLayout | null = null;
+  private pageSize = 0;
 
   constructor(readonly dir: string) {}
 
   open(l: ImageLayout): void {
-    this.layout = l;
+    this.pageSize = l.pageSize;
     for (const s of l.slots) {
       const name = join(this.dir, `${l.vm}.slot${s.id}.raw`);
       let fd: number;
@@ -89,12 +89,12 @@ export class FileTarget implements RestoreTarget {
   }
 
   write(slotIndex: number, firstPage: number, bytes: Uint8Array): void {
-    const ps = this.layout!.pageSize;
+    const ps = this.pageSize;
+    const base = firstPage * ps; // file position of bytes[0]
     forEachNonZeroRun(bytes, ps, (p, n) => {
-      const pos = (firstPage + p) * ps;
       let off = p * ps;
       const end = off + n * ps;
-      while (off < end) off += writeSync(this.fds[slotIndex]!, bytes, off, end - off, pos + off - p * ps);
+      while (off < end) off += writeSync(this.fds[slotIndex]!, bytes, off, end - off, base + off);
     });
   }
 
@@ -118,25 +118,19 @@ export class FileTarget implements RestoreTarget {
     }
   }
 
-  /** The files a finished restore wrote. */
-  files(vm: string): string[] {
-    return [...this.names, join(this.dir, `${vm}.vcpus.json`)];
-  }
 }
 
 /**
  * A fresh KVM VM (no guest program loaded: the image holds it) with the image's memory; finish() sets
- * every vCPU's registers. Call `vm.start()` to resume the guest where the epoch left it.
+ * every vCPU's registers. resume() (or `vm.start()`) resumes the guest where the epoch left it.
  */
 export class KvmTarget implements RestoreTarget {
   vm: KvmVm | null = null;
   restored: RestoredImage | null = null;
-  private layout: ImageLayout | null = null;
 
   constructor(private readonly o: { devPath?: string; ringEntries?: number } = {}) {}
 
   open(l: ImageLayout): void {
-    this.layout = l;
     this.vm = KvmVm.create({
       devPath: this.o.devPath, slotBytes: l.slots.map((s) => s.pages * l.pageSize), vcpus: l.vcpus, loadGuest: false,
       ringEntries: this.o.ringEntries ?? 4096,
@@ -145,8 +139,28 @@ export class KvmTarget implements RestoreTarget {
   }
 
   write(slotIndex: number, firstPage: number, bytes: Uint8Array): void {
-    const ps = this.layout!.pageSize;
-    forEachNonZeroRun(bytes, ps, (p, n) => this.vm!.writeRange(slotIndex, firstPage + p, bytes.subarray(p * ps, (p + n) * ps)));
+    const vm = this.vm!;
+    const ps = vm.pageSize; // checked equal to the image's in open()
+    forEachNonZeroRun(bytes, ps, (p, n) => vm.writeRange(slotIndex, firstPage + p, bytes.subarray(p * ps, (p + n) * ps)));
+  }
+
+  /**
+   * Starts the restored guest (`onRunning` right after), lets it run `ms`, pauses it, and says whether
+   * every vCPU's pages-written counter moved past the epoch's.
+   */
+  async resume(ms: number, onRunning?: () => void): Promise<{ running: boolean; detail: string }> {
+    const vm = this.vm!;
+    const at = this.restored!.guestCounters.filter((_, i) => i % 2 === 1);
+    vm.start();
+    onRunning?.();
+    await new Promise((r) => setTimeout(r, ms));
+    vm.pause();
+    const err = vm.lastError();
+    const now = [...vm.guestCounters()].filter((_, i) => i % 2 === 1);
+    return {
+      running: !err && now.every((v, i) => v > at[i]!),
+      detail: err ? `vCPU error: ${err}` : `pages written per vCPU ${at.join(',')} at the epoch -> ${now.join(',')} ${ms} ms after resuming`,
+    };
   }
 
   finish(img: RestoredImage): void {

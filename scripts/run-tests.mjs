@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Runs every *.test.ts under packages/, proto/, services/, bench/ and scripts/ with Node's test runner and the tsx loader.
+// Runs every *.test.ts under packages/, proto/, services/, bench/, scripts/ and deploy/ with Node's test runner and the tsx loader.
 // Node 20's --test does not expand globs, so the files are listed here. Extra arguments are passed on
 // (e.g. a file filter: `node scripts/run-tests.mjs sim`).
 import { spawnSync } from 'node:child_process';
@@ -16,7 +16,7 @@ function walk(dir) {
     else if (name.endsWith('.test.ts')) files.push(relative(root, p));
   }
 }
-for (const top of ['packages', 'proto', 'services', 'bench', 'scripts']) walk(join(root, top));
+for (const top of ['packages', 'proto', 'services', 'bench', 'scripts', 'deploy']) walk(join(root, top));
 const filters = process.argv.slice(2).filter((a) => !a.startsWith('--'));
 const passOn = process.argv.slice(2).filter((a) => a.startsWith('--'));
 const chosen = filters.length ? files.filter((f) => filters.some((x) => f.includes(x))) : files;

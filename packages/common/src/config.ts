@@ -146,21 +146,24 @@ export function helpText(schema: Schema, usage: string, envPrefix?: string): str
 /**
  * A command's options from its arguments: prints the help and returns exit code 0 on --help; prints
  * every problem (parse errors, then `validate`'s) with the help and returns 2 on bad options;
- * otherwise returns the config.
+ * otherwise returns the config. With `env`, `<prefix><KEY>` environment variables are read too (flags win).
  */
-export function commandConfig<T extends Schema>(name: string, schema: T, usage: string, argv: readonly string[], validate?: (cfg: ConfigOf<T>) => string[]): ConfigOf<T> | number {
+export function commandConfig<T extends Schema>(
+  name: string, schema: T, usage: string, argv: readonly string[], validate?: (cfg: ConfigOf<T>) => string[],
+  env?: { prefix: string; vars: Readonly<Record<string, string | undefined>> },
+): ConfigOf<T> | number {
   if (wantsHelp(argv)) {
-    process.stdout.write(helpText(schema, usage) + '\n');
+    process.stdout.write(helpText(schema, usage, env?.prefix) + '\n');
     return 0;
   }
   try {
-    const cfg = parseConfig(schema, { argv: [...argv] });
+    const cfg = parseConfig(schema, env ? { argv: [...argv], env: env.vars, envPrefix: env.prefix } : { argv: [...argv] });
     const problems = validate?.(cfg) ?? [];
     if (problems.length) throw new ConfigError(problems);
     return cfg;
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
-    process.stderr.write(`${name}: ${err.message}\n\n${helpText(schema, usage)}\n`);
+    process.stderr.write(`${name}: ${err.message}\n\n${helpText(schema, usage, env?.prefix)}\n`);
     return 2;
   }
 }

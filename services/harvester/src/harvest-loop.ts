@@ -167,6 +167,7 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
       const failures = check ? checkFailures(check) : 0;
       if (m) {
         m.pagesHarvested.inc(commit.pages);
+        m.bytesHarvested.inc(commit.bytes);
         m.zeroPages.inc(commit.zeroPages);
         m.ringEntriesHarvested.inc(now.entriesHarvested - prev.entriesHarvested);
         m.invalidEntries.inc(now.invalidEntries - prev.invalidEntries);

@@ -13,3 +13,4 @@ export { KafkaPublisher, type PublisherOptions } from './publish/kafka-publisher
 export { ControlListener } from './publish/control-listener.ts';
 export { ReplicationWindow } from './publish/replication-window.ts';
 export { HARVEST_SCHEMA, type HarvestConfig } from './harvest-config.ts';
+export { HARVESTER_ENV_PREFIX, HARVESTER_SERVICE_SCHEMA } from './service-config.ts';

@@ -34,7 +34,8 @@ test('the harvester service serves /metrics, /healthz and /readyz and stops clea
       'ckpt_harvester_pause_seconds_bucket', 'ckpt_harvester_drain_seconds_bucket', 'ckpt_harvester_epoch_bytes_bucket', 'process_cpu_seconds_total']) {
       assert.ok(text.includes(name), `${name} exported`);
     }
-    assert.match(text, /ckpt_harvester_epochs_total\{kind="delta"\} [1-9]/, 'epochs are being cut');
+    assert.match(text, /ckpt_harvester_epochs_total\{kind="delta",vm="[^"]+"\} [1-9]/, 'epochs are being cut, labelled with the VM');
+    assert.match(text, /ckpt_harvester_harvested_bytes_total\{vm="[^"]+"\} [1-9]/, 'harvested bytes counted');
   } finally {
     child.kill('SIGTERM');
   }

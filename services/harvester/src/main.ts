@@ -6,40 +6,28 @@
  */
 import { Kafka, logLevel } from 'kafkajs';
 import {
-  ConfigError, CkptError, createLogger, helpText, KAFKA_SCHEMA, kafkaClientConfig, parseBrokers, parseConfig, startMetricsServer, wantsHelp,
+  ConfigError, CkptError, createLogger, helpText, kafkaClientConfig, parseBrokers, parseConfig, startMetricsServer, wantsHelp,
 } from '@ckpt/common';
-import { HARVEST_SCHEMA } from './harvest-config.ts';
 import { runHarvest } from './harvest-loop.ts';
+import { HARVESTER_SERVICE_SCHEMA } from './service-config.ts';
 import { createHarvesterMetrics } from './metrics.ts';
 import { ControlListener } from './publish/control-listener.ts';
 import { KafkaPublisher } from './publish/kafka-publisher.ts';
 import { openSource } from './sources/open-source.ts';
 import type { EpochSink } from './epoch/epoch-types.ts';
 
-const SERVICE_SCHEMA = {
-  ...HARVEST_SCHEMA,
-  ...KAFKA_SCHEMA,
-  epochs: { ...HARVEST_SCHEMA.epochs, default: 0 },
-  metricsPort: { ...HARVEST_SCHEMA.metricsPort, default: 9464 },
-  vmId: { type: 'string', default: 'vm-0', help: 'this guest\'s id: the Kafka key and the Redis hash tag (A-Z a-z 0-9 . _ : -)' },
-  maxRecordBytes: { type: 'int', default: 1_000_000, min: 16384, max: 64 << 20, help: 'largest record produced (stay under the topic\'s max.message.bytes)' },
-  compression: { type: 'enum', values: ['none', 'gzip'], default: 'none', help: 'compression of page batches (gzip only where it shrinks a batch)' },
-  maxInFlightBytes: { type: 'int', default: 16 << 20, min: 1 << 20, help: 'bytes queued or unacknowledged by Kafka before the harvester waits' },
-  windowBytes: { type: 'int', default: 0, min: 0, help: 'bytes produced but not yet applied by the replicator before the harvester waits (0 = off; keep it under the topic\'s retention)' },
-  publishTimeoutMs: { type: 'int', default: 30_000, min: 1000, help: 'a record that cannot be published for this long ends the generation (a new baseline follows)' },
-} as const;
 
 const USAGE = 'Usage: node --import tsx services/harvester/src/main.ts\n\nConfigured by environment variables:';
 
 async function main(): Promise<number> {
   if (wantsHelp(process.argv.slice(2))) {
-    process.stdout.write(helpText(SERVICE_SCHEMA, USAGE, 'HARVESTER_') + '\n');
+    process.stdout.write(helpText(HARVESTER_SERVICE_SCHEMA, USAGE, 'HARVESTER_') + '\n');
     return 0;
   }
-  const cfg = parseConfig(SERVICE_SCHEMA, { env: process.env, envPrefix: 'HARVESTER_' });
+  const cfg = parseConfig(HARVESTER_SERVICE_SCHEMA, { env: process.env, envPrefix: 'HARVESTER_' });
   if (!/^[A-Za-z0-9._:-]{1,200}$/.test(cfg.vmId)) throw new ConfigError([`HARVESTER_VM_ID "${cfg.vmId}" may only use A-Z a-z 0-9 . _ : - (1-200 characters)`]);
   const log = createLogger({ service: 'harvester', vm: cfg.vmId });
-  const metrics = createHarvesterMetrics({ defaultMetrics: true });
+  const metrics = createHarvesterMetrics({ defaultMetrics: true, vm: cfg.vmId });
   const brokers = parseBrokers(cfg.kafkaBrokers);
   const kafka = brokers.length ? new Kafka({ ...(kafkaClientConfig(cfg, brokers) as object), logLevel: logLevel.ERROR } as ConstructorParameters<typeof Kafka>[0]) : null;
   if (!kafka) log.warn('HARVESTER_KAFKA_BROKERS is not set: checkpointing locally only, nothing is published');

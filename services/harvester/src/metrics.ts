@@ -4,6 +4,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 export interface HarvesterMetrics {
   registry: Registry;
   pagesHarvested: Counter;
+  bytesHarvested: Counter;
   ringEntriesHarvested: Counter;
   invalidEntries: Counter;
   ringFullExits: Counter;
@@ -30,13 +31,19 @@ export interface HarvesterMetrics {
 const LATENCY_BUCKETS = [50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1];
 const BYTE_BUCKETS = [4096, 65536, 262144, 1 << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20, 1 << 30];
 
-export function createHarvesterMetrics(options: { defaultMetrics?: boolean } = {}): HarvesterMetrics {
+/**
+ * `vm`, when given, labels every series of this registry (process metrics included): one harvester
+ * process serves one guest, so the label's cardinality is the number of guests, one per process.
+ */
+export function createHarvesterMetrics(options: { defaultMetrics?: boolean; vm?: string } = {}): HarvesterMetrics {
   const registry = new Registry();
+  if (options.vm !== undefined) registry.setDefaultLabels({ vm: options.vm });
   if (options.defaultMetrics) collectDefaultMetrics({ register: registry });
   const registers = [registry];
   return {
     registry,
     pagesHarvested: new Counter({ name: 'ckpt_harvester_pages_harvested_total', help: 'Guest pages copied into epochs (zero pages included)', registers }),
+    bytesHarvested: new Counter({ name: 'ckpt_harvester_harvested_bytes_total', help: 'Page data bytes copied into epochs (zero pages excluded)', registers }),
     ringEntriesHarvested: new Counter({ name: 'ckpt_harvester_ring_entries_harvested_total', help: 'Valid dirty-ring entries (or bitmap bits) harvested', registers }),
     invalidEntries: new Counter({ name: 'ckpt_harvester_invalid_entries_total', help: 'Dirty-ring entries dropped because their slot, offset or flags were invalid', registers }),
     ringFullExits: new Counter({ name: 'ckpt_harvester_ring_full_exits_total', help: 'vCPU exits because a dirty ring reached its soft limit (KVM_EXIT_DIRTY_RING_FULL)', registers }),

@@ -2,7 +2,8 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 
 /**
  * Every metric the replicator exports (`ckpt_replicator_*`). The `vm` label appears only on the
- * per-VM gauges (lag, image age, stale); its cardinality is the number of VMs this instance serves.
+ * per-VM gauges (lag, standby age, last epoch, stale); its cardinality is the number of VMs whose
+ * records this instance has handled since it started (bounded by the VMs on its partitions).
  */
 export interface ReplicatorMetrics {
   registry: Registry;
@@ -20,12 +21,29 @@ export interface ReplicatorMetrics {
   resyncRequests: Counter;
   deadLetters: Counter<'reason'>;
   fencedWaits: Counter;
+  consumerLagRecords: Gauge<'partition'>;
+  lastAppliedEpoch: Gauge<'vm'>;
+  standbyAgeSeconds: Gauge<'vm'>;
+  /** Records when the harvester committed the epoch a VM's standby image now holds (feeds the age gauge). */
+  noteStandbyEpoch(vm: string, epoch: number, committedAtMs: number): void;
 }
 
 export function createReplicatorMetrics(options: { defaultMetrics?: boolean } = {}): ReplicatorMetrics {
   const registry = new Registry();
   if (options.defaultMetrics) collectDefaultMetrics({ register: registry });
   const registers = [registry];
+  const committedAt = new Map<string, number>();
+  // Computed at scrape time, so it keeps growing while nothing is applied: the live RPO.
+  const standbyAgeSeconds = new Gauge({
+    name: 'ckpt_replicator_standby_age_seconds',
+    help: 'Time since the harvester committed the epoch the standby image holds, per VM: what a failover now would lose',
+    labelNames: ['vm'],
+    registers,
+    collect() {
+      const now = Date.now();
+      for (const [vm, at] of committedAt) this.set({ vm }, Math.max(0, now - at) / 1000);
+    },
+  });
   return {
     registry,
     records: new Counter({ name: 'ckpt_replicator_records_total', help: 'Records consumed from the pages topic, by kind (begin, batch, commit, bad)', labelNames: ['kind'], registers }),
@@ -42,5 +60,12 @@ export function createReplicatorMetrics(options: { defaultMetrics?: boolean } = 
     resyncRequests: new Counter({ name: 'ckpt_replicator_resync_requests_total', help: 'Baselines requested from harvesters on the control topic', registers }),
     deadLetters: new Counter({ name: 'ckpt_replicator_dead_letters_total', help: 'Records parked on the dead-letter topic, by reason', labelNames: ['reason'], registers }),
     fencedWaits: new Counter({ name: 'ckpt_replicator_fenced_waits_total', help: 'Applies deferred because a restorer holds the VM\'s fence', registers }),
+    consumerLagRecords: new Gauge({ name: 'ckpt_replicator_consumer_lag_records', help: 'Records on the pages topic after the last one handled, per partition this instance consumes', labelNames: ['partition'], registers }),
+    lastAppliedEpoch: new Gauge({ name: 'ckpt_replicator_last_applied_epoch', help: 'Number of the epoch the standby image holds, per VM', labelNames: ['vm'], registers }),
+    standbyAgeSeconds,
+    noteStandbyEpoch(vm: string, epoch: number, committedAtMs: number): void {
+      committedAt.set(vm, committedAtMs);
+      this.lastAppliedEpoch.set({ vm }, epoch);
+    },
   };
 }

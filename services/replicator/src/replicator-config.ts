@@ -1,6 +1,8 @@
 import { KAFKA_SCHEMA, REDIS_SCHEMA, type ConfigOf, type Schema } from '@ckpt/common';
 
-/** The replicator's settings (flags or REPLICATOR_* environment variables). */
+/** The replicator's settings: flags, or REPLICATOR_<KEY> environment variables (flags win). */
+export const REPLICATOR_ENV_PREFIX = 'REPLICATOR_';
+
 export const REPLICATOR_SCHEMA = {
   ...KAFKA_SCHEMA,
   ...REDIS_SCHEMA,

@@ -146,6 +146,7 @@ export class Replicator {
           }
           this.current = null;
           payload.resolveOffset(m.offset);
+          this.o.metrics.consumerLagRecords.set({ partition: batch.partition }, Math.max(0, Number(batch.highWatermark) - Number(m.offset) - 1));
           // Markers open the harvester's replication window: send them soon, not only on the timer.
           if (Date.now() - this.lastFlushMs >= 5) void this.flushMarkers();
           await payload.commitOffsetsIfNecessary();

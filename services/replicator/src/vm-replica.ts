@@ -65,6 +65,7 @@ export class Applier {
       const [meta, asm] = await Promise.all([this.store.readMeta(vm), this.store.readAssembly(vm)]);
       r = { vm, meta, asm, stale: meta?.state === 'stale', lastResyncAtMs: 0, seen: { generation: meta?.generation ?? 0, epoch: meta?.epoch ?? -1 } };
       this.replicas.set(vm, r);
+      if (meta) this.metrics.noteStandbyEpoch(vm, meta.epoch, meta.committedAtMs);
       this.updateGauges(r);
     }
     return r;
@@ -267,6 +268,7 @@ export class Applier {
         r.asm = null;
         r.meta = await this.store.readMeta(r.vm);
         r.stale = r.meta?.state === 'stale';
+        if (r.meta) this.metrics.noteStandbyEpoch(r.vm, r.meta.epoch, r.meta.committedAtMs);
         if (a.baseline && !r.stale) this.log.info('baseline applied', { vm: r.vm, generation: a.generation, pages: c.pages });
         return 'done';
       }

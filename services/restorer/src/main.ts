@@ -2,27 +2,20 @@
  * `npm run restore -- --vm ID --redis-url URL [--out DIR | --resume-ms N] [--allow-stale] [--json]`:
  * restores one VM's committed image from Redis, verified against the epoch's digest, as raw slot files
  * plus vCPU state JSON (--out), or into a fresh KVM VM that is resumed for --resume-ms and checked to
- * make progress. Exit 0 on success, 1 when the image is refused or the restore fails, 2 on bad options.
+ * make progress (--keep-running then leaves it running until SIGTERM: the failover Deployment).
+ * Options also come from RESTORER_<KEY> environment variables; --metrics-port serves /metrics,
+ * /healthz and /readyz (ready once the guest runs). Exit 0 on success, 1 when the image is refused or
+ * the restore fails, 2 on bad options.
  */
 import { renameSync, writeFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
-import { CkptError, commandConfig, ConfigError, createLogger, REDIS_SCHEMA, redisClientOptions, type Schema } from '@ckpt/common';
+import { CkptError, commandConfig, ConfigError, createLogger, redisClientOptions, startMetricsServer, type MetricsServer } from '@ckpt/common';
 import { StandbyStore } from '@ckpt/standby';
 import { createRestorerMetrics } from './metrics.ts';
 import { restoreImage, type RestoredImage } from './restore-image.ts';
+import { RESTORER_ENV_PREFIX, RESTORER_SCHEMA } from './restorer-config.ts';
 import { FileTarget, KvmTarget } from './targets.ts';
 
-const SCHEMA = {
-  vm: { type: 'string', default: '', help: 'the VM to restore (required)' },
-  ...REDIS_SCHEMA,
-  out: { type: 'string', default: '', help: 'write <vm>.slot<id>.raw (sparse) and <vm>.vcpus.json into this directory' },
-  resumeMs: { type: 'int', default: 0, min: 0, max: 3_600_000, help: 'instead of files: load the image into a fresh KVM VM, run it this long, and check its progress counters advance' },
-  devPath: { type: 'string', default: '/dev/kvm', help: 'KVM device for --resume-ms' },
-  allowStale: { type: 'bool', default: false, help: 'restore a stale image (its newest verified epoch) instead of refusing it' },
-  fenceTtlMs: { type: 'int', default: 10_000, min: 500, help: 'lifetime of the fence that holds the replicator back while reading (refreshed)' },
-  json: { type: 'bool', default: false, help: 'print one JSON object as the last line' },
-  metricsFile: { type: 'string', default: '', help: 'write the ckpt_restore_* metrics here (Prometheus text format) when done, for node_exporter\'s textfile collector' },
-} as const satisfies Schema;
 
 const USAGE = `usage: npm run restore -- --vm ID [--redis-url URL] (--out DIR | --resume-ms N) [options]
 
@@ -31,14 +24,15 @@ recomputes its digest from the bytes and refuses it unless it equals the committ
 REDIS_URL is read when --redis-url is not given.`;
 
 async function main(): Promise<number> {
-  const cfg = commandConfig('restore', SCHEMA, USAGE, process.argv.slice(2), (c) => {
+  const cfg = commandConfig('restore', RESTORER_SCHEMA, USAGE, process.argv.slice(2), (c) => {
     const problems: string[] = [];
     if (!c.vm) problems.push('--vm is required');
     if (!c.redisUrl && !process.env.REDIS_URL) problems.push('--redis-url (or REDIS_URL) is required');
     if (!c.out && c.resumeMs === 0) problems.push('say where the image goes: --out DIR or --resume-ms N');
     if (c.out && c.resumeMs > 0) problems.push('--out and --resume-ms exclude each other');
+    if (c.keepRunning && c.resumeMs === 0) problems.push('--keep-running needs --resume-ms N (the check before the guest is left running)');
     return problems;
-  });
+  }, { prefix: RESTORER_ENV_PREFIX, vars: process.env });
   if (typeof cfg === 'number') return cfg;
   let redisOpts;
   try {
@@ -52,7 +46,21 @@ async function main(): Promise<number> {
   const redis = new Redis(redisOpts.url, { ...redisOpts.options, maxRetriesPerRequest: 3, lazyConnect: true });
   redis.on('error', () => undefined);
   const say = (s: string): void => void process.stderr.write(s + '\n');
-  const metrics = createRestorerMetrics();
+  const report = (img: RestoredImage, resumed: { ok: boolean; detail: string } | null): void => {
+    say(`restore: ${cfg.vm} epoch ${img.generation}/${img.epoch}${img.state === 'stale' ? ' (STALE image, taken with --allow-stale)' : ''}, digest ${img.digest} verified`);
+    say(`  ${(img.imageBytes / 2 ** 20).toFixed(0)} MiB of guest memory (${(img.bytesRead / 2 ** 20).toFixed(1)} MiB read) in ${img.durationMs.toFixed(0)} ms: ${img.mbps} MB/s`);
+    if (cfg.out) say(`  written to ${cfg.out}: ${cfg.vm}.slot<id>.raw, ${cfg.vm}.vcpus.json`);
+    if (resumed) say(`  resumed for ${cfg.resumeMs} ms on a fresh KVM VM: ${resumed.ok ? 'running' : 'NOT RUNNING'} (${resumed.detail})`);
+    if (cfg.json) {
+      process.stdout.write(JSON.stringify({
+        vm: img.vm, generation: img.generation, epoch: img.epoch, digest: img.digest, state: img.state, verified: true, imageBytes: img.imageBytes,
+        bytesRead: img.bytesRead, durationMs: Math.round(img.durationMs), restoreMBps: img.mbps, resumed: resumed?.ok ?? null, out: cfg.out || null,
+      }) + '\n');
+    }
+  };
+  const metrics = createRestorerMetrics({ defaultMetrics: cfg.metricsPort >= 0 });
+  let phase = 'restoring';
+  let server: MetricsServer | null = null;
   // Written through a temp file and a rename, so the collector never reads half a file.
   const writeMetrics = async (): Promise<void> => {
     if (!cfg.metricsFile) return;
@@ -60,6 +68,7 @@ async function main(): Promise<number> {
     renameSync(`${cfg.metricsFile}.tmp`, cfg.metricsFile);
   };
   try {
+    if (cfg.metricsPort >= 0) server = await startMetricsServer(metrics.registry, cfg.metricsPort, () => (phase === 'running' ? null : phase));
     try {
       await redis.connect();
     } catch (err) {
@@ -76,23 +85,28 @@ async function main(): Promise<number> {
         img = await restoreImage(store, cfg.vm, target, { allowStale: cfg.allowStale, fenceTtlMs: cfg.fenceTtlMs, metrics, log });
         const r = await target.resume(cfg.resumeMs);
         resumed = { ok: r.running, detail: r.detail };
+        report(img, resumed);
+        if (cfg.keepRunning && r.running) {
+          phase = 'running';
+          say('  keeping the guest running until SIGTERM or SIGINT');
+          target.vm!.start();
+          await new Promise<void>((resolve) => {
+            process.once('SIGTERM', resolve);
+            process.once('SIGINT', resolve);
+          });
+          target.vm!.pause();
+          say('restore: stopped; the guest was paused and its VM destroyed');
+        }
       } finally {
         target.vm?.destroy();
       }
+      phase = 'done';
     }
-    say(`restore: ${cfg.vm} epoch ${img.generation}/${img.epoch}${img.state === 'stale' ? ' (STALE image, taken with --allow-stale)' : ''}, digest ${img.digest} verified`);
-    say(`  ${(img.imageBytes / 2 ** 20).toFixed(0)} MiB of guest memory (${(img.bytesRead / 2 ** 20).toFixed(1)} MiB read) in ${img.durationMs.toFixed(0)} ms: ${img.mbps} MB/s`);
-    if (cfg.out) say(`  written to ${cfg.out}: ${cfg.vm}.slot<id>.raw, ${cfg.vm}.vcpus.json`);
-    if (resumed) say(`  resumed for ${cfg.resumeMs} ms on a fresh KVM VM: ${resumed.ok ? 'running' : 'NOT RUNNING'} (${resumed.detail})`);
-    if (cfg.json) {
-      process.stdout.write(JSON.stringify({
-        vm: img.vm, generation: img.generation, epoch: img.epoch, digest: img.digest, state: img.state, verified: true, imageBytes: img.imageBytes,
-        bytesRead: img.bytesRead, durationMs: Math.round(img.durationMs), restoreMBps: img.mbps, resumed: resumed?.ok ?? null, out: cfg.out || null,
-      }) + '\n');
-    }
+    if (cfg.out) report(img, resumed);
     await writeMetrics();
     return resumed && !resumed.ok ? 1 : 0;
   } catch (err) {
+    phase = 'failed';
     if (!(err instanceof CkptError)) throw err;
     await writeMetrics();
     say(`restore: FAILED: ${err.message}`);
@@ -100,6 +114,7 @@ async function main(): Promise<number> {
     return 1;
   } finally {
     redis.disconnect();
+    await server?.close();
   }
 }
 

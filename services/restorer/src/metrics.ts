@@ -1,4 +1,4 @@
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /** The restorer's metrics (`ckpt_restore_*`). */
 export interface RestorerMetrics {
@@ -6,6 +6,8 @@ export interface RestorerMetrics {
   durationSeconds: Histogram;
   bytes: Counter;
   restores: Counter<'outcome'>;
+  throughput: Gauge;
+  lastSuccess: Gauge;
 }
 
 export function createRestorerMetrics(options: { defaultMetrics?: boolean } = {}): RestorerMetrics {
@@ -17,5 +19,7 @@ export function createRestorerMetrics(options: { defaultMetrics?: boolean } = {}
     durationSeconds: new Histogram({ name: 'ckpt_restore_duration_seconds', help: 'Time to read, verify and hand over one image (fence to release)', buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120], registers }),
     bytes: new Counter({ name: 'ckpt_restore_bytes_total', help: 'Guest memory bytes restored and verified', registers }),
     restores: new Counter({ name: 'ckpt_restores_total', help: 'Restores by outcome: ok, ok-stale, refused-stale, refused-digest, error', labelNames: ['outcome'], registers }),
+    throughput: new Gauge({ name: 'ckpt_restore_throughput_bytes_per_second', help: 'Guest memory bytes per second of the last successful restore (read, verify, hand over)', registers }),
+    lastSuccess: new Gauge({ name: 'ckpt_restore_last_success_timestamp_seconds', help: 'Unix time the last successful restore finished', registers }),
   };
 }

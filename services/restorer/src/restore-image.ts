@@ -127,6 +127,8 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
     await target.finish(image);
     outcome = image.state === 'ok' ? 'ok' : 'ok-stale';
     opts.metrics?.bytes.inc(image.imageBytes);
+    opts.metrics?.throughput.set(image.imageBytes / (image.durationMs / 1000));
+    opts.metrics?.lastSuccess.set(Date.now() / 1000);
     log.info('image restored', { vm, generation: image.generation, epoch: image.epoch, digest: image.digest, bytes: image.imageBytes, ms: Math.round(image.durationMs), mbps: image.mbps });
     return image;
   } catch (err) {

@@ -34,7 +34,7 @@ export function knownMetrics(): KnownMetric[] {
   return [
     ...fromRegistry(createHarvesterMetrics({ defaultMetrics: true }).registry, 'harvester', 'ckpt_harvester_'),
     ...fromRegistry(createReplicatorMetrics({ defaultMetrics: true }).registry, 'replicator', 'ckpt_replicator_'),
-    ...fromRegistry(createRestorerMetrics({ defaultMetrics: true }).registry, 'restorer', 'ckpt_restore'),
+    ...fromRegistry(createRestorerMetrics({ defaultMetrics: true }).registry, 'restorer', 'ckpt_restorer_'),
   ];
 }
 

@@ -1,6 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
-/** The restorer's metrics (`ckpt_restore_*`). */
+/** Every metric the restorer exports (`ckpt_restorer_*`). */
 export interface RestorerMetrics {
   registry: Registry;
   durationSeconds: Histogram;
@@ -16,10 +16,10 @@ export function createRestorerMetrics(options: { defaultMetrics?: boolean } = {}
   const registers = [registry];
   return {
     registry,
-    durationSeconds: new Histogram({ name: 'ckpt_restore_duration_seconds', help: 'Time to read, verify and hand over one image (fence to release)', buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120], registers }),
-    bytes: new Counter({ name: 'ckpt_restore_bytes_total', help: 'Guest memory bytes restored and verified', registers }),
-    restores: new Counter({ name: 'ckpt_restores_total', help: 'Restores by outcome: ok, ok-stale, refused-stale, refused-digest, error', labelNames: ['outcome'], registers }),
-    throughput: new Gauge({ name: 'ckpt_restore_throughput_bytes_per_second', help: 'Guest memory bytes per second of the last successful restore (read, verify, hand over)', registers }),
-    lastSuccess: new Gauge({ name: 'ckpt_restore_last_success_timestamp_seconds', help: 'Unix time the last successful restore finished', registers }),
+    durationSeconds: new Histogram({ name: 'ckpt_restorer_duration_seconds', help: 'Time to read, verify and hand over one image (fence to release)', buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120], registers }),
+    bytes: new Counter({ name: 'ckpt_restorer_bytes_total', help: 'Guest memory bytes restored and verified', registers }),
+    restores: new Counter({ name: 'ckpt_restorer_restores_total', help: 'Restores by outcome: ok, ok-stale, refused-stale, refused-digest, error', labelNames: ['outcome'], registers }),
+    throughput: new Gauge({ name: 'ckpt_restorer_throughput_bytes_per_second', help: 'Guest memory bytes per second of the last successful restore (read, verify, hand over)', registers }),
+    lastSuccess: new Gauge({ name: 'ckpt_restorer_last_success_timestamp_seconds', help: 'Unix time the last successful restore finished', registers }),
   };
 }

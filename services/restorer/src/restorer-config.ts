@@ -13,6 +13,6 @@ export const RESTORER_SCHEMA = {
   allowStale: { type: 'bool', default: false, help: 'restore a stale image (its newest verified epoch) instead of refusing it' },
   fenceTtlMs: { type: 'int', default: 10_000, min: 500, help: 'lifetime of the fence that holds the replicator back while reading (refreshed)' },
   json: { type: 'bool', default: false, help: 'print one JSON object as the last line' },
-  metricsFile: { type: 'string', default: '', help: 'write the ckpt_restore_* metrics here (Prometheus text format) when done, for node_exporter\'s textfile collector' },
+  metricsFile: { type: 'string', default: '', help: 'write the ckpt_restorer_* metrics here (Prometheus text format) when done, for node_exporter\'s textfile collector' },
   metricsPort: { type: 'int', default: -1, min: -1, max: 65535, help: 'serve /metrics, /healthz and /readyz on this port while running (-1 = off, 0 = any free port)' },
 } as const satisfies Schema;

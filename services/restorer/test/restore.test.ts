@@ -87,8 +87,8 @@ test('an applied image comes back byte for byte, with its epoch, vCPU state and 
   assert.equal(t.restored, img);
   assert.equal(await redis.exists(store.keys('vm-a').fence), 0, 'the fence is released');
   const text = await metrics.registry.metrics();
-  assert.match(text, /ckpt_restores_total\{outcome="ok"\} 1/);
-  assert.match(text, new RegExp(`ckpt_restore_bytes_total ${SLOT_PAGES * PAGE}`));
+  assert.match(text, /ckpt_restorer_restores_total\{outcome="ok"\} 1/);
+  assert.match(text, new RegExp(`ckpt_restorer_bytes_total ${SLOT_PAGES * PAGE}`));
 });
 
 test('raw slot files and the vCPU state JSON, written only once verified', async () => {
@@ -120,7 +120,7 @@ test('a stale image is refused unless the caller takes the newest verified epoch
   const metrics = createRestorerMetrics();
   const err = await rejects(restoreImage(store, 'vm-s', new SparseTarget(), { metrics }), 'CKPT_ERR_RESTORE_STALE');
   assert.match(err.message, /stale \(missing-epoch: test\).*epoch 3\/1.*--allow-stale/);
-  assert.match(await metrics.registry.metrics(), /ckpt_restores_total\{outcome="refused-stale"\} 1/);
+  assert.match(await metrics.registry.metrics(), /ckpt_restorer_restores_total\{outcome="refused-stale"\} 1/);
   const t = new SparseTarget();
   const img = await restoreImage(store, 'vm-s', t, { allowStale: true });
   assert.equal(img.state, 'stale');
@@ -140,7 +140,7 @@ test('NEGATIVE: an image corrupted behind the replicator\'s back is refused, and
     const err = await rejects(restoreImage(store, 'vm-c', new FileTarget(dir), { metrics }), 'CKPT_ERR_RESTORE_DIGEST');
     assert.match(err.message, /does not verify.*epoch 5\/1.*refusing/);
     assert.deepEqual(readdirSync(dir), [], 'nothing written survives a refused restore');
-    assert.match(await metrics.registry.metrics(), /ckpt_restores_total\{outcome="refused-digest"\} 1/);
+    assert.match(await metrics.registry.metrics(), /ckpt_restorer_restores_total\{outcome="refused-digest"\} 1/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -283,14 +283,14 @@ test('NEGATIVE: npm run restore exits 1 and says FAILED on a corrupted image; 0 
     const run = (): ReturnType<typeof spawnSync> => spawnSync(process.execPath, ['--import', 'tsx', main, '--vm', 'vm-cli', '--redis-url', server.url, '--out', dir, '--json', '--metrics-file', prom], { encoding: 'utf8' });
     const good = run();
     assert.equal(good.status, 0, String(good.stderr));
-    assert.match(readFileSync(prom, 'utf8'), /ckpt_restores_total\{outcome="ok"\} 1/);
+    assert.match(readFileSync(prom, 'utf8'), /ckpt_restorer_restores_total\{outcome="ok"\} 1/);
     assert.equal((JSON.parse(String(good.stdout).trim().split('\n').at(-1)!) as { verified: boolean }).verified, true);
     await redis.setrange(store.keys('vm-cli').chunk(3, 0, 0), 5 * PAGE, 'Q');
     const bad = run();
     assert.equal(bad.status, 1, String(bad.stderr));
     assert.match(String(bad.stderr), /FAILED: the standby image of vm-cli does not verify/);
     assert.equal((JSON.parse(String(bad.stdout).trim().split('\n').at(-1)!) as { code: string }).code, 'CKPT_ERR_RESTORE_DIGEST');
-    assert.match(readFileSync(prom, 'utf8'), /ckpt_restores_total\{outcome="refused-digest"\} 1/);
+    assert.match(readFileSync(prom, 'utf8'), /ckpt_restorer_restores_total\{outcome="refused-digest"\} 1/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

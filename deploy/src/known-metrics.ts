@@ -22,17 +22,18 @@ export interface KnownMetric {
 /** Series Prometheus itself adds to every target. */
 export const SCRAPE_SERIES = ['up', 'scrape_duration_seconds', 'scrape_samples_scraped', 'scrape_series_added'] as const;
 
-function fromRegistry(registry: Registry, service: KnownMetric['service'], own: string): KnownMetric[] {
+function fromRegistry(registry: Registry, service: KnownMetric['service'], own: string, defaultLabels: string[] = []): KnownMetric[] {
   return registry.getMetricsAsArray().map((m) => {
     const metric = m as unknown as { name: string; help: string; type: MetricType; labelNames?: string[] };
-    return { name: metric.name, type: metric.type, help: metric.help, labels: [...(metric.labelNames ?? [])], service, builtin: !metric.name.startsWith(own) };
+    return { name: metric.name, type: metric.type, help: metric.help, labels: [...(metric.labelNames ?? []), ...defaultLabels], service, builtin: !metric.name.startsWith(own) };
   });
 }
 
 /** Every metric family each service registers, default process metrics included. */
 export function knownMetrics(): KnownMetric[] {
   return [
-    ...fromRegistry(createHarvesterMetrics({ defaultMetrics: true }).registry, 'harvester', 'ckpt_harvester_'),
+    // The harvester service labels every series with its guest's id (one guest per process).
+    ...fromRegistry(createHarvesterMetrics({ defaultMetrics: true, vm: 'probe' }).registry, 'harvester', 'ckpt_harvester_', ['vm']),
     ...fromRegistry(createReplicatorMetrics({ defaultMetrics: true }).registry, 'replicator', 'ckpt_replicator_'),
     ...fromRegistry(createRestorerMetrics({ defaultMetrics: true }).registry, 'restorer', 'ckpt_restorer_'),
   ];

@@ -8,6 +8,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
+import { freePort } from '@ckpt/embedded';
 import { StandbyStore } from '@ckpt/standby';
 import { spawnReplicator, startServers, stopChild } from '../src/index.ts';
 
@@ -16,7 +17,8 @@ const REPLICATOR_MAIN = fileURLToPath(new URL('../../../services/replicator/src/
 
 test('harvester and replicator services: the standby of a running guest is a consistent committed epoch', async () => {
   const servers = await startServers({ partitions: 2 });
-  const replicator = spawnReplicator(servers);
+  const metricsPort = await freePort();
+  const replicator = spawnReplicator(servers, { REPLICATOR_METRICS_PORT: String(metricsPort) });
   const harvester = spawn(process.execPath, ['--import', 'tsx', HARVESTER_MAIN], {
     env: {
       ...process.env, HARVESTER_SOURCE: 'sim', HARVESTER_MEM_MIB: '32', HARVESTER_VCPUS: '1', HARVESTER_RATE: '2000', HARVESTER_INTERVAL_MS: '50',
@@ -43,6 +45,15 @@ test('harvester and replicator services: the standby of a running guest is a con
     const recomputed = await store.computeImageDigest('svc-vm', g, meta.slots, meta.pageSize);
     const again = await store.readMeta('svc-vm');
     if (again?.generation === g && again.epoch === meta.epoch) assert.equal(recomputed.toHex(), meta.digest);
+    // What an operator sees: the live RPO per VM, the applied epoch, the Kafka lag, and readiness.
+    const base = `http://127.0.0.1:${metricsPort}`;
+    assert.equal((await fetch(`${base}/readyz`)).status, 200);
+    const text = await (await fetch(`${base}/metrics`)).text();
+    const age = /^ckpt_replicator_standby_age_seconds\{vm="svc-vm"\} (\S+)$/m.exec(text);
+    assert.ok(age && Number(age[1]) >= 0 && Number(age[1]) < 30, `standby age of svc-vm: ${age?.[1]}`);
+    const last = /^ckpt_replicator_last_applied_epoch\{vm="svc-vm"\} (\d+)$/m.exec(text);
+    assert.ok(last && Number(last[1]) >= 5, `last applied epoch ${last?.[1]}`);
+    assert.match(text, /^ckpt_replicator_consumer_lag_records\{partition="\d"\} \d+$/m);
   } finally {
     const exited = new Promise<number | null>((r) => harvester.once('exit', (code) => r(code)));
     harvester.kill('SIGTERM');

@@ -55,7 +55,7 @@ export function createReplicatorMetrics(options: { defaultMetrics?: boolean } = 
     lagSeconds: new Gauge({ name: 'ckpt_replicator_lag_seconds', help: 'Harvester commit to apply of the last applied epoch, per VM', labelNames: ['vm'], registers }),
     staleVms: new Gauge({ name: 'ckpt_replicator_stale_vms', help: 'VMs whose standby image is stale (waiting for a baseline)', registers }),
     vmStale: new Gauge({ name: 'ckpt_replicator_vm_stale', help: '1 when this VM\'s standby image is stale', labelNames: ['vm'], registers }),
-    gaps: new Counter({ name: 'ckpt_replicator_gaps_total', help: 'Continuity breaks detected, by reason (missing-epoch, missing-batch, new-generation, no-image)', labelNames: ['reason'], registers }),
+    gaps: new Counter({ name: 'ckpt_replicator_gaps_total', help: 'Continuity breaks detected, by reason (missing-epoch, missing-batch, new-generation, no-image, digest-mismatch)', labelNames: ['reason'], registers }),
     digestMismatches: new Counter({ name: 'ckpt_replicator_digest_mismatches_total', help: 'Epochs refused because the standby digest would not equal the commit record\'s', registers }),
     resyncRequests: new Counter({ name: 'ckpt_replicator_resync_requests_total', help: 'Baselines requested from harvesters on the control topic', registers }),
     deadLetters: new Counter({ name: 'ckpt_replicator_dead_letters_total', help: 'Records parked on the dead-letter topic, by reason', labelNames: ['reason'], registers }),

@@ -29,18 +29,19 @@ function setup(vm: string) {
   const store = new StandbyStore(redis, `t${Math.random().toString(36).slice(2, 8)}`);
   const dead: { vm: string | null; reason: DeadLetterReason; detail: string }[] = [];
   const resyncs: string[] = [];
+  const metrics = createReplicatorMetrics();
   const applier = new Applier(store, {
     deadLetter: (v, reason, detail) => { dead.push({ vm: v, reason, detail }); return Promise.resolve(); },
     requestResync: (v, reason) => { resyncs.push(`${v}: ${reason}`); return Promise.resolve(); },
     processed: () => undefined,
-  }, createReplicatorMetrics(), silentLogger, { maxRecordBytes: 1 << 20, resyncRetryMs: 60_000 });
+  }, metrics, silentLogger, { maxRecordBytes: 1 << 20, resyncRetryMs: 60_000 });
   const feed = async (recs: Buffer[]): Promise<void> => { for (const r of recs) assert.equal(await applier.handle(r, vm), 'done'); };
   const image = async (): Promise<{ epoch: number; digest: string; state: string; bytesDigest: string }> => {
     const m = await store.readMeta(vm);
     if (!m) return { epoch: -1, digest: '', state: 'none', bytesDigest: '' };
     return { epoch: m.epoch, digest: m.digest, state: m.state, bytesDigest: (await store.computeImageDigest(vm, m.generation, m.slots, m.pageSize)).toHex() };
   };
-  return { store, applier, dead, resyncs, feed, image };
+  return { store, applier, dead, resyncs, feed, image, metrics };
 }
 
 const pages = (entries: [number, number][]): Map<number, number> => new Map(entries);
@@ -64,6 +65,26 @@ test('epochs apply in order; the image equals the model after each commit; redel
   assert.deepEqual((await t.image()).epoch, 1);
   assert.ok(t.dead.length >= e1.length && t.dead.every((d) => d.reason === 'duplicate'), JSON.stringify(t.dead));
   assert.equal(t.resyncs.length, 0);
+});
+
+test('the standby age (live RPO) grows while nothing is applied and drops when an epoch lands', async () => {
+  const t = setup('vm-age');
+  const h = new FakeHarvester('vm-age', 100);
+  const sample = async (name: string): Promise<number> => {
+    const m = new RegExp(`^${name}\\{vm="vm-age"\\} (\\S+)$`, 'm').exec(await t.metrics.registry.metrics());
+    assert.ok(m, `${name} exported for vm-age`);
+    return Number(m[1]);
+  };
+  await t.feed(h.epochRecords(pages([[1, 7]])));
+  assert.equal(await sample('ckpt_replicator_last_applied_epoch'), 0);
+  const a0 = await sample('ckpt_replicator_standby_age_seconds');
+  await new Promise((r) => setTimeout(r, 400));
+  const a1 = await sample('ckpt_replicator_standby_age_seconds');
+  assert.ok(a1 - a0 >= 0.35, `age grows with no new epoch: ${a0} -> ${a1}`);
+  await t.feed(h.epochRecords(pages([[2, 8]])));
+  assert.equal(await sample('ckpt_replicator_last_applied_epoch'), 1);
+  const a2 = await sample('ckpt_replicator_standby_age_seconds');
+  assert.ok(a2 < a1 - 0.3, `age drops once epoch 1 is applied: ${a1} -> ${a2}`);
 });
 
 test('bad records are parked with their reason and the image stays the committed epoch', async () => {

@@ -5,7 +5,7 @@
  * restores through the whole harvest → apply → restore path.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,7 +14,7 @@ import { after, before, test } from 'node:test';
 import type { Producer } from 'kafkajs';
 import { Redis } from 'ioredis';
 import { CkptError, silentLogger, type SparseImage } from '@ckpt/common';
-import { RedisServer } from '@ckpt/embedded';
+import { freePort, RedisServer } from '@ckpt/embedded';
 import { KafkaPublisher, openSource, runHarvest, ShadowVerifier, type EpochCommit } from '@ckpt/harvester';
 import { Applier, createReplicatorMetrics } from '@ckpt/replicator';
 import { StandbyStore } from '@ckpt/standby';
@@ -248,6 +248,42 @@ test('real KVM: a restored guest resumes on a fresh VM and its progress counters
   }
 });
 
+test('real KVM: the failover service (RESTORER_* env, --keep-running) runs the restored guest, is ready only then, and stops on SIGTERM', async (t) => {
+  const k = kvmAvailability();
+  if (!k.usable) {
+    process.stderr.write(`skip: ${t.name}: KVM is not usable here: ${k.reason}\n`);
+    t.skip(k.reason);
+    return;
+  }
+  await harvestIntoRedis('vm-fo', { ...guest, source: 'kvm', memMib: 32, vcpus: 1, rate: 20000, fill: false }, 3);
+  const port = await freePort();
+  const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('../src/main.ts', import.meta.url))], {
+    env: { ...process.env, RESTORER_VM: 'vm-fo', RESTORER_REDIS_URL: server.url, RESTORER_RESUME_MS: '150', RESTORER_KEEP_RUNNING: 'true', RESTORER_METRICS_PORT: String(port) },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let log = '';
+  child.stderr.on('data', (d: Buffer) => { log += d.toString(); });
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  try {
+    const base = `http://127.0.0.1:${port}`;
+    let ready = 0;
+    for (const deadline = Date.now() + 30_000; Date.now() < deadline && ready !== 200;) {
+      ready = await fetch(`${base}/readyz`).then((r) => r.status, () => 0);
+      if (ready !== 200) await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(ready, 200, `ready once the guest runs; log: ${log}`);
+    assert.match(log, /running \(pages written per vCPU/);
+    const text = await (await fetch(`${base}/metrics`)).text();
+    assert.match(text, /^ckpt_restorer_restores_total\{outcome="ok"\} 1$/m);
+    assert.ok(Number(/^ckpt_restorer_throughput_bytes_per_second (\S+)$/m.exec(text)?.[1]) > 0, 'throughput recorded');
+    assert.match(text, /^process_cpu_seconds_total /m, 'process metrics on');
+  } finally {
+    child.kill('SIGTERM');
+  }
+  assert.equal(await exited, 0, log);
+  assert.match(log, /stopped; the guest was paused/);
+});
+
 test('a 4 GiB sparse simulator guest: harvested, applied, restored to memory and to a sparse file', async () => {
   const vm = 'vm-big';
   const { shadow, last: commit } = await harvestIntoRedis(vm, { ...guest, source: 'sim', memMib: 4096, vcpus: 1, rate: 3000, fill: true }, 4);
@@ -291,6 +327,10 @@ test('NEGATIVE: npm run restore exits 1 and says FAILED on a corrupted image; 0 
     assert.match(String(bad.stderr), /FAILED: the standby image of vm-cli does not verify/);
     assert.equal((JSON.parse(String(bad.stdout).trim().split('\n').at(-1)!) as { code: string }).code, 'CKPT_ERR_RESTORE_DIGEST');
     assert.match(readFileSync(prom, 'utf8'), /ckpt_restorer_restores_total\{outcome="refused-digest"\} 1/);
+    const misused = spawnSync(process.execPath, ['--import', 'tsx', main, '--out', dir, '--keep-running'], { encoding: 'utf8', env: { ...process.env, RESTORER_VM: 'vm-cli', RESTORER_REDIS_URL: server.url } });
+    assert.equal(misused.status, 2, String(misused.stderr));
+    assert.match(String(misused.stderr), /--keep-running needs --resume-ms N/);
+    assert.match(String(misused.stderr), /env: RESTORER_KEEP_RUNNING/, 'the help names the environment variables');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

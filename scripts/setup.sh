@@ -28,6 +28,25 @@ if ((${#need[@]})); then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# promtool, for the alert-rule checks (deploy/src/alert-rules.ts). Debian's prometheus package ships it,
+# but installing that package would also install and start a Prometheus server: only the binary is
+# extracted from the .deb.
+if ! command -v promtool >/dev/null; then
+  if [[ $(id -u) -ne 0 ]]; then log "missing promtool (run as root, or copy usr/bin/promtool out of Debian's prometheus package into your PATH)"; exit 1; fi
+  log "installing promtool (extracted from Debian's prometheus package)"
+  tmp=$(mktemp -d)
+  # apt-get download runs as the _apt user, which must be able to write here.
+  chown _apt "$tmp" 2>/dev/null || chmod 777 "$tmp"
+  # apt-get download needs the package lists, which a fresh image does not have yet.
+  if ! (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1); then
+    apt-get update -qq
+    (cd "$tmp" && apt-get download -qq prometheus >/dev/null)
+  fi
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"
+  install -m 0755 "$tmp/root/usr/bin/promtool" /usr/local/bin/promtool
+  rm -rf "$tmp"
+fi
+
 # npm dependencies, exactly as locked; skipped when node_modules matches the lock file.
 stamp=node_modules/.ckpt-lock-stamp
 if [[ ! -f $stamp ]] || ! cmp -s package-lock.json "$stamp"; then

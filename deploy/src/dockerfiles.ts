@@ -49,7 +49,7 @@ export function lintDockerfile(service: Service, text?: string, root = ROOT): st
   }
   const problems: string[] = [];
   const at = (line: number, what: string): void => void problems.push(`${file}:${line}: ${what}`);
-  for (const d of validate(text)) at(d.range.start.line + 1, `${d.message} (dockerfile-utils)`);
+  for (const d of validate(text)) at(d.range.start.line + 1, `${typeof d.message === 'string' ? d.message : d.message.value} (dockerfile-utils)`);
 
   const all = instructions(text);
   const froms = all.filter((x) => x.keyword === 'FROM');

@@ -26,6 +26,8 @@ export interface ReplicatorMetrics {
   standbyAgeSeconds: Gauge<'vm'>;
   /** Records when the harvester committed the epoch a VM's standby image now holds (feeds the age gauge). */
   noteStandbyEpoch(vm: string, epoch: number, committedAtMs: number): void;
+  /** Drops a VM's per-VM series: its partition moved to another instance, which reports it now. */
+  forgetVm(vm: string): void;
 }
 
 export function createReplicatorMetrics(options: { defaultMetrics?: boolean } = {}): ReplicatorMetrics {
@@ -66,6 +68,10 @@ export function createReplicatorMetrics(options: { defaultMetrics?: boolean } = 
     noteStandbyEpoch(vm: string, epoch: number, committedAtMs: number): void {
       committedAt.set(vm, committedAtMs);
       this.lastAppliedEpoch.set({ vm }, epoch);
+    },
+    forgetVm(vm: string): void {
+      committedAt.delete(vm);
+      for (const g of [this.lastAppliedEpoch, this.standbyAgeSeconds, this.lagEpochs, this.lagSeconds, this.vmStale]) g.remove({ vm });
     },
   };
 }

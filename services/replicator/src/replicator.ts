@@ -63,6 +63,9 @@ export class Replicator {
   private markerTimer: NodeJS.Timeout | null = null;
   private current: { topic: string; partition: number; offset: string; raw: Buffer } | null = null;
   private running = false;
+  /** Where each VM's records come from, and the partitions with a lag series, to drop them when they move. */
+  private readonly vmPartitions = new Map<string, number>();
+  private readonly lagPartitions = new Set<number>();
   private lastError: string | null = null;
 
   constructor(private readonly o: ReplicatorOptions) {
@@ -88,6 +91,19 @@ export class Replicator {
     this.consumer.on(this.consumer.events.GROUP_JOIN, (e) => {
       // Partitions may have moved: what other instances did is in Redis, not in our cache.
       this.applier.forget();
+      // Per-VM and per-partition series of partitions now owned by another instance would freeze (and
+      // the standby age keep growing) here while the new owner reports the truth: drop them.
+      const assigned = new Set(e.payload.memberAssignment[this.o.topics.pages] ?? []);
+      for (const [vm, partition] of this.vmPartitions) {
+        if (assigned.has(partition)) continue;
+        this.vmPartitions.delete(vm);
+        this.o.metrics.forgetVm(vm);
+      }
+      for (const partition of this.lagPartitions) {
+        if (assigned.has(partition)) continue;
+        this.lagPartitions.delete(partition);
+        this.o.metrics.consumerLagRecords.remove({ partition });
+      }
       this.o.log.info('joined the consumer group', { memberId: e.payload.memberId, assignment: e.payload.memberAssignment });
     });
     this.consumer.on(this.consumer.events.CRASH, (e) => {
@@ -147,6 +163,8 @@ export class Replicator {
           this.current = null;
           payload.resolveOffset(m.offset);
           this.o.metrics.consumerLagRecords.set({ partition: batch.partition }, Math.max(0, Number(batch.highWatermark) - Number(m.offset) - 1));
+          this.lagPartitions.add(batch.partition);
+          if (key !== null && this.vmPartitions.get(key) !== batch.partition) this.vmPartitions.set(key, batch.partition);
           // Markers open the harvester's replication window: send them soon, not only on the timer.
           if (Date.now() - this.lastFlushMs >= 5) void this.flushMarkers();
           await payload.commitOffsetsIfNecessary();

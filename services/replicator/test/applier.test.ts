@@ -85,6 +85,9 @@ test('the standby age (live RPO) grows while nothing is applied and drops when a
   assert.equal(await sample('ckpt_replicator_last_applied_epoch'), 1);
   const a2 = await sample('ckpt_replicator_standby_age_seconds');
   assert.ok(a2 < a1 - 0.3, `age drops once epoch 1 is applied: ${a1} -> ${a2}`);
+  // Its partition moved to another replicator: this one stops reporting the VM instead of freezing it.
+  t.metrics.forgetVm('vm-age');
+  assert.doesNotMatch(await t.metrics.registry.metrics(), /vm="vm-age"/);
 });
 
 test('bad records are parked with their reason and the image stays the committed epoch', async () => {

@@ -31,7 +31,8 @@ fi
 # promtool, for the alert-rule checks (deploy/src/alert-rules.ts). Debian's prometheus package ships it,
 # but installing that package would also install and start a Prometheus server: only the binary is
 # extracted from the .deb.
-if ! command -v promtool >/dev/null; then
+# The drill does not need it (CKPT_SETUP_PROMTOOL=0 from scripts/drill.sh).
+if [[ "${CKPT_SETUP_PROMTOOL:-1}" == 1 ]] && ! command -v promtool >/dev/null; then
   if [[ $(id -u) -ne 0 ]]; then log "missing promtool (run as root, or copy usr/bin/promtool out of Debian's prometheus package into your PATH)"; exit 1; fi
   log "installing promtool (extracted from Debian's prometheus package)"
   tmp=$(mktemp -d)

@@ -39,6 +39,27 @@ export function instructions(text: string): Instruction[] {
   return out;
 }
 
+/** The instructions of the last stage (after its FROM): what the image runs with. */
+export function finalStage(all: readonly Instruction[]): Instruction[] {
+  return all.slice(all.map((i) => i.keyword).lastIndexOf('FROM') + 1);
+}
+
+/** What an image declares in its final stage: EXPOSEd ports and ENV (both `KEY=value` and `KEY value` forms). */
+export function imageDeclarations(text: string): { expose: number[]; env: Record<string, string> } {
+  const final = finalStage(instructions(text));
+  const expose = final.filter((i) => i.keyword === 'EXPOSE').flatMap((i) => i.args.split(/\s+/)).map((p) => Number.parseInt(p, 10)).filter(Number.isFinite);
+  const env: Record<string, string> = {};
+  for (const i of final.filter((x) => x.keyword === 'ENV')) {
+    const pairs = [...i.args.matchAll(/([A-Za-z_][A-Za-z0-9_]*)=("(?:[^"\\]|\\.)*"|\S*)/g)];
+    if (pairs.length === 0) {
+      const m = /^(\S+)\s+(.*)$/.exec(i.args); // the legacy `ENV KEY value` form
+      if (m) env[m[1]!] = m[2]!;
+    }
+    for (const [, k, v] of pairs) env[k!] = v!.startsWith('"') ? (JSON.parse(v!) as string) : v!;
+  }
+  return { expose, env };
+}
+
 /** Problems in one service's Dockerfile (`text` defaults to the committed file). */
 export function lintDockerfile(service: Service, text?: string, root = ROOT): string[] {
   const file = `services/${service}/Dockerfile`;
@@ -58,21 +79,21 @@ export function lintDockerfile(service: Service, text?: string, root = ROOT): st
     const image = f.args.split(/\s+/)[0]!;
     if (!/:[\w.-]+$/.test(image) || image.endsWith(':latest')) at(f.line, `base image ${image} is not pinned to a version tag`);
   }
-  const lastFrom = all.lastIndexOf(froms.at(-1)!);
-  const final = all.slice(lastFrom);
+  const final = finalStage(all);
+  // Problems of the final stage as a whole are reported at its FROM.
+  const stageLine = froms.at(-1)?.line ?? 1;
+  const declared = imageDeclarations(text);
   const user = final.filter((x) => x.keyword === 'USER').at(-1);
   const uid = user ? Number(user.args.split(':')[0]) : NaN;
   if (!user) at(all.at(-1)?.line ?? 1, 'the final stage sets no USER: the service would run as root');
   else if (!Number.isInteger(uid) || uid === 0) at(user.line, `USER ${user.args}: use a numeric non-zero uid (runAsNonRoot can only verify a numeric one)`);
 
   const port = METRICS_PORTS[service];
-  const exposed = final.filter((x) => x.keyword === 'EXPOSE').flatMap((x) => x.args.split(/\s+/)).map((p) => Number(p.split('/')[0]));
-  if (!exposed.includes(port)) at(final[0]!.line, `the final stage does not EXPOSE the metrics port ${port}`);
+  if (!declared.expose.includes(port)) at(stageLine, `the final stage does not EXPOSE the metrics port ${port}`);
   const envVar = `${service.toUpperCase()}_METRICS_PORT`;
-  const envs = final.filter((x) => x.keyword === 'ENV').map((x) => x.args).join(' ');
-  const m = new RegExp(`\\b${envVar}=(\\d+)`).exec(envs);
-  if (!m) at(final[0]!.line, `the final stage does not set ${envVar}=${port}`);
-  else if (Number(m[1]) !== port) at(final[0]!.line, `${envVar}=${m[1]} but the metrics port is ${port}`);
+  const envPort = declared.env[envVar];
+  if (envPort === undefined) at(stageLine, `the final stage does not set ${envVar}=${port}`);
+  else if (Number(envPort) !== port) at(stageLine, `${envVar}=${envPort} but the metrics port is ${port}`);
 
   const entry = final.filter((x) => x.keyword === 'ENTRYPOINT').at(-1);
   let argv: unknown = null;
@@ -82,7 +103,7 @@ export function lintDockerfile(service: Service, text?: string, root = ROOT): st
     argv = null;
   }
   const main = `services/${service}/src/main.ts`;
-  if (!entry) at(final[0]!.line, 'no ENTRYPOINT');
+  if (!entry) at(stageLine, 'no ENTRYPOINT');
   else if (!Array.isArray(argv)) at(entry.line, 'ENTRYPOINT is not in exec form: a shell in between would not pass SIGTERM on');
   else if (!argv.includes(main)) at(entry.line, `ENTRYPOINT does not run ${main}`);
   else if (!existsSync(join(root, main))) at(entry.line, `${main} does not exist`);

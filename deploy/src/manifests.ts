@@ -57,7 +57,7 @@ import { Secret } from 'kubernetes-models/v1/Secret';
 import { Service } from 'kubernetes-models/v1/Service';
 import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import type { CheckResult } from './check-result.ts';
-import { instructions } from './dockerfiles.ts';
+import { imageDeclarations as dockerfileDeclarations, type Service as ServiceName } from './dockerfiles.ts';
 import { parseImage, podSpecReferences, podSpecsOf, renderWithSources, type K8sObject } from './kustomize.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
@@ -290,7 +290,6 @@ class Overlay {
 // ---------------------------------------------------------------------------------------------
 // 2. Service configuration
 
-type ServiceName = 'harvester' | 'replicator' | 'restorer';
 
 interface ServiceSpec {
   image: string;
@@ -477,19 +476,7 @@ const imageCache = new Map<ServiceName, { expose: number[]; env: Record<string, 
 export function imageDeclarations(service: ServiceName): { expose: number[]; env: Record<string, string> } {
   let d = imageCache.get(service);
   if (!d) {
-    const all = instructions(readFileSync(join(ROOT, `services/${service}/Dockerfile`), 'utf8'));
-    const final = all.slice(all.map((i) => i.keyword).lastIndexOf('FROM') + 1);
-    const expose = final.filter((i) => i.keyword === 'EXPOSE').flatMap((i) => i.args.split(/\s+/)).map((p) => Number.parseInt(p, 10)).filter(Number.isFinite);
-    const env: Record<string, string> = {};
-    for (const i of final.filter((x) => x.keyword === 'ENV')) {
-      const pairs = [...i.args.matchAll(/([A-Za-z_][A-Za-z0-9_]*)=("(?:[^"\\]|\\.)*"|\S*)/g)];
-      if (pairs.length === 0) {
-        const m = /^(\S+)\s+(.*)$/.exec(i.args); // the legacy `ENV KEY value` form
-        if (m) env[m[1]!] = m[2]!;
-      }
-      for (const [, k, v] of pairs) env[k!] = v!.startsWith('"') ? (JSON.parse(v!) as string) : v!;
-    }
-    d = { expose, env };
+    d = dockerfileDeclarations(readFileSync(join(ROOT, `services/${service}/Dockerfile`), 'utf8'));
     imageCache.set(service, d);
   }
   return d;

@@ -9,7 +9,7 @@ import {
   ConfigError, CkptError, createLogger, helpText, kafkaClientConfig, parseBrokers, parseConfig, startMetricsServer, wantsHelp,
 } from '@ckpt/common';
 import { runHarvest } from './harvest-loop.ts';
-import { HARVESTER_SERVICE_SCHEMA } from './service-config.ts';
+import { HARVESTER_ENV_PREFIX, HARVESTER_SERVICE_SCHEMA } from './service-config.ts';
 import { createHarvesterMetrics } from './metrics.ts';
 import { ControlListener } from './publish/control-listener.ts';
 import { KafkaPublisher } from './publish/kafka-publisher.ts';
@@ -21,10 +21,10 @@ const USAGE = 'Usage: node --import tsx services/harvester/src/main.ts\n\nConfig
 
 async function main(): Promise<number> {
   if (wantsHelp(process.argv.slice(2))) {
-    process.stdout.write(helpText(HARVESTER_SERVICE_SCHEMA, USAGE, 'HARVESTER_') + '\n');
+    process.stdout.write(helpText(HARVESTER_SERVICE_SCHEMA, USAGE, HARVESTER_ENV_PREFIX) + '\n');
     return 0;
   }
-  const cfg = parseConfig(HARVESTER_SERVICE_SCHEMA, { env: process.env, envPrefix: 'HARVESTER_' });
+  const cfg = parseConfig(HARVESTER_SERVICE_SCHEMA, { env: process.env, envPrefix: HARVESTER_ENV_PREFIX });
   if (!/^[A-Za-z0-9._:-]{1,200}$/.test(cfg.vmId)) throw new ConfigError([`HARVESTER_VM_ID "${cfg.vmId}" may only use A-Z a-z 0-9 . _ : - (1-200 characters)`]);
   const log = createLogger({ service: 'harvester', vm: cfg.vmId });
   const metrics = createHarvesterMetrics({ defaultMetrics: true, vm: cfg.vmId });

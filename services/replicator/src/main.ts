@@ -8,7 +8,7 @@ import {
   ConfigError, createLogger, helpText, kafkaClientConfig, parseBrokers, parseConfig, redisClientOptions, startMetricsServer, wantsHelp,
 } from '@ckpt/common';
 import { createReplicatorMetrics } from './metrics.ts';
-import { REPLICATOR_SCHEMA } from './replicator-config.ts';
+import { REPLICATOR_ENV_PREFIX, REPLICATOR_SCHEMA } from './replicator-config.ts';
 import { Replicator } from './replicator.ts';
 
 const USAGE = 'usage: node --import tsx services/replicator/src/main.ts [options]\n\nConsumes epochs from Kafka and applies each complete, verified epoch atomically to a standby image in Redis.';
@@ -16,7 +16,7 @@ const USAGE = 'usage: node --import tsx services/replicator/src/main.ts [options
 async function main(): Promise<number> {
   const argv = process.argv.slice(2);
   if (wantsHelp(argv)) {
-    process.stdout.write(helpText(REPLICATOR_SCHEMA, USAGE, 'REPLICATOR_') + '\n');
+    process.stdout.write(helpText(REPLICATOR_SCHEMA, USAGE, REPLICATOR_ENV_PREFIX) + '\n');
     return 0;
   }
   const log = createLogger({ service: 'replicator' });
@@ -24,7 +24,7 @@ async function main(): Promise<number> {
   let kafka;
   let redisOpts;
   try {
-    cfg = parseConfig(REPLICATOR_SCHEMA, { argv, env: process.env, envPrefix: 'REPLICATOR_' });
+    cfg = parseConfig(REPLICATOR_SCHEMA, { argv, env: process.env, envPrefix: REPLICATOR_ENV_PREFIX });
     const problems: string[] = [];
     if (!cfg.kafkaBrokers) problems.push('--kafka-brokers / REPLICATOR_KAFKA_BROKERS is required');
     if (!cfg.redisUrl) problems.push('--redis-url / REPLICATOR_REDIS_URL is required');
@@ -33,7 +33,7 @@ async function main(): Promise<number> {
     redisOpts = redisClientOptions(cfg, cfg.redisUrl);
   } catch (err) {
     if (err instanceof ConfigError) {
-      process.stderr.write(`replicator: ${err.message}\n\n${helpText(REPLICATOR_SCHEMA, USAGE, 'REPLICATOR_')}\n`);
+      process.stderr.write(`replicator: ${err.message}\n\n${helpText(REPLICATOR_SCHEMA, USAGE, REPLICATOR_ENV_PREFIX)}\n`);
       return 2;
     }
     throw err;

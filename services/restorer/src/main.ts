@@ -16,7 +16,6 @@ import { restoreImage, type RestoredImage } from './restore-image.ts';
 import { RESTORER_ENV_PREFIX, RESTORER_SCHEMA } from './restorer-config.ts';
 import { FileTarget, KvmTarget } from './targets.ts';
 
-
 const USAGE = `usage: npm run restore -- --vm ID [--redis-url URL] (--out DIR | --resume-ms N) [options]
 
 Reads the VM's committed image from Redis under a fence (one committed epoch, named in the output),
@@ -75,14 +74,14 @@ async function main(): Promise<number> {
       throw new CkptError('CKPT_ERR_REDIS_UNREACHABLE', `cannot connect to Redis at ${redisOpts.url.replace(/\/\/[^@]*@/, '//***@')}: ${(err as Error).message}`);
     }
     const store = new StandbyStore(redis, cfg.redisPrefix);
-    let img: RestoredImage;
+    const options = { allowStale: cfg.allowStale, fenceTtlMs: cfg.fenceTtlMs, metrics, log };
     let resumed: { ok: boolean; detail: string } | null = null;
     if (cfg.out) {
-      img = await restoreImage(store, cfg.vm, new FileTarget(cfg.out), { allowStale: cfg.allowStale, fenceTtlMs: cfg.fenceTtlMs, metrics, log });
+      report(await restoreImage(store, cfg.vm, new FileTarget(cfg.out), options), null);
     } else {
       const target = new KvmTarget({ devPath: cfg.devPath });
       try {
-        img = await restoreImage(store, cfg.vm, target, { allowStale: cfg.allowStale, fenceTtlMs: cfg.fenceTtlMs, metrics, log });
+        const img = await restoreImage(store, cfg.vm, target, options);
         const r = await target.resume(cfg.resumeMs);
         resumed = { ok: r.running, detail: r.detail };
         report(img, resumed);
@@ -102,7 +101,6 @@ async function main(): Promise<number> {
       }
       phase = 'done';
     }
-    if (cfg.out) report(img, resumed);
     await writeMetrics();
     return resumed && !resumed.ok ? 1 : 0;
   } catch (err) {

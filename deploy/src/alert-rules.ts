@@ -17,6 +17,7 @@ import { parse, stringify } from 'yaml';
 import type { CheckResult } from './check-result.ts';
 import { knownSeriesNames } from './known-metrics.ts';
 import { parsePromQL } from './promql.ts';
+import { asArray, isObject, type JsonObject } from './json-shape.ts';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -38,9 +39,7 @@ export const RULE_LABELS: Readonly<Record<string, string>> = { 'app.kubernetes.i
 
 const PROMTOOL_MISSING = 'promtool is not installed: run `npm run setup` as root (or `bash scripts/setup.sh`), which extracts it from Debian\'s prometheus package into /usr/local/bin';
 
-type Json = Record<string, unknown>;
-const isObject = (v: unknown): v is Json => v !== null && typeof v === 'object' && !Array.isArray(v);
-const asArray = (v: unknown): unknown[] => (Array.isArray(v) ? v : []);
+type Json = JsonObject;
 const nonEmptyString = (v: unknown): v is string => typeof v === 'string' && v.trim() !== '';
 /** A YAML value as text for messages and for PromQL (an `expr` may be a bare number). */
 const str = (v: unknown): string => (typeof v === 'string' ? v : v !== null && typeof v === 'object' ? JSON.stringify(v) : String(v));

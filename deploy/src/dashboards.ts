@@ -12,6 +12,7 @@ import { DASHBOARDS, DASHBOARDS_FOLDER, SIDECAR_LABEL, renderDashboard, type Das
 import type { CheckResult } from './check-result.ts';
 import { knownSeriesNames } from './known-metrics.ts';
 import { parsePromQL, substituteGrafanaVariables } from './promql.ts';
+import { asArray, isObject, type JsonObject } from './json-shape.ts';
 
 const GRAFANA_DIR = fileURLToPath(new URL('../grafana/', import.meta.url));
 /** What every panel, target and query variable must use: the dashboard's Prometheus variable. */
@@ -29,10 +30,8 @@ export interface DashboardQuery {
   expr: string;
 }
 
-type Json = Record<string, unknown>;
+type Json = JsonObject;
 
-const isObject = (v: unknown): v is Json => v !== null && typeof v === 'object' && !Array.isArray(v);
-const asArray = (v: unknown): unknown[] => (Array.isArray(v) ? v : []);
 
 /** Panels in order, those inside (collapsed) rows included; rows themselves are returned too. */
 export function dashboardPanels(dashboard: unknown): Json[] {

@@ -23,6 +23,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { basename, isAbsolute, join, relative, resolve } from 'node:path';
 import YAML from 'yaml';
 import { CkptError } from '@ckpt/common';
+import { isObject, type JsonObject } from './json-shape.ts';
 
 /** One Kubernetes object as rendered. */
 export interface K8sObject {
@@ -46,7 +47,7 @@ export class KustomizeError extends CkptError {
   }
 }
 
-type Obj = Record<string, unknown>;
+type Obj = JsonObject;
 
 interface Res {
   obj: K8sObject;
@@ -78,7 +79,6 @@ const CLUSTER_SCOPED = new Set([
   'FlowSchema', 'PriorityLevelConfiguration', 'PodSecurityPolicy',
 ]);
 
-const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 const clone = <T>(v: T): T => structuredClone(v);
 /** A value for a message: strings as they are, anything else as JSON. */
 const show = (v: unknown): string => (typeof v === 'string' ? v : JSON.stringify(v));
@@ -102,7 +102,7 @@ function asList(v: unknown, file: string, field: string): unknown[] {
 
 function asStringMap(v: unknown, file: string, field: string): Record<string, string> {
   if (v === undefined || v === null) return {};
-  if (!isObj(v)) fail('INVALID', file, `${field} must be a map`);
+  if (!isObject(v)) fail('INVALID', file, `${field} must be a map`);
   for (const [k, x] of Object.entries(v)) if (typeof x !== 'string') fail('INVALID', file, `${field}.${k} must be a string (quote it: "${String(x)}")`);
   return v as Record<string, string>;
 }
@@ -135,7 +135,7 @@ function parseObjects(text: string, file: string): K8sObject[] {
     if (doc.errors.length) fail('INVALID', file, `not YAML: ${doc.errors[0]!.message}`);
     const v: unknown = doc.toJS();
     if (v === null || v === undefined) continue;
-    if (!isObj(v)) fail('INVALID', file, 'a document is not a Kubernetes object (a map)');
+    if (!isObject(v)) fail('INVALID', file, 'a document is not a Kubernetes object (a map)');
     if (typeof v.kind === 'string' && v.kind.endsWith('List') && Array.isArray(v.items)) {
       for (const item of v.items) out.push(checkObject(item, file));
     } else {
@@ -146,9 +146,9 @@ function parseObjects(text: string, file: string): K8sObject[] {
 }
 
 function checkObject(v: unknown, file: string): K8sObject {
-  if (!isObj(v)) fail('INVALID', file, 'an item is not a map');
+  if (!isObject(v)) fail('INVALID', file, 'an item is not a map');
   if (typeof v.apiVersion !== 'string' || typeof v.kind !== 'string') fail('INVALID', file, 'an object has no apiVersion or kind');
-  if (!isObj(v.metadata) || typeof v.metadata.name !== 'string' || v.metadata.name === '') fail('INVALID', file, `a ${v.kind} has no metadata.name`);
+  if (!isObject(v.metadata) || typeof v.metadata.name !== 'string' || v.metadata.name === '') fail('INVALID', file, `a ${v.kind} has no metadata.name`);
   return v as K8sObject;
 }
 
@@ -164,7 +164,7 @@ interface GeneratorOptions {
 
 function parseOptions(v: unknown, file: string, where: string, base?: GeneratorOptions): GeneratorOptions {
   const o = v ?? {};
-  if (!isObj(o)) fail('INVALID', file, `${where} must be a map`);
+  if (!isObject(o)) fail('INVALID', file, `${where} must be a map`);
   strictKeys(o, ['labels', 'annotations', 'disableNameSuffixHash', 'immutable'], file, where);
   for (const b of ['disableNameSuffixHash', 'immutable'] as const) {
     if (o[b] !== undefined && typeof o[b] !== 'boolean') fail('INVALID', file, `${where}.${b} must be true or false`);
@@ -190,7 +190,7 @@ function parseLiteral(s: string, file: string, where: string): [string, string] 
 
 function generate(kind: 'ConfigMap' | 'Secret', spec: unknown, dir: string, file: string, defaults: GeneratorOptions): Res {
   const field = kind === 'ConfigMap' ? 'configMapGenerator' : 'secretGenerator';
-  if (!isObj(spec)) fail('INVALID', file, `${field} entries must be maps`);
+  if (!isObject(spec)) fail('INVALID', file, `${field} entries must be maps`);
   strictKeys(spec, ['name', 'namespace', 'behavior', 'files', 'literals', 'envs', 'env', 'options', ...(kind === 'Secret' ? ['type'] : [])], file, field);
   const name = spec.name;
   if (typeof name !== 'string' || name === '') fail('INVALID', file, `${field} entry without a name`);
@@ -269,8 +269,8 @@ export function nameHash(obj: K8sObject): string {
   const m: Obj = obj.kind === 'Secret'
     ? { kind: 'Secret', type: obj.type ?? '', name: obj.metadata.name, data: obj.data ?? '' }
     : { kind: 'ConfigMap', name: obj.metadata.name, data: obj.data ?? '' };
-  if (obj.kind === 'ConfigMap' && isObj(obj.binaryData)) m.binaryData = obj.binaryData;
-  if (obj.kind === 'Secret' && isObj(obj.stringData)) m.stringData = obj.stringData;
+  if (obj.kind === 'ConfigMap' && isObject(obj.binaryData)) m.binaryData = obj.binaryData;
+  if (obj.kind === 'Secret' && isObject(obj.stringData)) m.stringData = obj.stringData;
   const hex = createHash('sha256').update(goJson(m)).digest('hex');
   const map: Record<string, string> = { '0': 'g', '1': 'h', '3': 'k', a: 'm', e: 't' };
   return [...hex.slice(0, 10)].map((c) => map[c] ?? c).join('');
@@ -311,15 +311,15 @@ function nativeMergeKey(path: readonly string[], kind: string): string | null {
 const ASSOCIATIVE_KEYS = ['mountPath', 'devicePath', 'ip', 'type', 'topologyKey', 'name', 'containerPort'];
 
 function inferredMergeKey(lists: unknown[][]): string | null {
-  const items = lists.flat().filter((x) => !(isObj(x) && Object.keys(x).length === 1 && '$patch' in x));
-  if (items.length === 0 || !items.every(isObj)) return null;
-  return ASSOCIATIVE_KEYS.find((k) => items.every((x) => isObj(x) && x[k] !== undefined)) ?? null;
+  const items = lists.flat().filter((x) => !(isObject(x) && Object.keys(x).length === 1 && '$patch' in x));
+  if (items.length === 0 || !items.every(isObject)) return null;
+  return ASSOCIATIVE_KEYS.find((k) => items.every((x) => isObject(x) && x[k] !== undefined)) ?? null;
 }
 
 /** Drops `null` values (deletions of fields that do not exist) from a patch value being added whole. */
 function cleanPatch(v: unknown, file: string): unknown {
-  if (Array.isArray(v)) return v.filter((x) => !(isObj(x) && x.$patch === 'delete')).map((x) => cleanPatch(x, file));
-  if (!isObj(v)) return v;
+  if (Array.isArray(v)) return v.filter((x) => !(isObject(x) && x.$patch === 'delete')).map((x) => cleanPatch(x, file));
+  if (!isObject(v)) return v;
   const out: Obj = {};
   for (const [k, x] of Object.entries(v)) {
     if (k === '$patch') continue;
@@ -330,12 +330,12 @@ function cleanPatch(v: unknown, file: string): unknown {
 }
 
 function smpMerge(target: unknown, patch: unknown, path: string[], ctx: { kind: string; native: boolean; file: string }): unknown {
-  if (isObj(patch)) {
+  if (isObject(patch)) {
     const directive = patch.$patch;
     if (directive === 'delete') return DELETE;
     if (directive === 'replace') return cleanPatch(patch, ctx.file);
     if (directive !== undefined) fail('UNSUPPORTED', ctx.file, `$patch: ${show(directive)} is not supported (delete or replace)`);
-    if (!isObj(target)) return cleanPatch(patch, ctx.file);
+    if (!isObject(target)) return cleanPatch(patch, ctx.file);
     const out: Obj = { ...target };
     for (const [k, v] of Object.entries(patch)) {
       if (k.startsWith('$')) fail('UNSUPPORTED', ctx.file, `patch directive ${k} is not supported by this renderer`);
@@ -350,15 +350,15 @@ function smpMerge(target: unknown, patch: unknown, path: string[], ctx: { kind: 
     return out;
   }
   if (Array.isArray(patch)) {
-    if (patch.some((x) => isObj(x) && x.$patch === 'replace' && Object.keys(x).length === 1)) {
-      return cleanPatch(patch.filter((x) => !(isObj(x) && x.$patch === 'replace')), ctx.file);
+    if (patch.some((x) => isObject(x) && x.$patch === 'replace' && Object.keys(x).length === 1)) {
+      return cleanPatch(patch.filter((x) => !(isObject(x) && x.$patch === 'replace')), ctx.file);
     }
     const key = ctx.native ? nativeMergeKey(path, ctx.kind) : inferredMergeKey([patch, Array.isArray(target) ? target : []]);
     if (!key || !Array.isArray(target)) return cleanPatch(patch, ctx.file);
     const out: unknown[] = [...(target as unknown[])];
     for (const item of patch) {
-      if (!isObj(item) || item[key] === undefined) fail('PATCH', ctx.file, `an item of ${path.join('.')} has no merge key "${key}"`);
-      const i = out.findIndex((x) => isObj(x) && x[key] === item[key]);
+      if (!isObject(item) || item[key] === undefined) fail('PATCH', ctx.file, `an item of ${path.join('.')} has no merge key "${key}"`);
+      const i = out.findIndex((x) => isObject(x) && x[key] === item[key]);
       if (i < 0) {
         if (item.$patch !== 'delete') out.push(cleanPatch(item, ctx.file));
         continue;
@@ -380,7 +380,7 @@ function isNativeKind(apiVersion: string): boolean {
 
 function applySmp(res: Res, patch: Obj, file: string): Res | null {
   const { apiVersion: _a, kind: _k, ...rest } = patch;
-  const meta = isObj(rest.metadata) ? { ...rest.metadata } : undefined;
+  const meta = isObject(rest.metadata) ? { ...rest.metadata } : undefined;
   // The patch's own name and namespace only select the target; they are not applied.
   if (meta) {
     delete meta.name;
@@ -404,7 +404,7 @@ function applyJson6902(doc: unknown, ops: unknown[], file: string): unknown {
     let cur: unknown = root;
     for (const s of segs.slice(0, -1)) {
       if (Array.isArray(cur)) cur = cur[Number(s)];
-      else if (isObj(cur)) cur = cur[s];
+      else if (isObject(cur)) cur = cur[s];
       else cur = undefined;
       if (cur === undefined) fail('PATCH', file, `${op}: path /${segs.join('/')} does not exist`);
     }
@@ -413,7 +413,7 @@ function applyJson6902(doc: unknown, ops: unknown[], file: string): unknown {
   const get = (segs: string[], op: string): unknown => {
     if (segs.length === 0) return root;
     const { parent, key } = parentOf(segs, op);
-    const v: unknown = Array.isArray(parent) ? (parent as unknown[])[Number(key)] : isObj(parent) ? parent[key] : undefined;
+    const v: unknown = Array.isArray(parent) ? (parent as unknown[])[Number(key)] : isObject(parent) ? parent[key] : undefined;
     if (v === undefined) fail('PATCH', file, `${op}: path /${segs.join('/')} does not exist`);
     return v;
   };
@@ -435,7 +435,7 @@ function applyJson6902(doc: unknown, ops: unknown[], file: string): unknown {
       if (!Number.isInteger(i) || i < 0 || i > parent.length) fail('PATCH', file, `${op}: index ${key} is out of range`);
       if (replace) parent[i] = clone(value);
       else parent.splice(i, 0, clone(value));
-    } else if (isObj(parent)) {
+    } else if (isObject(parent)) {
       if (replace && !(key in parent)) fail('PATCH', file, `${op}: path /${segs.join('/')} does not exist`);
       parent[key] = clone(value);
     } else {
@@ -443,7 +443,7 @@ function applyJson6902(doc: unknown, ops: unknown[], file: string): unknown {
     }
   };
   for (const raw of ops) {
-    if (!isObj(raw) || typeof raw.op !== 'string' || typeof raw.path !== 'string') fail('PATCH', file, 'a JSON 6902 operation needs op and path');
+    if (!isObject(raw) || typeof raw.op !== 'string' || typeof raw.path !== 'string') fail('PATCH', file, 'a JSON 6902 operation needs op and path');
     const segs = pointer(raw.path, file);
     switch (raw.op) {
       case 'add': add(segs, raw.value, 'add', false); break;
@@ -500,10 +500,10 @@ function targetMatches(t: Target, o: K8sObject, file: string): boolean {
 function applyPatches(resources: Res[], entries: unknown[], dir: string, file: string): Res[] {
   let out = resources;
   for (const entry of entries) {
-    if (!isObj(entry)) fail('INVALID', file, 'patches entries must be maps with path or patch');
+    if (!isObject(entry)) fail('INVALID', file, 'patches entries must be maps with path or patch');
     strictKeys(entry, ['path', 'patch', 'target', 'options'], file, 'patches entry');
     if (entry.options !== undefined) {
-      if (!isObj(entry.options)) fail('INVALID', file, 'patches options must be a map');
+      if (!isObject(entry.options)) fail('INVALID', file, 'patches options must be a map');
       strictKeys(entry.options, ['allowNameChange', 'allowKindChange'], file, 'patches options');
       if (entry.options.allowNameChange || entry.options.allowKindChange) fail('UNSUPPORTED', file, 'allowNameChange/allowKindChange are not supported');
     }
@@ -523,7 +523,7 @@ function applyPatches(resources: Res[], entries: unknown[], dir: string, file: s
     }
     let target: Target | undefined;
     if (entry.target !== undefined) {
-      if (!isObj(entry.target)) fail('INVALID', file, 'patch target must be a map');
+      if (!isObject(entry.target)) fail('INVALID', file, 'patch target must be a map');
       strictKeys(entry.target, ['group', 'version', 'kind', 'name', 'namespace', 'labelSelector', 'annotationSelector'], file, 'patch target');
       for (const [k, v] of Object.entries(entry.target)) if (typeof v !== 'string') fail('INVALID', file, `patch target ${k} must be a string`);
       target = entry.target;
@@ -541,7 +541,7 @@ function applyPatches(resources: Res[], entries: unknown[], dir: string, file: s
       continue;
     }
     for (const doc of docs) {
-      if (!isObj(doc)) fail('INVALID', where, 'a strategic-merge patch must be a map');
+      if (!isObject(doc)) fail('INVALID', where, 'a strategic-merge patch must be a map');
       let matched: Res[];
       if (target) {
         matched = out.filter((r) => targetMatches(target, r.obj, where));
@@ -616,7 +616,7 @@ function addAt(node: unknown, path: readonly string[], pairs: Record<string, str
     if (Array.isArray(node)) for (const item of node) addAt(item, rest, pairs, create);
     return;
   }
-  if (!isObj(node)) return;
+  if (!isObject(node)) return;
   if (rest.length === 0) {
     if (node[head!] === undefined || node[head!] === null) {
       if (!create) return;
@@ -670,7 +670,7 @@ export function parseImage(image: string): ImageRef {
 
 function applyImages(resources: Res[], entries: unknown[], file: string): void {
   const rules = entries.map((e) => {
-    if (!isObj(e)) fail('INVALID', file, 'images entries must be maps');
+    if (!isObject(e)) fail('INVALID', file, 'images entries must be maps');
     strictKeys(e, ['name', 'newName', 'newTag', 'digest'], file, 'images entry');
     for (const k of ['name', 'newName', 'newTag', 'digest']) {
       if (e[k] !== undefined && typeof e[k] !== 'string') fail('INVALID', file, `images ${k} must be a string (quote a numeric tag: "1.0")`);
@@ -683,11 +683,11 @@ function applyImages(resources: Res[], entries: unknown[], file: string): void {
       for (const x of node) visit(x);
       return;
     }
-    if (!isObj(node)) return;
+    if (!isObject(node)) return;
     for (const [k, v] of Object.entries(node)) {
       if ((k === 'containers' || k === 'initContainers') && Array.isArray(v)) {
         for (const c of v) {
-          if (!isObj(c) || typeof c.image !== 'string') continue;
+          if (!isObject(c) || typeof c.image !== 'string') continue;
           const ref = parseImage(c.image);
           const rule = rules.find((x) => x.name === ref.name);
           if (!rule) continue;
@@ -705,13 +705,13 @@ function applyImages(resources: Res[], entries: unknown[], file: string): void {
 
 function applyReplicas(resources: Res[], entries: unknown[], file: string): void {
   for (const e of entries) {
-    if (!isObj(e)) fail('INVALID', file, 'replicas entries must be maps');
+    if (!isObject(e)) fail('INVALID', file, 'replicas entries must be maps');
     strictKeys(e, ['name', 'count'], file, 'replicas entry');
     if (typeof e.name !== 'string' || !Number.isInteger(e.count) || (e.count as number) < 0) fail('INVALID', file, 'replicas entries need a name and a whole count');
     const hits = resources.filter((r) => ['Deployment', 'ReplicaSet', 'ReplicationController', 'StatefulSet'].includes(r.obj.kind) && r.obj.metadata.name === e.name);
     if (hits.length === 0) fail('INVALID', file, `replicas: no Deployment, ReplicaSet, ReplicationController or StatefulSet named ${e.name}`);
     for (const r of hits) {
-      const spec: Obj = isObj(r.obj.spec) ? r.obj.spec : (r.obj.spec = {});
+      const spec: Obj = isObject(r.obj.spec) ? r.obj.spec : (r.obj.spec = {});
       spec.replicas = e.count;
     }
   }
@@ -731,7 +731,7 @@ function accumulate(dir: string, stack: readonly string[]): Res[] {
     fail('INVALID', file, `not YAML: ${(err as Error).message}`, err);
   }
   if (k === null || k === undefined) k = {};
-  if (!isObj(k)) fail('INVALID', file, 'a kustomization must be a map');
+  if (!isObject(k)) fail('INVALID', file, 'a kustomization must be a map');
   for (const key of Object.keys(k)) {
     if (KNOWN_UNSUPPORTED.has(key)) fail('UNSUPPORTED', file, `"${key}" is a kustomize field this renderer does not implement; use ${SUPPORTED_FIELDS.size} supported fields: ${[...SUPPORTED_FIELDS].join(', ')}`);
     if (!SUPPORTED_FIELDS.has(key)) fail('UNKNOWN_FIELD', file, `unknown field "${key}" (kustomize would reject it too)`);
@@ -772,7 +772,7 @@ function accumulate(dir: string, stack: readonly string[]): Res[] {
     for (const r of resources) if (!CLUSTER_SCOPED.has(r.obj.kind)) r.obj.metadata.namespace = k.namespace;
   }
   for (const l of asList(k.labels, file, 'labels')) {
-    if (!isObj(l)) fail('INVALID', file, 'labels entries must be maps');
+    if (!isObject(l)) fail('INVALID', file, 'labels entries must be maps');
     strictKeys(l, ['pairs', 'includeSelectors', 'includeTemplates', 'fields'], file, 'labels entry');
     if (l.fields !== undefined) fail('UNSUPPORTED', file, 'labels[].fields is not supported by this renderer');
     applyLabels(resources, asStringMap(l.pairs, file, 'labels.pairs'), l.includeSelectors === true, l.includeTemplates === true);
@@ -792,12 +792,12 @@ function accumulate(dir: string, stack: readonly string[]): Res[] {
 
 /** Where pod specs sit in each workload kind. */
 export function podSpecsOf(o: K8sObject): Obj[] {
-  const spec = isObj(o.spec) ? o.spec : undefined;
-  const tmpl = (s: unknown): Obj | undefined => (isObj(s) && isObj(s.template) && isObj(s.template.spec) ? s.template.spec : undefined);
+  const spec = isObject(o.spec) ? o.spec : undefined;
+  const tmpl = (s: unknown): Obj | undefined => (isObject(s) && isObject(s.template) && isObject(s.template.spec) ? s.template.spec : undefined);
   let ps: Obj | undefined;
   if (o.kind === 'Pod') ps = spec;
   else if (['Deployment', 'ReplicaSet', 'ReplicationController', 'DaemonSet', 'StatefulSet', 'Job'].includes(o.kind)) ps = tmpl(spec);
-  else if (o.kind === 'CronJob' && isObj(spec?.jobTemplate)) ps = tmpl(spec.jobTemplate.spec);
+  else if (o.kind === 'CronJob' && isObject(spec?.jobTemplate)) ps = tmpl(spec.jobTemplate.spec);
   return ps ? [ps] : [];
 }
 
@@ -805,15 +805,15 @@ export function podSpecsOf(o: K8sObject): Obj[] {
 export function podSpecReferences(ps: Obj): { kind: 'ConfigMap' | 'Secret'; holder: Obj; field: string; where: string }[] {
   const out: { kind: 'ConfigMap' | 'Secret'; holder: Obj; field: string; where: string }[] = [];
   const push = (kind: 'ConfigMap' | 'Secret', holder: unknown, field: string, where: string): void => {
-    if (isObj(holder) && typeof holder[field] === 'string') out.push({ kind, holder, field, where });
+    if (isObject(holder) && typeof holder[field] === 'string') out.push({ kind, holder, field, where });
   };
   for (const v of Array.isArray(ps.volumes) ? ps.volumes : []) {
-    if (!isObj(v)) continue;
+    if (!isObject(v)) continue;
     push('ConfigMap', v.configMap, 'name', `volume ${String(v.name)}`);
     push('Secret', v.secret, 'secretName', `volume ${String(v.name)}`);
-    if (isObj(v.projected) && Array.isArray(v.projected.sources)) {
+    if (isObject(v.projected) && Array.isArray(v.projected.sources)) {
       for (const s of v.projected.sources) {
-        if (!isObj(s)) continue;
+        if (!isObject(s)) continue;
         push('ConfigMap', s.configMap, 'name', `volume ${String(v.name)}`);
         push('Secret', s.secret, 'name', `volume ${String(v.name)}`);
       }
@@ -821,14 +821,14 @@ export function podSpecReferences(ps: Obj): { kind: 'ConfigMap' | 'Secret'; hold
   }
   for (const list of ['containers', 'initContainers', 'ephemeralContainers']) {
     for (const c of Array.isArray(ps[list]) ? ps[list] : []) {
-      if (!isObj(c)) continue;
+      if (!isObject(c)) continue;
       for (const e of Array.isArray(c.env) ? c.env : []) {
-        if (!isObj(e) || !isObj(e.valueFrom)) continue;
+        if (!isObject(e) || !isObject(e.valueFrom)) continue;
         push('ConfigMap', e.valueFrom.configMapKeyRef, 'name', `container ${String(c.name)} env ${String(e.name)}`);
         push('Secret', e.valueFrom.secretKeyRef, 'name', `container ${String(c.name)} env ${String(e.name)}`);
       }
       for (const e of Array.isArray(c.envFrom) ? c.envFrom : []) {
-        if (!isObj(e)) continue;
+        if (!isObject(e)) continue;
         push('ConfigMap', e.configMapRef, 'name', `container ${String(c.name)} envFrom`);
         push('Secret', e.secretRef, 'name', `container ${String(c.name)} envFrom`);
       }
@@ -853,7 +853,7 @@ function hashAndFixReferences(resources: Res[]): void {
     if (r.obj.kind === 'ServiceAccount') {
       for (const list of ['imagePullSecrets', 'secrets']) {
         const items = r.obj[list];
-        if (Array.isArray(items)) for (const s of items) if (isObj(s) && typeof s.name === 'string') slots.push({ kind: 'Secret', holder: s, field: 'name', where: list });
+        if (Array.isArray(items)) for (const s of items) if (isObject(s) && typeof s.name === 'string') slots.push({ kind: 'Secret', holder: s, field: 'name', where: list });
       }
     }
     for (const s of slots) {

@@ -59,6 +59,7 @@ import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import type { CheckResult } from './check-result.ts';
 import { imageDeclarations as dockerfileDeclarations, type Service as ServiceName } from './dockerfiles.ts';
 import { parseImage, podSpecReferences, podSpecsOf, renderWithSources, type K8sObject } from './kustomize.ts';
+import { asArray, isObject, type JsonObject } from './json-shape.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 /** Every directory here is an overlay that must render and validate. */
@@ -83,10 +84,8 @@ export const OPERATOR_SECRETS: readonly { name: string; namespace: string; keys:
 export const HARVESTER_MAX_REQUEST_BYTES = 4 << 20;
 const RECORD_OVERHEAD_BYTES = 64 << 10;
 
-type Obj = Record<string, unknown>;
-const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
-const list = (v: unknown): unknown[] => (Array.isArray(v) ? v : []);
-const objs = (v: unknown): Obj[] => list(v).filter(isObj);
+type Obj = JsonObject;
+const objs = (v: unknown): Obj[] => asArray(v).filter(isObject);
 const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
 const describe = (o: K8sObject): string => `${o.kind} ${o.metadata.namespace ? o.metadata.namespace + '/' : ''}${o.metadata.name}`;
 
@@ -200,7 +199,7 @@ class UnknownFields {
       if (element) value.forEach((v, i) => this.walk(v, element, `${path}[${i}]`, out));
       return;
     }
-    if (!isObj(value)) return;
+    if (!isObject(value)) return;
     for (const [k, v] of Object.entries(value)) {
       let next: ts.Type | undefined;
       for (const m of members) {
@@ -267,7 +266,7 @@ class Overlay {
   /** Keys of a Secret or ConfigMap: rendered, created by Strimzi, or created by the operator; null if none of these. */
   keysOf(kind: 'Secret' | 'ConfigMap', namespace: string | undefined, name: string): string[] | null {
     const o = this.find(kind, namespace, name);
-    if (o) return [...Object.keys(isObj(o.data) ? o.data : {}), ...Object.keys(isObj(o.binaryData) ? o.binaryData : {}), ...Object.keys(isObj(o.stringData) ? o.stringData : {})];
+    if (o) return [...Object.keys(isObject(o.data) ? o.data : {}), ...Object.keys(isObject(o.binaryData) ? o.binaryData : {}), ...Object.keys(isObject(o.stringData) ? o.stringData : {})];
     if (kind !== 'Secret') return null;
     const s = this.strimziSecrets().find((x) => x.name === name && x.namespace === namespace)
       ?? OPERATOR_SECRETS.find((x) => x.name === name && x.namespace === namespace && x.overlays.includes(this.name));
@@ -279,7 +278,7 @@ class Overlay {
     const out: { name: string; namespace: string | undefined; keys: string[] }[] = [];
     for (const k of this.kind('Kafka')) out.push({ name: `${k.metadata.name}-cluster-ca-cert`, namespace: k.metadata.namespace, keys: ['ca.crt', 'ca.p12', 'ca.password'] });
     for (const u of this.kind('KafkaUser')) {
-      const auth = str((isObj(u.spec) && isObj(u.spec.authentication) ? u.spec.authentication : {}).type);
+      const auth = str((isObject(u.spec) && isObject(u.spec.authentication) ? u.spec.authentication : {}).type);
       if (auth === 'scram-sha-512') out.push({ name: u.metadata.name, namespace: u.metadata.namespace, keys: ['password', 'sasl.jaas.config'] });
       if (auth === 'tls') out.push({ name: u.metadata.name, namespace: u.metadata.namespace, keys: ['ca.crt', 'user.crt', 'user.key', 'user.p12', 'user.password'] });
     }
@@ -326,11 +325,11 @@ function containerEnv(c: Obj, namespace: string | undefined, ov: Overlay, image:
   const env = new Map<string, EnvValue>(Object.entries(image).map(([k, v]) => [k, { value: v, source: 'image', where: 'the image\'s ENV' }]));
   for (const from of objs(c.envFrom)) {
     const prefix = str(from.prefix) ?? '';
-    const cm = isObj(from.configMapRef) ? str(from.configMapRef.name) : undefined;
-    const sec = isObj(from.secretRef) ? str(from.secretRef.name) : undefined;
+    const cm = isObject(from.configMapRef) ? str(from.configMapRef.name) : undefined;
+    const sec = isObject(from.secretRef) ? str(from.secretRef.name) : undefined;
     if (cm) {
       const o = ov.find('ConfigMap', namespace, cm);
-      for (const [k, v] of Object.entries(o && isObj(o.data) ? o.data : {})) env.set(prefix + k, { value: String(v), source: 'configMap', where: `ConfigMap ${cm}` });
+      for (const [k, v] of Object.entries(o && isObject(o.data) ? o.data : {})) env.set(prefix + k, { value: String(v), source: 'configMap', where: `ConfigMap ${cm}` });
     }
     if (sec) for (const k of ov.keysOf('Secret', namespace, sec) ?? []) env.set(prefix + k, { source: 'secret', where: `Secret ${sec}` });
   }
@@ -339,13 +338,13 @@ function containerEnv(c: Obj, namespace: string | undefined, ov: Overlay, image:
     if (!name) continue;
     if (typeof e.value === 'string') {
       env.set(name, { value: e.value, source: 'literal', where: 'env' });
-    } else if (isObj(e.valueFrom)) {
+    } else if (isObject(e.valueFrom)) {
       const vf = e.valueFrom;
-      if (isObj(vf.configMapKeyRef)) {
+      if (isObject(vf.configMapKeyRef)) {
         const o = ov.find('ConfigMap', namespace, str(vf.configMapKeyRef.name) ?? '');
-        const v = o && isObj(o.data) ? o.data[str(vf.configMapKeyRef.key) ?? ''] : undefined;
+        const v = o && isObject(o.data) ? o.data[str(vf.configMapKeyRef.key) ?? ''] : undefined;
         env.set(name, typeof v === 'string' ? { value: v, source: 'configMap', where: 'env' } : { source: 'unresolved', where: 'env' });
-      } else if (isObj(vf.secretKeyRef)) {
+      } else if (isObject(vf.secretKeyRef)) {
         env.set(name, { source: 'secret', where: 'env' });
       } else {
         env.set(name, { source: 'field', where: 'env' });
@@ -459,7 +458,7 @@ function checkFileSettings(cc: ContainerConfig, c: Obj, ps: Obj, namespace: stri
     if (!vol) continue; // reported by the reference check
     const rel = path === mount.mountPath ? str(mount.subPath) ?? '' : path.slice(String(mount.mountPath).length + 1);
     for (const [kind, holder, field] of [['Secret', vol.secret, 'secretName'], ['ConfigMap', vol.configMap, 'name']] as const) {
-      if (!isObj(holder)) continue;
+      if (!isObject(holder)) continue;
       const items = objs(holder.items);
       const keys = items.length ? items.map((i) => str(i.path) ?? '') : ov.keysOf(kind, namespace, str(holder[field]) ?? '');
       if (keys && !keys.includes(rel)) problems.push(`${name}=${path}: the ${kind} volume ${String(vol.name)} has no file ${rel} (it has ${keys.join(', ') || 'none'})`);
@@ -503,7 +502,7 @@ function checkPortsAndProbes(o: K8sObject, cc: ContainerConfig, c: Obj, problems
     return;
   }
   for (const [probe, path] of [['livenessProbe', '/healthz'], ['readinessProbe', '/readyz']] as const) {
-    const get = isObj(c[probe]) && isObj(c[probe].httpGet) ? c[probe].httpGet : null;
+    const get = isObject(c[probe]) && isObject(c[probe].httpGet) ? c[probe].httpGet : null;
     if (!get) problems.push(`${probe} must be an httpGet of ${path} on port metrics`);
     else if (get.path !== path || (get.port !== 'metrics' && get.port !== port)) problems.push(`${probe} is ${String(get.path)} on port ${String(get.port)}: expected ${path} on port metrics (${port})`);
   }
@@ -523,7 +522,7 @@ function podTemplates(ov: Overlay): PodTemplate[] {
       const meta = o.kind === 'Pod' ? o.metadata
         : o.kind === 'CronJob' ? ((((o.spec as Obj).jobTemplate as Obj).spec as Obj).template as Obj).metadata
           : ((o.spec as Obj).template as Obj).metadata;
-      const labels = isObj(meta) && isObj(meta.labels) ? meta.labels as Record<string, string> : {};
+      const labels = isObject(meta) && isObject(meta.labels) ? meta.labels as Record<string, string> : {};
       out.push({ owner: o, namespace: o.metadata.namespace, labels, spec });
     }
   }
@@ -532,12 +531,12 @@ function podTemplates(ov: Overlay): PodTemplate[] {
 
 /** A Kubernetes label selector (matchLabels and matchExpressions) against labels. */
 export function selectorMatches(sel: unknown, labels: Record<string, string>): boolean {
-  if (!isObj(sel)) return false;
-  const ml = isObj(sel.matchLabels) ? sel.matchLabels : {};
+  if (!isObject(sel)) return false;
+  const ml = isObject(sel.matchLabels) ? sel.matchLabels : {};
   for (const [k, v] of Object.entries(ml)) if (labels[k] !== v) return false;
   for (const e of objs(sel.matchExpressions)) {
     const key = str(e.key) ?? '';
-    const values = list(e.values).map(String);
+    const values = asArray(e.values).map(String);
     const has = key in labels;
     switch (e.operator) {
       case 'In': if (!has || !values.includes(labels[key]!)) return false; break;
@@ -554,8 +553,8 @@ const portNamesOf = (ps: Obj): string[] => [...objs(ps.containers), ...objs(ps.i
 
 function checkMonitorsAndServices(ov: Overlay, pods: PodTemplate[], report: (o: K8sObject, msg: string) => void): void {
   for (const pm of ov.kind('PodMonitor')) {
-    const spec = isObj(pm.spec) ? pm.spec : {};
-    const nsSel = isObj(spec.namespaceSelector) ? spec.namespaceSelector : {};
+    const spec = isObject(pm.spec) ? pm.spec : {};
+    const nsSel = isObject(spec.namespaceSelector) ? spec.namespaceSelector : {};
     const inNs = (ns: string | undefined): boolean => nsSel.any === true || (Array.isArray(nsSel.matchNames) ? nsSel.matchNames.includes(ns) : ns === pm.metadata.namespace);
     const matched = pods.filter((p) => inNs(p.namespace) && selectorMatches(spec.selector, p.labels));
     if (matched.length === 0) {
@@ -572,8 +571,8 @@ function checkMonitorsAndServices(ov: Overlay, pods: PodTemplate[], report: (o: 
     for (const p of matched) if (jobLabel && !(jobLabel in p.labels)) report(pm, `jobLabel ${jobLabel} is not a label of ${describe(p.owner)}'s pods`);
   }
   for (const svc of ov.kind('Service')) {
-    const spec = isObj(svc.spec) ? svc.spec : {};
-    if (!isObj(spec.selector)) continue;
+    const spec = isObject(svc.spec) ? svc.spec : {};
+    if (!isObject(spec.selector)) continue;
     const matched = pods.filter((p) => p.namespace === svc.metadata.namespace && selectorMatches({ matchLabels: spec.selector }, p.labels));
     if (matched.length === 0) {
       report(svc, 'selects no pod rendered in this overlay');
@@ -591,28 +590,28 @@ function checkMonitorsAndServices(ov: Overlay, pods: PodTemplate[], report: (o: 
 function checkSecurity(p: PodTemplate, ov: Overlay): string[] {
   const out: string[] = [];
   const ps = p.spec;
-  const psc = isObj(ps.securityContext) ? ps.securityContext : {};
+  const psc = isObject(ps.securityContext) ? ps.securityContext : {};
   for (const f of ['hostNetwork', 'hostPID', 'hostIPC']) if (ps[f] === true) out.push(`${f}: true`);
   for (const v of objs(ps.volumes)) if (v.hostPath !== undefined) out.push(`volume ${String(v.name)} is a hostPath (use a device plugin or a PVC)`);
   const sa = ov.find('ServiceAccount', p.namespace, str(ps.serviceAccountName) ?? 'default');
   if (ps.automountServiceAccountToken !== false && sa?.automountServiceAccountToken !== false) out.push('mounts a service-account token: set automountServiceAccountToken: false');
-  const seccompPod = isObj(psc.seccompProfile) ? psc.seccompProfile.type : undefined;
+  const seccompPod = isObject(psc.seccompProfile) ? psc.seccompProfile.type : undefined;
   for (const c of [...objs(ps.initContainers), ...objs(ps.containers)]) {
     const at = `container ${String(c.name)}`;
-    const sc = isObj(c.securityContext) ? c.securityContext : {};
+    const sc = isObject(c.securityContext) ? c.securityContext : {};
     if ((sc.runAsNonRoot ?? psc.runAsNonRoot) !== true) out.push(`${at}: runAsNonRoot is not true`);
     if ((sc.runAsUser ?? psc.runAsUser) === 0) out.push(`${at}: runAsUser is 0 (root)`);
     if (sc.readOnlyRootFilesystem !== true) out.push(`${at}: readOnlyRootFilesystem is not true`);
     if (sc.allowPrivilegeEscalation !== false) out.push(`${at}: allowPrivilegeEscalation is not false`);
     if (sc.privileged === true) out.push(`${at}: privileged`);
-    const caps = isObj(sc.capabilities) ? sc.capabilities : {};
-    if (!list(caps.drop).includes('ALL')) out.push(`${at}: capabilities do not drop ALL`);
-    if (list(caps.add).length) out.push(`${at}: adds capabilities ${list(caps.add).map(String).join(', ')}`);
-    const seccomp = isObj(sc.seccompProfile) ? sc.seccompProfile.type : seccompPod;
+    const caps = isObject(sc.capabilities) ? sc.capabilities : {};
+    if (!asArray(caps.drop).includes('ALL')) out.push(`${at}: capabilities do not drop ALL`);
+    if (asArray(caps.add).length) out.push(`${at}: adds capabilities ${asArray(caps.add).map(String).join(', ')}`);
+    const seccomp = isObject(sc.seccompProfile) ? sc.seccompProfile.type : seccompPod;
     if (seccomp !== 'RuntimeDefault' && seccomp !== 'Localhost') out.push(`${at}: no RuntimeDefault seccomp profile`);
-    const res = isObj(c.resources) ? c.resources : {};
-    const req = isObj(res.requests) ? res.requests : {};
-    const lim = isObj(res.limits) ? res.limits : {};
+    const res = isObject(c.resources) ? c.resources : {};
+    const req = isObject(res.requests) ? res.requests : {};
+    const lim = isObject(res.limits) ? res.limits : {};
     for (const r of ['cpu', 'memory']) if (req[r] === undefined) out.push(`${at}: no ${r} request`);
     if (lim.memory === undefined) out.push(`${at}: no memory limit`);
   }
@@ -642,7 +641,7 @@ function checkReferences(p: PodTemplate, ov: Overlay): string[] {
   const volumes = new Set<string>(claimTemplates.filter((x): x is string => !!x));
   for (const v of objs(ps.volumes)) {
     volumes.add(str(v.name) ?? '');
-    if (isObj(v.persistentVolumeClaim)) {
+    if (isObject(v.persistentVolumeClaim)) {
       const claim = str(v.persistentVolumeClaim.claimName) ?? '';
       if (!ov.find('PersistentVolumeClaim', p.namespace, claim)) out.push(`volume ${String(v.name)}: PersistentVolumeClaim ${claim} is not rendered in this overlay`);
     }
@@ -665,16 +664,16 @@ interface KafkaUse {
 }
 
 function topicConfig(t: K8sObject): Obj {
-  return isObj(t.spec) && isObj(t.spec.config) ? t.spec.config : {};
+  return isObject(t.spec) && isObject(t.spec.config) ? t.spec.config : {};
 }
 
 /** True when an ACL of the user allows `op` on every resource named `name` (or starting with it, for prefix). */
 function aclAllows(user: K8sObject, type: string, name: string, op: string, prefix = false): boolean {
-  const acls = objs(isObj(user.spec) && isObj(user.spec.authorization) ? user.spec.authorization.acls : []);
+  const acls = objs(isObject(user.spec) && isObject(user.spec.authorization) ? user.spec.authorization.acls : []);
   return acls.some((a) => {
-    const r = isObj(a.resource) ? a.resource : {};
+    const r = isObject(a.resource) ? a.resource : {};
     if ((str(a.type) ?? 'allow') !== 'allow' || r.type !== type) return false;
-    const ops = [...list(a.operations), ...(a.operation ? [a.operation] : [])];
+    const ops = [...asArray(a.operations), ...(a.operation ? [a.operation] : [])];
     if (!ops.includes(op) && !ops.includes('All')) return false;
     if (type === 'cluster') return true;
     const rn = str(r.name) ?? '';
@@ -695,17 +694,17 @@ function checkListener(ov: Overlay, u: KafkaUse, report: (o: K8sObject, msg: str
     const [host = '', port = ''] = address.split(':');
     const kafka = ov.kind('Kafka').find((k) => host.startsWith(`${k.metadata.name}-kafka-bootstrap`));
     if (!kafka) continue;
-    const listeners = objs(isObj(kafka.spec) && isObj(kafka.spec.kafka) ? kafka.spec.kafka.listeners : []);
+    const listeners = objs(isObject(kafka.spec) && isObject(kafka.spec.kafka) ? kafka.spec.kafka.listeners : []);
     const listener = listeners.find((l) => l.port === Number(port));
     if (!listener) {
       report(u.owner, `${e('kafkaBrokers')} ${address}: the Kafka ${kafka.metadata.name} has no listener on port ${port} (it has ${listeners.map((l) => String(l.port)).join(', ')})`);
       continue;
     }
     if ((listener.tls === true) !== (u.config.kafkaTls === true)) report(u.owner, `${e('kafkaTls')} is ${String(u.config.kafkaTls)} but the listener ${String(listener.name)} has tls: ${String(listener.tls)}`);
-    const auth = isObj(listener.authentication) ? listener.authentication.type : undefined;
+    const auth = isObject(listener.authentication) ? listener.authentication.type : undefined;
     if (auth === 'scram-sha-512' && u.config.kafkaSaslMechanism !== 'scram-sha-512') report(u.owner, `the listener ${String(listener.name)} wants SCRAM-SHA-512 but ${e('kafkaSaslMechanism')} is ${String(u.config.kafkaSaslMechanism)}`);
     const peers = objs(listener.networkPolicyPeers);
-    if (pod && peers.length && !peers.some((peer) => isObj(peer.podSelector) && peer.namespaceSelector === undefined && selectorMatches(peer.podSelector, pod.labels))) {
+    if (pod && peers.length && !peers.some((peer) => isObject(peer.podSelector) && peer.namespaceSelector === undefined && selectorMatches(peer.podSelector, pod.labels))) {
       report(kafka, `the listener ${String(listener.name)}'s networkPolicyPeers do not admit the ${u.service}'s pods (${describe(u.owner)})`);
     }
   }
@@ -720,7 +719,7 @@ function checkKafka(ov: Overlay, uses: KafkaUse[], report: (o: K8sObject, msg: s
     }
   }
   if (ov.kind('Kafka').length === 0) return;
-  const topic = (name: string): K8sObject | undefined => ov.kind('KafkaTopic').find((t) => (isObj(t.spec) && str(t.spec.topicName) ? t.spec.topicName : t.metadata.name) === name);
+  const topic = (name: string): K8sObject | undefined => ov.kind('KafkaTopic').find((t) => (isObject(t.spec) && str(t.spec.topicName) ? t.spec.topicName : t.metadata.name) === name);
   const maxBytes = (t: K8sObject | undefined): number => Number(topicConfig(t ?? ({} as K8sObject))['max.message.bytes'] ?? 1048588);
   const harvesterRecord = Math.max(0, ...uses.filter((u) => u.service === 'harvester').map((u) => Number(u.config.maxRecordBytes)));
   for (const u of uses) {
@@ -749,7 +748,7 @@ function checkKafka(ov: Overlay, uses: KafkaUse[], report: (o: K8sObject, msg: s
       report(u.owner, `${e('kafkaSaslUsername')} ${username}: no KafkaUser of that name is rendered`);
       continue;
     }
-    const auth = isObj(user.spec) && isObj(user.spec.authentication) ? user.spec.authentication.type : undefined;
+    const auth = isObject(user.spec) && isObject(user.spec.authentication) ? user.spec.authentication.type : undefined;
     if (c.kafkaSaslMechanism === 'scram-sha-512' && auth !== 'scram-sha-512') report(user, `authentication is ${String(auth)} but the ${u.service} uses SASL scram-sha-512`);
     const need: [string, string, string, boolean][] = u.service === 'harvester'
       ? [['topic', String(c.pagesTopic), 'Write', false], ['topic', String(c.controlTopic), 'Read', false], ['group', 'ckpt-harvester-', 'Read', true]]

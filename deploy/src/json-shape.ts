@@ -1,0 +1,8 @@
+/** Guards for parsed YAML and JSON, shared by every deploy/ check. */
+export type JsonObject = Record<string, unknown>;
+
+/** A mapping (not null, not a list). */
+export const isObject = (v: unknown): v is JsonObject => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+/** The list, or an empty one for anything else (absent fields included). */
+export const asArray = (v: unknown): unknown[] => (Array.isArray(v) ? v : []);

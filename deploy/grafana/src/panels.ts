@@ -123,19 +123,34 @@ export function valueText(map: Record<number, readonly [string, string]>): Value
   return [{ type: MappingType.ValueToText, options }];
 }
 
+/** What every panel builder of the SDK has: the frame every panel here gets the same way. */
+interface FramedPanel<T> {
+  title(title: string): T;
+  description(description: string): T;
+  datasource(ref: DataSourceRef): T;
+  targets(targets: DataqueryBuilder[]): T;
+  span(width: number): T;
+  height(height: number): T;
+}
+
+/** Title, description, the `${datasource}` variable, the queries, and the size (the spec's, else the kind's). */
+function framed<T extends FramedPanel<T>>(panel: T, spec: Omit<PanelSpec, 'queries'>, queries: readonly Query[], width: number, height: number): T {
+  return panel
+    .title(spec.title)
+    .description(spec.description)
+    .datasource(DATASOURCE)
+    .targets(targets(queries))
+    .span(spec.width ?? width)
+    .height(spec.height ?? height);
+}
+
 /** A time series with a legend (a table with mean/max/last when `legendTable`), a shared tooltip and a unit. */
 export function timeseries(spec: PanelSpec & { unit: string; min?: number; max?: number; legendTable?: boolean; line?: number }): TimeseriesPanelBuilder {
   const legend = new VizLegendOptionsBuilder().showLegend(true).placement(LegendPlacement.Bottom);
   if (spec.legendTable) legend.displayMode(LegendDisplayMode.Table).calcs(['mean', 'max', 'lastNotNull']).sortBy('Max').sortDesc(true);
   else legend.displayMode(LegendDisplayMode.List);
-  const panel = new TimeseriesPanelBuilder()
-    .title(spec.title)
-    .description(spec.description)
-    .datasource(DATASOURCE)
-    .targets(targets(spec.queries))
+  const panel = framed(new TimeseriesPanelBuilder(), spec, spec.queries, 12, 8)
     .unit(spec.unit)
-    .span(spec.width ?? 12)
-    .height(spec.height ?? 8)
     .fillOpacity(10)
     .legend(legend)
     .tooltip(new VizTooltipOptionsBuilder().mode(TooltipDisplayMode.Multi).sort(SortOrder.Descending));
@@ -150,14 +165,8 @@ export function timeseries(spec: PanelSpec & { unit: string; min?: number; max?:
 
 /** One big number per query (named by the legend when there are several), coloured by `steps`. */
 export function stat(spec: PanelSpec & { unit: string; steps: Steps; mappings?: ValueMapping[]; noValue?: string; decimals?: number }): StatPanelBuilder {
-  const panel = new StatPanelBuilder()
-    .title(spec.title)
-    .description(spec.description)
-    .datasource(DATASOURCE)
-    .targets(targets(spec.queries))
+  const panel = framed(new StatPanelBuilder(), spec, spec.queries, 4, 4)
     .unit(spec.unit)
-    .span(spec.width ?? 4)
-    .height(spec.height ?? 4)
     .thresholds(thresholds(spec.steps))
     .colorMode(BigValueColorMode.Background)
     .graphMode(BigValueGraphMode.Area)
@@ -196,13 +205,7 @@ export function table(spec: PanelSpec & { columns: readonly TableColumn[] }): Ta
     options: { excludeByName: { Time: true }, indexByName, renameByName },
   };
   const sortColumn = spec.columns.find((c) => c.field.startsWith('Value')) ?? spec.columns[0]!;
-  const panel = new TablePanelBuilder()
-    .title(spec.title)
-    .description(spec.description)
-    .datasource(DATASOURCE)
-    .targets(targets(spec.queries.map((q) => ({ ...q, instant: true, format: 'table' as const }))))
-    .span(spec.width ?? 12)
-    .height(spec.height ?? 9)
+  const panel = framed(new TablePanelBuilder(), spec, spec.queries.map((q) => ({ ...q, instant: true, format: 'table' as const })), 12, 9)
     .transformations([{ id: 'merge', options: {} }, organize])
     .sortBy([new TableSortByFieldStateBuilder().displayName(sortColumn.title).desc(true)]);
   for (const c of spec.columns) {
@@ -222,13 +225,7 @@ export function table(spec: PanelSpec & { columns: readonly TableColumn[] }): Ta
 
 /** A heatmap of a Prometheus histogram: `expr` must be `sum by (le) (rate(..._bucket[...]))`. */
 export function heatmap(spec: Omit<PanelSpec, 'queries'> & { expr: string; unit: string }): HeatmapPanelBuilder {
-  return new HeatmapPanelBuilder()
-    .title(spec.title)
-    .description(spec.description)
-    .datasource(DATASOURCE)
-    .targets(targets([{ expr: spec.expr, legend: '{{le}}', format: 'heatmap' }]))
-    .span(spec.width ?? 12)
-    .height(spec.height ?? 8)
+  return framed(new HeatmapPanelBuilder(), spec, [{ expr: spec.expr, legend: '{{le}}', format: 'heatmap' }], 12, 8)
     // The buckets are already counted by Prometheus: Grafana must not re-bucket them.
     .calculate(false)
     .yAxis(new YAxisConfigBuilder().unit(spec.unit))

@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import { Redis } from 'ioredis';
 import { silentLogger } from '@ckpt/common';
 import { RedisServer } from '@ckpt/embedded';
-import { kvmAvailability } from '@ckpt/kvm-native';
+import { needKvm } from '@ckpt/kvm-native/test-support';
 import { StandbyStore } from '@ckpt/standby';
 import { Applier, createReplicatorMetrics } from '@ckpt/replicator';
 import { FakeHarvester } from '../../../services/replicator/test/fake-harvester.ts';
@@ -34,12 +34,7 @@ test('sim: two VMs, each standby equals its last committed epoch; gzip shrinks z
 });
 
 test('real KVM: the standby equals the last committed epoch', async (t) => {
-  const a = kvmAvailability();
-  if (!a.usable) {
-    process.stderr.write(`skip: ${t.name}: KVM is not usable here: ${a.reason}\n`);
-    t.skip(a.reason);
-    return;
-  }
+  if (!needKvm(t)) return;
   const r = await runPipeline({ ...base, source: 'kvm', vms: 1, durationS: 3 });
   assert.equal(r.source, 'kvm');
   assertMatches(r);

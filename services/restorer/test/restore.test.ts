@@ -19,7 +19,7 @@ import { KafkaPublisher, openSource, runHarvest, ShadowVerifier, type EpochCommi
 import { Applier, createReplicatorMetrics } from '@ckpt/replicator';
 import { StandbyStore } from '@ckpt/standby';
 import { FakeHarvester, PAGE, SLOT_PAGES } from '../../replicator/test/fake-harvester.ts';
-import { kvmAvailability } from '@ckpt/kvm-native';
+import { needKvm } from '@ckpt/kvm-native/test-support';
 import { createRestorerMetrics, FileTarget, KvmTarget, restoreImage, SparseTarget } from '../src/index.ts';
 
 let server: RedisServer;
@@ -227,12 +227,7 @@ async function harvestIntoRedis(vm: string, src: Parameters<typeof openSource>[0
 const guest = { devPath: '/dev/kvm', slots: 1, workload: 'random', seed: 3, hotPages: 256, hotPercent: 90, ringEntries: 65536 } as const;
 
 test('real KVM: a restored guest resumes on a fresh VM and its progress counters advance from the epoch', async (t) => {
-  const k = kvmAvailability();
-  if (!k.usable) {
-    process.stderr.write(`skip: ${t.name}: KVM is not usable here: ${k.reason}\n`);
-    t.skip(k.reason);
-    return;
-  }
+  if (!needKvm(t)) return;
   const { last } = await harvestIntoRedis('vm-kvm', { ...guest, source: 'kvm', memMib: 64, vcpus: 2, rate: 20000, fill: false }, 5);
   const target = new KvmTarget();
   try {
@@ -249,12 +244,7 @@ test('real KVM: a restored guest resumes on a fresh VM and its progress counters
 });
 
 test('real KVM: the failover service (RESTORER_* env, --keep-running) runs the restored guest, is ready only then, and stops on SIGTERM', async (t) => {
-  const k = kvmAvailability();
-  if (!k.usable) {
-    process.stderr.write(`skip: ${t.name}: KVM is not usable here: ${k.reason}\n`);
-    t.skip(k.reason);
-    return;
-  }
+  if (!needKvm(t)) return;
   await harvestIntoRedis('vm-fo', { ...guest, source: 'kvm', memMib: 32, vcpus: 1, rate: 20000, fill: false }, 3);
   const port = await freePort();
   const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('../src/main.ts', import.meta.url))], {

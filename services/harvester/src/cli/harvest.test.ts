@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { kvmAvailability } from '@ckpt/kvm-native';
+import { needKvm } from '@ckpt/kvm-native/test-support';
 
 const script = fileURLToPath(new URL('./harvest.ts', import.meta.url));
 
@@ -65,12 +65,7 @@ test('--help lists every option', () => {
 });
 
 test('harvest on real KVM with --verify --json', (t) => {
-  const k = kvmAvailability();
-  if (!k.usable) {
-    process.stderr.write(`skip: real KVM not usable here: ${k.reason}\n`);
-    t.skip(k.reason);
-    return;
-  }
+  if (!needKvm(t)) return;
   const r = harvest(['--source', 'kvm', '--mem-mib', '128', '--vcpus', '2', '--workload', 'random', '--rate', '20000', '--epochs', '10', '--interval-ms', '20', '--verify', '--json']);
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.json?.source, 'kvm');

@@ -3,8 +3,9 @@
  * is not, each test skips and says why.
  */
 import assert from 'node:assert/strict';
-import { test, type TestContext } from 'node:test';
-import { kvmAvailability, KvmVm, loadNative } from '@ckpt/kvm-native';
+import { test } from 'node:test';
+import { KvmVm, loadNative } from '@ckpt/kvm-native';
+import { needKvm } from '@ckpt/kvm-native/test-support';
 import { runHarvest } from '../harvest-loop.ts';
 import { ShadowVerifier } from '../verify/shadow-verifier.ts';
 import { GUEST_LAYOUT } from './guest-layout.ts';
@@ -13,16 +14,6 @@ import { SimSource } from './sim/sim-source.ts';
 import { WORKLOAD_ID, type WorkloadName } from '@ckpt/common';
 
 const MiB = 1024 * 1024;
-const kvm = kvmAvailability();
-
-function needKvm(t: TestContext): boolean {
-  if (kvm.usable) return true;
-  const reason = `real KVM not usable here: ${kvm.reason}`;
-  process.stderr.write(`skip: ${t.name}: ${reason}\n`);
-  t.skip(reason);
-  return false;
-}
-
 function kvmSource(over: { workload?: WorkloadName; rate?: number; ringEntries?: number; vcpus?: number; memMib?: number; hotPages?: number; fill?: boolean; maxWrites?: number; seed?: number } = {}): KvmSource {
   return new KvmSource({
     slotBytes: [(over.memMib ?? 64) * MiB], vcpus: over.vcpus ?? 2, ringEntries: over.ringEntries ?? 65536,

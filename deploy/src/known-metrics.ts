@@ -29,14 +29,17 @@ function fromRegistry(registry: Registry, service: KnownMetric['service'], own: 
   });
 }
 
-/** Every metric family each service registers, default process metrics included. */
-export function knownMetrics(): KnownMetric[] {
-  return [
+let known: readonly KnownMetric[] | null = null;
+
+/** Every metric family each service registers, default process metrics included (read once per process). */
+export function knownMetrics(): readonly KnownMetric[] {
+  known ??= [
     // The harvester service labels every series with its guest's id (one guest per process).
     ...fromRegistry(createHarvesterMetrics({ defaultMetrics: true, vm: 'probe' }).registry, 'harvester', 'ckpt_harvester_', ['vm']),
     ...fromRegistry(createReplicatorMetrics({ defaultMetrics: true }).registry, 'replicator', 'ckpt_replicator_'),
     ...fromRegistry(createRestorerMetrics({ defaultMetrics: true }).registry, 'restorer', 'ckpt_restorer_'),
   ];
+  return known;
 }
 
 /**

@@ -2,8 +2,8 @@
  * `ckpt-host`: the harvester processes of one or more scrape targets side by side (select those of one
  * KVM host to see it; a `node` label is not guaranteed, so targets are picked by `instance`).
  */
-import { QueryVariableBuilder, VariableRefresh, VariableSort, type Dashboard } from '@grafana/grafana-foundation-sdk/dashboard';
-import { DATASOURCE, NEUTRAL, NONE_IS_BAD, UNIT, ZERO_IS_OK, ckptDashboard, finish, heatmap, row, stat, timeseries } from './panels.ts';
+import { VariableSort, type Dashboard } from '@grafana/grafana-foundation-sdk/dashboard';
+import { NEUTRAL, NONE_IS_BAD, UNIT, ZERO_IS_OK, ckptDashboard, finish, heatmap, labelValuesVariable, row, stat, timeseries } from './panels.ts';
 import { buckets, perMinute, quantile, rate } from './queries.ts';
 
 export const HOST_UID = 'ckpt-host';
@@ -21,13 +21,10 @@ export function hostDashboard(): Dashboard {
     title: 'Checkpointing / Host',
     description: 'Harvester processes (one per guest) of the selected targets: dirty rings, pause and drain distributions, Kafka produce, CPU and memory.',
   })
-    .withVariable(new QueryVariableBuilder('instance')
-      .label('Harvester')
-      .description('Harvester scrape targets; select those of one KVM host to see that host')
-      .datasource(DATASOURCE)
-      .query('label_values(up{job="ckpt-harvester"}, instance)')
-      .refresh(VariableRefresh.OnTimeRangeChanged)
-      .sort(VariableSort.NaturalAsc)
+    .withVariable(labelValuesVariable({
+      name: 'instance', label: 'Harvester', description: 'Harvester scrape targets; select those of one KVM host to see that host',
+      query: 'label_values(up{job="ckpt-harvester"}, instance)', sort: VariableSort.NaturalAsc,
+    })
       .multi(true)
       .includeAll(true)
       .allValue('.+')

@@ -10,6 +10,7 @@ import {
   DashboardLinkType,
   DatasourceVariableBuilder,
   MappingType,
+  QueryVariableBuilder,
   RowBuilder,
   ThresholdsConfigBuilder,
   ThresholdsMode,
@@ -19,6 +20,8 @@ import {
   type DynamicConfigValue,
   type Threshold,
   type ValueMapping,
+  VariableRefresh,
+  type VariableSort,
 } from '@grafana/grafana-foundation-sdk/dashboard';
 import {
   BigValueColorMode,
@@ -235,6 +238,17 @@ export function heatmap(spec: Omit<PanelSpec, 'queries'> & { expr: string; unit:
 }
 
 export const row = (title: string): RowBuilder => new RowBuilder(title);
+
+/** A template variable listing one label's values from the ckpt datasource, refreshed with the time range. */
+export function labelValuesVariable(spec: { name: string; label: string; description: string; query: string; sort: VariableSort }): QueryVariableBuilder {
+  return new QueryVariableBuilder(spec.name)
+    .label(spec.label)
+    .description(spec.description)
+    .datasource(DATASOURCE)
+    .query(spec.query)
+    .refresh(VariableRefresh.OnTimeRangeChanged)
+    .sort(spec.sort);
+}
 
 export interface DashboardSpec {
   uid: string;

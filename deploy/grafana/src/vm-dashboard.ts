@@ -1,6 +1,6 @@
 /** `ckpt-vm`: everything about one guest's checkpoints, from its dirty rings to its standby image. */
-import { QueryVariableBuilder, VariableRefresh, VariableSort, type Dashboard } from '@grafana/grafana-foundation-sdk/dashboard';
-import { DATASOURCE, NEUTRAL, UNIT, below, ckptDashboard, finish, row, stat, timeseries, valueText } from './panels.ts';
+import { VariableSort, type Dashboard } from '@grafana/grafana-foundation-sdk/dashboard';
+import { NEUTRAL, UNIT, below, ckptDashboard, finish, labelValuesVariable, row, stat, timeseries, valueText } from './panels.ts';
 import { mean, perMinute, quantile, rate } from './queries.ts';
 import { FRESH_STANDBY_SECONDS, lagEpochs, standbyAge, vmStale } from './standby-queries.ts';
 
@@ -15,13 +15,10 @@ export function vmDashboard(): Dashboard {
     title: 'Checkpointing / VM',
     description: 'One guest: how fresh its standby image is, how far replication is behind, what each checkpoint costs the guest, and whether its harvester is held back or resyncing.',
   })
-    .withVariable(new QueryVariableBuilder('vm')
-      .label('VM')
-      .description('Guests with a harvester in the selected time range (the harvester\'s HARVESTER_VM_ID)')
-      .datasource(DATASOURCE)
-      .query('label_values(ckpt_harvester_last_epoch, vm)')
-      .refresh(VariableRefresh.OnTimeRangeChanged)
-      .sort(VariableSort.AlphabeticalAsc))
+    .withVariable(labelValuesVariable({
+      name: 'vm', label: 'VM', description: 'Guests with a harvester in the selected time range (the harvester\'s HARVESTER_VM_ID)',
+      query: 'label_values(ckpt_harvester_last_epoch, vm)', sort: VariableSort.AlphabeticalAsc,
+    }))
 
     .withRow(row('Standby image'))
     .withPanel(stat({

@@ -68,12 +68,6 @@ function waitWritten(vm: KvmVm, target: number, counters: Float64Array): void {
   }
 }
 
-function harvestVm(memBytes: number, pages: number, ringEntries: number): KvmVm {
-  return KvmVm.create({
-    slotBytes: [memBytes], vcpus: 1, ringEntries, workload: SEQUENTIAL, ratePagesPerSec: 0, seed: 1, maxWritesPerVcpu: 1,
-  });
-}
-
 /** One timed harvest: everything drained into the arrays, then reset (or cleared); returns entries seen. */
 function drainAndReset(vm: KvmVm, slots: Uint32Array, offsets: Uint32Array): number {
   let n = 0;
@@ -103,7 +97,9 @@ function nodeHarvest(memBytes: number, pages: number, rounds: number, ringEntrie
   const seen = ringEntries.map(() => 0);
   const written = ringEntries.map(() => 1);
   try {
-    for (const ring of ringEntries) vms.push(harvestVm(memBytes, pages, ring));
+    for (const ring of ringEntries) {
+      vms.push(KvmVm.create({ slotBytes: [memBytes], vcpus: 1, ringEntries: ring, workload: SEQUENTIAL, ratePagesPerSec: 0, seed: 1, maxWritesPerVcpu: 1 }));
+    }
     for (const vm of vms) {
       vm.start();
       waitWritten(vm, 1, counters);

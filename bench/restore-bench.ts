@@ -12,11 +12,11 @@
 import { randomFillSync } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { Redis } from 'ioredis';
-import { percentile } from '@ckpt/common';
+import { pageHash, percentile } from '@ckpt/common';
 import { runDrill } from '@ckpt/drill';
 import { RedisServer } from '@ckpt/embedded';
 import { restoreImage, type ImageLayout, type RestoreTarget } from '@ckpt/restorer';
-import { CHUNK_PAGES, ChunkDigest, StandbyStore } from '@ckpt/standby';
+import { CHUNK_PAGES, ChunkDigest, hashValue, pageField, StandbyStore } from '@ckpt/standby';
 import { benchArgs } from './bench-args.ts';
 
 const { json, quick } = benchArgs('bench:restore');
@@ -43,11 +43,22 @@ async function seedImage(redis: Redis, store: StandbyStore, vm: string): Promise
   const k = store.keys(vm);
   const d = new ChunkDigest(vm, PAGE);
   const chunk = new Uint8Array(CHUNK_PAGES * PAGE);
+  const words = new Uint32Array(chunk.buffer);
+  const out = new Uint32Array(2);
   const chunks = MEM / chunk.byteLength;
   for (let c = 0; c < chunks; c++) {
     randomFillSync(chunk);
     d.add(0, c, chunk);
-    await redis.set(k.chunk(1, 0, c), Buffer.from(chunk));
+    const pages: (string | Buffer)[] = [];
+    const hashes: (string | Buffer)[] = [];
+    for (let p = 0; p < CHUNK_PAGES; p++) {
+      const gfn = c * CHUNK_PAGES + p;
+      pageHash(words, p * (PAGE >>> 2), PAGE >>> 2, 0, gfn, out);
+      pages.push(k.page(1, 0, gfn), Buffer.from(chunk.subarray(p * PAGE, (p + 1) * PAGE)));
+      hashes.push(pageField(0, gfn), hashValue(out[0]!, out[1]!));
+    }
+    await redis.mset(...pages);
+    await redis.hset(k.hashes(1), ...hashes);
   }
   await redis.hset(k.meta, 'generation', '1', 'epoch', '0', 'digest', d.digest.toHex(), 'state', 'ok', 'pageSize', String(PAGE),
     'slots', JSON.stringify([{ id: 0, pages: MEM / PAGE }]), 'vcpus', '0', 'guestCounters', '[]', 'committedAtMs', String(Date.now()));

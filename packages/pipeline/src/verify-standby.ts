@@ -39,7 +39,7 @@ export async function verifyStandby(store: StandbyStore, vm: string, expect: { g
   // One pass over the standby: every page is compared and hashed into the recomputed digest.
   const digest = new ChunkDigest(vm, ps);
   const padded = digest.padded;
-  await store.forEachChunk(vm, meta.generation, meta.slots, (slot, chunk, bytes) => {
+  await store.forEachChunk(vm, meta.generation, meta.slots, ps, (slot, chunk, bytes) => {
     const n = digest.add(slot, chunk, bytes);
     for (let p = 0; p < n; p++) {
       const gfn = chunk * CHUNK_PAGES + p;

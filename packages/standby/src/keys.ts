@@ -2,17 +2,22 @@
  * Redis key layout of one VM's standby image. Every key carries the hash tag `{vm}`, so a VM's keys
  * share one Redis Cluster slot and a Lua script may touch all of them.
  *
- *   <p>:{vm}:meta                 HASH  the committed epoch: generation, epoch, digest, state, layout, vCPU state
- *   <p>:{vm}:asm                  HASH  the epoch being assembled: generation, epoch, baseline, begin, nextSeq
- *   <p>:{vm}:fence                STRING while present, no epoch is applied (the restorer's consistent read)
- *   <p>:{vm}:g<G>:c:<slot>:<n>    STRING chunk n of a slot: CHUNK_PAGES pages (shorter or absent = zero)
- *   <p>:{vm}:g<G>:h               HASH  page hash of every non-zero page (field "slot:gfn", value 8 bytes BE)
- *   <p>:{vm}:g<G>:s:<E>:<seq>     HASH  staged pieces of batch <seq> of incremental epoch <E>
- *   <p>:{vm}:g<G>:sh:<E>          HASH  staged page hashes of incremental epoch <E> ('' = zero page)
+ *   <p>:{vm}:meta                   HASH    the committed epoch: generation, epoch, digest, state, layout, vCPU state
+ *   <p>:{vm}:asm                    HASH    the epoch being assembled: generation, epoch, baseline, begin, nextSeq
+ *   <p>:{vm}:fence                  STRING  while present, no epoch is applied (the restorer's consistent read)
+ *   <p>:{vm}:g<G>:p:<slot>:<gfn>    STRING  one page of the image (absent = a zero page)
+ *   <p>:{vm}:g<G>:h                 HASH    page hash of every non-zero page (field "slot:gfn", value 8 bytes BE)
+ *   <p>:{vm}:g<G>:s:<E>:<slot>:<gfn> STRING a staged page of incremental epoch <E>
+ *   <p>:{vm}:g<G>:sh:<E>            HASH    staged page hashes of incremental epoch <E> ('' = zero page)
+ *   <p>:{vm}:g<G>:sb:<E>            HASH    the batches of epoch <E> staged so far (field = batch seq)
  *
- * Generation G's keys (g<G>) are the image once meta says generation G. A baseline for a new
- * generation is written straight into its own g<G> keys, invisible until its commit flips meta.
+ * Every page byte is written to Redis once: an incremental epoch's pages are staged under their own
+ * keys and its apply RENAMEs them into place. Generation G's keys (g<G>) are the image once meta says
+ * generation G. A baseline for a new generation is written straight into its own g<G> keys, invisible
+ * until its commit flips meta.
  */
+
+/** The image is read back in chunks of this many consecutive pages (one MGET each). */
 export const CHUNK_PAGES = 256;
 export const DEFAULT_PREFIX = 'ckpt';
 
@@ -32,12 +37,14 @@ export class VmKeys {
   get asm(): string { return `${this.base}:asm`; }
   get fence(): string { return `${this.base}:fence`; }
   gen(g: number): string { return `${this.base}:g${g}`; }
-  chunkPrefix(g: number): string { return `${this.gen(g)}:c:`; }
-  chunk(g: number, slot: number, n: number): string { return `${this.gen(g)}:c:${slot}:${n}`; }
+  /** Prefix of the image's page keys: the page key is the prefix plus pageField(). */
+  pagePrefix(g: number): string { return `${this.gen(g)}:p:`; }
+  page(g: number, slot: number, gfn: number): string { return `${this.gen(g)}:p:${slot}:${gfn}`; }
   hashes(g: number): string { return `${this.gen(g)}:h`; }
+  /** Prefix of epoch `e`'s staged page keys: the key is the prefix plus pageField(). */
   stagePrefix(g: number, e: number): string { return `${this.gen(g)}:s:${e}:`; }
-  stage(g: number, e: number, seq: number): string { return `${this.gen(g)}:s:${e}:${seq}`; }
   stagedHashes(g: number, e: number): string { return `${this.gen(g)}:sh:${e}`; }
+  stagedBatches(g: number, e: number): string { return `${this.gen(g)}:sb:${e}`; }
 }
 
 /** Field of a page in the hash tables. */

@@ -108,9 +108,18 @@ export class StandbyStore {
       // Never delete the live generation's keys.
       if (!meta || meta.generation !== asm.generation) await this.deleteGeneration(vm, asm.generation);
     } else {
-      const del: string[] = [k.stagedHashes(asm.generation, asm.epoch)];
-      for (let s = 0; s < asm.nextSeq; s++) del.push(k.stage(asm.generation, asm.epoch, s));
-      await this.redis.unlink(...del);
+      // Every staged page has a field in the staged hashes (written in the same MULTI).
+      const sh = k.stagedHashes(asm.generation, asm.epoch);
+      const prefix = k.stagePrefix(asm.generation, asm.epoch);
+      let cursor = '0';
+      do {
+        const [next, kv] = await this.redis.hscan(sh, cursor, 'COUNT', 4096);
+        cursor = next;
+        const victims: string[] = [];
+        for (let i = 0; i < kv.length; i += 2) victims.push(prefix + kv[i]!);
+        if (victims.length) await this.redis.unlink(...victims);
+      } while (cursor !== '0');
+      await this.redis.unlink(sh, k.stagedBatches(asm.generation, asm.epoch));
     }
     await this.redis.del(k.asm);
   }
@@ -135,7 +144,9 @@ export class StandbyStore {
 
   /**
    * Stages one batch (already validated against the assembly's layout) durably, together with the
-   * assembly's progress, in one MULTI. `pages` is the batch's decompressed page bytes.
+   * assembly's progress, in one MULTI. `pages` is the batch's decompressed page bytes. A baseline's
+   * pages go straight to its generation's page keys; an incremental epoch's to its staged page keys.
+   * Pages whose bytes are all zero are stored as absent, like zero marks.
    */
   async stageBatch(vm: string, asm: Assembly, batch: PageBatch, pages: Uint8Array): Promise<void> {
     const k = this.keys(vm);
@@ -144,65 +155,54 @@ export class StandbyStore {
     const words = new Uint32Array(pages.buffer, pages.byteOffset, pages.byteLength >>> 2);
     const out = new Uint32Array(2);
     const multi = this.redis.multi();
-    const stageArgs: (string | Buffer)[] = [];
-    const hashArgs: (string | Buffer)[] = [];
-    const hdel: string[] = [];
-    const zeroPieces: string[] = [];
     const g = asm.generation;
+    const prefix = asm.baseline ? k.pagePrefix(g) : k.stagePrefix(g, asm.epoch);
+    const setArgs: (string | Buffer)[] = [];
+    const hashArgs: (string | Buffer)[] = [];
+    /** Baselines: pages this epoch wrote earlier that are zero now (their key and hash go). */
+    const unset: string[] = [];
+    const zeroRanges: string[] = [];
     let dataOff = 0;
     for (let i = 0; i < batch.slots.length; i++) {
       const slot = batch.slots[i]!;
-      let first = batch.firsts[i]!;
-      let count = batch.counts[i]!;
-      const zero = batch.zero[i] === 1;
-      if (asm.baseline && zero) {
-        // Pages of a baseline start out zero: only pages this epoch already wrote need zeroing.
-        const max = asm.maxWritten[slot] ?? -1;
-        if (first > max) continue;
-        count = Math.min(count, max - first + 1);
-      }
-      while (count > 0) {
-        const chunk = Math.floor(first / CHUNK_PAGES);
-        const inChunk = first - chunk * CHUNK_PAGES;
-        const n = Math.min(count, CHUNK_PAGES - inChunk);
-        const off = inChunk * ps;
-        if (zero) {
-          if (asm.baseline) zeroPieces.push(String(slot), String(chunk), String(inChunk), String(n));
-          else {
-            stageArgs.push(`z:${slot}:${chunk}:${off}`, String(n * ps));
-            for (let p = 0; p < n; p++) hashArgs.push(pageField(slot, first + p), ZERO_HASH);
-          }
+      const first = batch.firsts[i]!;
+      const count = batch.counts[i]!;
+      const max = asm.baseline ? asm.maxWritten[slot] ?? -1 : -1;
+      if (batch.zero[i] === 1) {
+        if (asm.baseline) {
+          // Pages of a baseline start out zero: only pages this epoch already wrote need zeroing.
+          if (first <= max) zeroRanges.push(String(slot), String(first), String(Math.min(count, max - first + 1)));
         } else {
-          const bytes = Buffer.from(pages.buffer, pages.byteOffset + dataOff, n * ps);
-          if (asm.baseline) multi.setrange(k.chunk(g, slot, chunk), off, bytes);
-          else stageArgs.push(`d:${slot}:${chunk}:${off}`, bytes);
-          for (let p = 0; p < n; p++) {
-            pageHash(words, (dataOff >>> 2) + p * pw, pw, slot, first + p, out);
-            const zeroPage = out[0] === 0 && out[1] === 0;
-            const field = pageField(slot, first + p);
-            if (asm.baseline) {
-              if (zeroPage) hdel.push(field);
-              else hashArgs.push(field, hashValue(out[0]!, out[1]!));
-            } else {
-              hashArgs.push(field, zeroPage ? ZERO_HASH : hashValue(out[0]!, out[1]!));
-            }
-          }
-          dataOff += n * ps;
-          if (asm.baseline) asm.maxWritten[slot] = Math.max(asm.maxWritten[slot] ?? -1, first + n - 1);
+          for (let p = 0; p < count; p++) hashArgs.push(pageField(slot, first + p), ZERO_HASH);
         }
-        first += n;
-        count -= n;
+        continue;
       }
+      for (let p = 0; p < count; p++) {
+        const gfn = first + p;
+        const off = dataOff + p * ps;
+        pageHash(words, off >>> 2, pw, slot, gfn, out);
+        const field = pageField(slot, gfn);
+        if (out[0] === 0 && out[1] === 0) {
+          if (!asm.baseline) hashArgs.push(field, ZERO_HASH);
+          else if (gfn <= max) unset.push(field);
+        } else {
+          setArgs.push(prefix + field, Buffer.from(pages.buffer, pages.byteOffset + off, ps));
+          hashArgs.push(field, hashValue(out[0]!, out[1]!));
+        }
+      }
+      dataOff += count * ps;
+      if (asm.baseline) asm.maxWritten[slot] = Math.max(max, first + count - 1);
     }
     // Commands take their arguments in slices: a zero range may span millions of pages.
+    sliced(setArgs, (a) => multi.mset(...a));
     if (asm.baseline) {
       sliced(hashArgs, (a) => multi.hset(k.hashes(g), ...a));
-      sliced(hdel, (a) => multi.hdel(k.hashes(g), ...a));
-      sliced(zeroPieces, (a) => (multi as unknown as ZeroPages).ckptZeroBaselinePages(k.hashes(g), k.chunkPrefix(g), String(ps), String(CHUNK_PAGES), ...a));
+      sliced(unset, (a) => multi.hdel(k.hashes(g), ...a));
+      sliced(unset, (a) => multi.unlink(...a.map((f) => prefix + f)));
+      sliced(zeroRanges, (a) => (multi as unknown as ZeroPages).ckptZeroBaselinePages(k.hashes(g), prefix, ...a), 3 * 2730);
     } else {
-      sliced(stageArgs, (a) => multi.hset(k.stage(g, asm.epoch, batch.seq), ...a));
-      if (!stageArgs.length) multi.hset(k.stage(g, asm.epoch, batch.seq), 'empty', '1');
       sliced(hashArgs, (a) => multi.hset(k.stagedHashes(g, asm.epoch), ...a));
+      multi.hset(k.stagedBatches(g, asm.epoch), String(batch.seq), '1');
     }
     asm.nextSeq = batch.seq + 1;
     asm.stagedBytes += pages.byteLength;
@@ -248,11 +248,9 @@ export class StandbyStore {
       }
     }
     if (digest.toHex() !== commit.digest) return { result: 'digest-mismatch', expected: commit.digest, computed: digest.toHex() };
-    const stageKeys: string[] = [];
-    for (let s = 0; s < asm.nextSeq; s++) stageKeys.push(k.stage(g, asm.epoch, s));
     const r = String(await (this.redis as unknown as Scripts).ckptApplyEpoch(
-      5 + stageKeys.length, k.meta, k.hashes(g), k.stagedHashes(g, asm.epoch), k.fence, k.asm, ...stageKeys,
-      String(g), String(asm.epoch - 1), String(asm.epoch), k.chunkPrefix(g), ...fields,
+      6, k.meta, k.hashes(g), k.stagedHashes(g, asm.epoch), k.fence, k.asm, k.stagedBatches(g, asm.epoch),
+      String(g), String(asm.epoch - 1), String(asm.epoch), k.pagePrefix(g), k.stagePrefix(g, asm.epoch), String(asm.nextSeq), ...fields,
     ));
     return r === 'OK' ? { result: 'applied', digest: commit.digest } : outcome(r);
   }
@@ -306,52 +304,90 @@ export class StandbyStore {
   }
 
   /**
-   * Reads the image of generation `g`: calls `onChunk` for every chunk that exists, in slot and
-   * chunk order, with pipelined GETs (no per-page round trips), `window` chunks per round trip;
-   * `afterWindow` (tests) runs between round trips.
+   * Reads the image of generation `g`: calls `onChunk` for every chunk (CHUNK_PAGES consecutive pages)
+   * that holds a page, in slot and chunk order, with the chunk's bytes up to its last page that exists
+   * (absent pages read as zero). One MGET per chunk, `window` chunks per round trip: no per-page round
+   * trips. `bytes` is reused: valid only during the call. `afterWindow` (tests) runs between round trips.
+   * A sparse image (few pages in a big slot) is read through its hash table instead of probing every page.
    */
-  async forEachChunk(vm: string, g: number, slots: SlotInfo[], onChunk: (slot: number, chunk: number, bytes: Buffer) => void, window = 64, afterWindow?: () => Promise<void>): Promise<void> {
+  async forEachChunk(vm: string, g: number, slots: SlotInfo[], pageSize: number, onChunk: (slot: number, chunk: number, bytes: Buffer) => void,
+    window = 64, afterWindow?: () => Promise<void>): Promise<void> {
     const k = this.keys(vm);
+    const prefix = k.pagePrefix(g);
+    const buf = Buffer.alloc(CHUNK_PAGES * pageSize);
+    const hashed = await this.redis.hlen(k.hashes(g));
+    const emit = (slot: number, chunk: number, gfns: number[] | null, vals: (Buffer | null)[]): void => {
+      let end = 0;
+      buf.fill(0);
+      vals.forEach((v, i) => {
+        if (!v) return;
+        const p = gfns ? gfns[i]! - chunk * CHUNK_PAGES : i;
+        if (v.byteLength !== pageSize) throw new CkptError('CKPT_ERR_STANDBY_CORRUPT', `page ${slot}:${chunk * CHUNK_PAGES + p} of ${vm} holds ${v.byteLength} bytes, not ${pageSize}`);
+        buf.set(v, p * pageSize);
+        end = Math.max(end, (p + 1) * pageSize);
+      });
+      if (end > 0) onChunk(slot, chunk, buf.subarray(0, end));
+    };
     for (const s of slots) {
-      const chunks = Math.ceil(s.pages / CHUNK_PAGES);
-      if (chunks > 1 << 20) {
-        await this.forEachChunkByScan(vm, g, s.id, onChunk);
+      if (s.pages > 1 << 16 && hashed * 16 < s.pages) {
+        await this.forEachSparseChunk(vm, g, s.id, window, emit, afterWindow);
         continue;
       }
+      const chunks = Math.ceil(s.pages / CHUNK_PAGES);
       for (let c = 0; c < chunks; c += window) {
         const p = this.redis.pipeline();
         const n = Math.min(window, chunks - c);
-        for (let i = 0; i < n; i++) p.getBuffer(k.chunk(g, s.id, c + i));
+        for (let i = 0; i < n; i++) {
+          const keys: string[] = [];
+          for (let gfn = (c + i) * CHUNK_PAGES; gfn < Math.min(s.pages, (c + i + 1) * CHUNK_PAGES); gfn++) keys.push(prefix + pageField(s.id, gfn));
+          p.mgetBuffer(...keys);
+        }
         const res = (await p.exec()) ?? [];
         res.forEach(([err, v], i) => {
           if (err) throw err;
-          if (v) onChunk(s.id, c + i, v as Buffer);
+          emit(s.id, c + i, null, v as (Buffer | null)[]);
         });
         await afterWindow?.();
       }
     }
   }
 
-  private async forEachChunkByScan(vm: string, g: number, slot: number, onChunk: (slot: number, chunk: number, bytes: Buffer) => void): Promise<void> {
-    const prefix = `${this.keys(vm).chunkPrefix(g)}${slot}:`;
+  /** forEachChunk() over the pages of one slot that the hash table lists (every non-zero page has a hash). */
+  private async forEachSparseChunk(vm: string, g: number, slot: number, window: number,
+    emit: (slot: number, chunk: number, gfns: number[], vals: (Buffer | null)[]) => void, afterWindow?: () => Promise<void>): Promise<void> {
+    const k = this.keys(vm);
     const found: number[] = [];
+    const field = `${slot}:`;
     let cursor = '0';
     do {
-      const [next, keys] = await this.redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 4096);
+      const [next, kv] = await this.redis.hscan(k.hashes(g), cursor, 'MATCH', `${field}*`, 'COUNT', 4096);
       cursor = next;
-      for (const key of keys) found.push(Number(key.slice(prefix.length)));
+      for (let i = 0; i < kv.length; i += 2) found.push(Number(kv[i]!.slice(field.length)));
     } while (cursor !== '0');
     found.sort((a, b) => a - b);
-    for (const c of found) {
-      const v = await this.redis.getBuffer(`${prefix}${c}`);
-      if (v) onChunk(slot, c, v);
+    const groups: number[][] = [];
+    for (const gfn of found) {
+      const last = groups.at(-1);
+      if (last && Math.floor(last[0]! / CHUNK_PAGES) === Math.floor(gfn / CHUNK_PAGES)) last.push(gfn);
+      else groups.push([gfn]);
+    }
+    for (let c = 0; c < groups.length; c += window) {
+      const p = this.redis.pipeline();
+      const part = groups.slice(c, c + window);
+      for (const gfns of part) p.mgetBuffer(...gfns.map((gfn) => k.page(g, slot, gfn)));
+      const res = (await p.exec()) ?? [];
+      res.forEach(([err, v], i) => {
+        if (err) throw err;
+        emit(slot, Math.floor(part[i]![0]! / CHUNK_PAGES), part[i]!, v as (Buffer | null)[]);
+      });
+      await afterWindow?.();
     }
   }
 
   /** Recomputes the digest of generation `g`'s image from its bytes. */
   async computeImageDigest(vm: string, g: number, slots: SlotInfo[], pageSize: number): Promise<Digest64> {
     const d = new ChunkDigest(vm, pageSize);
-    await this.forEachChunk(vm, g, slots, (slot, chunk, bytes) => d.add(slot, chunk, bytes));
+    await this.forEachChunk(vm, g, slots, pageSize, (slot, chunk, bytes) => d.add(slot, chunk, bytes));
     return d.digest;
   }
 }
@@ -389,13 +425,13 @@ export class ChunkDigest {
   }
 }
 
-/** Calls `f` with consecutive slices of `args` (an even number of items each, so field/value pairs stay whole). */
+/** Calls `f` with consecutive slices of `args` (`size` must be a multiple of the group size, so field/value pairs or triples stay whole). */
 function sliced<T>(args: T[], f: (a: T[]) => unknown, size = 8192): void {
   for (let i = 0; i < args.length; i += size) f(args.slice(i, i + size));
 }
 
 interface ZeroPages {
-  ckptZeroBaselinePages(hashesKey: string, ...args: string[]): unknown;
+  ckptZeroBaselinePages(hashesKey: string, pagePrefix: string, ...ranges: string[]): unknown;
 }
 
 interface Scripts {

@@ -179,3 +179,23 @@ test('out-of-order and unknown-epoch batches are parked and break continuity', a
   await t2.feed([f1[1]!]); // a batch without its begin
   assert.equal(t2.dead.at(-1)?.reason, 'unknown-epoch');
 });
+
+test('NEGATIVE: a staging write that did not land (a lost batch or page) is caught at the commit; nothing of the epoch applies', async () => {
+  for (const lose of ['batch', 'page'] as const) {
+    const vm = `vm-lost-${lose}`;
+    const t = setup(vm);
+    const h = new FakeHarvester(vm, 800);
+    await t.feed(h.epochRecords(pages([[1, 1], [2, 2], [3, 3]])));
+    const good = await t.image();
+    const e1 = h.epochRecords(pages([[1, 4], [2, 5], [3, 6], [4, 7]]), 2);
+    await t.feed(e1.slice(0, -1));
+    // What a write that failed in flight while a later one landed leaves behind.
+    const k = t.store.keys(vm);
+    if (lose === 'batch') assert.equal(await redis.hdel(k.stagedBatches(800, 1), '0'), 1);
+    else assert.equal(await redis.del(`${k.stagePrefix(800, 1)}0:3`), 1);
+    await t.feed(e1.slice(-1));
+    const img = await t.image();
+    assert.deepEqual([img.epoch, img.digest, img.bytesDigest, img.state], [0, good.digest, good.digest, 'stale'], lose);
+    assert.match(t.resyncs.join(), lose === 'batch' ? /1 of 2 batches are staged/ : /page 0:3 is not staged/);
+  }
+});

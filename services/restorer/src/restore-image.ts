@@ -112,7 +112,7 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
     const slotIndex = new Map(meta.slots.map((s, i) => [s.id, i]));
     const digest = new ChunkDigest(vm, meta.pageSize);
     let bytesRead = 0;
-    await store.forEachChunk(vm, meta.generation, meta.slots, (slot, chunk, bytes) => {
+    await store.forEachChunk(vm, meta.generation, meta.slots, meta.pageSize, (slot, chunk, bytes) => {
       const pages = digest.add(slot, chunk, bytes);
       bytesRead += bytes.byteLength;
       target.write(slotIndex.get(slot)!, chunk * CHUNK_PAGES, digest.padded.subarray(0, pages * meta.pageSize));

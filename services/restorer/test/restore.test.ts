@@ -133,7 +133,7 @@ test('no image: a clear error', async () => {
 
 test('NEGATIVE: an image corrupted behind the replicator\'s back is refused, and no file is left', async () => {
   await buildImage('vm-c', 5);
-  await redis.setrange(store.keys('vm-c').chunk(5, 0, 2), (700 - 512) * PAGE + 17, 'Z');
+  await redis.setrange(store.keys('vm-c').page(5, 0, 700), 17, 'Z');
   const dir = mkdtempSync(join(tmpdir(), 'ckpt-restore-'));
   const metrics = createRestorerMetrics();
   try {
@@ -311,7 +311,7 @@ test('NEGATIVE: npm run restore exits 1 and says FAILED on a corrupted image; 0 
     assert.equal(good.status, 0, String(good.stderr));
     assert.match(readFileSync(prom, 'utf8'), /ckpt_restorer_restores_total\{outcome="ok"\} 1/);
     assert.equal((JSON.parse(String(good.stdout).trim().split('\n').at(-1)!) as { verified: boolean }).verified, true);
-    await redis.setrange(store.keys('vm-cli').chunk(3, 0, 0), 5 * PAGE, 'Q');
+    await redis.setrange(store.keys('vm-cli').page(3, 0, 1), 5, 'Q');
     const bad = run();
     assert.equal(bad.status, 1, String(bad.stderr));
     assert.match(String(bad.stderr), /FAILED: the standby image of vm-cli does not verify/);

@@ -9,7 +9,7 @@
  */
 import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
-import { Kafka, logLevel, type Consumer, type KafkaConfig, type Producer } from 'kafkajs';
+import { Kafka, logLevel, type Consumer, type EachBatchPayload, type KafkaConfig, type KafkaMessage, type Producer } from 'kafkajs';
 import { CkptError, type Logger } from '@ckpt/common';
 import { encodeControlRecord, PART_BEGIN, PART_COMMIT, partOfBatch, type AppliedMarker, type EpochRecord } from '@ckpt/proto';
 import { StandbyStore } from '@ckpt/standby';
@@ -27,6 +27,8 @@ export interface ReplicatorOptions {
   markerIntervalMs: number;
   resyncRetryMs: number;
   partitionsConsumedConcurrently: number;
+  /** Staging writes in flight per partition (1: each record waits for the previous one's write). */
+  stageWindow: number;
   /** A replicator that stops heartbeating (killed) loses its partitions after this long. */
   sessionTimeoutMs: number;
   /** Longest a fetch waits for new records (the lag floor against brokers that do not answer early). */
@@ -49,6 +51,9 @@ export function isTransient(err: unknown): boolean {
   if (e.code && ['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTCONN'].includes(e.code)) return true;
   return /Connection is closed|LOADING|BUSY|READONLY|stream isn't writeable|ended/i.test(e.message);
 }
+
+/** Not a failure: a restorer holds the VM's fence, and the record is handled again once it is gone. */
+const FENCED = new Error('fenced by a restorer');
 
 /** A record that fails this often with a non-transient error is set aside instead of blocking its partition. */
 const POISON_ATTEMPTS = 3;
@@ -122,57 +127,141 @@ export class Replicator {
       autoCommitInterval: 200,
       eachBatchAutoResolve: false,
       partitionsConsumedConcurrently: this.o.partitionsConsumedConcurrently,
-      eachBatch: async (payload) => {
-        const { batch } = payload;
-        const isRunning = (): boolean => payload.isRunning();
-        const isStale = (): boolean => payload.isStale();
-        const heartbeat = (): Promise<void> => payload.heartbeat();
-        for (const m of batch.messages) {
-          if (!isRunning() || isStale()) break;
-          const raw = m.value ?? Buffer.alloc(0);
-          const key = m.key ? m.key.toString() : null;
-          for (let attempt = 0; ; attempt++) {
-            this.current = { topic: batch.topic, partition: batch.partition, offset: m.offset, raw };
-            try {
-              const r = await this.applier.handle(raw, key);
-              if (r === 'done') {
-                this.lastError = null;
-                break;
-              }
-              await sleep(50); // fenced by a restorer: wait for it
-            } catch (err) {
-              this.lastError = (err as Error).message;
-              this.applier.forget();
-              if (!isTransient(err) && attempt + 1 >= POISON_ATTEMPTS) {
-                // Not a server going away: this record cannot be handled. Set it aside; the VM's image stays
-                // the last committed epoch and is marked stale until a baseline arrives.
-                this.o.log.error('record cannot be handled; parking it', { topic: batch.topic, partition: batch.partition, offset: m.offset, vm: key, err });
-                try {
-                  await this.applier.poison(key, (err as Error).message);
-                  break;
-                } catch (e2) {
-                  this.lastError = (e2 as Error).message;
-                }
-              }
-              if (attempt % 20 === 0) this.o.log.warn('cannot handle a record yet; retrying', { topic: batch.topic, partition: batch.partition, offset: m.offset, vm: key, err });
-              await sleep(Math.min(2000, 100 * (attempt + 1)));
-            }
-            if (!isRunning()) return;
-            await heartbeat();
-          }
-          this.current = null;
-          payload.resolveOffset(m.offset);
-          this.o.metrics.consumerLagRecords.set({ partition: batch.partition }, Math.max(0, Number(batch.highWatermark) - Number(m.offset) - 1));
-          this.lagPartitions.add(batch.partition);
-          if (key !== null && this.vmPartitions.get(key) !== batch.partition) this.vmPartitions.set(key, batch.partition);
-          // Markers open the harvester's replication window: send them soon, not only on the timer.
-          if (Date.now() - this.lastFlushMs >= 5) void this.flushMarkers();
-          await payload.commitOffsetsIfNecessary();
-          await heartbeat();
-        }
-        await this.flushMarkers();
-      },
+      eachBatch: (payload) => this.consumeBatch(payload),
     });
+  }
+
+  /**
+   * Handles a fetched batch of one partition in offset order. Batch records are staged with up to
+   * `stageWindow` staging writes in flight; any other record first waits for them. Offsets are resolved
+   * in order, each once its record's effect is durable. When a write in flight fails, the rest are
+   * waited for, the cached VM state is dropped (Redis is the truth), and handling resumes at the failed
+   * record, one record at a time, retrying it until it works or is set aside.
+   */
+  private async consumeBatch(payload: EachBatchPayload): Promise<void> {
+    const { batch } = payload;
+    const msgs = batch.messages;
+    const window: { index: number; settled: Promise<Error | null> }[] = [];
+    const done = (index: number): void => {
+      const m = msgs[index]!;
+      payload.resolveOffset(m.offset);
+      this.o.metrics.consumerLagRecords.set({ partition: batch.partition }, Math.max(0, Number(batch.highWatermark) - Number(m.offset) - 1));
+      this.lagPartitions.add(batch.partition);
+      const key = m.key ? m.key.toString() : null;
+      if (key !== null && this.vmPartitions.get(key) !== batch.partition) this.vmPartitions.set(key, batch.partition);
+    };
+    /** Waits for the oldest write in flight (all of them with `all`); returns the first failure, after every write in flight has ended. */
+    const settle = async (all: boolean): Promise<{ index: number; err: Error } | null> => {
+      while (window.length) {
+        const w = window.shift()!;
+        const err = await w.settled;
+        if (err) {
+          for (const rest of window.splice(0)) await rest.settled;
+          return { index: w.index, err };
+        }
+        done(w.index);
+        if (!all) break;
+      }
+      return null;
+    };
+    let serial = -1; // the record to handle alone (after a failure), and how often it failed already
+    let serialAttempts = 0;
+    let i = 0;
+    for (;;) {
+      let failed: { index: number; err: Error } | null = null;
+      if (i >= msgs.length || !payload.isRunning() || payload.isStale()) {
+        failed = await settle(true);
+        if (!failed) break;
+      } else if (i === serial) {
+        const ok = await this.handleAlone(payload, msgs[i]!, serialAttempts);
+        if (!ok) return;
+        done(i);
+        serial = -1;
+        i++;
+      } else {
+        const m = msgs[i]!;
+        const raw = m.value ?? Buffer.alloc(0);
+        this.current = { topic: batch.topic, partition: batch.partition, offset: m.offset, raw };
+        try {
+          const rec = await this.applier.parse(raw, m.key ? m.key.toString() : null);
+          // Anything but a batch acts on what the writes in flight staged: they must have worked.
+          failed = rec && (rec.kind !== 'batch' || window.length >= this.o.stageWindow) ? await settle(rec.kind !== 'batch') : null;
+          if (!failed) {
+            const r = rec ? await this.applier.apply(rec) : 'done';
+            if (r === 'retry') {
+              failed = (await settle(true)) ?? { index: i, err: FENCED };
+            } else {
+              window.push({ index: i, settled: r === 'done' ? Promise.resolve(null) : r.settled });
+              if (window.length === 1 && r === 'done') await settle(false);
+              this.lastError = null;
+              i++;
+            }
+          }
+        } catch (err) {
+          failed = (await settle(true)) ?? { index: i, err: err instanceof Error ? err : new Error(String(err)) };
+        }
+        this.current = null;
+      }
+      if (failed) {
+        // Handle again from the first record whose effect is not durable, alone, on state reloaded from Redis.
+        this.applier.forget();
+        if (failed.err !== FENCED) {
+          this.lastError = failed.err.message;
+          this.o.log.warn('a record failed; handling it again', { topic: batch.topic, partition: batch.partition, offset: msgs[failed.index]!.offset, err: failed.err });
+          serialAttempts = 1;
+        } else serialAttempts = 0;
+        i = failed.index;
+        serial = i;
+        if (!payload.isRunning()) return;
+        continue;
+      }
+      // Markers open the harvester's replication window: send them soon, not only on the timer.
+      if (Date.now() - this.lastFlushMs >= 5) void this.flushMarkers();
+      await payload.commitOffsetsIfNecessary();
+      await payload.heartbeat();
+    }
+    await this.flushMarkers();
+  }
+
+  /**
+   * Handles one record on its own until its effect is durable: a server that went away is waited
+   * for; a record that keeps failing otherwise is set aside. False when the consumer stopped meanwhile.
+   */
+  private async handleAlone(payload: EachBatchPayload, m: KafkaMessage, firstAttempt: number): Promise<boolean> {
+    const { batch } = payload;
+    const raw = m.value ?? Buffer.alloc(0);
+    const key = m.key ? m.key.toString() : null;
+    for (let attempt = firstAttempt; ; attempt++) {
+      this.current = { topic: batch.topic, partition: batch.partition, offset: m.offset, raw };
+      try {
+        const r = await this.applier.handle(raw, key);
+        if (r === 'done') {
+          this.lastError = null;
+          break;
+        }
+        await sleep(50); // fenced by a restorer: wait for it
+      } catch (err) {
+        this.lastError = (err as Error).message;
+        this.applier.forget();
+        if (!isTransient(err) && attempt + 1 >= POISON_ATTEMPTS) {
+          // Not a server going away: this record cannot be handled. Set it aside; the VM's image stays
+          // the last committed epoch and is marked stale until a baseline arrives.
+          this.o.log.error('record cannot be handled; parking it', { topic: batch.topic, partition: batch.partition, offset: m.offset, vm: key, err });
+          try {
+            await this.applier.poison(key, (err as Error).message);
+            break;
+          } catch (e2) {
+            this.lastError = (e2 as Error).message;
+          }
+        }
+        if (attempt % 20 === 0) this.o.log.warn('cannot handle a record yet; retrying', { topic: batch.topic, partition: batch.partition, offset: m.offset, vm: key, err });
+        await sleep(Math.min(2000, 100 * (attempt + 1)));
+      }
+      if (!payload.isRunning()) return false;
+      await payload.heartbeat();
+    }
+    this.current = null;
+    return true;
   }
 
   /** Null when serving, else why not. */

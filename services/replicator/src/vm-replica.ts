@@ -30,6 +30,13 @@ export interface ApplierOptions {
 
 export type HandleResult = 'done' | 'retry';
 
+/** A record whose staging write is still in flight: `settled` resolves with null once it is durable, or with the error. */
+export interface InFlight {
+  settled: Promise<Error | null>;
+}
+
+const toError = (err: unknown): Error => (err instanceof Error ? err : new Error(String(err)));
+
 /** What the replicator knows of one VM (loaded from Redis on first sight). */
 export interface VmReplica {
   vm: string;
@@ -77,12 +84,29 @@ export class Applier {
     if (key !== null && validVmId(key)) await this.breakContinuity(await this.replica(key), 'missing-batch', `a record could not be handled: ${detail}`);
   }
 
-  /** Handles one raw record of the pages topic. `key` is the Kafka message key. */
+  /**
+   * Handles one raw record of the pages topic and waits until its effect is durable. `key` is the
+   * Kafka message key.
+   */
   async handle(raw: Buffer, key: string | null): Promise<HandleResult> {
+    const rec = await this.parse(raw, key);
+    if (!rec) return 'done';
+    const r = await this.apply(rec);
+    if (typeof r === 'string') return r;
+    const err = await r.settled;
+    if (err) throw err;
+    return 'done';
+  }
+
+  /**
+   * Decodes and vets a raw record. A record that is unusable as such (oversize, malformed, unknown
+   * schema version, bad VM id, key mismatch) is parked on the dead-letter topic: null.
+   */
+  async parse(raw: Buffer, key: string | null): Promise<EpochRecord | null> {
     if (raw.byteLength > this.opts.maxRecordBytes) {
       this.metrics.records.inc({ kind: 'bad' });
       await this.hooks.deadLetter(key, 'oversize', `record of ${raw.byteLength} bytes exceeds the limit of ${this.opts.maxRecordBytes}`);
-      return 'done';
+      return null;
     }
     let rec: EpochRecord;
     try {
@@ -91,17 +115,27 @@ export class Applier {
       this.metrics.records.inc({ kind: 'bad' });
       const reason: DeadLetterReason = err instanceof WireError ? (err.code === 'CKPT_ERR_WIRE_MALFORMED' ? 'malformed' : err.code === 'CKPT_ERR_WIRE_VERSION' ? 'schema-version' : 'invalid') : 'malformed';
       await this.hooks.deadLetter(key, reason, (err as Error).message);
-      return 'done';
+      return null;
     }
     this.metrics.records.inc({ kind: rec.kind });
     if (!validVmId(rec.vm)) {
       await this.hooks.deadLetter(key, 'bad-vm-id', `VM id ${JSON.stringify(rec.vm)} is not usable as a key`);
-      return 'done';
+      return null;
     }
     if (key !== null && key !== rec.vm) {
       await this.hooks.deadLetter(key, 'key-mismatch', `record of VM ${rec.vm} arrived with key ${key}`);
-      return 'done';
+      return null;
     }
+    return rec;
+  }
+
+  /**
+   * Handles a parsed record. A batch that is staged returns with its staging write still in flight
+   * (`settled` tells how it ended; it never rejects): the VM's cached state already counts it, so a
+   * caller that sees the write fail must forget() the cache and handle the record again. Redis runs one
+   * connection's commands in order, so later records' commands see the write's effect.
+   */
+  async apply(rec: EpochRecord): Promise<HandleResult | InFlight> {
     let r = await this.replica(rec.vm);
     for (let attempt = 0; ; attempt++) {
       try {
@@ -115,20 +149,27 @@ export class Applier {
     }
   }
 
-  private async handleRecord(r: VmReplica, rec: EpochRecord): Promise<HandleResult> {
+  private async handleRecord(r: VmReplica, rec: EpochRecord): Promise<HandleResult | InFlight> {
     if (rec.generation > r.seen.generation || (rec.generation === r.seen.generation && rec.epoch > r.seen.epoch)) r.seen = { generation: rec.generation, epoch: rec.epoch };
     let result: HandleResult = 'done';
     switch (rec.kind) {
       case 'begin': await this.onBegin(r, rec); break;
-      case 'batch': await this.onBatch(r, rec); break;
+      case 'batch': {
+        const staging = await this.onBatch(r, rec);
+        if (staging) return { settled: staging.write.then(() => this.finished(r, rec)).then(() => null, (err: unknown) => toError(err)) };
+        break;
+      }
       case 'commit': result = await this.onCommit(r, rec); break;
     }
-    if (result === 'done') {
-      if (r.stale) await this.maybeResync(r, r.meta?.state === 'stale' ? 'still waiting for a baseline' : 'no image');
-      this.updateGauges(r);
-      this.hooks.processed(rec.vm, rec, r);
-    }
+    if (result === 'done') await this.finished(r, rec);
     return result;
+  }
+
+  /** The record's effect is durable. */
+  private async finished(r: VmReplica, rec: EpochRecord): Promise<void> {
+    if (r.stale) await this.maybeResync(r, r.meta?.state === 'stale' ? 'still waiting for a baseline' : 'no image');
+    this.updateGauges(r);
+    this.hooks.processed(rec.vm, rec, r);
   }
 
   private async onBegin(r: VmReplica, rec: EpochRecord & { kind: 'begin' }): Promise<void> {
@@ -209,20 +250,21 @@ export class Applier {
     return null;
   }
 
-  private async onBatch(r: VmReplica, rec: EpochRecord & { kind: 'batch' }): Promise<void> {
+  /** Returns the staging write, in flight (wrapped: an async function would wait for a promise it returns), or null when the batch is not staged. */
+  private async onBatch(r: VmReplica, rec: EpochRecord & { kind: 'batch' }): Promise<{ write: Promise<void> } | null> {
     const a = await this.matchAssembly(r, rec);
-    if (!a) return;
+    if (!a) return null;
     const b = rec.batch;
     if (b.seq < a.nextSeq) {
       await this.ensureFresh(r);
       await this.hooks.deadLetter(r.vm, 'duplicate', `batch ${b.seq} of epoch ${a.generation}/${a.epoch} is already staged`);
-      return;
+      return null;
     }
     if (b.seq > a.nextSeq) {
       await this.ensureFresh(r);
       await this.hooks.deadLetter(r.vm, 'out-of-order', `batch ${b.seq} of epoch ${a.generation}/${a.epoch} arrived before batch ${a.nextSeq}`);
       await this.breakContinuity(r, 'missing-batch', `batches ${a.nextSeq}..${b.seq - 1} of epoch ${a.generation}/${a.epoch} are missing`);
-      return;
+      return null;
     }
     let pages: Uint8Array;
     try {
@@ -231,9 +273,9 @@ export class Applier {
     } catch (err) {
       await this.hooks.deadLetter(r.vm, 'invalid', (err as Error).message);
       await this.breakContinuity(r, 'missing-batch', `batch ${b.seq} of epoch ${a.generation}/${a.epoch} is unusable: ${(err as Error).message}`);
-      return;
+      return null;
     }
-    await this.store.stageBatch(r.vm, a, b, pages);
+    return { write: this.store.stageBatch(r.vm, a, b, pages) };
   }
 
   private async onCommit(r: VmReplica, rec: EpochRecord & { kind: 'commit' }): Promise<HandleResult> {

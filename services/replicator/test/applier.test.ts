@@ -180,6 +180,25 @@ test('out-of-order and unknown-epoch batches are parked and break continuity', a
   assert.equal(t2.dead.at(-1)?.reason, 'unknown-epoch');
 });
 
+test('batches staged with their writes in flight (as the replicator pipelines them) give the same image', async () => {
+  const t = setup('vm-w');
+  const h = new FakeHarvester('vm-w', 700);
+  await t.feed(h.epochRecords(pages([[1, 1], [2, 2], [3, 3]])));
+  const e1 = h.epochRecords(pages([[1, 0], [2, 5], [3, 6], [10, 7], [11, 8], [700, 9], [1000, 10]]), 2);
+  const inFlight: Promise<Error | null>[] = [];
+  for (const raw of e1.slice(0, -1)) {
+    const rec = await t.applier.parse(raw, 'vm-w');
+    assert.ok(rec);
+    const r = await t.applier.apply(rec);
+    if (typeof r !== 'string') inFlight.push(r.settled);
+  }
+  assert.equal(inFlight.length, e1.length - 2, 'every batch left its staging write in flight');
+  assert.deepEqual(await Promise.all(inFlight), inFlight.map(() => null));
+  await t.feed(e1.slice(-1));
+  const img = await t.image();
+  assert.deepEqual([img.epoch, img.state, img.digest, img.bytesDigest], [1, 'ok', h.model.digest().toHex(), h.model.digest().toHex()]);
+});
+
 test('NEGATIVE: a staging write that did not land (a lost batch or page) is caught at the commit; nothing of the epoch applies', async () => {
   for (const lose of ['batch', 'page'] as const) {
     const vm = `vm-lost-${lose}`;

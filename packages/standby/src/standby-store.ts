@@ -306,7 +306,7 @@ export class StandbyStore {
   /**
    * Reads the image of generation `g`: calls `onChunk` for every chunk (CHUNK_PAGES consecutive pages)
    * that holds a page, in slot and chunk order, with the chunk's bytes up to its last page that exists
-   * (absent pages read as zero). One MGET per chunk, `window` chunks per round trip: no per-page round
+   * (whole pages, absent ones zero, 4-byte aligned). One MGET per chunk, `window` chunks per round trip: no per-page round
    * trips. `bytes` is reused: valid only during the call. `afterWindow` (tests) runs between round trips.
    * A sparse image (few pages in a big slot) is read through its hash table instead of probing every page.
    */
@@ -317,15 +317,16 @@ export class StandbyStore {
     const buf = Buffer.alloc(CHUNK_PAGES * pageSize);
     const hashed = await this.redis.hlen(k.hashes(g));
     const emit = (slot: number, chunk: number, gfns: number[] | null, vals: (Buffer | null)[]): void => {
-      let end = 0;
-      buf.fill(0);
-      vals.forEach((v, i) => {
-        if (!v) return;
+      let end = 0; // bytes of buf holding this chunk so far; pages skipped on the way are zeroed
+      for (let i = 0; i < vals.length; i++) {
+        const v = vals[i];
+        if (!v) continue;
         const p = gfns ? gfns[i]! - chunk * CHUNK_PAGES : i;
         if (v.byteLength !== pageSize) throw new CkptError('CKPT_ERR_STANDBY_CORRUPT', `page ${slot}:${chunk * CHUNK_PAGES + p} of ${vm} holds ${v.byteLength} bytes, not ${pageSize}`);
+        if (p * pageSize > end) buf.fill(0, end, p * pageSize);
         buf.set(v, p * pageSize);
-        end = Math.max(end, (p + 1) * pageSize);
-      });
+        end = (p + 1) * pageSize;
+      }
       if (end > 0) onChunk(slot, chunk, buf.subarray(0, end));
     };
     for (const s of slots) {
@@ -393,32 +394,33 @@ export class StandbyStore {
 }
 
 /**
- * Adds chunks read from Redis to an image digest. Each chunk is copied into a zero-padded buffer of
- * CHUNK_PAGES pages (a chunk's missing tail is zero), which `padded` exposes to callers that also
- * look at the pages.
+ * Adds chunks read from Redis (forEachChunk: whole pages, absent ones zero) to an image digest,
+ * hashing the pages where they are (a chunk whose bytes are not 4-byte aligned is copied first).
  */
 export class ChunkDigest {
   readonly digest = new Digest64();
-  readonly padded: Uint8Array;
-  private readonly words: Uint32Array;
+  private readonly scratch: Uint8Array;
   private readonly out = new Uint32Array(2);
 
   constructor(private readonly vm: string, private readonly pageSize: number) {
-    this.padded = new Uint8Array(CHUNK_PAGES * pageSize);
-    this.words = new Uint32Array(this.padded.buffer);
+    this.scratch = new Uint8Array(CHUNK_PAGES * pageSize);
   }
 
-  /** Pads the chunk into `padded`, hashes its pages; returns how many pages it holds. */
+  /** Hashes the chunk's pages; returns how many pages it holds. */
   add(slot: number, chunk: number, bytes: Uint8Array): number {
-    if (bytes.byteLength > this.padded.byteLength) {
-      throw new CkptError('CKPT_ERR_STANDBY_CORRUPT', `chunk ${slot}:${chunk} of ${this.vm} holds ${bytes.byteLength} bytes, more than ${CHUNK_PAGES} pages`);
+    if (bytes.byteLength > this.scratch.byteLength || bytes.byteLength % this.pageSize !== 0) {
+      throw new CkptError('CKPT_ERR_STANDBY_CORRUPT', `chunk ${slot}:${chunk} of ${this.vm} holds ${bytes.byteLength} bytes, not whole pages of ${this.pageSize} bytes up to ${CHUNK_PAGES} pages`);
     }
-    this.padded.fill(0);
-    this.padded.set(bytes);
+    let src = bytes;
+    if (bytes.byteOffset % 4 !== 0) {
+      this.scratch.set(bytes);
+      src = this.scratch.subarray(0, bytes.byteLength);
+    }
+    const words = new Uint32Array(src.buffer, src.byteOffset, src.byteLength >>> 2);
     const pw = this.pageSize >>> 2;
-    const pages = Math.ceil(bytes.byteLength / this.pageSize);
+    const pages = bytes.byteLength / this.pageSize;
     for (let p = 0; p < pages; p++) {
-      pageHash(this.words, p * pw, pw, slot, chunk * CHUNK_PAGES + p, this.out);
+      pageHash(words, p * pw, pw, slot, chunk * CHUNK_PAGES + p, this.out);
       this.digest.add(this.out[0]!, this.out[1]!);
     }
     return pages;

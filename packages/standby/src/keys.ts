@@ -39,7 +39,7 @@ export class VmKeys {
   gen(g: number): string { return `${this.base}:g${g}`; }
   /** Prefix of the image's page keys: the page key is the prefix plus pageField(). */
   pagePrefix(g: number): string { return `${this.gen(g)}:p:`; }
-  page(g: number, slot: number, gfn: number): string { return `${this.gen(g)}:p:${slot}:${gfn}`; }
+  page(g: number, slot: number, gfn: number): string { return this.pagePrefix(g) + pageField(slot, gfn); }
   hashes(g: number): string { return `${this.gen(g)}:h`; }
   /** Prefix of epoch `e`'s staged page keys: the key is the prefix plus pageField(). */
   stagePrefix(g: number, e: number): string { return `${this.gen(g)}:s:${e}:`; }

@@ -111,14 +111,7 @@ export class StandbyStore {
       // Every staged page has a field in the staged hashes (written in the same MULTI).
       const sh = k.stagedHashes(asm.generation, asm.epoch);
       const prefix = k.stagePrefix(asm.generation, asm.epoch);
-      let cursor = '0';
-      do {
-        const [next, kv] = await this.redis.hscan(sh, cursor, 'COUNT', 4096);
-        cursor = next;
-        const victims: string[] = [];
-        for (let i = 0; i < kv.length; i += 2) victims.push(prefix + kv[i]!);
-        if (victims.length) await this.redis.unlink(...victims);
-      } while (cursor !== '0');
+      await this.forEachField(sh, '*', async (fields) => { await this.redis.unlink(...fields.map((f) => prefix + f)); });
       await this.redis.unlink(sh, k.stagedBatches(asm.generation, asm.epoch));
     }
     await this.redis.del(k.asm);
@@ -127,6 +120,18 @@ export class StandbyStore {
   /** Deletes every key of one generation. */
   deleteGeneration(vm: string, generation: number): Promise<number> {
     return this.unlinkMatching(`${this.keys(vm).gen(generation)}:*`, () => true);
+  }
+
+  /** HSCAN of a hash: calls `onFields` with each non-empty page of field names matching `match`. */
+  private async forEachField(key: string, match: string, onFields: (fields: string[]) => void | Promise<void>): Promise<void> {
+    let cursor = '0';
+    do {
+      const [next, kv] = await this.redis.hscan(key, cursor, 'MATCH', match, 'COUNT', 4096);
+      cursor = next;
+      const fields: string[] = [];
+      for (let i = 0; i < kv.length; i += 2) fields.push(kv[i]!);
+      if (fields.length) await onFields(fields);
+    } while (cursor !== '0');
   }
 
   /** SCAN + UNLINK of the keys matching `pattern` that `drop` selects; returns how many went. */
@@ -359,12 +364,7 @@ export class StandbyStore {
     const k = this.keys(vm);
     const found: number[] = [];
     const field = `${slot}:`;
-    let cursor = '0';
-    do {
-      const [next, kv] = await this.redis.hscan(k.hashes(g), cursor, 'MATCH', `${field}*`, 'COUNT', 4096);
-      cursor = next;
-      for (let i = 0; i < kv.length; i += 2) found.push(Number(kv[i]!.slice(field.length)));
-    } while (cursor !== '0');
+    await this.forEachField(k.hashes(g), `${field}*`, (fields) => { for (const f of fields) found.push(Number(f.slice(field.length))); });
     found.sort((a, b) => a - b);
     const groups: number[][] = [];
     for (const gfn of found) {

@@ -39,6 +39,8 @@ export interface ReplicatorOptions {
   onFatal?: (err: Error) => void;
 }
 
+const keyOf = (m: KafkaMessage): string | null => (m.key ? m.key.toString() : null);
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Errors from a server that went away or is busy: the same record is retried until it works. */
@@ -147,7 +149,7 @@ export class Replicator {
       payload.resolveOffset(m.offset);
       this.o.metrics.consumerLagRecords.set({ partition: batch.partition }, Math.max(0, Number(batch.highWatermark) - Number(m.offset) - 1));
       this.lagPartitions.add(batch.partition);
-      const key = m.key ? m.key.toString() : null;
+      const key = keyOf(m);
       if (key !== null && this.vmPartitions.get(key) !== batch.partition) this.vmPartitions.set(key, batch.partition);
     };
     /** Waits for the oldest write in flight (all of them with `all`); returns the first failure, after every write in flight has ended. */
@@ -180,10 +182,9 @@ export class Replicator {
         i++;
       } else {
         const m = msgs[i]!;
-        const raw = m.value ?? Buffer.alloc(0);
-        this.current = { topic: batch.topic, partition: batch.partition, offset: m.offset, raw };
+        const raw = this.handling(payload, m);
         try {
-          const rec = await this.applier.parse(raw, m.key ? m.key.toString() : null);
+          const rec = await this.applier.parse(raw, keyOf(m));
           // Anything but a batch acts on what the writes in flight staged: they must have worked.
           failed = rec && (rec.kind !== 'batch' || window.length >= this.o.stageWindow) ? await settle(rec.kind !== 'batch') : null;
           if (!failed) {
@@ -203,9 +204,10 @@ export class Replicator {
         this.current = null;
       }
       if (failed) {
-        // Handle again from the first record whose effect is not durable, alone, on state reloaded from Redis.
-        this.applier.forget();
+        // Handle again from the first record whose effect is not durable, alone (after a failure, on
+        // state reloaded from Redis; a fence only has to be waited out).
         if (failed.err !== FENCED) {
+          this.applier.forget();
           this.lastError = failed.err.message;
           this.o.log.warn('a record failed; handling it again', { topic: batch.topic, partition: batch.partition, offset: msgs[failed.index]!.offset, err: failed.err });
           serialAttempts = 1;
@@ -229,10 +231,9 @@ export class Replicator {
    */
   private async handleAlone(payload: EachBatchPayload, m: KafkaMessage, firstAttempt: number): Promise<boolean> {
     const { batch } = payload;
-    const raw = m.value ?? Buffer.alloc(0);
-    const key = m.key ? m.key.toString() : null;
+    const key = keyOf(m);
     for (let attempt = firstAttempt; ; attempt++) {
-      this.current = { topic: batch.topic, partition: batch.partition, offset: m.offset, raw };
+      const raw = this.handling(payload, m);
       try {
         const r = await this.applier.handle(raw, key);
         if (r === 'done') {
@@ -262,6 +263,13 @@ export class Replicator {
     }
     this.current = null;
     return true;
+  }
+
+  /** Notes the record being handled (dead letters carry it); returns its value. */
+  private handling(payload: EachBatchPayload, m: KafkaMessage): Buffer {
+    const raw = m.value ?? Buffer.alloc(0);
+    this.current = { topic: payload.batch.topic, partition: payload.batch.partition, offset: m.offset, raw };
+    return raw;
   }
 
   /** Null when serving, else why not. */

@@ -113,9 +113,9 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
     const digest = new ChunkDigest(vm, meta.pageSize);
     let bytesRead = 0;
     await store.forEachChunk(vm, meta.generation, meta.slots, meta.pageSize, (slot, chunk, bytes) => {
-      const pages = digest.add(slot, chunk, bytes);
+      digest.add(slot, chunk, bytes); // whole pages: it refuses anything else
       bytesRead += bytes.byteLength;
-      target.write(slotIndex.get(slot)!, chunk * CHUNK_PAGES, bytes.subarray(0, pages * meta.pageSize));
+      target.write(slotIndex.get(slot)!, chunk * CHUNK_PAGES, bytes);
     }, opts.window ?? 4, opts.afterWindow);
     if (fenceLost) throw new CkptError('CKPT_ERR_RESTORE_FENCE_LOST', `the fence of ${vm} expired or was taken while reading: the read may mix epochs; try again (or raise the fence TTL)`, { retriable: true });
     const recomputed = digest.digest.toHex();

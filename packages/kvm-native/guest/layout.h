@@ -28,6 +28,10 @@
 #define GUEST_STATUS_GPA 0x81000ULL
 #define GUEST_STATUS_STRIDE 0x1000ULL
 
+/* Probe page: never touched by the guest. The host makes KVM write its wall clock here (and log the
+ * page) to prove a dirty ring that was seen full; the host puts the bytes back (dirty-harvest.c). */
+#define GUEST_PROBE_GPA 0xFF000ULL
+
 #define GUEST_CODE_GPA 0x100000ULL
 /* The code blob must end before the first stack. */
 #define GUEST_CODE_MAX_BYTES (GUEST_STACKS_GPA - GUEST_CODE_GPA)
@@ -100,6 +104,7 @@ struct guest_status {
 _Static_assert(sizeof(struct guest_control) == 64, "control block layout");
 _Static_assert(sizeof(struct guest_status) == 16, "status page layout");
 _Static_assert(GUEST_STATUS_GPA + GUEST_MAX_VCPUS * GUEST_STATUS_STRIDE <= GUEST_CODE_GPA, "status pages overlap code");
+_Static_assert(GUEST_PROBE_GPA >= GUEST_STATUS_GPA + GUEST_MAX_VCPUS * GUEST_STATUS_STRIDE && GUEST_PROBE_GPA < GUEST_CODE_GPA, "probe page overlaps");
 _Static_assert(GUEST_STACKS_GPA + GUEST_MAX_VCPUS * GUEST_STACK_BYTES <= GUEST_REGION_GPA, "stacks overlap region");
 #endif
 

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 
+#include "layout.h"
 #include "vm-internal.h"
 
 /* KVM_RESET_DIRTY_RINGS stops early (returning what it did so far) when a signal is pending. */
@@ -169,7 +170,7 @@ static void repair_pending(struct vm *vm) {
   }
 }
 
-static int64_t ring_reset(struct vm *vm, struct vm_error *e) {
+static int64_t ring_reset_once(struct vm *vm, struct vm_error *e) {
   int64_t total = 0;
   const uint64_t expected = vm->marked_since_reset;
   for (int attempt = 0; attempt < RESET_ATTEMPTS; attempt++) {
@@ -197,6 +198,88 @@ static int64_t ring_reset(struct vm *vm, struct vm_error *e) {
     vm->ring_in_sync = false;
   }
   vm_stat_add(vm, VM_STAT_RESET_RETURNED_TOTAL, (uint64_t)total);
+  return total;
+}
+
+
+/*
+ * Proving a suspect ring at a pause. A ring drained full may have overflowed just before: its
+ * ghosts (see above) only show once the kernel publishes the next entry, which may come after the
+ * epoch that lost the overwritten entries was committed. So while the guest is paused, after a
+ * complete reset, we make the kernel publish one: writing MSR_KVM_WALL_CLOCK_NEW from the vCPU's
+ * own fd makes KVM write the wall clock into guest memory (GUEST_PROBE_GPA, a page of the reserved
+ * area the guest never touches) and log that page in this vCPU's ring, at the kernel's dirty index.
+ * Published at our fetch index: no ghosts. Published further on: the slots in between are ghosts,
+ * counted lost, so the harvester refuses to commit this epoch. The probe page's bytes are put back
+ * and its entries consumed and reset here: the caller never sees them.
+ */
+#define MSR_KVM_WALL_CLOCK_NEW 0x4b564d00U
+
+static bool probe_entry(struct vm *vm, struct vcpu *v, uint32_t at) {
+  struct kvm_dirty_gfn *g = &v->ring[at & (vm->ring_entries - 1)];
+  uint32_t flags = __atomic_load_n(&g->flags, __ATOMIC_ACQUIRE);
+  return (flags & KVM_DIRTY_GFN_F_DIRTY) && !(flags & KVM_DIRTY_GFN_F_RESET) &&
+         __atomic_load_n(&g->slot, __ATOMIC_RELAXED) == 0 &&
+         __atomic_load_n(&g->offset, __ATOMIC_RELAXED) == GUEST_PROBE_GPA / GUEST_PAGE_SIZE;
+}
+
+/* Probes one paused vCPU's ring; returns entries it marked RESET (ghosts + probe entries). */
+static uint32_t probe_ring(struct vm *vm, struct vcpu *v) {
+  const uint32_t n = vm->ring_entries;
+  uint8_t saved[GUEST_PAGE_SIZE];
+  uint8_t *page = vm->mem + GUEST_PROBE_GPA;
+  memcpy(saved, page, sizeof saved);
+  struct {
+    struct kvm_msrs head;
+    struct kvm_msr_entry entry;
+  } msr;
+  memset(&msr, 0, sizeof msr);
+  msr.head.nmsrs = 1;
+  msr.entry.index = MSR_KVM_WALL_CLOCK_NEW;
+  msr.entry.data = GUEST_PROBE_GPA;
+  int r;
+  do r = ioctl(v->fd, KVM_SET_MSRS, &msr);
+  while (r < 0 && errno == EINTR);
+  memcpy(page, saved, sizeof saved);
+  if (r != 1) {
+    vm->probe_off = true; /* the ring stays suspect: ghosts show at its next publish */
+    return 0;
+  }
+  vm_stat_add(vm, VM_STAT_RING_PROBES, 1);
+  /* Only the probe can have published since the reset (the guest is paused): find its first entry. */
+  uint32_t ghosts = 0;
+  while (ghosts < n && !probe_entry(vm, v, v->fetch + ghosts)) ghosts++;
+  if (ghosts == n) {
+    vm->probe_off = true; /* the write was not logged: nothing to learn from it */
+    return 0;
+  }
+  if (ghosts > 0) mark_ghosts(vm, v, ghosts);
+  uint32_t mine = 0;
+  while (mine < n - ghosts && probe_entry(vm, v, v->fetch + mine)) {
+    __atomic_store_n(&v->ring[(v->fetch + mine) & (n - 1)].flags, (uint32_t)KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
+    mine++;
+  }
+  v->fetch += mine;
+  v->pending += mine;
+  vm->marked_since_reset += mine;
+  vm_stat_add(vm, VM_STAT_ENTRIES_MARKED_RESET, mine);
+  v->suspect = false; /* the kernel's dirty index is now known to be ours */
+  return ghosts + mine;
+}
+
+static int64_t ring_reset(struct vm *vm, struct vm_error *e) {
+  int64_t total = ring_reset_once(vm, e);
+  if (total < 0 || !vm->ring_in_sync || vm->probe_off) return total;
+  pthread_mutex_lock(&vm->lock);
+  bool paused = vm->paused;
+  pthread_mutex_unlock(&vm->lock);
+  if (!paused) return total; /* a running ring can change under us; its next pause proves it */
+  uint32_t marked = 0;
+  for (uint32_t i = 0; i < vm->nvcpus; i++) {
+    struct vcpu *v = &vm->vcpus[i];
+    if (v->suspect) marked += probe_ring(vm, v);
+  }
+  if (marked > 0 && ring_reset_once(vm, e) < 0) return -1;
   return total;
 }
 

@@ -482,6 +482,7 @@ int vm_create(const struct vm_options *o, struct vm **out, struct vm_error *e) {
   vm->tick_us = o->tick_us;
   vm->stats[VM_STAT_MODE] = o->ring_bytes != 0;
   vm->ring_in_sync = true;
+  vm->probe_off = !o->probe_full_rings;
 
   if (init_sync(vm, e) < 0) goto fail;
   vm->kvm_fd = open_kvm(o->dev_path, e);

@@ -69,6 +69,7 @@ struct vm_options {
   bool fill_pages;
   uint64_t max_writes_per_vcpu; /* 0 = unlimited */
   uint32_t tick_us;
+  bool probe_full_rings; /* prove rings seen full at a pause (dirty-harvest.c); false only in tests */
 };
 
 /* Indexes of vm_stats(); the same numbers as NativeStat in ts/native.ts. */
@@ -88,6 +89,8 @@ enum vm_stat {
   VM_STAT_BITMAP_PAGES_CLEARED = 12,
   /* Ring entries the kernel overwrote before we could harvest them (a kernel ring overflow). */
   VM_STAT_RING_ENTRIES_LOST = 13,
+  /* Suspect rings proven at a pause by making the kernel publish an entry (dirty-harvest.c). */
+  VM_STAT_RING_PROBES = 14,
   VM_STAT_LENGTH = 16,
 };
 

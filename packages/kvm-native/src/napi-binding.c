@@ -333,6 +333,7 @@ static bool parse_options(napi_env env, napi_value obj, struct vm_options *o, ch
       !get_uint(env, v, "options.maxWritesPerVcpu", MAX_SAFE_INTEGER, &o->max_writes_per_vcpu))
     return false;
   if (!get_prop(env, obj, "tickUs", &v) || !get_u32(env, v, "options.tickUs", &o->tick_us)) return false;
+  if (!get_prop(env, obj, "probeFullRings", &v) || !get_bool(env, v, "options.probeFullRings", &o->probe_full_rings)) return false;
   return true;
 }
 
@@ -708,6 +709,7 @@ static napi_value guest_layout(napi_env env) {
   set_number_prop(env, o, "stacksGpa", (double)GUEST_STACKS_GPA);
   set_number_prop(env, o, "stackBytes", (double)GUEST_STACK_BYTES);
   set_number_prop(env, o, "regionGpa", (double)GUEST_REGION_GPA);
+  set_number_prop(env, o, "probeGpa", (double)GUEST_PROBE_GPA);
   set_number_prop(env, o, "maxVcpus", GUEST_MAX_VCPUS);
   set_number_prop(env, o, "stampMagic", GUEST_STAMP_MAGIC);
   NAPI_OK(env, napi_object_freeze(env, o));

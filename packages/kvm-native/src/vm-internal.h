@@ -78,6 +78,9 @@ struct vm {
   uint64_t marked_since_reset;
   /* Ring mode: the last reset returned everything we had marked, so every vcpu->pending is exact. */
   bool ring_in_sync;
+  /* Ring mode: no probing of suspect rings (dirty-harvest.c): turned off by the options (tests), or
+   * the probe does not work on this kernel. */
+  bool probe_off;
   /* Bitmap mode: drain() has fetched the bitmaps; its cursor; pages emitted since reset. */
   bool bm_fetched;
   uint32_t bm_slot;

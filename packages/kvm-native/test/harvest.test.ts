@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { stampSeq, stampVcpu } from '@ckpt/common';
-import { KvmVm } from '../ts/index.ts';
+import { KvmVm, loadNative } from '../ts/index.ts';
 import {
   MiB, PAGE, REGION_FIRST_PAGE, STAMP_MAGIC, drainAll, expectedFill, expectedPages, needKvm, sortedEqual, splitRegion,
   waitFor, waitWritten, withVm,
@@ -234,6 +234,84 @@ test('a ring-full storm is survived: vCPUs stall, resume after reset, and keep a
     assert.equal(vm.lastError(), null);
     assert.equal(s.runErrors, 0);
   });
+});
+
+interface ProbeTrials { trials: number; drainedFull: number; caughtAtPause: number; caughtLater: number; probes: number; probePageChanged: boolean }
+
+/**
+ * Trials of: the guest fills pages until its 4096-entry ring is full (1030 entries a page on hosts
+ * that log every store), pause, harvest (drain + reset, where a ring drained full is probed), resume;
+ * then the guest writes one more page and a second paused harvest shows whether ghosts of a kernel
+ * overrun were still there. Stops after `wantOverruns` overruns.
+ */
+async function probeTrials(probeFullRings: boolean, maxTrials: number, wantOverruns: number): Promise<ProbeTrials> {
+  const r: ProbeTrials = { trials: 0, drainedFull: 0, caughtAtPause: 0, caughtLater: 0, probes: 0, probePageChanged: false };
+  await withVm({
+    slotBytes: [MEM], vcpus: 1, ringEntries: 4096, workload: 'sequential', ratePagesPerSec: 0, fillPages: true, maxWritesPerVcpu: 1, probeFullRings,
+  }, async (vm) => {
+    const probeGfn = loadNative().guestLayout.probeGpa / PAGE;
+    const probePage = (): Uint8Array => {
+      const out = new Uint8Array(PAGE);
+      vm.readPages(new Uint32Array([0]), new Uint32Array([probeGfn]), 1, out);
+      return out;
+    };
+    const before = probePage();
+    vm.start();
+    let written = 1;
+    await waitWritten(vm, written);
+    const harvest = (): number => {
+      vm.pause();
+      const n = drainAll(vm, 8192).slots.length;
+      vm.reset();
+      vm.resume();
+      return n;
+    };
+    harvest();
+    for (; r.trials < maxTrials && r.caughtAtPause + r.caughtLater < wantOverruns; r.trials++) {
+      const s0 = vm.stats();
+      vm.grantWrites(5);
+      written += 5;
+      await waitFor('a full ring', () => vm.stats().vcpusStalledRingFull > 0 || vm.guestCounters()[1]! >= written, 5000, vm);
+      if (harvest() === 4096) r.drainedFull++;
+      const s1 = vm.stats();
+      await waitWritten(vm, written);
+      harvest();
+      const s2 = vm.stats();
+      if (s1.ringEntriesLost > s0.ringEntriesLost) r.caughtAtPause++;
+      if (s2.ringEntriesLost > s1.ringEntriesLost) r.caughtLater++;
+      assert.equal(s2.entriesMarkedReset, s2.resetReturnedTotal, 'the ring is back in step with the kernel');
+    }
+    r.probes = vm.stats().ringProbes;
+    r.probePageChanged = Buffer.compare(before, probePage()) !== 0;
+    assert.equal(vm.lastError(), null);
+  });
+  return r;
+}
+
+test('a ring drained full is proven at the pause: a kernel overrun is caught before its epoch is committed', async (t) => {
+  if (!needKvm(t)) return;
+  const on = await probeTrials(true, 150, 2);
+  t.diagnostic(`probe on: ${JSON.stringify(on)}`);
+  if (on.drainedFull === 0) {
+    // Kernels that keep their reserve never hand over a full ring: nothing is suspect, nothing to prove.
+    process.stderr.write(`note: this kernel never filled a 4096-entry ring to the last entry in ${on.trials} trials; the overrun probe had nothing to prove here\n`);
+    assert.equal(on.caughtLater + on.caughtAtPause, 0);
+    return;
+  }
+  assert.ok(on.probes >= on.drainedFull, `every ring drained full was probed: ${JSON.stringify(on)}`);
+  assert.equal(on.caughtLater, 0, `no overrun may show only after the pause that harvested it: ${JSON.stringify(on)}`);
+  assert.equal(on.probePageChanged, false, 'the probe puts the page back');
+  // NEGATIVE: without the probe, the same overruns show only at the next harvest (after the epoch
+  // that missed the overwritten entries would have been committed). Only where this kernel overruns.
+  if (on.caughtAtPause === 0) {
+    process.stderr.write(`note: this kernel did not overrun a ring in ${on.trials} trials (${on.drainedFull} drained full, all proven clean); the negative half needs an overrun\n`);
+    return;
+  }
+  const off = await probeTrials(false, 200, 1);
+  t.diagnostic(`probe off: ${JSON.stringify(off)}`);
+  assert.equal(off.probes, 0);
+  assert.equal(off.caughtAtPause, 0, JSON.stringify(off));
+  assert.ok(off.caughtLater > 0, `without the probe an overrun must show late in ${off.trials} trials: ${JSON.stringify(off)}`);
 });
 
 test('pause returns quickly and leaves every vCPU parked', async (t) => {

@@ -37,7 +37,7 @@ test('the exported layout and state size match docs/guest-program.md', () => {
   const n = loadNative();
   assert.deepEqual({ ...n.guestLayout }, {
     pageTablesGpa: 0x1000, controlGpa: 0x80000, statusGpa: 0x81000, statusStride: 0x1000, codeGpa: 0x100000,
-    stacksGpa: 0x110000, stackBytes: 0x4000, regionGpa: 0x400000, maxVcpus: 64, stampMagic: 0x4b43,
+    stacksGpa: 0x110000, stackBytes: 0x4000, regionGpa: 0x400000, probeGpa: 0xff000, maxVcpus: 64, stampMagic: 0x4b43,
   });
   assert.ok(Object.isFrozen(n.guestLayout));
   // struct kvm_regs (144 bytes) + struct kvm_sregs (312 bytes) on x86-64.
@@ -84,7 +84,7 @@ test('the kernel refusing a ring size maps to CKPT_ERR_KVM_RING_SIZE', (t) => {
   try {
     n.createVm({
       devPath: '/dev/kvm', slotBytes: [64 * MiB], vcpus: 1, ringBytes: max * 2, loadGuest: true, workload: 0,
-      ratePagesPerSec: 0, seed: 1, hotPages: 1, hotPercent: 0, fillPages: false, maxWritesPerVcpu: 0, tickUs: 1000,
+      ratePagesPerSec: 0, seed: 1, hotPages: 1, hotPercent: 0, fillPages: false, maxWritesPerVcpu: 0, tickUs: 1000, probeFullRings: true,
     });
   } catch (err) {
     raw = err;

@@ -157,6 +157,7 @@ int main(int argc, char **argv) {
   o.seed = 1;
   o.max_writes_per_vcpu = a.pages;
   o.tick_us = 1000;
+  o.probe_full_rings = true; /* as the Node path does */
 
   struct vm_error e;
   struct vm *vm;

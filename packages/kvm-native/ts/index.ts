@@ -187,6 +187,11 @@ export interface KvmVmOptions {
   maxWritesPerVcpu?: number;
   /** Sleep of an idle vCPU thread, microseconds. Default 1000. */
   tickUs?: number;
+  /**
+   * Ring mode: at a pause, prove each ring drained full since it was last proven, by making the
+   * kernel publish one entry (see reset()). Default true; false is for tests that show the gap it closes.
+   */
+  probeFullRings?: boolean;
 }
 
 const DEFAULT_WORKLOAD: WorkloadName = 'sequential';
@@ -203,6 +208,7 @@ export const KVM_VM_DEFAULTS = Object.freeze({
   fillPages: false,
   maxWritesPerVcpu: 0,
   tickUs: 1000,
+  probeFullRings: true,
 });
 
 export interface KvmVmStats {
@@ -222,6 +228,12 @@ export interface KvmVmStats {
   bitmapPagesCleared: number;
   /** Ring entries the kernel overwrote before we harvested them: non-zero means pages may be missing. */
   ringEntriesLost: number;
+  /**
+   * Rings seen full that a pause proved: the kernel was made to publish one entry (a wall-clock
+   * write to the guest's probe page), showing whether it had overwritten entries before the epoch
+   * is committed.
+   */
+  ringProbes: number;
 }
 
 function resolveWorkload(w: number | WorkloadName): NativeWorkload {
@@ -320,6 +332,7 @@ export class KvmVm {
       fillPages: opts.fillPages ?? KVM_VM_DEFAULTS.fillPages,
       maxWritesPerVcpu: opts.maxWritesPerVcpu ?? KVM_VM_DEFAULTS.maxWritesPerVcpu,
       tickUs: opts.tickUs ?? KVM_VM_DEFAULTS.tickUs,
+      probeFullRings: opts.probeFullRings ?? KVM_VM_DEFAULTS.probeFullRings,
     };
     const handle = call(() => native.createVm(options), devPath);
     return new KvmVm(native, handle, options, probe.pageSize);
@@ -380,6 +393,7 @@ export class KvmVm {
       ringEntries: s[NativeStat.RingEntries]!,
       bitmapPagesCleared: s[NativeStat.BitmapPagesCleared]!,
       ringEntriesLost: s[NativeStat.RingEntriesLost]!,
+      ringProbes: s[NativeStat.RingProbes]!,
     };
   }
 

@@ -52,6 +52,8 @@ export interface NativeVmOptions {
   maxWritesPerVcpu: number;
   /** How long a vCPU thread sleeps when it has no budget (microseconds). */
   tickUs: number;
+  /** Prove a ring seen full at the pause that follows, before its epoch can be committed. */
+  probeFullRings: boolean;
 }
 
 /** Opaque handle: a JS object wrapping the VM; never a raw pointer. */
@@ -79,6 +81,7 @@ export const enum NativeStat {
    * recovered by the helper). Non-zero means some dirty pages may be missing from the harvests.
    */
   RingEntriesLost = 13,
+  RingProbes = 14,
   Length = 16,
 }
 
@@ -95,6 +98,7 @@ export interface NativeBinding {
     stacksGpa: number;
     stackBytes: number;
     regionGpa: number;
+    probeGpa: number;
     maxVcpus: number;
     stampMagic: number;
   };

@@ -149,3 +149,27 @@ test('entries lost by the kernel: the epoch is not committed and a new generatio
   assert.ok(rec.headers.some((h) => h.generation === 1 && h.epoch === 2), 'the dropped epoch had begun');
   assert.ok(rec.commits.find((c) => c.generation === 2 && c.epoch === 0)!.baseline);
 });
+
+test('entries found lost by the pause\'s own reset (a ring proven at the pause) keep that epoch from being committed', async () => {
+  const source = sim({});
+  const rec = new RecordingSink();
+  // The native helper proves a ring drained full inside reset(), while the guest is paused; model
+  // that: epoch 2's pause reset finds ghost entries.
+  const realReset = source.reset.bind(source);
+  const realPause = source.pause.bind(source);
+  let pauses = 0;
+  let pausedNow = false;
+  source.pause = () => { pauses++; pausedNow = true; realPause(); };
+  source.reset = () => {
+    const n = realReset();
+    if (pausedNow && pauses === 3) source.simulateLostEntries(5); // the baseline's pause, epoch 1's, then epoch 2's
+    pausedNow = false;
+    return n;
+  };
+  const s = await runHarvest(source, { epochs: 4, intervalMs: 10, verify: true, sinks: [rec] });
+  source.close();
+  assert.equal(s.ringEntriesLost, 5);
+  assert.equal(s.resyncs, 1);
+  assert.equal(s.mismatches, 0);
+  assert.deepEqual(rec.commits.map((c) => `${c.generation}/${c.epoch}`), ['1/0', '1/1', '2/0', '2/1', '2/2']);
+});

@@ -11,6 +11,8 @@ export const GUEST_LAYOUT = Object.freeze({
   stacksGpa: 0x110000,
   stackBytes: 0x4000,
   regionGpa: 0x400000,
+  /** The host makes KVM log this page to prove a ring seen full (the guest never touches it). */
+  probeGpa: 0xff000,
   maxVcpus: 64,
   stampMagic: 0x4b43,
 });

@@ -156,15 +156,11 @@ test('real KVM: a ring-full storm is survived, nothing is lost, the guest keeps 
     // Where the kernel overran a ring, the harvester started a new generation instead of going on.
     // (an overrun after the last epoch is counted but needs no resync).
     if (s.resyncs > 0) assert.ok(s.ringEntriesLost > 0, JSON.stringify(s));
-    if (s.ringEntriesLost === 0) {
-      assert.equal(s.mismatches, 0, JSON.stringify(s));
-    } else {
-      // Known weakness on kernels that overrun a full ring (kvm-pvm): the overrun is seen only when a
-      // vCPU is stalled or paused, so the epoch committed just before can miss pages; the verifier
-      // reports them and the next generation's baseline heals the image. Printed, not hidden.
-      process.stderr.write(`note: kernel overran a ring: ${s.ringEntriesLost} entries lost, ${s.resyncs} new generations, ${s.mismatches} mismatched pages before the resync\n`);
-    }
-    
+    // Every committed epoch is exact, also where the kernel overran a ring: a ring drained full is
+    // proven at its pause, so the epoch that missed overwritten entries is never committed.
+    assert.equal(s.mismatches, 0, JSON.stringify(s));
+    if (s.ringEntriesLost > 0) t.diagnostic(`kernel overran a ring: ${s.ringEntriesLost} entries lost, ${s.resyncs} new generations`);
+
     for (let i = 1; i < seen.length; i++) assert.ok(seen[i]! > seen[i - 1]!, `guest advanced between epochs ${i - 1} and ${i}: ${seen.join(',')}`);
   } finally {
     source.close();

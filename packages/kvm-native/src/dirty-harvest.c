@@ -277,7 +277,8 @@ static int64_t ring_reset(struct vm *vm, struct vm_error *e) {
   uint32_t marked = 0;
   for (uint32_t i = 0; i < vm->nvcpus; i++) {
     struct vcpu *v = &vm->vcpus[i];
-    if (v->suspect) marked += probe_ring(vm, v);
+    /* Quiescent: outside KVM_RUN (a failed pause can leave one inside, where the ioctl would block). */
+    if (v->suspect && vm_vcpu_quiescent(vm, i)) marked += probe_ring(vm, v);
   }
   if (marked > 0 && ring_reset_once(vm, e) < 0) return -1;
   return total;

@@ -201,17 +201,22 @@ static int64_t ring_reset_once(struct vm *vm, struct vm_error *e) {
   return total;
 }
 
-
 /*
  * Proving a suspect ring at a pause. A ring drained full may have overflowed just before: its
- * ghosts (see above) only show once the kernel publishes the next entry, which may come after the
+ * ghosts (see above) only show once the kernel publishes its next entry, which may come after the
  * epoch that lost the overwritten entries was committed. So while the guest is paused, after a
- * complete reset, we make the kernel publish one: writing MSR_KVM_WALL_CLOCK_NEW from the vCPU's
- * own fd makes KVM write the wall clock into guest memory (GUEST_PROBE_GPA, a page of the reserved
- * area the guest never touches) and log that page in this vCPU's ring, at the kernel's dirty index.
- * Published at our fetch index: no ghosts. Published further on: the slots in between are ghosts,
- * counted lost, so the harvester refuses to commit this epoch. The probe page's bytes are put back
- * and its entries consumed and reset here: the caller never sees them.
+ * complete reset, we make the kernel publish: writing MSR_KVM_WALL_CLOCK_NEW from the vCPU's own fd
+ * makes KVM write the wall clock into guest memory (GUEST_PROBE_GPA, a page of the reserved area the
+ * guest never touches) and log that page in this vCPU's ring at the kernel's dirty index (three
+ * entries: kvm_write_wall_clock writes the page three times). Published at our fetch index: no
+ * ghosts. Published further on: the slots in between are ghosts, counted lost, so the harvester
+ * refuses to commit this epoch. The probe page's bytes are put back, and its entries are marked and
+ * reset here, so no caller harvests them (the RESET statistics count them).
+ *
+ * Limits: ghosts are fewer than the ring's entries (an overflow runs at most one emulation batch, at
+ * most 1024 stores, past a soft limit at least 64 below the end, and rings have >= 1024 entries), so
+ * the first probe entry is found within one lap. The probe leaves the VM's wall-clock MSR pointing at
+ * the probe page; the saved vCPU state (registers only) does not carry it.
  */
 #define MSR_KVM_WALL_CLOCK_NEW 0x4b564d00U
 
@@ -223,9 +228,17 @@ static bool probe_entry(struct vm *vm, struct vcpu *v, uint32_t at) {
          __atomic_load_n(&g->offset, __ATOMIC_RELAXED) == GUEST_PROBE_GPA / GUEST_PAGE_SIZE;
 }
 
+/* The probe does not work on this kernel: stop probing, and say so (VM_STAT_RING_PROBE_FAILED). */
+static void probe_failed(struct vm *vm) {
+  vm->probe_off = true;
+  __atomic_store_n(&vm->stats[VM_STAT_RING_PROBE_FAILED], 1, __ATOMIC_RELAXED);
+}
+
 /* Probes one paused vCPU's ring; returns entries it marked RESET (ghosts + probe entries). */
 static uint32_t probe_ring(struct vm *vm, struct vcpu *v) {
   const uint32_t n = vm->ring_entries;
+  /* Entries the caller has not drained yet: they would read as ghosts. Prove the ring another time. */
+  if (__atomic_load_n(&v->ring[v->fetch & (n - 1)].flags, __ATOMIC_ACQUIRE) & KVM_DIRTY_GFN_F_DIRTY) return 0;
   uint8_t saved[GUEST_PAGE_SIZE];
   uint8_t *page = vm->mem + GUEST_PROBE_GPA;
   memcpy(saved, page, sizeof saved);
@@ -242,15 +255,19 @@ static uint32_t probe_ring(struct vm *vm, struct vcpu *v) {
   while (r < 0 && errno == EINTR);
   memcpy(page, saved, sizeof saved);
   if (r != 1) {
-    vm->probe_off = true; /* the ring stays suspect: ghosts show at its next publish */
+    probe_failed(vm); /* the ring stays suspect: ghosts show at its next publish */
     return 0;
   }
   vm_stat_add(vm, VM_STAT_RING_PROBES, 1);
-  /* Only the probe can have published since the reset (the guest is paused): find its first entry. */
+  /* Only the probe can have published since the reset (the guest is paused): find its first entry.
+   * Any other published entry before it makes the answer unknown: leave the ring suspect. */
   uint32_t ghosts = 0;
-  while (ghosts < n && !probe_entry(vm, v, v->fetch + ghosts)) ghosts++;
+  for (; ghosts < n && !probe_entry(vm, v, v->fetch + ghosts); ghosts++) {
+    uint32_t flags = __atomic_load_n(&v->ring[(v->fetch + ghosts) & (n - 1)].flags, __ATOMIC_ACQUIRE);
+    if (flags & KVM_DIRTY_GFN_F_DIRTY) return 0;
+  }
   if (ghosts == n) {
-    vm->probe_off = true; /* the write was not logged: nothing to learn from it */
+    probe_failed(vm); /* the write was not logged: nothing to learn from it */
     return 0;
   }
   if (ghosts > 0) mark_ghosts(vm, v, ghosts);

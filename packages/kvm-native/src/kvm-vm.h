@@ -91,6 +91,9 @@ enum vm_stat {
   VM_STAT_RING_ENTRIES_LOST = 13,
   /* Suspect rings proven at a pause by making the kernel publish an entry (dirty-harvest.c). */
   VM_STAT_RING_PROBES = 14,
+  /* 1 once the probe failed (the kernel refused the MSR write or did not log it): overruns then show
+   * one harvest late, as without the probe. */
+  VM_STAT_RING_PROBE_FAILED = 15,
   VM_STAT_LENGTH = 16,
 };
 

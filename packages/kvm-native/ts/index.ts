@@ -234,6 +234,11 @@ export interface KvmVmStats {
    * is committed.
    */
   ringProbes: number;
+  /**
+   * The probe failed on this kernel (it refused the MSR write or did not log it) and probing stopped:
+   * an overrun harvested at a pause then shows one harvest late, after its epoch was cut.
+   */
+  ringProbeFailed: boolean;
 }
 
 function resolveWorkload(w: number | WorkloadName): NativeWorkload {
@@ -394,6 +399,7 @@ export class KvmVm {
       bitmapPagesCleared: s[NativeStat.BitmapPagesCleared]!,
       ringEntriesLost: s[NativeStat.RingEntriesLost]!,
       ringProbes: s[NativeStat.RingProbes]!,
+      ringProbeFailed: s[NativeStat.RingProbeFailed] === 1,
     };
   }
 

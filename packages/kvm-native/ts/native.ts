@@ -82,6 +82,7 @@ export const enum NativeStat {
    */
   RingEntriesLost = 13,
   RingProbes = 14,
+  RingProbeFailed = 15,
   Length = 16,
 }
 

@@ -180,6 +180,9 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
         m.lastEpoch.set(commit.epoch);
         m.verifyMismatches.inc(failures);
       }
+      if (now.ringProbeFailed && !prev.ringProbeFailed) {
+        log.warn('this kernel refused the dirty-ring probe: a ring overrun harvested at a pause will show one epoch late, after that epoch was committed (docs/harvester.md)', { epoch: commit.epoch });
+      }
       prev = now;
       if (check && failures > 0) {
         log.error('epoch failed verification', { ...check, epoch: commit.epoch, generation: commit.generation });

@@ -25,6 +25,11 @@ export interface SourceStats {
    * reserved entries). Any increase breaks continuity: the harvester starts a new generation.
    */
   ringEntriesLost: number;
+  /**
+   * Real KVM: the kernel refused the probe that proves a ring drained full at a pause, so an overrun
+   * harvested there shows one epoch late (after that epoch was committed). Absent on the simulator.
+   */
+  ringProbeFailed?: boolean;
 }
 
 export type SourceKind = 'kvm' | 'sim';

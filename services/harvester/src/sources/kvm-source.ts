@@ -51,6 +51,7 @@ export class KvmSource implements DirtySource {
       resetReturnedTotal: s.resetReturnedTotal,
       vcpusStalledRingFull: s.vcpusStalledRingFull,
       ringEntriesLost: s.ringEntriesLost,
+      ringProbeFailed: s.ringProbeFailed,
     };
   }
 }

@@ -83,6 +83,11 @@ static uint32_t ghost_lower_bound(uint32_t entries) {
   return entries > KVM_MAX_RESERVED_ENTRIES ? entries - KVM_MAX_RESERVED_ENTRIES : (entries > 64 ? entries - 64 : 1);
 }
 
+/* The flags of ring entry `at` (a free-running index), loaded with acquire. */
+static uint32_t entry_flags(const struct vm *vm, struct vcpu *v, uint32_t at) {
+  return __atomic_load_n(&v->ring[at & (vm->ring_entries - 1)].flags, __ATOMIC_ACQUIRE);
+}
+
 /* How many ghost entries precede the next published one at v->fetch; 0 when none are provable. */
 static uint32_t find_ghosts(struct vm *vm, struct vcpu *v) {
   const uint32_t n = vm->ring_entries;
@@ -94,10 +99,8 @@ static uint32_t find_ghosts(struct vm *vm, struct vcpu *v) {
   if (!stable || !(v->suspect || stalled_fresh)) return 0;
   /* Slots [fetch, fetch + window) are the only ones the kernel can have pushed to since the reset. */
   const uint32_t window = n - (uint32_t)v->pending;
-  for (uint32_t g = 1; g < window; g++) {
-    uint32_t flags = __atomic_load_n(&v->ring[(v->fetch + g) & (n - 1)].flags, __ATOMIC_ACQUIRE);
-    if (flags & KVM_DIRTY_GFN_F_DIRTY) return g;
-  }
+  for (uint32_t g = 1; g < window; g++)
+    if (entry_flags(vm, v, v->fetch + g) & KVM_DIRTY_GFN_F_DIRTY) return g;
   if (stalled_fresh && v->pending == 0) {
     uint32_t g = ghost_lower_bound(n);
     return g < window ? g : window;
@@ -105,7 +108,8 @@ static uint32_t find_ghosts(struct vm *vm, struct vcpu *v) {
   return 0;
 }
 
-static void mark_ghosts(struct vm *vm, struct vcpu *v, uint32_t count) {
+/* Marks the `count` entries from v->fetch RESET without harvesting them, and moves past them. */
+static void mark_reset(struct vm *vm, struct vcpu *v, uint32_t count) {
   const uint32_t mask = vm->ring_entries - 1;
   for (uint32_t i = 0; i < count; i++)
     __atomic_store_n(&v->ring[(v->fetch + i) & mask].flags, (uint32_t)KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
@@ -113,6 +117,10 @@ static void mark_ghosts(struct vm *vm, struct vcpu *v, uint32_t count) {
   v->pending += count;
   vm->marked_since_reset += count;
   vm_stat_add(vm, VM_STAT_ENTRIES_MARKED_RESET, count);
+}
+
+static void mark_ghosts(struct vm *vm, struct vcpu *v, uint32_t count) {
+  mark_reset(vm, v, count);
   vm_stat_add(vm, VM_STAT_RING_ENTRIES_LOST, count);
 }
 
@@ -222,7 +230,7 @@ static int64_t ring_reset_once(struct vm *vm, struct vm_error *e) {
 
 static bool probe_entry(struct vm *vm, struct vcpu *v, uint32_t at) {
   struct kvm_dirty_gfn *g = &v->ring[at & (vm->ring_entries - 1)];
-  uint32_t flags = __atomic_load_n(&g->flags, __ATOMIC_ACQUIRE);
+  uint32_t flags = entry_flags(vm, v, at);
   return (flags & KVM_DIRTY_GFN_F_DIRTY) && !(flags & KVM_DIRTY_GFN_F_RESET) &&
          __atomic_load_n(&g->slot, __ATOMIC_RELAXED) == 0 &&
          __atomic_load_n(&g->offset, __ATOMIC_RELAXED) == GUEST_PROBE_GPA / GUEST_PAGE_SIZE;
@@ -238,7 +246,7 @@ static void probe_failed(struct vm *vm) {
 static uint32_t probe_ring(struct vm *vm, struct vcpu *v) {
   const uint32_t n = vm->ring_entries;
   /* Entries the caller has not drained yet: they would read as ghosts. Prove the ring another time. */
-  if (__atomic_load_n(&v->ring[v->fetch & (n - 1)].flags, __ATOMIC_ACQUIRE) & KVM_DIRTY_GFN_F_DIRTY) return 0;
+  if (entry_flags(vm, v, v->fetch) & KVM_DIRTY_GFN_F_DIRTY) return 0;
   uint8_t saved[GUEST_PAGE_SIZE];
   uint8_t *page = vm->mem + GUEST_PROBE_GPA;
   memcpy(saved, page, sizeof saved);
@@ -262,24 +270,16 @@ static uint32_t probe_ring(struct vm *vm, struct vcpu *v) {
   /* Only the probe can have published since the reset (the guest is paused): find its first entry.
    * Any other published entry before it makes the answer unknown: leave the ring suspect. */
   uint32_t ghosts = 0;
-  for (; ghosts < n && !probe_entry(vm, v, v->fetch + ghosts); ghosts++) {
-    uint32_t flags = __atomic_load_n(&v->ring[(v->fetch + ghosts) & (n - 1)].flags, __ATOMIC_ACQUIRE);
-    if (flags & KVM_DIRTY_GFN_F_DIRTY) return 0;
-  }
+  for (; ghosts < n && !probe_entry(vm, v, v->fetch + ghosts); ghosts++)
+    if (entry_flags(vm, v, v->fetch + ghosts) & KVM_DIRTY_GFN_F_DIRTY) return 0;
   if (ghosts == n) {
     probe_failed(vm); /* the write was not logged: nothing to learn from it */
     return 0;
   }
   if (ghosts > 0) mark_ghosts(vm, v, ghosts);
   uint32_t mine = 0;
-  while (mine < n - ghosts && probe_entry(vm, v, v->fetch + mine)) {
-    __atomic_store_n(&v->ring[(v->fetch + mine) & (n - 1)].flags, (uint32_t)KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
-    mine++;
-  }
-  v->fetch += mine;
-  v->pending += mine;
-  vm->marked_since_reset += mine;
-  vm_stat_add(vm, VM_STAT_ENTRIES_MARKED_RESET, mine);
+  while (mine < n - ghosts && probe_entry(vm, v, v->fetch + mine)) mine++;
+  mark_reset(vm, v, mine);
   v->suspect = false; /* the kernel's dirty index is now known to be ours */
   return ghosts + mine;
 }

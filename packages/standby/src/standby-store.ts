@@ -341,18 +341,13 @@ export class StandbyStore {
       }
       const chunks = Math.ceil(s.pages / CHUNK_PAGES);
       for (let c = 0; c < chunks; c += window) {
-        const p = this.redis.pipeline();
-        const n = Math.min(window, chunks - c);
-        for (let i = 0; i < n; i++) {
+        const lists: string[][] = [];
+        for (let i = 0; i < Math.min(window, chunks - c); i++) {
           const keys: string[] = [];
           for (let gfn = (c + i) * CHUNK_PAGES; gfn < Math.min(s.pages, (c + i + 1) * CHUNK_PAGES); gfn++) keys.push(prefix + pageField(s.id, gfn));
-          p.mgetBuffer(...keys);
+          lists.push(keys);
         }
-        const res = (await p.exec()) ?? [];
-        res.forEach(([err, v], i) => {
-          if (err) throw err;
-          emit(s.id, c + i, null, v as (Buffer | null)[]);
-        });
+        (await this.mgetEach(lists)).forEach((vals, i) => emit(s.id, c + i, null, vals));
         await afterWindow?.();
       }
     }
@@ -373,16 +368,21 @@ export class StandbyStore {
       else groups.push([gfn]);
     }
     for (let c = 0; c < groups.length; c += window) {
-      const p = this.redis.pipeline();
       const part = groups.slice(c, c + window);
-      for (const gfns of part) p.mgetBuffer(...gfns.map((gfn) => k.page(g, slot, gfn)));
-      const res = (await p.exec()) ?? [];
-      res.forEach(([err, v], i) => {
-        if (err) throw err;
-        emit(slot, Math.floor(part[i]![0]! / CHUNK_PAGES), part[i]!, v as (Buffer | null)[]);
-      });
+      (await this.mgetEach(part.map((gfns) => gfns.map((gfn) => k.page(g, slot, gfn)))))
+        .forEach((vals, i) => emit(slot, Math.floor(part[i]![0]! / CHUNK_PAGES), part[i]!, vals));
       await afterWindow?.();
     }
+  }
+
+  /** One MGET per key list, all in one round trip; each list's values in order (null: absent). */
+  private async mgetEach(lists: string[][]): Promise<(Buffer | null)[][]> {
+    const p = this.redis.pipeline();
+    for (const keys of lists) p.mgetBuffer(...keys);
+    return ((await p.exec()) ?? []).map(([err, v]) => {
+      if (err) throw err;
+      return v as (Buffer | null)[];
+    });
   }
 
   /** Recomputes the digest of generation `g`'s image from its bytes. */

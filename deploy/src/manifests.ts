@@ -77,11 +77,10 @@ export const OPERATOR_SECRETS: readonly { name: string; namespace: string; keys:
 ];
 
 /**
- * Largest produce request the harvester sends (MAX_REQUEST_BYTES in
- * services/harvester/src/publish/kafka-publisher.ts): one VM's records, which Kafka keeps as one
- * record batch, so the pages topic's max.message.bytes must hold it (plus record overhead).
+ * Record overhead on top of the harvester's largest produce request (HARVESTER_MAX_REQUEST_BYTES): one
+ * VM's records, which Kafka keeps as one record batch, so the pages topic's max.message.bytes must hold
+ * both.
  */
-export const HARVESTER_MAX_REQUEST_BYTES = 4 << 20;
 const RECORD_OVERHEAD_BYTES = 64 << 10;
 
 type Obj = JsonObject;
@@ -732,8 +731,9 @@ function checkKafka(ov: Overlay, uses: KafkaUse[], report: (o: K8sObject, msg: s
       const retention = Number(topicConfig(pages)['retention.bytes'] ?? -1);
       const window = Number(c.windowBytes);
       if (retention > 0 && window > retention) report(u.owner, `${e('windowBytes')} ${window} exceeds ${String(c.pagesTopic)}'s retention.bytes ${retention} per partition: records would be deleted before the replicator applies them`);
-      const need = Math.max(HARVESTER_MAX_REQUEST_BYTES, Number(c.maxRecordBytes)) + RECORD_OVERHEAD_BYTES;
-      if (maxBytes(pages) < need) report(pages, `max.message.bytes ${maxBytes(pages)} is below ${need}: the harvester sends up to ${Math.max(HARVESTER_MAX_REQUEST_BYTES, Number(c.maxRecordBytes))} bytes of one VM's records as one record batch`);
+      const request = Math.max(Number(c.maxRequestBytes), Number(c.maxRecordBytes));
+      const need = request + RECORD_OVERHEAD_BYTES;
+      if (maxBytes(pages) < need) report(pages, `max.message.bytes ${maxBytes(pages)} is below ${need}: the harvester sends up to ${request} bytes of one VM's records as one record batch (${e('maxRequestBytes')})`);
     }
     if (u.service === 'replicator') {
       if (Number(c.maxRecordBytes) < harvesterRecord) report(u.owner, `${e('maxRecordBytes')} ${String(c.maxRecordBytes)} is below the harvester's ${harvesterRecord}: its records would be dead-lettered as oversize`);

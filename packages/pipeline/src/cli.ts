@@ -18,7 +18,8 @@ const SCHEMA = {
   intervalMs: { type: 'int', default: 50, min: 1, max: 60_000, help: 'epoch interval' },
   compression: { type: 'enum', values: ['none', 'gzip'], default: 'none', help: 'compression of page batches' },
   maxRecordBytes: { type: 'int', default: 1_000_000, min: 16384, max: 64 << 20, help: 'largest record on the pages topic' },
-  windowBytes: { type: 'int', default: -1, min: -1, help: 'cap on bytes produced but not yet applied, per VM (-1: 3 MiB against the embedded broker, off against a real one; 0: off)' },
+  maxRequestBytes: { type: 'int', default: -1, min: -1, max: 64 << 20, help: 'record bytes of one VM per produce request (-1: 4 MiB against the embedded broker, 1 000 000 against a real one)' },
+  windowBytes: { type: 'int', default: -1, min: -1, help: 'cap on bytes produced but not yet applied, per VM (-1: 4 MiB per partition, split between its VMs, against the embedded broker; off against a real one; 0: off)' },
   replicators: { type: 'int', default: 1, min: 1, max: 16, help: 'replicator processes in one consumer group' },
   drainTimeoutS: { type: 'number', default: 60, min: 1, help: 'how long to wait for the replicators to apply the last epochs' },
   json: { type: 'bool', default: false, help: 'print one JSON object as the last line' },
@@ -36,7 +37,7 @@ async function main(): Promise<number> {
   const log = createLogger({ service: 'pipeline' }, { level: (process.env.LOG_LEVEL as 'debug' | undefined) ?? 'warn' });
   const say = (s: string): void => void process.stderr.write(s + '\n');
   const r = await runPipeline({
-    ...cfg, windowBytes: cfg.windowBytes < 0 ? undefined : cfg.windowBytes, log,
+    ...cfg, windowBytes: cfg.windowBytes < 0 ? undefined : cfg.windowBytes, maxRequestBytes: cfg.maxRequestBytes < 0 ? undefined : cfg.maxRequestBytes, log,
     onPhase: (p) => say(`pipeline: ${p}`),
   });
   say(`pipeline: source ${r.source}${r.sourceNote ? ` (${r.sourceNote})` : ''}, ${r.vms} VM(s), ${r.durationS} s`);

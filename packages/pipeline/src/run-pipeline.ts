@@ -7,7 +7,7 @@ import { Redis } from 'ioredis';
 import { Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
 import { percentile, silentLogger, type Logger } from '@ckpt/common';
 import {
-  ControlListener, createHarvesterMetrics, KafkaPublisher, openSource, runHarvest, ShadowVerifier, stoppedGuest,
+  ControlListener, createHarvesterMetrics, DEFAULT_MAX_REQUEST_BYTES, KafkaPublisher, openSource, runHarvest, ShadowVerifier, stoppedGuest,
   type DirtySource, type EpochCommit, type EpochSink, type HarvestSummary,
 } from '@ckpt/harvester';
 import type { Compression } from '@ckpt/proto';
@@ -27,6 +27,8 @@ export interface PipelineOptions {
   intervalMs: number;
   compression: Compression;
   maxRecordBytes: number;
+  /** Record bytes per produce request; defaults to 4 MiB against the embedded broker, 1 000 000 against a real one. */
+  maxRequestBytes?: number;
   /** Un-applied bytes per VM (0 = off); defaults to 4 MiB per partition against the embedded broker. */
   windowBytes?: number;
   /** See PublisherOptions.windowStallMs (default 10 s). */
@@ -133,6 +135,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
       sourceNote = opened.fallbackReason;
       const publisher = new KafkaPublisher({
         producer, topic: servers.topics.pages, vm, maxRecordBytes: o.maxRecordBytes, compression: o.compression, maxInFlightBytes: 8 << 20,
+        maxRequestBytes: o.maxRequestBytes ?? (servers.embeddedKafka ? 4 << 20 : DEFAULT_MAX_REQUEST_BYTES),
         windowBytes, windowStallMs: o.windowStallMs, publishTimeoutMs: 30_000, log, signal: drainDeadline.signal,
       });
       listener.register(vm, (m) => publisher.window.marker(m));

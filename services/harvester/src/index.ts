@@ -8,8 +8,8 @@ export { stoppedGuest, type DirtySource, type SlotInfo, type SourceStats } from 
 export { KvmSource } from './sources/kvm-source.ts';
 export { openSource, slotSizes } from './sources/open-source.ts';
 export { SimSource, type SimSourceOptions } from './sources/sim/sim-source.ts';
+export { DEFAULT_MAX_REQUEST_BYTES, KafkaPublisher, type PublisherOptions } from './publish/kafka-publisher.ts';
 export { ShadowVerifier } from './verify/shadow-verifier.ts';
-export { KafkaPublisher, type PublisherOptions } from './publish/kafka-publisher.ts';
 export { ControlListener } from './publish/control-listener.ts';
 export { ReplicationWindow } from './publish/replication-window.ts';
 export { HARVEST_SCHEMA, type HarvestConfig } from './harvest-config.ts';

@@ -55,7 +55,7 @@ async function main(): Promise<number> {
         throw new CkptError('CKPT_ERR_KAFKA_UNREACHABLE', `cannot connect to Kafka at ${cfg.kafkaBrokers}: ${(err as Error).message}`, { cause: err });
       }
       const publisher = new KafkaPublisher({
-        producer, topic: cfg.pagesTopic, vm: cfg.vmId, maxRecordBytes: cfg.maxRecordBytes, compression: cfg.compression,
+        producer, topic: cfg.pagesTopic, vm: cfg.vmId, maxRecordBytes: cfg.maxRecordBytes, maxRequestBytes: cfg.maxRequestBytes, compression: cfg.compression,
         maxInFlightBytes: cfg.maxInFlightBytes, windowBytes: cfg.windowBytes, publishTimeoutMs: cfg.publishTimeoutMs, metrics, log: log.child({ component: 'publish' }),
       });
       listener.register(cfg.vmId, (m) => publisher.window.marker(m));

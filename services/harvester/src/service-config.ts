@@ -14,6 +14,7 @@ export const HARVESTER_SERVICE_SCHEMA = {
   metricsPort: { ...HARVEST_SCHEMA.metricsPort, default: 9464 },
   vmId: { type: 'string', default: 'vm-0', help: 'this guest\'s id: the Kafka key and the Redis hash tag (A-Z a-z 0-9 . _ : -)' },
   maxRecordBytes: { type: 'int', default: 1_000_000, min: 16384, max: 64 << 20, help: 'largest record produced (stay under the topic\'s max.message.bytes)' },
+  maxRequestBytes: { type: 'int', default: 1_000_000, min: 16384, max: 64 << 20, help: 'record bytes of one VM in one produce request, which Kafka stores as one record batch (stay under the topic\'s max.message.bytes)' },
   compression: { type: 'enum', values: ['none', 'gzip'], default: 'none', help: 'compression of page batches (gzip only where it shrinks a batch)' },
   maxInFlightBytes: { type: 'int', default: 16 << 20, min: 1 << 20, help: 'bytes queued or unacknowledged by Kafka before the harvester waits' },
   windowBytes: { type: 'int', default: 0, min: 0, help: 'bytes produced but not yet applied by the replicator before the harvester waits (0 = off; keep it under the topic\'s retention)' },

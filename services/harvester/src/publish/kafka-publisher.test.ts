@@ -1,12 +1,14 @@
 /**
  * Unit tests of the publisher's flow control with a stand-in producer (the real broker is exercised by
  * the pipeline tests): records stay in order, the replication window holds production back until the
- * replicator reports progress, and a replicator that never reports does not block forever.
+ * replicator reports progress, a replicator that never reports does not block forever, requests stay
+ * under the request cap (and shrink when the broker refuses one as too large), the in-flight cap holds
+ * production back, and a broker that never accepts ends the generation with CKPT_ERR_PUBLISH_FAILED.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { Producer } from 'kafkajs';
-import { RangeList, silentLogger } from '@ckpt/common';
+import kafkajs, { type Producer } from 'kafkajs';
+import { CkptError, RangeList, silentLogger } from '@ckpt/common';
 import { decodeEpochRecord, PART_COMMIT } from '@ckpt/proto';
 import { createHarvesterMetrics } from '../metrics.ts';
 import type { EpochHeader } from '../epoch/epoch-types.ts';
@@ -17,6 +19,30 @@ const header: EpochHeader = { generation: 5, epoch: 1, baseline: false, pageSize
 
 function fakeProducer(sent: Buffer[]): Producer {
   return { send: (r: { messages: { value: Buffer }[] }) => { for (const m of r.messages) sent.push(m.value); return Promise.resolve([]); } } as unknown as Producer;
+}
+
+const commitOf = (pages: number) => ({ generation: 5, epoch: 1, baseline: false, pages, zeroPages: 0, bytes: pages * PAGE, digest: '0000000000000000', vcpuStates: [], guestCounters: [], pauseUs: 1, drainUs: 0, resetUs: 0, copyUs: 0, entriesHarvested: pages, precopyRounds: 0, precopyPages: 0, committedAtMs: 0 });
+
+// kafkajs's error classes are spread into its CommonJS exports, which ESM cannot name.
+const { KafkaJSNonRetriableError, KafkaJSProtocolError } = kafkajs;
+
+/** What kafkajs throws when the broker refuses a request as larger than max.message.bytes. */
+const tooLarge = (): Error => new KafkaJSNonRetriableError(new KafkaJSProtocolError({ type: 'MESSAGE_TOO_LARGE', code: 10, retriable: false, message: 'too large' } as never), { cause: new KafkaJSProtocolError({ type: 'MESSAGE_TOO_LARGE', code: 10, retriable: false, message: 'too large' } as never) } as never);
+
+/** A producer that refuses (as too large) any request above `limit` record bytes, and logs the requests it stored. */
+function limitedProducer(limit: number, sent: Buffer[], requests: number[]): Producer {
+  return {
+    send: (r: { messages: { value: Buffer }[] }) => {
+      const bytes = r.messages.reduce((n, m) => n + m.value.byteLength, 0);
+      // Answers a few milliseconds later, as a broker does, so records queue up behind a request.
+      return new Promise((resolve, reject) => setTimeout(() => {
+        if (bytes > limit) return reject(tooLarge());
+        requests.push(bytes);
+        for (const m of r.messages) sent.push(m.value);
+        resolve([]);
+      }, 2));
+    },
+  } as unknown as Producer;
 }
 
 function segment(pages: number): { ranges: RangeList; data: Uint8Array; phase: 'paused' } {
@@ -52,4 +78,77 @@ test('a replicator that never reports progress stalls the window only for window
   assert.ok(waited >= 250, `waited ${waited} ms`);
   assert.ok((await metrics.windowStalls.get()).values[0]!.value >= 1);
   assert.equal(sent.length, 4, 'begin and three batches');
+});
+
+test('produce requests stay under maxRequestBytes; a broker refusing one as too large gets smaller ones, in order, nothing lost', async () => {
+  for (const [cap, brokerLimit] of [[40 * PAGE, 1 << 30], [1 << 30, 20 * PAGE]] as const) {
+    const sent: Buffer[] = [];
+    const requests: number[] = [];
+    // The in-flight cap lets the whole epoch queue, so requests can carry many records.
+    const p = new KafkaPublisher({ producer: limitedProducer(brokerLimit, sent, requests), topic: 't', vm: 'vm', maxRecordBytes: 3 * PAGE + 1024, maxRequestBytes: cap, compression: 'none', maxInFlightBytes: 64 << 20, windowBytes: 0, publishTimeoutMs: 1000, log: silentLogger });
+    await p.begin(header);
+    await p.segment(header, segment(300));
+    await p.commit(header, commitOf(300));
+    const kinds = sent.map((b) => { const r = decodeEpochRecord(b); return r.kind === 'batch' ? r.batch.seq : r.kind; });
+    assert.deepEqual(kinds, ['begin', ...Array.from({ length: 100 }, (_, i) => i), 'commit'], 'every record once, in order');
+    assert.ok(Math.max(...requests) <= Math.min(cap, brokerLimit), `largest request ${Math.max(...requests)} bytes`);
+    assert.ok(requests.some((b) => b > 3 * PAGE + 1024), 'requests still carry several records');
+    if (brokerLimit < cap) assert.ok(p.requestLimit < cap, 'the cap was lowered');
+  }
+});
+
+test('a single record the broker refuses as too large is a configuration error, not a retry loop', async () => {
+  const p = new KafkaPublisher({ producer: limitedProducer(PAGE, [], []), topic: 't', vm: 'vm', maxRecordBytes: 3 * PAGE + 1024, compression: 'none', maxInFlightBytes: 64 << 20, windowBytes: 0, publishTimeoutMs: 60_000, log: silentLogger });
+  await p.begin(header);
+  await p.segment(header, segment(3));
+  await assert.rejects(p.commit(header, commitOf(3)), (e: unknown) => e instanceof CkptError && e.code === 'CKPT_ERR_RECORD_TOO_LARGE' && /HARVESTER_MAX_RECORD_BYTES/.test(e.message));
+});
+
+test('the in-flight cap holds production back until the broker acknowledges', async () => {
+  const acks: (() => void)[] = [];
+  let inFlight = 0;
+  let most = 0;
+  const producer = {
+    send: (r: { messages: { value: Buffer }[] }) => {
+      const bytes = r.messages.reduce((n, m) => n + m.value.byteLength, 0);
+      inFlight += bytes;
+      most = Math.max(most, inFlight);
+      return new Promise<void>((resolve) => acks.push(() => { inFlight -= bytes; resolve(); }));
+    },
+  } as unknown as Producer;
+  const metrics = createHarvesterMetrics();
+  const cap = 8 * PAGE;
+  const p = new KafkaPublisher({ producer, topic: 't', vm: 'vm', maxRecordBytes: 2 * PAGE + 1024, maxRequestBytes: 64 << 20, compression: 'none', maxInFlightBytes: cap, windowBytes: 0, publishTimeoutMs: 1000, metrics, log: silentLogger });
+  await p.begin(header);
+  let done = false;
+  const seg = p.segment(header, segment(40)).then(() => { done = true; });
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(done, false, 'held back: nothing was acknowledged');
+  assert.ok((await metrics.inFlightBytes.get()).values[0]!.value <= cap);
+  while (!done) {
+    acks.shift()?.();
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  await seg;
+  const commit = p.commit(header, commitOf(40));
+  while (acks.length || inFlight) { acks.shift()?.(); await new Promise((r) => setTimeout(r, 1)); }
+  await commit;
+  assert.ok(most <= cap + 2 * PAGE + 1024, `at most ${cap} bytes plus one record in flight, saw ${most}`);
+  const waited = (await metrics.backpressureSeconds.get()).values.find((v) => v.labels.cause === 'in-flight');
+  assert.ok(waited && waited.value > 0, 'the wait is counted');
+});
+
+test('a broker that never accepts ends the generation: CKPT_ERR_PUBLISH_FAILED after publishTimeoutMs', async () => {
+  const producer = { send: () => Promise.reject(Object.assign(new Error('Connection error: ECONNREFUSED'), { name: 'KafkaJSConnectionError' })) } as unknown as Producer;
+  const p = new KafkaPublisher({ producer, topic: 't', vm: 'vm', maxRecordBytes: 3 * PAGE + 1024, compression: 'none', maxInFlightBytes: 1 << 20, windowBytes: 0, publishTimeoutMs: 1000, log: silentLogger });
+  const t0 = performance.now();
+  await p.begin(header);
+  await assert.rejects(p.commit(header, commitOf(0)), (e: unknown) => e instanceof CkptError && e.code === 'CKPT_ERR_PUBLISH_FAILED' && e.retriable);
+  assert.ok(performance.now() - t0 >= 900, 'retried until the timeout');
+  // The publisher is usable again for the next generation once the broker is back.
+  const sent: Buffer[] = [];
+  (p as unknown as { o: { producer: Producer } }).o.producer = fakeProducer(sent);
+  await p.begin({ ...header, generation: 6, epoch: 0, baseline: true });
+  await p.drain();
+  assert.equal(decodeEpochRecord(sent[0]!).generation, 6);
 });

@@ -24,6 +24,12 @@ export interface PublisherOptions {
   topic: string;
   vm: string;
   maxRecordBytes: number;
+  /**
+   * Most record bytes one produce request carries. Kafka stores the records of one request to one
+   * partition as one record batch, and the topic's max.message.bytes limits that batch (stock Kafka:
+   * 1 MiB). A broker that still refuses a request as too large halves the cap for this publisher.
+   */
+  maxRequestBytes?: number;
   compression: Compression;
   maxInFlightBytes: number;
   /** Cap on bytes produced but not yet processed by the replicator (0 = off). */
@@ -43,8 +49,19 @@ export interface PublisherOptions {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** Most record bytes one produce request carries. */
-const MAX_REQUEST_BYTES = 4 << 20;
+/** Default cap on the record bytes of one produce request: under stock Kafka's max.message.bytes. */
+export const DEFAULT_MAX_REQUEST_BYTES = 1_000_000;
+
+/** The broker refused a request as larger than the topic's max.message.bytes. */
+function isTooLarge(err: unknown): boolean {
+  let e = err as { type?: string; cause?: unknown } | undefined;
+  for (let depth = 0; e && depth < 5; depth++, e = e.cause as typeof e) {
+    if (e.type === 'MESSAGE_TOO_LARGE' || e.type === 'RECORD_LIST_TOO_LARGE') return true;
+  }
+  return false;
+}
+
+const TOO_LARGE = Symbol('too large');
 
 export class KafkaPublisher implements EpochSink {
   readonly window = new ReplicationWindow();
@@ -57,8 +74,12 @@ export class KafkaPublisher implements EpochSink {
   private seq = 0;
   /** Bytes of records acknowledged by the broker, for summaries. */
   bytesOnWire = 0;
+  /** Current cap on one request's record bytes (lowered when the broker refuses a request as too large). */
+  requestLimit: number;
 
-  constructor(private readonly o: PublisherOptions) {}
+  constructor(private readonly o: PublisherOptions) {
+    this.requestLimit = o.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES;
+  }
 
   async begin(h: EpochHeader): Promise<void> {
     this.seq = 0;
@@ -159,10 +180,10 @@ export class KafkaPublisher implements EpochSink {
     while (this.queue.length > 0 && !this.failure) {
       let n = 0;
       let bytes = 0;
-      while (n < this.queue.length && (n === 0 || bytes + this.queue[n]!.value.byteLength <= MAX_REQUEST_BYTES)) bytes += this.queue[n++]!.value.byteLength;
+      while (n < this.queue.length && (n === 0 || bytes + this.queue[n]!.value.byteLength <= this.requestLimit)) bytes += this.queue[n++]!.value.byteLength;
       const batch = this.queue.slice(0, n);
       try {
-        await this.sendWithRetry(batch);
+        if ((await this.sendWithRetry(batch, bytes)) === TOO_LARGE) continue; // smaller requests from now on
         this.bytesOnWire += bytes;
         this.o.metrics?.bytesPublished.inc(bytes);
       } catch (err) {
@@ -180,8 +201,13 @@ export class KafkaPublisher implements EpochSink {
     this.sending = null;
   }
 
-  /** Sends records in one request, retrying with backoff until `publishTimeoutMs`; nothing is dropped silently. */
-  private async sendWithRetry(batch: { value: Buffer; rec: EpochRecord }[]): Promise<void> {
+  /**
+   * Sends records in one request, retrying with backoff until `publishTimeoutMs`; nothing is dropped
+   * silently. A request of several records that the broker refuses as too large lowers the request cap
+   * and returns TOO_LARGE (nothing was stored: the caller sends them again in smaller requests); a
+   * single record refused so is a configuration error no new generation can mend.
+   */
+  private async sendWithRetry(batch: { value: Buffer; rec: EpochRecord }[], bytes: number): Promise<void | typeof TOO_LARGE> {
     const deadline = Date.now() + this.o.publishTimeoutMs;
     const first = batch[0]!.rec;
     for (let attempt = 0; ; attempt++) {
@@ -192,6 +218,15 @@ export class KafkaPublisher implements EpochSink {
         return;
       } catch (err) {
         this.o.metrics?.produceErrors.inc();
+        if (isTooLarge(err)) {
+          if (batch.length === 1) {
+            throw new CkptError('CKPT_ERR_RECORD_TOO_LARGE', `the broker refuses a ${bytes}-byte record of ${this.o.vm} on ${this.o.topic} as larger than the topic's max.message.bytes: set the harvester's maxRecordBytes (HARVESTER_MAX_RECORD_BYTES) below that limit, or raise the limit`,
+              { context: { vm: this.o.vm, topic: this.o.topic, bytes } });
+          }
+          this.requestLimit = Math.max(1, Math.floor(bytes / 2));
+          this.o.log.warn('the broker refused a produce request as too large: sending smaller requests (raise the topic\'s max.message.bytes, or set maxRequestBytes below it)', { vm: this.o.vm, topic: this.o.topic, requestBytes: bytes, records: batch.length, newLimit: this.requestLimit });
+          return TOO_LARGE;
+        }
         if (Date.now() >= deadline) {
           throw new CkptError('CKPT_ERR_PUBLISH_FAILED', `cannot publish epoch ${first.generation}/${first.epoch} of ${this.o.vm} for ${this.o.publishTimeoutMs} ms: ${(err as Error).message}`,
             { retriable: true, context: { vm: this.o.vm, generation: first.generation, epoch: first.epoch } });

@@ -27,7 +27,10 @@ const commitOf = (pages: number) => ({ generation: 5, epoch: 1, baseline: false,
 const { KafkaJSNonRetriableError, KafkaJSProtocolError } = kafkajs;
 
 /** What kafkajs throws when the broker refuses a request as larger than max.message.bytes. */
-const tooLarge = (): Error => new KafkaJSNonRetriableError(new KafkaJSProtocolError({ type: 'MESSAGE_TOO_LARGE', code: 10, retriable: false, message: 'too large' } as never), { cause: new KafkaJSProtocolError({ type: 'MESSAGE_TOO_LARGE', code: 10, retriable: false, message: 'too large' } as never) } as never);
+const tooLarge = (): Error => {
+  const cause = new KafkaJSProtocolError({ type: 'MESSAGE_TOO_LARGE', code: 10, retriable: false, message: 'too large' } as never);
+  return Object.assign(new KafkaJSNonRetriableError(cause), { cause });
+};
 
 /** A producer that refuses (as too large) any request above `limit` record bytes, and logs the requests it stored. */
 function limitedProducer(limit: number, sent: Buffer[], requests: number[]): Producer {

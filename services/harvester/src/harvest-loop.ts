@@ -179,6 +179,7 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
         m.epochBytes.observe(commit.bytes);
         m.lastEpoch.set(commit.epoch);
         m.verifyMismatches.inc(failures);
+        m.ringProbeFailed.set(now.ringProbeFailed ? 1 : 0);
       }
       if (now.ringProbeFailed && !prev.ringProbeFailed) {
         log.warn('this kernel refused the dirty-ring probe: a ring overrun harvested at a pause will show one epoch late, after that epoch was committed (docs/harvester.md)', { epoch: commit.epoch });

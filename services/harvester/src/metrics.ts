@@ -26,6 +26,7 @@ export interface HarvesterMetrics {
   intervalStretchSeconds: Counter;
   resyncRequests: Counter;
   windowStalls: Counter;
+  ringProbeFailed: Gauge;
 }
 
 const LATENCY_BUCKETS = [50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1];
@@ -65,5 +66,6 @@ export function createHarvesterMetrics(options: { defaultMetrics?: boolean; vm?:
     windowStalls: new Counter({ name: 'ckpt_harvester_window_stalls_total', help: 'Times the replicator reported no progress for the stall timeout and the replication window was cleared', registers }),
     resyncRequests: new Counter({ name: 'ckpt_harvester_resync_requests_total', help: 'Resync requests received from replicators (each starts a new generation with a baseline)', registers }),
     lastEpoch: new Gauge({ name: 'ckpt_harvester_last_epoch', help: 'Number of the last epoch cut', registers }),
+    ringProbeFailed: new Gauge({ name: 'ckpt_harvester_ring_probe_failed', help: '1 when the kernel refused or did not log the dirty-ring probe: a ring overrun harvested at a pause then shows one epoch late, after that epoch was committed', registers }),
   };
 }

@@ -118,10 +118,11 @@ async function runScenario(name: ScenarioName, source: 'kvm' | 'sim', o: DrillOp
   try {
     phase('starting the broker, Redis and a replicator');
     servers = await startServers({ partitions: 4 });
+    phase(`using ${servers.description}`);
     pool = new ReplicatorPool(servers, 1, (line) => log.debug('replicator', { line }));
     redis = new Redis(servers.redisUrl, { maxRetriesPerRequest: 5 });
     redis.on('error', () => undefined);
-    const store = new StandbyStore(redis);
+    const store = new StandbyStore(redis, servers.redisPrefix);
     witness = new Witness(Witness.client(servers.brokers), servers.topics.pages, VM, (e) => phase(e));
     await witness.start();
     phase(`starting the primary (${source} guest, ${o.memMib} MiB, ${o.vcpus} vCPU) and its harvester`);

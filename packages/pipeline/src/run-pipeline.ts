@@ -103,6 +103,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
   const phase = o.onPhase ?? (() => undefined);
   phase('starting servers');
   const servers: Servers = await startServers({ partitions: Math.max(4, o.vms) });
+  phase(`using ${servers.description}`);
   let pool: ReplicatorPool | null = null;
   const runs: VmRun[] = [];
   let producer: Producer | null = null;
@@ -117,7 +118,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     listener = new ControlListener(kafka, servers.topics.control, log);
     redis = new Redis(servers.redisUrl, { maxRetriesPerRequest: 5 });
     redis.on('error', (err) => log.debug('redis connection error', { err }));
-    const store = new StandbyStore(redis);
+    const store = new StandbyStore(redis, servers.redisPrefix);
     // The embedded broker keeps 5 MiB per partition, shared by the VMs whose keys hash to it: split
     // 4 MiB between them.
     const windowBytes = o.windowBytes ?? (servers.embeddedKafka ? Math.floor((4 << 20) / maxVmsPerPartition(o.vms, Math.max(4, o.vms), servers.topics.pages)) : 0);

@@ -1,9 +1,17 @@
 /**
  * The servers a pipeline, bench or drill run needs: the embedded Kafka test broker and redis-server,
  * unless KAFKA_BROKERS / REDIS_URL point at real ones; and replicator processes.
+ *
+ * Against real servers a run keeps to its own names, so it cannot touch a deployment sharing them:
+ * topics `ckpt-run-<id>.pages|control|dead` (created for the run, deleted after; or, with
+ * CKPT_RUN_TOPICS=<prefix>, the existing `<prefix>.pages|control|dead`), the consumer group
+ * `ckpt-run-<id>`, and the Redis key prefix `ckpt-run-<id>` (its keys deleted after).
  */
+import { randomBytes } from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
+import { Kafka, logLevel } from 'kafkajs';
 import { KafkaMock, killWithParent, RedisServer } from '@ckpt/embedded';
 
 export interface Topics { pages: string; control: string; deadLetter: string }
@@ -17,28 +25,105 @@ export interface Servers {
   kafka: KafkaMock | null;
   redis: RedisServer | null;
   topics: Topics;
+  /** The replicators' consumer group. */
+  groupId: string;
+  /** Prefix of every Redis key of this run. */
+  redisPrefix: string;
+  /** Which servers this run uses, for the user. */
+  description: string;
   stop(): Promise<void>;
+}
+
+const parseBrokerList = (v: string): string[] => v.split(',').map((s) => s.trim()).filter(Boolean);
+
+/** Creates the run's topics on a real cluster; a clear error when the cluster does not allow it. */
+async function createRunTopics(brokers: string[], topics: Topics, partitions: number): Promise<void> {
+  const admin = new Kafka({ clientId: 'ckpt-run', brokers, logLevel: logLevel.NOTHING, connectionTimeout: 5000, retry: { retries: 3 } }).admin();
+  try {
+    await admin.connect();
+    await admin.createTopics({
+      waitForLeaders: true,
+      topics: [
+        { topic: topics.pages, numPartitions: partitions, configEntries: [{ name: 'max.message.bytes', value: String(5 << 20) }] },
+        { topic: topics.control, numPartitions: 1 },
+        { topic: topics.deadLetter, numPartitions: 1, configEntries: [{ name: 'max.message.bytes', value: String((5 << 20) + (64 << 10)) }] },
+      ],
+    });
+  } catch (err) {
+    throw new Error(`cannot create this run's topics ${Object.values(topics).join(', ')} on the Kafka at ${brokers.join(',')} (KAFKA_BROKERS): ${(err as Error).message}. A run against real servers uses topics of its own, so it needs the right to create and delete topics (or set CKPT_RUN_TOPICS=<prefix> to use existing topics <prefix>.pages, <prefix>.control and <prefix>.dead).`, { cause: err });
+  } finally {
+    await admin.disconnect().catch(() => undefined);
+  }
+}
+
+async function deleteRunTopics(brokers: string[], topics: Topics): Promise<void> {
+  const admin = new Kafka({ clientId: 'ckpt-run', brokers, logLevel: logLevel.NOTHING, connectionTimeout: 5000, retry: { retries: 2 } }).admin();
+  try {
+    await admin.connect();
+    await admin.deleteTopics({ topics: [topics.pages, topics.control, topics.deadLetter] });
+  } catch (err) {
+    process.stderr.write(`warning: could not delete this run's topics ${Object.values(topics).join(', ')}: ${(err as Error).message}\n`);
+  } finally {
+    await admin.disconnect().catch(() => undefined);
+  }
+}
+
+async function deleteRunKeys(url: string, prefix: string): Promise<void> {
+  const redis = new Redis(url, { maxRetriesPerRequest: 2, lazyConnect: true });
+  redis.on('error', () => undefined);
+  try {
+    await redis.connect();
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
+      cursor = next;
+      if (keys.length) await redis.unlink(...keys);
+    } while (cursor !== '0');
+  } catch (err) {
+    process.stderr.write(`warning: could not delete this run's Redis keys ${prefix}:*: ${(err as Error).message}\n`);
+  } finally {
+    redis.disconnect();
+  }
 }
 
 export async function startServers(opts: { partitions: number; topics?: Topics; env?: NodeJS.ProcessEnv }): Promise<Servers> {
   const env = opts.env ?? process.env;
-  const topics = opts.topics ?? DEFAULT_TOPICS;
+  const run = `ckpt-run-${randomBytes(4).toString('hex')}`;
+  const external = { kafka: parseBrokerList(env.KAFKA_BROKERS ?? ''), redis: env.REDIS_URL ?? '' };
+  const given = opts.topics ?? (env.CKPT_RUN_TOPICS ? { pages: `${env.CKPT_RUN_TOPICS}.pages`, control: `${env.CKPT_RUN_TOPICS}.control`, deadLetter: `${env.CKPT_RUN_TOPICS}.dead` } : null);
+  const topics = given ?? (external.kafka.length ? { pages: `${run}.pages`, control: `${run}.control`, deadLetter: `${run}.dead` } : DEFAULT_TOPICS);
   let kafka: KafkaMock | null = null;
   let redis: RedisServer | null = null;
+  let topicsCreated = false;
   try {
-    const brokers = env.KAFKA_BROKERS ? env.KAFKA_BROKERS.split(',').map((s) => s.trim()).filter(Boolean) : null;
-    if (!brokers) {
+    if (external.kafka.length) {
+      if (!given) {
+        await createRunTopics(external.kafka, topics, opts.partitions);
+        topicsCreated = true;
+      }
+    } else {
       kafka = await KafkaMock.start({ brokers: 1, topics: [{ name: topics.pages, partitions: opts.partitions }, { name: topics.control, partitions: 1 }, { name: topics.deadLetter, partitions: 1 }] });
     }
-    if (!env.REDIS_URL) redis = await RedisServer.start();
+    if (!external.redis) redis = await RedisServer.start();
+    const brokers = external.kafka.length ? external.kafka : kafka!.brokers;
+    const redisUrl = external.redis || redis!.url;
+    const redisPrefix = external.redis ? run : 'ckpt';
+    const groupId = external.kafka.length ? run : 'ckpt-replicator';
+    const description = [
+      external.kafka.length ? `Kafka ${brokers.join(',')} (KAFKA_BROKERS), topics ${Object.values(topics).join(', ')}${given ? '' : ' created for this run'}, group ${groupId}` : 'the embedded Kafka test broker',
+      external.redis ? `Redis ${redisUrl.replace(/\/\/[^@/]*@/, '//***@')} (REDIS_URL), keys ${redisPrefix}:*` : 'an embedded redis-server',
+    ].join('; ');
     return {
-      brokers: brokers ?? kafka!.brokers, redisUrl: env.REDIS_URL ?? redis!.url, embeddedKafka: kafka !== null, kafka, redis, topics,
+      brokers, redisUrl, embeddedKafka: kafka !== null, kafka, redis, topics, groupId, redisPrefix, description,
       async stop() {
         await kafka?.stop();
         await redis?.stop();
+        if (topicsCreated) await deleteRunTopics(external.kafka, topics);
+        if (external.redis) await deleteRunKeys(redisUrl, redisPrefix);
       },
     };
   } catch (err) {
+    if (topicsCreated) await deleteRunTopics(external.kafka, topics);
     await kafka?.stop().catch(() => undefined);
     await redis?.stop().catch(() => undefined);
     throw err;
@@ -53,6 +138,7 @@ export function spawnReplicator(s: Servers, extra: Record<string, string> = {}, 
     ...process.env,
     REPLICATOR_KAFKA_BROKERS: s.brokers.join(','), REPLICATOR_REDIS_URL: s.redisUrl,
     REPLICATOR_PAGES_TOPIC: s.topics.pages, REPLICATOR_CONTROL_TOPIC: s.topics.control, REPLICATOR_DEAD_LETTER_TOPIC: s.topics.deadLetter,
+    REPLICATOR_GROUP_ID: s.groupId, REPLICATOR_REDIS_PREFIX: s.redisPrefix,
     REPLICATOR_KAFKA_IDEMPOTENT: s.embeddedKafka ? 'false' : 'true', REPLICATOR_METRICS_PORT: '-1',
     // The embedded broker answers a fetch only when its wait expires: keep the wait short.
     // A short session lets a killed replicator's partitions move quickly in tests and drills.

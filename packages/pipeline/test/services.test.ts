@@ -31,7 +31,7 @@ test('harvester and replicator services: the standby of a running guest is a con
   harvester.stderr.on('data', (d: Buffer) => { log = (log + d.toString()).slice(-5000); });
   const redis = new Redis(servers.redisUrl);
   try {
-    const store = new StandbyStore(redis);
+    const store = new StandbyStore(redis, servers.redisPrefix);
     const deadline = Date.now() + 30_000;
     let meta = await store.readMeta('svc-vm');
     while ((!meta || meta.epoch < 5) && Date.now() < deadline) {

@@ -1,0 +1,56 @@
+/**
+ * A pipeline, bench or drill run pointed at real servers (KAFKA_BROKERS, REDIS_URL) must not touch a
+ * deployment that shares them: it uses its own topics, consumer group and Redis key prefix, and
+ * deletes its keys afterwards. The embedded broker and redis-server stand in for the real ones here.
+ * (The embedded broker cannot create topics through the admin API, so the path that creates the run's
+ * own topics is exercised only for its error; CKPT_RUN_TOPICS names topics made in advance.)
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { Redis } from 'ioredis';
+import { KafkaMock, RedisServer } from '@ckpt/embedded';
+import { startServers } from '../src/index.ts';
+
+test('against KAFKA_BROKERS and REDIS_URL a run keeps to its own topics, group and keys, and deletes its keys after', async () => {
+  const kafka = await KafkaMock.start({ brokers: 1, topics: ['pre.pages', 'pre.control', 'pre.dead'].map((name) => ({ name, partitions: 1 })) });
+  const redisServer = await RedisServer.start();
+  const redis = new Redis(redisServer.url);
+  try {
+    await redis.set('ckpt:{vm-0}:meta', 'production');
+    const env = { KAFKA_BROKERS: kafka.brokers.join(','), REDIS_URL: redisServer.url, CKPT_RUN_TOPICS: 'pre' };
+    const a = await startServers({ partitions: 1, env });
+    const b = await startServers({ partitions: 1, env });
+    try {
+      assert.deepEqual(a.topics, { pages: 'pre.pages', control: 'pre.control', deadLetter: 'pre.dead' });
+      assert.equal(a.embeddedKafka, false);
+      assert.match(a.groupId, /^ckpt-run-[0-9a-f]{8}$/);
+      assert.match(a.redisPrefix, /^ckpt-run-[0-9a-f]{8}$/);
+      assert.notEqual(a.groupId, b.groupId, 'each run has its own group');
+      assert.notEqual(a.redisPrefix, b.redisPrefix, 'and its own keys');
+      assert.match(a.description, /KAFKA_BROKERS/);
+      assert.match(a.description, /REDIS_URL/);
+      await redis.set(`${a.redisPrefix}:{vm-0}:meta`, 'run a');
+      await redis.set(`${b.redisPrefix}:{vm-0}:meta`, 'run b');
+    } finally {
+      await a.stop();
+    }
+    assert.equal(await redis.get(`${a.redisPrefix}:{vm-0}:meta`), null, 'the run deleted its keys');
+    assert.equal(await redis.get(`${b.redisPrefix}:{vm-0}:meta`), 'run b', 'and only its own');
+    assert.equal(await redis.get('ckpt:{vm-0}:meta'), 'production');
+    await b.stop();
+  } finally {
+    redis.disconnect();
+    await redisServer.stop();
+    await kafka.stop();
+  }
+});
+
+test('a run that cannot create its own topics says so and names the way out', async () => {
+  const kafka = await KafkaMock.start({ brokers: 1, topics: [{ name: 'other', partitions: 1 }] });
+  try {
+    await assert.rejects(startServers({ partitions: 1, env: { KAFKA_BROKERS: kafka.brokers.join(','), REDIS_URL: 'redis://127.0.0.1:1' } }),
+      /cannot create this run's topics ckpt-run-[0-9a-f]{8}\.pages.*KAFKA_BROKERS.*CKPT_RUN_TOPICS/s);
+  } finally {
+    await kafka.stop();
+  }
+});

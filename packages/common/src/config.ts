@@ -145,7 +145,7 @@ export function helpText(schema: Schema, usage: string, envPrefix?: string): str
 
 /**
  * A command's options from its arguments: prints the help and returns exit code 0 on --help; prints
- * every problem (parse errors, then `validate`'s) with the help and returns 2 on bad options;
+ * every problem (parse errors, then `validate`'s) and a pointer to --help, and returns 2 on bad options;
  * otherwise returns the config. With `env`, `<prefix><KEY>` environment variables are read too (flags win).
  */
 export function commandConfig<T extends Schema>(
@@ -163,7 +163,7 @@ export function commandConfig<T extends Schema>(
     return cfg;
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
-    process.stderr.write(`${name}: ${err.message}\n\n${helpText(schema, usage, env?.prefix)}\n`);
+    process.stderr.write(`${name}: ${err.message}\n(${name} --help lists the options)\n`);
     return 2;
   }
 }

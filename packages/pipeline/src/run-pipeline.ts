@@ -109,15 +109,28 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
   let producer: Producer | null = null;
   let listener: ControlListener | null = null;
   let redis: Redis | null = null;
+  // Every timer of the run, cleared however the run ends (a pending one would keep the process alive).
+  const timers: NodeJS.Timeout[] = [];
   try {
     const kafka = new Kafka({ clientId: 'ckpt-pipeline', brokers: servers.brokers, logLevel: logLevel.NOTHING });
     // Without idempotence, one request in flight keeps a VM's records in order across retries.
     producer = kafka.producer({ idempotent: !servers.embeddedKafka, maxInFlightRequests: servers.embeddedKafka ? 1 : 5, allowAutoTopicCreation: false });
-    await producer.connect();
+    try {
+      await producer.connect();
+    } catch (err) {
+      throw new Error(`cannot connect to Kafka at ${servers.brokers.join(',')}${servers.embeddedKafka ? '' : ' (KAFKA_BROKERS)'}: ${(err as Error).message}`, { cause: err });
+    }
+    redis = new Redis(servers.redisUrl, { maxRetriesPerRequest: 5 });
+    let redisError: Error | null = null;
+    redis.on('error', (err: Error) => { redisError = err; log.debug('redis connection error', { err }); });
+    try {
+      await redis.ping();
+    } catch (err) {
+      // The connection's own error (ECONNREFUSED, ...) says more than ioredis's retry limit.
+      throw new Error(`cannot connect to Redis at ${servers.redisUrl.replace(/\/\/[^@/]*@/, '//***@')}${servers.redis ? '' : ' (REDIS_URL)'}: ${(redisError ?? (err as Error)).message}`, { cause: err });
+    }
     pool = new ReplicatorPool(servers, o.replicators, (line) => log.debug('replicator', { line }));
     listener = new ControlListener(kafka, servers.topics.control, log);
-    redis = new Redis(servers.redisUrl, { maxRetriesPerRequest: 5 });
-    redis.on('error', (err) => log.debug('redis connection error', { err }));
     const store = new StandbyStore(redis, servers.redisPrefix);
     // The embedded broker keeps 5 MiB per partition, shared by the VMs whose keys hash to it: split
     // 4 MiB between them.
@@ -164,11 +177,13 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
         }, () => undefined);
       }
     }, 5);
+    timers.push(poll);
     const t0 = performance.now();
     const injuries: string[] = [];
     const chaosDone = runChaos(o.chaos, o.durationS * 1000, servers, pool, injuries, t0);
     const timer = setTimeout(() => stop.abort(), o.durationS * 1000);
     const giveUp = setTimeout(() => drainDeadline.abort(), (o.durationS + o.drainTimeoutS) * 1000);
+    timers.push(timer, giveUp);
     // Checkpoints one VM's guest until `signal` aborts (epochs 0) or for a baseline and `epochs` more.
     const harvest = (r: VmRun, source: DirtySource, epochs: number, generation: number, signal?: AbortSignal): Promise<HarvestSummary> => {
       // The shadow must hold only committed epochs: segments are held back until the commit.
@@ -261,6 +276,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
       checks,
     };
   } finally {
+    for (const t of timers) clearTimeout(t);
     for (const r of runs) r.source.close();
     await listener?.stop();
     await producer?.disconnect().catch(() => undefined);

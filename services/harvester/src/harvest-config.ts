@@ -19,10 +19,16 @@ export const HARVEST_SCHEMA = {
   intervalMs: { type: 'int', default: 50, min: 1, max: 3_600_000, help: 'time between epochs' },
   precopyRounds: { type: 'int', default: 0, min: 0, max: 16, help: 'live pre-copy rounds before each pause' },
   verify: { type: 'bool', default: false, help: 'keep a shadow image from harvested epochs and compare it with guest memory at every epoch' },
-  json: { type: 'bool', default: false, help: 'print one JSON summary object as the last line' },
   metricsPort: { type: 'int', default: -1, min: -1, max: 65535, help: 'serve /metrics, /healthz and /readyz on this port (0 = any free port, -1 = off)' },
+} as const satisfies Schema;
+
+/** The `npm run harvest` command: the shared settings plus its output and test-only options. */
+export const HARVEST_CLI_SCHEMA = {
+  ...HARVEST_SCHEMA,
+  json: { type: 'bool', default: false, help: 'print one JSON summary object as the last line' },
   injectHostile: { type: 'int', default: 0, min: 0, max: 1000, help: 'simulator only: hostile ring entries injected before each epoch (they must be dropped and counted)' },
   unsafeCopyBeforeResetMs: { type: 'int', default: 0, min: 0, max: 1000, help: 'TEST ONLY, deliberately wrong: live rounds copy before resetting and wait this long in between (the verifier must catch it); needs --precopy-rounds' },
 } as const satisfies Schema;
 
 export type HarvestConfig = ConfigOf<typeof HARVEST_SCHEMA>;
+export type HarvestCliConfig = ConfigOf<typeof HARVEST_CLI_SCHEMA>;

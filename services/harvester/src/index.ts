@@ -12,5 +12,5 @@ export { DEFAULT_MAX_REQUEST_BYTES, KafkaPublisher, type PublisherOptions } from
 export { ShadowVerifier } from './verify/shadow-verifier.ts';
 export { ControlListener } from './publish/control-listener.ts';
 export { ReplicationWindow } from './publish/replication-window.ts';
-export { HARVEST_SCHEMA, type HarvestConfig } from './harvest-config.ts';
+export { HARVEST_CLI_SCHEMA, HARVEST_SCHEMA, type HarvestCliConfig, type HarvestConfig } from './harvest-config.ts';
 export { HARVESTER_ENV_PREFIX, HARVESTER_SERVICE_SCHEMA } from './service-config.ts';

@@ -59,3 +59,13 @@ test('the harvester service rejects bad configuration with every problem listed 
   assert.match(record.err.message, /HARVESTER_RING_ENTRIES: 1000 must be a power of two/);
   assert.match(record.err.message, /HARVESTER_VCPUS: "x" is not a number/);
 });
+
+test('the harvester service refuses an unknown flag instead of ignoring it (exit 2)', async () => {
+  const child = spawn(process.execPath, ['--import', 'tsx', main, '--bogus'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (d: string) => { stderr += d; });
+  const [code] = (await once(child, 'exit')) as [number | null];
+  assert.equal(code, 2);
+  assert.match(stderr, /unknown option --bogus/);
+});

@@ -17,14 +17,15 @@ import { openSource } from './sources/open-source.ts';
 import type { EpochSink } from './epoch/epoch-types.ts';
 
 
-const USAGE = 'Usage: node --import tsx services/harvester/src/main.ts\n\nConfigured by environment variables:';
+const USAGE = 'Usage: node --import tsx services/harvester/src/main.ts [options]\n\nEvery option is also a HARVESTER_* environment variable (flags win):';
 
 async function main(): Promise<number> {
   if (wantsHelp(process.argv.slice(2))) {
     process.stdout.write(helpText(HARVESTER_SERVICE_SCHEMA, USAGE, HARVESTER_ENV_PREFIX) + '\n');
     return 0;
   }
-  const cfg = parseConfig(HARVESTER_SERVICE_SCHEMA, { env: process.env, envPrefix: HARVESTER_ENV_PREFIX });
+  // Flags win over HARVESTER_* variables; an unknown flag is an error, not ignored.
+  const cfg = parseConfig(HARVESTER_SERVICE_SCHEMA, { argv: process.argv.slice(2), env: process.env, envPrefix: HARVESTER_ENV_PREFIX });
   if (!/^[A-Za-z0-9._:-]{1,200}$/.test(cfg.vmId)) throw new ConfigError([`HARVESTER_VM_ID "${cfg.vmId}" may only use A-Z a-z 0-9 . _ : - (1-200 characters)`]);
   const log = createLogger({ service: 'harvester', vm: cfg.vmId });
   const metrics = createHarvesterMetrics({ defaultMetrics: true, vm: cfg.vmId });

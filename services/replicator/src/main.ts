@@ -5,7 +5,7 @@
  */
 import { Redis } from 'ioredis';
 import {
-  ConfigError, createLogger, helpText, kafkaClientConfig, parseBrokers, parseConfig, redisClientOptions, startMetricsServer, wantsHelp,
+  ConfigError, createLogger, helpText, kafkaClientConfig, parseBrokers, parseConfig, redisClientOptions, startMetricsServer, wantsHelp, type MetricsServer,
 } from '@ckpt/common';
 import { createReplicatorMetrics } from './metrics.ts';
 import { REPLICATOR_ENV_PREFIX, REPLICATOR_SCHEMA } from './replicator-config.ts';
@@ -33,14 +33,24 @@ async function main(): Promise<number> {
     redisOpts = redisClientOptions(cfg, cfg.redisUrl);
   } catch (err) {
     if (err instanceof ConfigError) {
-      process.stderr.write(`replicator: ${err.message}\n\n${helpText(REPLICATOR_SCHEMA, USAGE, REPLICATOR_ENV_PREFIX)}\n`);
+      process.stderr.write(`replicator: ${err.message}\n(replicator --help lists the options)\n`);
       return 2;
     }
     throw err;
   }
   let fatal = false;
   const redis = new Redis(redisOpts.url, { ...redisOpts.options, maxRetriesPerRequest: 3, retryStrategy: (n) => Math.min(2000, 50 * n) });
-  redis.on('error', (err) => log.debug('redis connection error', { err }));
+  // One warning per outage (ioredis reports every reconnect attempt), and one line when it is back.
+  const redisAt = redisOpts.url.replace(/\/\/[^@/]*@/, '//***@');
+  let redisDown = false;
+  redis.on('error', (err) => {
+    if (!redisDown) log.warn('redis is not reachable; retrying (records wait, nothing is lost)', { redis: redisAt, err });
+    redisDown = true;
+  });
+  redis.on('ready', () => {
+    if (redisDown) log.info('redis is reachable again', { redis: redisAt });
+    redisDown = false;
+  });
   const metrics = createReplicatorMetrics({ defaultMetrics: true });
   const rep = new Replicator({
     kafka, idempotent: cfg.kafkaIdempotent, topics: { pages: cfg.pagesTopic, control: cfg.controlTopic, deadLetter: cfg.deadLetterTopic },
@@ -51,8 +61,7 @@ async function main(): Promise<number> {
     onFatal: () => { fatal = true; void stop(); },
     partitionsConsumedConcurrently: cfg.partitionsConcurrently, stageWindow: cfg.stageWindow, fetchMaxWaitMs: cfg.fetchMaxWaitMs, sessionTimeoutMs: cfg.sessionTimeoutMs, metrics, log,
   });
-  const server = cfg.metricsPort >= 0
-    ? await startMetricsServer(metrics.registry, cfg.metricsPort, async () => {
+  const serve = (): Promise<MetricsServer> => startMetricsServer(metrics.registry, cfg.metricsPort, async () => {
       const r = rep.ready();
       if (r) return r;
       try {
@@ -61,8 +70,15 @@ async function main(): Promise<number> {
       } catch (err) {
         return `redis: ${(err as Error).message}`;
       }
-    })
-    : null;
+    });
+  let server: MetricsServer | null = null;
+  try {
+    if (cfg.metricsPort >= 0) server = await serve();
+  } catch (err) {
+    process.stderr.write(`replicator: cannot serve metrics on port ${cfg.metricsPort}: ${(err as Error).message}\n`);
+    redis.disconnect();
+    return 1;
+  }
   let stopping = false;
   const stop = async (): Promise<void> => {
     if (stopping) return;

@@ -61,10 +61,15 @@ async function main(): Promise<number> {
   let phase = 'restoring';
   let server: MetricsServer | null = null;
   // Written through a temp file and a rename, so the collector never reads half a file.
+  // A metrics file that cannot be written is a warning: it must not turn a restore's outcome around.
   const writeMetrics = async (): Promise<void> => {
     if (!cfg.metricsFile) return;
-    writeFileSync(`${cfg.metricsFile}.tmp`, await metrics.registry.metrics());
-    renameSync(`${cfg.metricsFile}.tmp`, cfg.metricsFile);
+    try {
+      writeFileSync(`${cfg.metricsFile}.tmp`, await metrics.registry.metrics());
+      renameSync(`${cfg.metricsFile}.tmp`, cfg.metricsFile);
+    } catch (err) {
+      say(`restore: warning: cannot write the metrics file ${cfg.metricsFile}: ${(err as Error).message}`);
+    }
   };
   try {
     if (cfg.metricsPort >= 0) server = await startMetricsServer(metrics.registry, cfg.metricsPort, () => (phase === 'running' ? null : phase));

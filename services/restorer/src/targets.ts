@@ -3,7 +3,7 @@
  * larger than RAM), raw files per slot plus the vCPU state as JSON, or a fresh KVM VM with that memory
  * and vCPU state, ready to resume.
  */
-import { closeSync, ftruncateSync, openSync, renameSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, ftruncateSync, mkdirSync, openSync, renameSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { CkptError, isZeroPage, SparseImage } from '@ckpt/common';
 import { KvmVm } from '@ckpt/kvm-native';
@@ -74,6 +74,11 @@ export class FileTarget implements RestoreTarget {
 
   open(l: ImageLayout): void {
     this.pageSize = l.pageSize;
+    try {
+      mkdirSync(this.dir, { recursive: true });
+    } catch (err) {
+      throw new CkptError('CKPT_ERR_RESTORE_OUTPUT', `cannot create the output directory ${this.dir}: ${(err as Error).message}`, { cause: err });
+    }
     for (const s of l.slots) {
       const name = join(this.dir, `${l.vm}.slot${s.id}.raw`);
       let fd: number;

@@ -3,7 +3,7 @@
  * optional verification against guest memory. See --help.
  */
 import { ConfigError, CkptError, createLogger, helpText, parseConfig, startMetricsServer, wantsHelp, type MetricsServer } from '@ckpt/common';
-import { HARVEST_SCHEMA, type HarvestConfig } from '../harvest-config.ts';
+import { HARVEST_CLI_SCHEMA, type HarvestCliConfig } from '../harvest-config.ts';
 import { runHarvest, type HarvestSummary } from '../harvest-loop.ts';
 import { createHarvesterMetrics } from '../metrics.ts';
 import { openSource } from '../sources/open-source.ts';
@@ -11,7 +11,7 @@ import { SimSource } from '../sources/sim/sim-source.ts';
 
 const USAGE = 'Usage: npm run harvest -- [options]\n\nRuns a guest (real KVM or the simulator) and cuts checkpoint epochs locally.\nExit code: 0 ok, 1 verification mismatch or failure, 2 bad usage.';
 
-function human(s: HarvestSummary, cfg: HarvestConfig, fallback?: string): string {
+function human(s: HarvestSummary, cfg: HarvestCliConfig, fallback?: string): string {
   const lines = [
     `source      ${s.source} (${s.mode}${s.mode === 'ring' ? `, ${cfg.ringEntries} entries/vCPU` : ''})${fallback ? `: simulator because ${fallback}` : ''}`,
     `guest       ${s.memBytes / 1048576} MiB, ${s.vcpus} vCPU, workload ${cfg.workload} at ${cfg.rate || 'max'} pages/s/vCPU`,
@@ -28,10 +28,10 @@ function human(s: HarvestSummary, cfg: HarvestConfig, fallback?: string): string
 
 async function main(argv: string[]): Promise<number> {
   if (wantsHelp(argv)) {
-    process.stdout.write(helpText(HARVEST_SCHEMA, USAGE) + '\n');
+    process.stdout.write(helpText(HARVEST_CLI_SCHEMA, USAGE) + '\n');
     return 0;
   }
-  const cfg = parseConfig(HARVEST_SCHEMA, { argv });
+  const cfg = parseConfig(HARVEST_CLI_SCHEMA, { argv });
   if (cfg.unsafeCopyBeforeResetMs > 0 && cfg.precopyRounds === 0) {
     throw new ConfigError(['--unsafe-copy-before-reset-ms needs --precopy-rounds >= 1 (the wrong order only exists in live rounds)']);
   }

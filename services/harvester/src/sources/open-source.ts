@@ -1,4 +1,4 @@
-import { ConfigError } from '@ckpt/common';
+import { ConfigError, KvmError } from '@ckpt/common';
 import { kvmAvailability } from '@ckpt/kvm-native';
 import type { HarvestConfig } from '../harvest-config.ts';
 import type { DirtySource } from './dirty-source.ts';
@@ -35,6 +35,19 @@ export function slotSizes(memMib: number, slots: number): number[] {
 /** Opens the configured dirty source; `auto` falls back to the simulator and says why. */
 export function openSource(cfg: GuestConfig, extra: { maxWritesPerVcpu?: number; tickUs?: number } = {}): OpenedSource {
   const slotBytes = slotSizes(cfg.memMib, cfg.slots);
+  if (cfg.ringEntries !== 0 && cfg.ringEntries < 1024) throw new ConfigError([`--ring-entries ${cfg.ringEntries}: 0 (bitmap mode) or a power of two >= 1024`]);
+  if (cfg.workload === 'hotset' && cfg.hotPages > cfg.memMib * 256) throw new ConfigError([`--hot-pages ${cfg.hotPages} is more than the guest's ${cfg.memMib * 256} pages`]);
+  try {
+    return open(cfg, slotBytes, extra);
+  } catch (err) {
+    // Options the guest cannot take (a ring size above the kernel's maximum, a hot set larger than the
+    // workload region) are configuration errors, not failures.
+    if (err instanceof RangeError || (err instanceof KvmError && err.code === 'CKPT_ERR_KVM_RING_SIZE')) throw new ConfigError([err.message], { cause: err });
+    throw err;
+  }
+}
+
+function open(cfg: GuestConfig, slotBytes: number[], extra: { maxWritesPerVcpu?: number; tickUs?: number }): OpenedSource {
   const common = {
     slotBytes,
     vcpus: cfg.vcpus,

@@ -15,8 +15,11 @@ export const standbyAge = (matchers = ''): string => `min by (vm) (ckpt_replicat
 /** 1 per VM whose standby image is stale (waiting for a baseline), 0 otherwise. */
 export const vmStale = (matchers = ''): string => `max by (vm) (ckpt_replicator_vm_stale${matchers ? `{${matchers}}` : ''})`;
 
-/** Epochs seen on the topic but not yet applied, per VM. */
-export const lagEpochs = (matchers = ''): string => `max by (vm) (ckpt_replicator_lag_epochs${matchers ? `{${matchers}}` : ''})`;
+/**
+ * Epochs seen on the topic but not yet applied, per VM: the owner's view (`min`) while two instances
+ * report a VM around a rebalance, as the alerts take it (docs/alerts.md).
+ */
+export const lagEpochs = (matchers = ''): string => `min by (vm) (ckpt_replicator_lag_epochs${matchers ? `{${matchers}}` : ''})`;
 
 /** VMs (one series each) whose standby is fresh and not stale: a failover now loses at most its age. */
 export const PROTECTED_VMS = `(${standbyAge()} < ${FRESH_STANDBY_SECONDS}) unless on (vm) (${vmStale()} == 1)`;

@@ -61,6 +61,9 @@ export function kafkaClientConfig(s: KafkaSettings, brokers: string[]): Record<s
   return { clientId: s.kafkaClientId, brokers, ssl, sasl };
 }
 
+/** A server URL fit for logs and errors: any credentials before the host are masked. */
+export const redactUrl = (url: string): string => url.replace(/\/\/[^@]*@/, '//***@');
+
 export function parseBrokers(list: string): string[] {
   return list.split(',').map((b) => b.trim()).filter(Boolean);
 }

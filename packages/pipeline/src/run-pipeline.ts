@@ -5,7 +5,7 @@
  */
 import { Redis } from 'ioredis';
 import { Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
-import { percentile, silentLogger, type Logger } from '@ckpt/common';
+import { percentile, redactUrl, silentLogger, type Logger } from '@ckpt/common';
 import {
   ControlListener, createHarvesterMetrics, DEFAULT_MAX_REQUEST_BYTES, KafkaPublisher, openSource, runHarvest, ShadowVerifier, stoppedGuest,
   type DirtySource, type EpochCommit, type EpochSink, type HarvestSummary,
@@ -127,7 +127,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
       await redis.ping();
     } catch (err) {
       // The connection's own error (ECONNREFUSED, ...) says more than ioredis's retry limit.
-      throw new Error(`cannot connect to Redis at ${servers.redisUrl.replace(/\/\/[^@/]*@/, '//***@')}${servers.redis ? '' : ' (REDIS_URL)'}: ${(redisError ?? (err as Error)).message}`, { cause: err });
+      throw new Error(`cannot connect to Redis at ${redactUrl(servers.redisUrl)}${servers.redis ? '' : ' (REDIS_URL)'}: ${(redisError ?? (err as Error)).message}`, { cause: err });
     }
     pool = new ReplicatorPool(servers, o.replicators, (line) => log.debug('replicator', { line }));
     listener = new ControlListener(kafka, servers.topics.control, log);

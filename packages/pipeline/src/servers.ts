@@ -11,7 +11,8 @@ import { randomBytes } from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
-import { Kafka, logLevel } from 'kafkajs';
+import { Kafka, logLevel, type Admin } from 'kafkajs';
+import { parseBrokers, redactUrl } from '@ckpt/common';
 import { KafkaMock, killWithParent, RedisServer } from '@ckpt/embedded';
 
 export interface Topics { pages: string; control: string; deadLetter: string }
@@ -34,11 +35,11 @@ export interface Servers {
   stop(): Promise<void>;
 }
 
-const parseBrokerList = (v: string): string[] => v.split(',').map((s) => s.trim()).filter(Boolean);
+const runAdmin = (brokers: string[], retries: number): Admin => new Kafka({ clientId: 'ckpt-run', brokers, logLevel: logLevel.NOTHING, connectionTimeout: 5000, retry: { retries } }).admin();
 
 /** Creates the run's topics on a real cluster; a clear error when the cluster does not allow it. */
 async function createRunTopics(brokers: string[], topics: Topics, partitions: number): Promise<void> {
-  const admin = new Kafka({ clientId: 'ckpt-run', brokers, logLevel: logLevel.NOTHING, connectionTimeout: 5000, retry: { retries: 3 } }).admin();
+  const admin = runAdmin(brokers, 3);
   try {
     await admin.connect();
     await admin.createTopics({
@@ -57,7 +58,7 @@ async function createRunTopics(brokers: string[], topics: Topics, partitions: nu
 }
 
 async function deleteRunTopics(brokers: string[], topics: Topics): Promise<void> {
-  const admin = new Kafka({ clientId: 'ckpt-run', brokers, logLevel: logLevel.NOTHING, connectionTimeout: 5000, retry: { retries: 2 } }).admin();
+  const admin = runAdmin(brokers, 2);
   try {
     await admin.connect();
     await admin.deleteTopics({ topics: [topics.pages, topics.control, topics.deadLetter] });
@@ -89,7 +90,7 @@ async function deleteRunKeys(url: string, prefix: string): Promise<void> {
 export async function startServers(opts: { partitions: number; topics?: Topics; env?: NodeJS.ProcessEnv }): Promise<Servers> {
   const env = opts.env ?? process.env;
   const run = `ckpt-run-${randomBytes(4).toString('hex')}`;
-  const external = { kafka: parseBrokerList(env.KAFKA_BROKERS ?? ''), redis: env.REDIS_URL ?? '' };
+  const external = { kafka: parseBrokers(env.KAFKA_BROKERS ?? ''), redis: env.REDIS_URL ?? '' };
   const given = opts.topics ?? (env.CKPT_RUN_TOPICS ? { pages: `${env.CKPT_RUN_TOPICS}.pages`, control: `${env.CKPT_RUN_TOPICS}.control`, deadLetter: `${env.CKPT_RUN_TOPICS}.dead` } : null);
   const topics = given ?? (external.kafka.length ? { pages: `${run}.pages`, control: `${run}.control`, deadLetter: `${run}.dead` } : DEFAULT_TOPICS);
   let kafka: KafkaMock | null = null;
@@ -111,7 +112,7 @@ export async function startServers(opts: { partitions: number; topics?: Topics; 
     const groupId = external.kafka.length ? run : 'ckpt-replicator';
     const description = [
       external.kafka.length ? `Kafka ${brokers.join(',')} (KAFKA_BROKERS), topics ${Object.values(topics).join(', ')}${given ? '' : ' created for this run'}, group ${groupId}` : 'the embedded Kafka test broker',
-      external.redis ? `Redis ${redisUrl.replace(/\/\/[^@/]*@/, '//***@')} (REDIS_URL), keys ${redisPrefix}:*` : 'an embedded redis-server',
+      external.redis ? `Redis ${redactUrl(redisUrl)} (REDIS_URL), keys ${redisPrefix}:*` : 'an embedded redis-server',
     ].join('; ');
     return {
       brokers, redisUrl, embeddedKafka: kafka !== null, kafka, redis, topics, groupId, redisPrefix, description,

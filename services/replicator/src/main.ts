@@ -5,7 +5,7 @@
  */
 import { Redis } from 'ioredis';
 import {
-  ConfigError, createLogger, helpText, kafkaClientConfig, parseBrokers, parseConfig, redisClientOptions, startMetricsServer, wantsHelp, type MetricsServer,
+  ConfigError, createLogger, helpText, kafkaClientConfig, parseBrokers, parseConfig, redactUrl, redisClientOptions, startMetricsServer, wantsHelp, type MetricsServer,
 } from '@ckpt/common';
 import { createReplicatorMetrics } from './metrics.ts';
 import { REPLICATOR_ENV_PREFIX, REPLICATOR_SCHEMA } from './replicator-config.ts';
@@ -41,7 +41,7 @@ async function main(): Promise<number> {
   let fatal = false;
   const redis = new Redis(redisOpts.url, { ...redisOpts.options, maxRetriesPerRequest: 3, retryStrategy: (n) => Math.min(2000, 50 * n) });
   // One warning per outage (ioredis reports every reconnect attempt), and one line when it is back.
-  const redisAt = redisOpts.url.replace(/\/\/[^@/]*@/, '//***@');
+  const redisAt = redactUrl(redisOpts.url);
   let redisDown = false;
   redis.on('error', (err) => {
     if (!redisDown) log.warn('redis is not reachable; retrying (records wait, nothing is lost)', { redis: redisAt, err });
@@ -61,19 +61,20 @@ async function main(): Promise<number> {
     onFatal: () => { fatal = true; void stop(); },
     partitionsConsumedConcurrently: cfg.partitionsConcurrently, stageWindow: cfg.stageWindow, fetchMaxWaitMs: cfg.fetchMaxWaitMs, sessionTimeoutMs: cfg.sessionTimeoutMs, metrics, log,
   });
-  const serve = (): Promise<MetricsServer> => startMetricsServer(metrics.registry, cfg.metricsPort, async () => {
-      const r = rep.ready();
-      if (r) return r;
-      try {
-        await redis.ping();
-        return null;
-      } catch (err) {
-        return `redis: ${(err as Error).message}`;
-      }
-    });
   let server: MetricsServer | null = null;
   try {
-    if (cfg.metricsPort >= 0) server = await serve();
+    if (cfg.metricsPort >= 0) {
+      server = await startMetricsServer(metrics.registry, cfg.metricsPort, async () => {
+        const r = rep.ready();
+        if (r) return r;
+        try {
+          await redis.ping();
+          return null;
+        } catch (err) {
+          return `redis: ${(err as Error).message}`;
+        }
+      });
+    }
   } catch (err) {
     process.stderr.write(`replicator: cannot serve metrics on port ${cfg.metricsPort}: ${(err as Error).message}\n`);
     redis.disconnect();

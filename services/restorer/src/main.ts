@@ -9,7 +9,7 @@
  */
 import { renameSync, writeFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
-import { CkptError, commandConfig, ConfigError, createLogger, redisClientOptions, startMetricsServer, type MetricsServer } from '@ckpt/common';
+import { CkptError, commandConfig, ConfigError, createLogger, redactUrl, redisClientOptions, startMetricsServer, type MetricsServer } from '@ckpt/common';
 import { StandbyStore } from '@ckpt/standby';
 import { createRestorerMetrics } from './metrics.ts';
 import { restoreImage, type RestoredImage } from './restore-image.ts';
@@ -76,7 +76,7 @@ async function main(): Promise<number> {
     try {
       await redis.connect();
     } catch (err) {
-      throw new CkptError('CKPT_ERR_REDIS_UNREACHABLE', `cannot connect to Redis at ${redisOpts.url.replace(/\/\/[^@]*@/, '//***@')}: ${(err as Error).message}`);
+      throw new CkptError('CKPT_ERR_REDIS_UNREACHABLE', `cannot connect to Redis at ${redactUrl(redisOpts.url)}: ${(err as Error).message}`);
     }
     const store = new StandbyStore(redis, cfg.redisPrefix);
     const options = { allowStale: cfg.allowStale, fenceTtlMs: cfg.fenceTtlMs, metrics, log };

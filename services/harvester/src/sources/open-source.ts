@@ -36,7 +36,6 @@ export function slotSizes(memMib: number, slots: number): number[] {
 export function openSource(cfg: GuestConfig, extra: { maxWritesPerVcpu?: number; tickUs?: number } = {}): OpenedSource {
   const slotBytes = slotSizes(cfg.memMib, cfg.slots);
   if (cfg.ringEntries !== 0 && cfg.ringEntries < 1024) throw new ConfigError([`--ring-entries ${cfg.ringEntries}: 0 (bitmap mode) or a power of two >= 1024`]);
-  if (cfg.workload === 'hotset' && cfg.hotPages > cfg.memMib * 256) throw new ConfigError([`--hot-pages ${cfg.hotPages} is more than the guest's ${cfg.memMib * 256} pages`]);
   try {
     return open(cfg, slotBytes, extra);
   } catch (err) {

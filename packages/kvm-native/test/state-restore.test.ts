@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import { KvmError, stampSeq, stampVcpu } from '@ckpt/common';
 import { KVM_ERROR_CODES, KvmVm } from '../ts/index.ts';
 import {
-  MiB, PAGE, REGION_FIRST_PAGE, STAMP_MAGIC, drainAll, expectedPages, needKvm, sortedEqual, splitRegion, waitWritten, withVm,
+  MiB, PAGE, REGION_FIRST_PAGE, STAMP_MAGIC, drainAll, expectedPages, needKvm, sortedEqual, splitRegion, waitFor, waitWritten, withVm,
 } from './kvm-test-support.ts';
 
 const MEM = 64 * MiB;
@@ -78,6 +78,12 @@ test('restore: memory and vCPU state copied into a fresh VM continue where the o
 
     target.start();
     const after = await waitWritten(target, K + M);
+    // The guest publishes pagesWritten, then loops (docs/guest-program.md): the second store may land
+    // just after the snapshot that saw the first, so wait for it rather than read one snapshot.
+    await waitFor('every vCPU to publish the loop after its burst', () => {
+      target!.guestCounters(after);
+      return Array.from({ length: vcpus }, (_, v) => after[2 * v]! > atPause[2 * v]!).every(Boolean);
+    }, 10_000, target).catch(() => undefined);
     for (let v = 0; v < vcpus; v++) {
       assert.ok(after[2 * v]! > atPause[2 * v]!, `vCPU ${v}: loops continue past the copied value`);
       assert.equal(after[2 * v + 1], K + M, `vCPU ${v}: pagesWritten continues from the copied value`);

@@ -78,6 +78,45 @@ test('ring mode: drain returns exactly the pages the guest wrote, round after ro
   });
 });
 
+test('ring mode: drain(at, thenReset) fills from at, and resets in the same call only once all is drained', async (t) => {
+  if (!needKvm(t)) return;
+  const K = 300;
+  await withVm({
+    slotBytes: [MEM], vcpus: 1, ringEntries: 16384, workload: 'sequential', ratePagesPerSec: 0, maxWritesPerVcpu: K, tickUs: 2000,
+  }, async (vm) => {
+    vm.start();
+    for (let round = 0; round < 2; round++) {
+      if (round > 0) {
+        vm.grantWrites(K);
+        vm.resume();
+      }
+      await waitWritten(vm, K * (round + 1));
+      vm.pause();
+      const before = vm.stats();
+      const s = new Uint32Array(200).fill(0xffffffff);
+      const o = new Uint32Array(200).fill(0xffffffff);
+      // More than K entries are waiting: the first call fills [50, 200) and must not reset yet.
+      assert.equal(vm.drain(s, o, 50, true), 150);
+      assert.ok(s.subarray(0, 50).every((x) => x === 0xffffffff), 'nothing written below at');
+      assert.equal(vm.stats().resetReturnedTotal, before.resetReturnedTotal, 'no reset while entries are left');
+      const offsets = Array.from(o.subarray(50));
+      let n: number;
+      do {
+        n = vm.drain(s, o, 0, true);
+        offsets.push(...o.subarray(0, n));
+      } while (n === s.length);
+      const after = vm.stats();
+      assert.equal(after.entriesMarkedReset, after.resetReturnedTotal, 'the last call reset every entry marked');
+      assert.equal(after.resetReturnedTotal - before.resetReturnedTotal, offsets.length);
+      const region = new Set(offsets.filter((x) => x >= REGION_FIRST_PAGE).map((x) => x - REGION_FIRST_PAGE));
+      assert.ok(sortedEqual(region, expectedPages('sequential', REGION_PAGES, 1, 0, 1, K, K * round)), `round ${round}: region pages differ`);
+    }
+    // Re-armed: nothing more without new writes.
+    assert.equal(vm.drain(new Uint32Array(16), new Uint32Array(16), 0, true), 0);
+    assert.equal(vm.lastError(), null);
+  });
+});
+
 test('readPages returns the stamps and fill words of docs/guest-program.md', async (t) => {
   if (!needKvm(t)) return;
   const K = 24;

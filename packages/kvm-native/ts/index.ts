@@ -355,8 +355,13 @@ export class KvmVm {
   /** Returns when every vCPU is outside KVM_RUN. */
   pause(): void { this.call(() => this.native.pause(this.handle)); }
   resume(): void { this.call(() => this.native.resume(this.handle)); }
-  /** See NativeBinding.drain: a result below min(slots.length, offsets.length) means all drained. */
-  drain(slots: Uint32Array, offsets: Uint32Array): number { return this.call(() => this.native.drain(this.handle, slots, offsets)); }
+  /**
+   * See NativeBinding.drain: writes from index `at`; a result below min(slots.length, offsets.length) - at
+   * means all drained, and then, with `thenReset`, the rings were also reset.
+   */
+  drain(slots: Uint32Array, offsets: Uint32Array, at = 0, thenReset = false): number {
+    return this.call(() => this.native.drain(this.handle, slots, offsets, at, thenReset));
+  }
   reset(): number { return this.call(() => this.native.reset(this.handle)); }
   readPages(slots: Uint32Array, offsets: Uint32Array, count: number, out: Uint8Array): void {
     this.call(() => this.native.readPages(this.handle, slots, offsets, count, out));

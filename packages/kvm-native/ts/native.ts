@@ -114,10 +114,12 @@ export interface NativeBinding {
    * Ring mode: harvests DIRTY entries of every vCPU ring in vCPU order, marks each harvested entry RESET
    * (store-release under ACQ_REL), range-checks slot and offset; valid ones go into the arrays.
    * Bitmap mode: KVM_GET_DIRTY_LOG of every slot (once per reset), then emits set bits.
-   * Returns the number of entries written; stops early only when the arrays are full
-   * (capacity = min(slots.length, offsets.length)), so a return below capacity means "all drained".
+   * Writes from index `at`. Returns the number of entries written; stops early only when the arrays
+   * are full (capacity = min(slots.length, offsets.length) - at), so a return below capacity means
+   * "all drained". With `thenReset`, a drain that returns below capacity also does reset() in the
+   * same call (one crossing into native code in the pause instead of two).
    */
-  drain(vm: NativeVm, slots: Uint32Array, offsets: Uint32Array): number;
+  drain(vm: NativeVm, slots: Uint32Array, offsets: Uint32Array, at: number, thenReset: boolean): number;
   /** Ring mode: KVM_RESET_DIRTY_RINGS, returns its result and wakes vCPUs stalled on a full ring. Bitmap: KVM_CLEAR_DIRTY_LOG of what drain fetched, returns pages cleared. */
   reset(vm: NativeVm): number;
   /** Copies `count` pages named by (slot, offset) pairs into `out` (count * pageSize bytes). RangeError on a bad slot/offset or short buffer. */

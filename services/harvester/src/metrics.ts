@@ -54,7 +54,7 @@ export function createHarvesterMetrics(options: { defaultMetrics?: boolean; vm?:
     zeroPages: new Counter({ name: 'ckpt_harvester_zero_pages_total', help: 'Harvested pages that were all zero and shipped as marks', registers }),
     epochs: new Counter({ name: 'ckpt_harvester_epochs_total', help: 'Epochs cut, by kind (baseline or delta)', labelNames: ['kind'], registers }),
     pauseSeconds: new Histogram({ name: 'ckpt_harvester_pause_seconds', help: 'Guest pause per checkpoint: pause, drain, reset, copy, vCPU state', buckets: LATENCY_BUCKETS, registers }),
-    drainSeconds: new Histogram({ name: 'ckpt_harvester_drain_seconds', help: 'Time to drain every dirty ring while paused', buckets: LATENCY_BUCKETS, registers }),
+    drainSeconds: new Histogram({ name: 'ckpt_harvester_drain_seconds', help: 'Time to stop the vCPUs, drain every dirty ring and reset it, within the pause', buckets: LATENCY_BUCKETS, registers }),
     epochBytes: new Histogram({ name: 'ckpt_harvester_epoch_bytes', help: 'Page data bytes per epoch (zero pages excluded)', buckets: BYTE_BUCKETS, registers }),
     verifyMismatches: new Counter({ name: 'ckpt_harvester_verify_mismatches_total', help: 'Pages found wrong by --verify (content, missed writes, digest)', registers }),
     bytesPublished: new Counter({ name: 'ckpt_harvester_published_bytes_total', help: 'Bytes of epoch records acknowledged by Kafka (record values, after compression)', registers }),

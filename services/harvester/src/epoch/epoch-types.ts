@@ -43,8 +43,8 @@ export interface EpochCommit {
   guestCounters: number[];
   /** Guest pause: pause() to the end of the state capture, microseconds. */
   pauseUs: number;
+  /** Stopping the vCPUs, draining every ring and resetting it (one native call), microseconds. */
   drainUs: number;
-  resetUs: number;
   copyUs: number;
   /** Entries harvested for this epoch (live relief, pre-copy rounds and the pause). */
   entriesHarvested: number;

@@ -26,13 +26,17 @@ export class GfnBuffer {
     this.offsets = o;
   }
 
-  /** Drains the source until it reports empty; returns the entries added. */
-  drainFrom(source: DirtySource): number {
+  /**
+   * Drains the source until it reports empty; returns the entries added. With `thenReset` the source
+   * also resets once everything is drained (the pause's drain and reset in one call). No allocation
+   * unless the buffer has to grow.
+   */
+  drainFrom(source: DirtySource, thenReset = false): number {
     const start = this.length;
     for (;;) {
       if (this.length === this.slots.length) this.grow();
       const cap = this.slots.length - this.length;
-      const n = source.drain(this.slots.subarray(this.length), this.offsets.subarray(this.length));
+      const n = source.drain(this.slots, this.offsets, this.length, thenReset);
       this.length += n;
       if (n < cap) return this.length - start;
     }

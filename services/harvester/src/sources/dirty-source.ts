@@ -51,10 +51,12 @@ export interface DirtySource {
   pause(): void;
   resume(): void;
   /**
-   * Harvests dirty GFNs into the arrays (ring: entries marked RESET; bitmap: GET_DIRTY_LOG).
-   * Returns how many were written; a result below min(slots.length, offsets.length) means all drained.
+   * Harvests dirty GFNs into the arrays from index `at` (default 0) (ring: entries marked RESET;
+   * bitmap: GET_DIRTY_LOG). Returns how many were written; a result below
+   * min(slots.length, offsets.length) - at means all drained, and then, with `thenReset`, reset()
+   * was done too (real KVM: in the same native call, which keeps the pause short).
    */
-  drain(slots: Uint32Array, offsets: Uint32Array): number;
+  drain(slots: Uint32Array, offsets: Uint32Array, at?: number, thenReset?: boolean): number;
   /** Re-arms write protection for what drain() harvested (KVM_RESET_DIRTY_RINGS / KVM_CLEAR_DIRTY_LOG). */
   reset(): number;
   /**

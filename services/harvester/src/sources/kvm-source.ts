@@ -30,7 +30,7 @@ export class KvmSource implements DirtySource {
   start(): void { this.vm.start(); }
   pause(): void { this.vm.pause(); }
   resume(): void { this.vm.resume(); }
-  drain(slots: Uint32Array, offsets: Uint32Array): number { return this.vm.drain(slots, offsets); }
+  drain(slots: Uint32Array, offsets: Uint32Array, at = 0, thenReset = false): number { return this.vm.drain(slots, offsets, at, thenReset); }
   reset(): number { return this.vm.reset(); }
   readRanges(slots: Uint32Array, firsts: Uint32Array, counts: Uint32Array, n: number, out: Uint8Array, resident = false): number {
     return this.vm.readRanges(slots, firsts, counts, n, out, resident);

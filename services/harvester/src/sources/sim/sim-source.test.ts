@@ -50,6 +50,25 @@ test('writes follow the workload and rate; each page is logged once per arm', ()
   assert.equal(counters[1], 100);
 });
 
+test('drain(at, thenReset) fills from at and resets only once everything is drained, as the native helper does', () => {
+  const c = fakeClock();
+  const s = sim({ workload: 'sequential', ratePagesPerSec: 0, ringEntries: 1024 }, c);
+  s.start();
+  c.advance(50); // the ring fills to its soft limit and stalls the vCPU
+  const slots = new Uint32Array(600).fill(0xffffffff);
+  const offs = new Uint32Array(600).fill(0xffffffff);
+  assert.equal(s.drain(slots, offs, 100, true), 500, 'fills [100, 600)');
+  assert.ok(offs.subarray(0, 100).every((x) => x === 0xffffffff), 'nothing written below at');
+  assert.equal(s.stats().resetReturnedTotal, 0, 'no reset while entries are left');
+  assert.equal(s.stats().vcpusStalledRingFull, 1);
+  const rest = s.drain(slots, offs, 0, true);
+  assert.ok(rest < 600, 'the rest fit');
+  const st = s.stats();
+  assert.equal(st.resetReturnedTotal, 500 + rest, 'reset in the same call');
+  assert.equal(st.vcpusStalledRingFull, 0, 'the reset woke the vCPU');
+  assert.throws(() => s.drain(slots, offs, 601), { name: 'RangeError', message: /at \(601\) exceeds the arrays' length \(600\)/ });
+});
+
 test('a ring at its soft limit stalls the vCPU until reset; counts match the kernel rule', () => {
   const c = fakeClock();
   const s = sim({ workload: 'sequential', ratePagesPerSec: 0, ringEntries: 1024 }, c);

@@ -139,10 +139,12 @@ export class SimSource implements DirtySource {
     for (const v of this.vcpus) v.allowance += n;
   }
 
-  drain(slots: Uint32Array, offsets: Uint32Array): number {
+  drain(slots: Uint32Array, offsets: Uint32Array, at = 0, thenReset = false): number {
     this.advance();
-    const cap = Math.min(slots.length, offsets.length);
-    let n = 0;
+    const len = Math.min(slots.length, offsets.length);
+    if (!Number.isInteger(at) || at < 0 || at > len) throw new RangeError(`at (${at}) exceeds the arrays' length (${len})`);
+    const cap = len;
+    let n = at;
     for (const v of this.vcpus) {
       if (n >= cap) break;
       parseRing(v.ring.words, v.ring.entries, v.ring.fetchIndex, this.slotPages, slots, offsets, n, this.parse);
@@ -153,7 +155,8 @@ export class SimSource implements DirtySource {
       this.st.invalidEntries += this.parse.invalid;
       this.st.entriesMarkedReset += consumed;
     }
-    return n;
+    if (thenReset && n < cap) this.reset();
+    return n - at;
   }
 
   reset(): number {

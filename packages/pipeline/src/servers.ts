@@ -143,7 +143,8 @@ export function spawnReplicator(s: Servers, extra: Record<string, string> = {}, 
     REPLICATOR_KAFKA_IDEMPOTENT: s.embeddedKafka ? 'false' : 'true', REPLICATOR_METRICS_PORT: '-1',
     // The embedded broker answers a fetch only when its wait expires: keep the wait short.
     // A short session lets a killed replicator's partitions move quickly in tests and drills.
-    ...(s.embeddedKafka ? { REPLICATOR_FETCH_MAX_WAIT_MS: '2', REPLICATOR_SESSION_TIMEOUT_MS: '3000' } : {}), ...extra,
+    // Its group coordinator refuses a SyncGroup that comes after the leader's: the leader waits (delayedAssigner).
+    ...(s.embeddedKafka ? { REPLICATOR_FETCH_MAX_WAIT_MS: '2', REPLICATOR_SESSION_TIMEOUT_MS: '3000', REPLICATOR_ASSIGN_DELAY_MS: '300' } : {}), ...extra,
   };
   // CKPT_REPLICATOR_NODE_ARGS adds node flags (e.g. --cpu-prof) to replicator processes, for profiling.
   const nodeArgs = (process.env.CKPT_REPLICATOR_NODE_ARGS ?? '').split(' ').filter(Boolean);
@@ -207,10 +208,13 @@ export class ReplicatorPool {
     return child;
   }
 
-  /** Kills member i with SIGKILL and starts a new one in its place (a crash test). */
-  async kill(i: number): Promise<ChildProcess> {
+  /**
+   * Stops member i and starts a new one in its place: SIGKILL for a crash test, SIGTERM for a member
+   * that leaves the group in good order (a rolling restart).
+   */
+  async kill(i: number, signal: 'SIGKILL' | 'SIGTERM' = 'SIGKILL'): Promise<ChildProcess> {
     const victim = this.members[i]!;
-    await stopChild(victim, 'SIGKILL');
+    await stopChild(victim, signal);
     this.members[i] = this.spawn(i);
     return victim;
   }

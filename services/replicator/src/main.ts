@@ -59,7 +59,7 @@ async function main(): Promise<number> {
     // Exit non-zero so the supervisor (Kubernetes, the pipeline) starts a fresh replicator; offsets and
     // Redis hold all the state it needs.
     onFatal: () => { fatal = true; void stop(); },
-    partitionsConsumedConcurrently: cfg.partitionsConcurrently, stageWindow: cfg.stageWindow, fetchMaxWaitMs: cfg.fetchMaxWaitMs, sessionTimeoutMs: cfg.sessionTimeoutMs, metrics, log,
+    partitionsConsumedConcurrently: cfg.partitionsConcurrently, stageWindow: cfg.stageWindow, fetchMaxWaitMs: cfg.fetchMaxWaitMs, assignDelayMs: cfg.assignDelayMs, sessionTimeoutMs: cfg.sessionTimeoutMs, metrics, log,
   });
   let server: MetricsServer | null = null;
   try {

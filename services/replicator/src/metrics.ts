@@ -19,6 +19,7 @@ export interface ReplicatorMetrics {
   gaps: Counter<'reason'>;
   digestMismatches: Counter;
   resyncRequests: Counter;
+  consumerRestarts: Counter;
   deadLetters: Counter<'reason'>;
   fencedWaits: Counter;
   consumerLagRecords: Gauge<'partition'>;
@@ -59,6 +60,7 @@ export function createReplicatorMetrics(options: { defaultMetrics?: boolean } = 
     vmStale: new Gauge({ name: 'ckpt_replicator_vm_stale', help: '1 when this VM\'s standby image is stale', labelNames: ['vm'], registers }),
     gaps: new Counter({ name: 'ckpt_replicator_gaps_total', help: 'Continuity breaks detected, by reason (missing-epoch, missing-batch, new-generation, no-image, digest-mismatch)', labelNames: ['reason'], registers }),
     digestMismatches: new Counter({ name: 'ckpt_replicator_digest_mismatches_total', help: 'Epochs refused because the standby digest would not equal the commit record\'s', registers }),
+    consumerRestarts: new Counter({ name: 'ckpt_replicator_consumer_restarts_total', help: 'Kafka consumer crashes after which the replicator joined the group again in-process', registers }),
     resyncRequests: new Counter({ name: 'ckpt_replicator_resync_requests_total', help: 'Baselines requested from harvesters on the control topic', registers }),
     deadLetters: new Counter({ name: 'ckpt_replicator_dead_letters_total', help: 'Records parked on the dead-letter topic, by reason', labelNames: ['reason'], registers }),
     fencedWaits: new Counter({ name: 'ckpt_replicator_fenced_waits_total', help: 'Applies deferred because a restorer holds the VM\'s fence', registers }),

@@ -12,6 +12,7 @@ export const REPLICATOR_SCHEMA = {
   resyncRetryMs: { type: 'int', default: 2000, min: 100, max: 600_000, help: 'while a VM is stale, repeat its resync request this often' },
   sessionTimeoutMs: { type: 'int', default: 10_000, min: 1000, max: 300_000, help: 'consumer-group session timeout: how long a dead replicator keeps its partitions' },
   fetchMaxWaitMs: { type: 'int', default: 100, min: 1, max: 30_000, help: 'longest a Kafka fetch waits for new records' },
+  assignDelayMs: { type: 'int', default: 0, min: 0, max: 10_000, help: 'the group leader waits this long before handing out partitions (librdkafka\'s mock broker needs it; 0 for real Kafka)' },
   stageWindow: { type: 'int', default: 8, min: 1, max: 256, help: 'staging writes to Redis in flight per partition (1: each record waits for the previous one)' },
   partitionsConcurrently: { type: 'int', default: 4, min: 1, max: 256, help: 'partitions processed in parallel' },
   metricsPort: { type: 'int', default: 9465, min: -1, max: 65535, help: 'serve /metrics, /healthz and /readyz on this port (0 = any free port, -1 = off)' },

@@ -9,7 +9,7 @@
  */
 import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
-import { Kafka, logLevel, type Consumer, type EachBatchPayload, type KafkaConfig, type KafkaMessage, type Producer } from 'kafkajs';
+import { Kafka, logLevel, PartitionAssigners, type Consumer, type EachBatchPayload, type KafkaConfig, type KafkaMessage, type PartitionAssigner, type Producer } from 'kafkajs';
 import { CkptError, type Logger } from '@ckpt/common';
 import { encodeControlRecord, PART_BEGIN, PART_COMMIT, partOfBatch, type AppliedMarker, type EpochRecord } from '@ckpt/proto';
 import { StandbyStore } from '@ckpt/standby';
@@ -33,10 +33,26 @@ export interface ReplicatorOptions {
   sessionTimeoutMs: number;
   /** Longest a fetch waits for new records (the lag floor against brokers that do not answer early). */
   fetchMaxWaitMs: number;
+  /** The group leader waits this long before it hands out partitions (see delayedAssigner). */
+  assignDelayMs: number;
   metrics: ReplicatorMetrics;
   log: Logger;
-  /** The consumer crashed and will not restart itself: the process should exit so it is restarted. */
+  /** The consumer keeps crashing (or cannot start again): the process should exit so it is restarted. */
   onFatal?: (err: Error) => void;
+}
+
+/**
+ * kafkajs's round-robin assignment, handed out after `delayMs`. librdkafka's mock broker answers a
+ * member whose SyncGroup arrives after the leader's with INVALID_REQUEST, which kafkajs treats as final;
+ * followers send theirs at once, so a leader that waits lets them all be answered together. A real
+ * broker answers in any order: the delay is 0 unless configured (the embedded broker's runs set it).
+ */
+function delayedAssigner(delayMs: number): PartitionAssigner {
+  if (delayMs <= 0) return PartitionAssigners.roundRobin;
+  return (config) => {
+    const inner = PartitionAssigners.roundRobin(config);
+    return { ...inner, assign: async (group) => { await sleep(delayMs); return inner.assign(group); } };
+  };
 }
 
 const keyOf = (m: KafkaMessage): string | null => (m.key ? m.key.toString() : null);
@@ -60,6 +76,9 @@ const FENCED = new Error('fenced by a restorer');
 /** A record that fails this often with a non-transient error is set aside instead of blocking its partition. */
 const POISON_ATTEMPTS = 3;
 
+/** The consumer is started again in-process after a crash, unless this many came within a minute. */
+const CRASHES_BEFORE_EXIT = 5;
+
 export class Replicator {
   readonly store: StandbyStore;
   readonly applier: Applier;
@@ -74,6 +93,8 @@ export class Replicator {
   private readonly vmPartitions = new Map<string, number>();
   private readonly lagPartitions = new Set<number>();
   private lastError: string | null = null;
+  private crashTimes: number[] = [];
+  private rejoinTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly o: ReplicatorOptions) {
     this.store = new StandbyStore(o.redis, o.redisPrefix);
@@ -82,6 +103,7 @@ export class Replicator {
       groupId: o.groupId, maxBytesPerPartition: Math.max(4 << 20, 2 * o.maxRecordBytes), maxBytes: 32 << 20,
       // A fetch returns at once when data is there on real Kafka; the mock broker waits out maxWaitTime.
       maxWaitTimeInMs: o.fetchMaxWaitMs,
+      partitionAssigners: [delayedAssigner(o.assignDelayMs)],
       sessionTimeout: o.sessionTimeoutMs, heartbeatInterval: Math.max(100, Math.floor(o.sessionTimeoutMs / 10)), rebalanceTimeout: Math.max(o.sessionTimeoutMs, 10_000), retry: { retries: 10, initialRetryTime: 200, maxRetryTime: 3000 },
     });
     this.producer = this.kafka.producer({ idempotent: o.idempotent, allowAutoTopicCreation: false, retry: { retries: 10, initialRetryTime: 100, maxRetryTime: 3000 } });
@@ -115,22 +137,54 @@ export class Replicator {
     });
     this.consumer.on(this.consumer.events.CRASH, (e) => {
       const { error, restart } = e.payload as { error: Error; restart: boolean };
-      this.o.log.error(restart ? 'consumer crashed; kafkajs restarts it' : 'consumer crashed and will not restart', { err: error, restart });
-      if (!restart) {
-        this.lastError = error.message;
-        this.o.onFatal?.(error);
-      }
+      this.lastError = error.message;
+      if (restart) this.o.log.warn('consumer crashed; kafkajs starts it again', { err: error });
+      else this.rejoin(error);
     });
     await this.consumer.subscribe({ topic: this.o.topics.pages, fromBeginning: true });
     this.running = true;
     this.markerTimer = setInterval(() => void this.flushMarkers(), this.o.markerIntervalMs);
-    await this.consumer.run({
+    await this.runConsumer();
+  }
+
+  private runConsumer(): Promise<void> {
+    return this.consumer.run({
       autoCommit: true,
       autoCommitInterval: 200,
       eachBatchAutoResolve: false,
       partitionsConsumedConcurrently: this.o.partitionsConsumedConcurrently,
       eachBatch: (payload) => this.consumeBatch(payload),
     });
+  }
+
+  /**
+   * kafkajs gives up on a consumer after an error it deems final (for example a SyncGroup answered
+   * INVALID_REQUEST, which the embedded broker sends to a member that syncs after the leader). Exiting
+   * would make the group rebalance twice more (the member leaves, a new process joins) and could set
+   * off the same error in the others: start the consumer again in this process instead, after a short
+   * random pause. Only crashes that keep coming (CRASHES_BEFORE_EXIT within a minute) end the process.
+   */
+  private rejoin(error: Error): void {
+    if (!this.running) return;
+    const now = Date.now();
+    this.crashTimes = this.crashTimes.filter((t) => now - t < 60_000);
+    this.crashTimes.push(now);
+    this.o.metrics.consumerRestarts.inc();
+    if (this.crashTimes.length > CRASHES_BEFORE_EXIT) {
+      this.o.log.error(`consumer crashed ${this.crashTimes.length} times in a minute; giving up`, { err: error });
+      this.o.onFatal?.(error);
+      return;
+    }
+    const delayMs = 200 + Math.floor(Math.random() * 800);
+    this.o.log.warn('consumer crashed; joining the group again', { err: error, delayMs });
+    this.rejoinTimer = setTimeout(() => {
+      this.rejoinTimer = null;
+      if (!this.running) return;
+      this.consumer.connect().then(() => this.runConsumer()).catch((err: unknown) => {
+        this.o.log.error('cannot start the consumer again', { err });
+        this.o.onFatal?.(err instanceof Error ? err : new Error(String(err)));
+      });
+    }, delayMs);
   }
 
   /**
@@ -281,6 +335,7 @@ export class Replicator {
   async stop(): Promise<void> {
     this.running = false;
     if (this.markerTimer) clearInterval(this.markerTimer);
+    if (this.rejoinTimer) clearTimeout(this.rejoinTimer);
     await this.consumer.disconnect().catch(() => undefined);
     await this.flushMarkers().catch(() => undefined);
     await this.producer.disconnect().catch(() => undefined);

@@ -54,6 +54,8 @@ export interface Chaos {
   replicatorOutageMs?: number;
   /** Replicators that join the consumer group mid-run (partitions rebalance between live members). */
   replicatorJoins?: number;
+  /** A replicator stops in good order (SIGTERM: it leaves the group) and a new one takes its place. */
+  replicatorRestarts?: number;
   /** Earliest moment of an injury, as a fraction of the run (default 0.15). */
   from?: number;
   seed?: number;
@@ -298,8 +300,9 @@ async function runChaos(c: Chaos | undefined, durationMs: number, servers: Serve
     return seed / 2 ** 32;
   };
   const from = Math.min(0.85, Math.max(0, c.from ?? 0.15));
-  const events: { at: number; kind: 'replicator' | 'redis' | 'broker' | 'replicators-out' | 'join' }[] = [];
+  const events: { at: number; kind: 'replicator' | 'redis' | 'broker' | 'replicators-out' | 'join' | 'restart' }[] = [];
   for (let i = 0; i < (c.replicatorJoins ?? 0); i++) events.push({ at: durationMs * (from + (0.9 - from) * rnd()), kind: 'join' });
+  for (let i = 0; i < (c.replicatorRestarts ?? 0); i++) events.push({ at: durationMs * (from + (0.9 - from) * rnd()), kind: 'restart' });
   if (c.replicatorOutageMs) events.push({ at: durationMs * (0.15 + 0.2 * rnd()), kind: 'replicators-out' });
   for (let i = 0; i < (c.replicatorKills ?? 0); i++) events.push({ at: durationMs * (from + (0.9 - from) * rnd()), kind: 'replicator' });
   for (let i = 0; i < (c.redisRestarts ?? 0); i++) events.push({ at: durationMs * (from + (0.9 - from) * rnd()), kind: 'redis' });
@@ -313,6 +316,10 @@ async function runChaos(c: Chaos | undefined, durationMs: number, servers: Serve
       const i = Math.floor(rnd() * pool.members.length);
       const victim = await pool.kill(i);
       injuries.push(`${since()} ms: kill -9 replicator ${i} (pid ${victim.pid}), started again`);
+    } else if (e.kind === 'restart') {
+      const i = Math.floor(rnd() * pool.members.length);
+      const old = await pool.kill(i, 'SIGTERM');
+      injuries.push(`${since()} ms: replicator ${i} (pid ${old.pid}) stopped in good order, a new one started`);
     } else if (e.kind === 'join') {
       pool.add();
       injuries.push(`${since()} ms: replicator ${pool.members.length - 1} joined the group`);

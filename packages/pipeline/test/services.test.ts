@@ -8,8 +8,10 @@ import { spawn, spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
+import { Kafka, logLevel, type KafkaMessage } from 'kafkajs';
 import { freePort } from '@ckpt/embedded';
 import { StandbyStore } from '@ckpt/standby';
+import { FakeHarvester } from '../../../services/replicator/test/fake-harvester.ts';
 import { spawnReplicator, startServers, stopChild } from '../src/index.ts';
 
 const HARVESTER_MAIN = fileURLToPath(new URL('../../../services/harvester/src/main.ts', import.meta.url));
@@ -58,6 +60,64 @@ test('harvester and replicator services: the standby of a running guest is a con
     const exited = new Promise<number | null>((r) => harvester.once('exit', (code) => r(code)));
     harvester.kill('SIGTERM');
     assert.equal(await exited, 0, `harvester exit code; log: ${log}`);
+    await stopChild(replicator);
+    redis.disconnect();
+    await servers.stop();
+  }
+});
+
+test('a live replicator parks bad records on the dead-letter topic, with why and where, and keeps applying', async () => {
+  const servers = await startServers({ partitions: 1 });
+  const replicator = spawnReplicator(servers);
+  let log = '';
+  replicator.stderr?.on('data', (d: Buffer) => { log = (log + d.toString()).slice(-5000); });
+  const kafka = new Kafka({ clientId: 'dead-letter-test', brokers: servers.brokers, logLevel: logLevel.NOTHING });
+  const producer = kafka.producer({ idempotent: false, allowAutoTopicCreation: false });
+  const consumer = kafka.consumer({ groupId: `dead-letter-reader-${process.pid}`, maxWaitTimeInMs: 50 });
+  const redis = new Redis(servers.redisUrl);
+  try {
+    const dead: KafkaMessage[] = [];
+    await consumer.connect();
+    await consumer.subscribe({ topic: servers.topics.deadLetter, fromBeginning: true });
+    await consumer.run({ eachMessage: async ({ message }) => { dead.push(message); } });
+    await producer.connect();
+    const garbage = Buffer.from('not a protobuf record at all');
+    const h = new FakeHarvester('dl-vm', 7);
+    const epoch = h.epochRecords(new Map([[1, 1], [2, 2]]));
+    const foreign = new FakeHarvester('other-vm', 7).epochRecords(new Map([[3, 3]]))[0]!;
+    await producer.send({
+      topic: servers.topics.pages, acks: -1,
+      messages: [
+        { key: 'dl-vm', value: garbage },
+        { key: 'dl-vm', value: foreign }, // a record of VM other-vm under the key dl-vm
+        ...epoch.map((value) => ({ key: 'dl-vm', value })),
+      ],
+    });
+    const store = new StandbyStore(redis, servers.redisPrefix);
+    const deadline = Date.now() + 60_000;
+    let meta = await store.readMeta('dl-vm');
+    while ((dead.length < 2 || !meta) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 100));
+      meta = await store.readMeta('dl-vm');
+    }
+    const reasons = dead.map((m) => m.headers?.reason?.toString());
+    assert.deepEqual(reasons, ['malformed', 'key-mismatch'], `dead letters: ${JSON.stringify(reasons)}; replicator log: ${log}`);
+    assert.deepEqual(dead[0]!.value, garbage, 'the parked record is the original bytes');
+    assert.deepEqual(dead[1]!.value, foreign);
+    assert.equal(dead[0]!.key?.toString(), 'dl-vm');
+    assert.equal(dead[0]!.headers?.['source-topic']?.toString(), servers.topics.pages);
+    assert.equal(dead[0]!.headers?.['source-offset']?.toString(), '0');
+    assert.equal(dead[1]!.headers?.['source-offset']?.toString(), '1');
+    assert.match(dead[1]!.headers?.detail?.toString() ?? '', /record of VM other-vm arrived with key dl-vm/);
+    // The records after them still apply: the baseline of dl-vm is the image.
+    assert.ok(meta, `no standby for dl-vm; replicator log: ${log}`);
+    assert.equal(meta.state, 'ok');
+    assert.equal(meta.generation, 7);
+    assert.equal(meta.digest, h.model.digest().toHex());
+    assert.equal(replicator.exitCode, null, 'the replicator is still running');
+  } finally {
+    await consumer.disconnect().catch(() => undefined);
+    await producer.disconnect().catch(() => undefined);
     await stopChild(replicator);
     redis.disconnect();
     await servers.stop();

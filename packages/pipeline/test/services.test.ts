@@ -79,7 +79,7 @@ test('a live replicator parks bad records on the dead-letter topic, with why and
     const dead: KafkaMessage[] = [];
     await consumer.connect();
     await consumer.subscribe({ topic: servers.topics.deadLetter, fromBeginning: true });
-    await consumer.run({ eachMessage: async ({ message }) => { dead.push(message); } });
+    await consumer.run({ eachMessage: ({ message }) => { dead.push(message); return Promise.resolve(); } });
     await producer.connect();
     const garbage = Buffer.from('not a protobuf record at all');
     const h = new FakeHarvester('dl-vm', 7);

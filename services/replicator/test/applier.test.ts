@@ -218,3 +218,69 @@ test('NEGATIVE: a staging write that did not land (a lost batch or page) is caug
     assert.match(t.resyncs.join(), lose === 'batch' ? /1 of 2 batches are staged/ : /page 0:3 is not staged/);
   }
 });
+
+test('a replicator that dies at a random moment (its Redis connection cut, 150 trials) leaves a committed epoch, and its successor catches up', async () => {
+  // From Redis's side, kill -9 is a connection that closes: commands already sent run (a MULTI without
+  // its EXEC is discarded, a script runs whole), the rest never arrive. Each trial cuts the connection
+  // at a random moment while records are handled, checks the image, and a successor resumes from the
+  // last record whose effect was durable (or a few records earlier, as an older committed offset would).
+  const vm = 'vm-crash';
+  const prefix = `crash${Math.random().toString(36).slice(2, 8)}`;
+  let seed = 20261125;
+  const rnd = (): number => {
+    seed ^= seed << 13; seed >>>= 0; seed ^= seed >>> 17; seed ^= seed << 5; seed >>>= 0;
+    return seed / 2 ** 32;
+  };
+  const h = new FakeHarvester(vm, 500);
+  const records: Buffer[] = [];
+  const committed = new Set<string>();
+  const addEpoch = (): void => {
+    const touched = new Map<number, number>();
+    const n = h.epoch === 0 ? 200 : 1 + Math.floor(rnd() * 24);
+    for (let i = 0; i < n; i++) touched.set(Math.floor(rnd() * SLOT_PAGES), rnd() < 0.2 ? 0 : 1 + Math.floor(rnd() * 255));
+    records.push(...h.epochRecords(touched, 4));
+    committed.add(h.model.digest().toHex());
+  };
+  addEpoch();
+  const check = new StandbyStore(redis, prefix);
+  let resumeAt = 0;
+  let midEpochKills = 0;
+  const TRIALS = 150;
+  for (let trial = 0; trial <= TRIALS; trial++) {
+    const last = trial === TRIALS; // the successor that is left to finish
+    while (records.length - resumeAt < 40) addEpoch();
+    const conn = new Redis(server.port, '127.0.0.1', { enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null, lazyConnect: true });
+    await conn.connect();
+    const resyncs: string[] = [];
+    const applier = new Applier(new StandbyStore(conn, prefix), {
+      deadLetter: () => Promise.resolve(),
+      requestResync: (v, reason) => { resyncs.push(reason); return Promise.resolve(); },
+      processed: () => undefined,
+    }, createReplicatorMetrics(), silentLogger, { maxRecordBytes: 1 << 20, resyncRetryMs: 60_000 });
+    const timer = last ? null : setTimeout(() => conn.disconnect(), rnd() * 25);
+    try {
+      for (let i = resumeAt; i < records.length; i++) {
+        await applier.handle(records[i]!, vm);
+        resumeAt = i + 1;
+      }
+    } catch {
+      // died mid-record
+    } finally {
+      if (timer) clearTimeout(timer);
+      conn.disconnect();
+    }
+    assert.deepEqual(resyncs, [], `trial ${trial}: a kill is not a gap`);
+    const m = await check.readMeta(vm);
+    if (m) {
+      assert.equal(m.state, 'ok', `trial ${trial}: ${m.staleReason}`);
+      assert.ok(committed.has(m.digest), `trial ${trial}: the image's digest ${m.digest} is no committed epoch's`);
+      const bytes = await check.computeImageDigest(vm, m.generation, m.slots, m.pageSize);
+      assert.equal(bytes.toHex(), m.digest, `trial ${trial}: the pages in Redis hash to the committed digest`);
+      if (await check.readAssembly(vm)) midEpochKills++;
+    }
+    if (last) assert.equal(m?.digest, h.model.digest().toHex(), 'the successor caught up to the newest epoch');
+    // An older committed offset: redeliver a few records that were already durable.
+    resumeAt = Math.max(0, resumeAt - Math.floor(rnd() * 4));
+  }
+  assert.ok(midEpochKills >= TRIALS / 4, `kills landed inside epochs (${midEpochKills} of ${TRIALS} left an assembly behind)`);
+});

@@ -1,0 +1,56 @@
+/**
+ * The Kafka and Redis connection options every service builds from its settings: TLS, SASL and AUTH
+ * secrets come from files, and a missing or unreadable one is a configuration error that names it.
+ * (A real redis-server with AUTH is in packages/pipeline/test/redis-auth.test.ts; the embedded Kafka
+ * broker speaks neither TLS nor SASL, so the kafkajs options are checked here, as built.)
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { ConfigError } from './errors.ts';
+import { kafkaClientConfig, parseBrokers, redactUrl, redisClientOptions, type KafkaSettings, type RedisSettings } from './connections.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'ckpt-conn-'));
+const file = (name: string, text: string): string => {
+  const p = join(dir, name);
+  writeFileSync(p, text);
+  return p;
+};
+
+const kafka: KafkaSettings = {
+  kafkaBrokers: 'b1:9093', kafkaClientId: 'ckpt', pagesTopic: 'p', controlTopic: 'c', deadLetterTopic: 'd', kafkaTls: false,
+  kafkaTlsCaFile: '', kafkaTlsCertFile: '', kafkaTlsKeyFile: '', kafkaSaslMechanism: 'none', kafkaSaslUsername: '', kafkaSaslPasswordFile: '', kafkaIdempotent: true,
+};
+const redis: RedisSettings = { redisUrl: '', redisPasswordFile: '', redisTlsCaFile: '', redisPrefix: 'ckpt' };
+
+test('Kafka: plain, TLS with system CAs, mutual TLS from files, and SASL with the password from a file', () => {
+  assert.deepEqual(kafkaClientConfig(kafka, ['b1:9093']), { clientId: 'ckpt', brokers: ['b1:9093'], ssl: false, sasl: undefined });
+  assert.equal(kafkaClientConfig({ ...kafka, kafkaTls: true }, ['b1:9093']).ssl, true);
+  const mtls = kafkaClientConfig({
+    ...kafka, kafkaTls: true, kafkaTlsCaFile: file('ca.pem', 'CA PEM'), kafkaTlsCertFile: file('cert.pem', 'CERT PEM'), kafkaTlsKeyFile: file('key.pem', 'KEY PEM'),
+  }, ['b1:9093']);
+  assert.deepEqual(mtls.ssl, { ca: 'CA PEM', cert: 'CERT PEM', key: 'KEY PEM' });
+  const sasl = kafkaClientConfig({ ...kafka, kafkaSaslMechanism: 'scram-sha-512', kafkaSaslUsername: 'ckpt-harvester', kafkaSaslPasswordFile: file('sasl', 's3cret\n') }, ['b1:9093']);
+  assert.deepEqual(sasl.sasl, { mechanism: 'scram-sha-512', username: 'ckpt-harvester', password: 's3cret' }, 'the trailing newline of the file is not part of the password');
+});
+
+test('Kafka: SASL without its user or password file, an unreadable secret, and no brokers are configuration errors', () => {
+  assert.throws(() => kafkaClientConfig({ ...kafka, kafkaSaslMechanism: 'plain', kafkaSaslUsername: 'u' }, ['b1:9093']),
+    (e: unknown) => e instanceof ConfigError && /SASL plain needs --kafka-sasl-username and --kafka-sasl-password-file/.test(e.message));
+  assert.throws(() => kafkaClientConfig({ ...kafka, kafkaTls: true, kafkaTlsCaFile: join(dir, 'missing.pem') }, ['b1:9093']),
+    (e: unknown) => e instanceof ConfigError && e.message.includes('cannot read the Kafka CA bundle from') && e.message.includes('missing.pem'));
+  assert.throws(() => kafkaClientConfig(kafka, parseBrokers(' , ')), (e: unknown) => e instanceof ConfigError && /no Kafka brokers/.test(e.message));
+  assert.deepEqual(parseBrokers(' a:1, b:2 ,'), ['a:1', 'b:2']);
+});
+
+test('Redis: the password file overrides the URL\'s, TLS takes its CA from a file, other schemes are refused, logs never show a password', () => {
+  assert.deepEqual(redisClientOptions(redis, 'redis://h:6379'), { url: 'redis://h:6379', options: {} });
+  assert.deepEqual(redisClientOptions({ ...redis, redisPasswordFile: file('redis-pw', 'pw-1\n') }, 'redis://user:old@h:6379').options, { password: 'pw-1' });
+  assert.deepEqual(redisClientOptions({ ...redis, redisTlsCaFile: file('redis-ca.pem', 'REDIS CA') }, 'rediss://h:6380').options, { tls: { ca: 'REDIS CA' } });
+  assert.deepEqual(redisClientOptions({ ...redis, redisTlsCaFile: file('redis-ca2.pem', 'X') }, 'redis://h:6379').options, {}, 'no TLS options for a plain URL');
+  assert.throws(() => redisClientOptions(redis, 'http://h:6379'), (e: unknown) => e instanceof ConfigError && /must start with redis:\/\/ or rediss:\/\//.test(e.message));
+  assert.throws(() => redisClientOptions({ ...redis, redisPasswordFile: join(dir, 'nope') }, 'redis://h:6379'), (e: unknown) => e instanceof ConfigError && /cannot read the Redis password/.test(e.message));
+  assert.equal(redactUrl('rediss://user:pw@h:6380/0'), 'rediss://***@h:6380/0');
+});

@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { ConfigError } from './errors.ts';
-import { kafkaClientConfig, parseBrokers, redactUrl, redisClientOptions, type KafkaSettings, type RedisSettings } from './connections.ts';
+import { parseConfig } from './config.ts';
+import { KAFKA_SCHEMA, kafkaClientConfig, parseBrokers, redactUrl, REDIS_SCHEMA, redisClientOptions, type KafkaSettings, type RedisSettings } from './connections.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'ckpt-conn-'));
 const file = (name: string, text: string): string => {
@@ -19,11 +20,9 @@ const file = (name: string, text: string): string => {
   return p;
 };
 
-const kafka: KafkaSettings = {
-  kafkaBrokers: 'b1:9093', kafkaClientId: 'ckpt', pagesTopic: 'p', controlTopic: 'c', deadLetterTopic: 'd', kafkaTls: false,
-  kafkaTlsCaFile: '', kafkaTlsCertFile: '', kafkaTlsKeyFile: '', kafkaSaslMechanism: 'none', kafkaSaslUsername: '', kafkaSaslPasswordFile: '', kafkaIdempotent: true,
-};
-const redis: RedisSettings = { redisUrl: '', redisPasswordFile: '', redisTlsCaFile: '', redisPrefix: 'ckpt' };
+// The settings as a service gets them with nothing set (the schemas' defaults), plus a broker.
+const kafka: KafkaSettings = { ...parseConfig(KAFKA_SCHEMA), kafkaBrokers: 'b1:9093' };
+const redis: RedisSettings = parseConfig(REDIS_SCHEMA);
 
 test('Kafka: plain, TLS with system CAs, mutual TLS from files, and SASL with the password from a file', () => {
   assert.deepEqual(kafkaClientConfig(kafka, ['b1:9093']), { clientId: 'ckpt', brokers: ['b1:9093'], ssl: false, sasl: undefined });

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { Redis } from 'ioredis';
 import { Kafka, logLevel } from 'kafkajs';
-import { redisClientOptions, REDIS_SCHEMA } from '@ckpt/common';
+import { parseConfig, redisClientOptions, REDIS_SCHEMA } from '@ckpt/common';
 import { StandbyStore } from '@ckpt/standby';
 import { FakeHarvester } from '../../../services/replicator/test/fake-harvester.ts';
 import { spawnReplicator, startServers, stopChild } from '../src/index.ts';
@@ -32,7 +32,7 @@ test('a replicator reads the Redis password from its file and applies epochs to 
     await anonymous.connect();
     await assert.rejects(anonymous.ping(), /NOAUTH/, 'a client without the password is refused');
     anonymous.disconnect();
-    const withFile = redisClientOptions({ ...defaults(), redisPasswordFile: pwFile }, servers.redisUrl);
+    const withFile = redisClientOptions({ ...parseConfig(REDIS_SCHEMA), redisPasswordFile: pwFile }, servers.redisUrl);
     const client = new Redis(withFile.url, withFile.options);
     assert.equal(await client.ping(), 'PONG', 'the options built from the password file authenticate');
     client.disconnect();
@@ -59,6 +59,3 @@ test('a replicator reads the Redis password from its file and applies epochs to 
   }
 });
 
-function defaults(): { redisUrl: string; redisPasswordFile: string; redisTlsCaFile: string; redisPrefix: string } {
-  return Object.fromEntries(Object.entries(REDIS_SCHEMA).map(([k, v]) => [k, v.default])) as never;
-}

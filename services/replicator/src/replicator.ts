@@ -169,12 +169,12 @@ export class Replicator {
     const now = Date.now();
     this.crashTimes = this.crashTimes.filter((t) => now - t < 60_000);
     this.crashTimes.push(now);
-    this.o.metrics.consumerRestarts.inc();
     if (this.crashTimes.length > CRASHES_BEFORE_EXIT) {
       this.o.log.error(`consumer crashed ${this.crashTimes.length} times in a minute; giving up`, { err: error });
       this.o.onFatal?.(error);
       return;
     }
+    this.o.metrics.consumerRestarts.inc();
     const delayMs = 200 + Math.floor(Math.random() * 800);
     this.o.log.warn('consumer crashed; joining the group again', { err: error, delayMs });
     this.rejoinTimer = setTimeout(() => {

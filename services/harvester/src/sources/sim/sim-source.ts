@@ -143,10 +143,9 @@ export class SimSource implements DirtySource {
     this.advance();
     const len = Math.min(slots.length, offsets.length);
     if (!Number.isInteger(at) || at < 0 || at > len) throw new RangeError(`at (${at}) exceeds the arrays' length (${len})`);
-    const cap = len;
     let n = at;
     for (const v of this.vcpus) {
-      if (n >= cap) break;
+      if (n >= len) break;
       parseRing(v.ring.words, v.ring.entries, v.ring.fetchIndex, this.slotPages, slots, offsets, n, this.parse);
       const consumed = this.parse.nextFetch - v.ring.fetchIndex;
       v.ring.fetchIndex = this.parse.nextFetch;
@@ -155,7 +154,7 @@ export class SimSource implements DirtySource {
       this.st.invalidEntries += this.parse.invalid;
       this.st.entriesMarkedReset += consumed;
     }
-    if (thenReset && n < cap) this.reset();
+    if (thenReset && n < len) this.reset();
     return n - at;
   }
 

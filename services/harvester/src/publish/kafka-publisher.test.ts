@@ -65,7 +65,7 @@ test('records leave in order; the window waits for markers', async () => {
   // The replicator reports everything so far processed.
   p.window.marker({ generation: 5, epoch: 1, part: PART_COMMIT - 1, imageGeneration: 5, imageEpoch: 0, stale: false, atMs: 0 });
   await seg;
-  await p.commit(header, { generation: 5, epoch: 1, baseline: false, pages: 12, zeroPages: 0, bytes: 12 * PAGE, digest: '0000000000000000', vcpuStates: [], guestCounters: [], pauseUs: 1, drainUs: 0, copyUs: 0, entriesHarvested: 12, precopyRounds: 0, precopyPages: 0, committedAtMs: 0 });
+  await p.commit(header, commitOf(12));
   const kinds = sent.map((b) => { const r = decodeEpochRecord(b); return r.kind === 'batch' ? `batch${r.batch.seq}` : r.kind; });
   assert.deepEqual(kinds, ['begin', 'batch0', 'batch1', 'batch2', 'batch3', 'commit']);
 });

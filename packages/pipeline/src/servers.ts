@@ -14,6 +14,7 @@ import { Redis } from 'ioredis';
 import { Kafka, logLevel, type Admin } from 'kafkajs';
 import { parseBrokers, redactUrl } from '@ckpt/common';
 import { KafkaMock, killWithParent, RedisServer } from '@ckpt/embedded';
+import { StandbyStore } from '@ckpt/standby';
 
 export interface Topics { pages: string; control: string; deadLetter: string }
 export const DEFAULT_TOPICS: Topics = { pages: 'ckpt.pages', control: 'ckpt.control', deadLetter: 'ckpt.dead' };
@@ -74,12 +75,7 @@ async function deleteRunKeys(url: string, prefix: string): Promise<void> {
   redis.on('error', () => undefined);
   try {
     await redis.connect();
-    let cursor = '0';
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-      cursor = next;
-      if (keys.length) await redis.unlink(...keys);
-    } while (cursor !== '0');
+    await new StandbyStore(redis, prefix).deleteAll();
   } catch (err) {
     process.stderr.write(`warning: could not delete this run's Redis keys ${prefix}:*: ${(err as Error).message}\n`);
   } finally {

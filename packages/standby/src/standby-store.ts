@@ -134,6 +134,11 @@ export class StandbyStore {
     } while (cursor !== '0');
   }
 
+  /** Deletes every key under this store's prefix, of every VM (a run's own prefix, after the run). */
+  deleteAll(): Promise<number> {
+    return this.unlinkMatching(`${this.prefix}:*`, () => true);
+  }
+
   /** SCAN + UNLINK of the keys matching `pattern` that `drop` selects; returns how many went. */
   private async unlinkMatching(pattern: string, drop: (key: string) => boolean): Promise<number> {
     let cursor = '0';

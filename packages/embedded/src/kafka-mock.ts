@@ -10,7 +10,7 @@ export const KAFKA_MOCK_BINARY = fileURLToPath(new URL('../build/kafka-mock', im
 /** Kafka protocol API keys the tests inject errors into. */
 export const KafkaApi = { Produce: 0, Fetch: 1, ListOffsets: 2, Metadata: 3, OffsetCommit: 8, OffsetFetch: 9, FindCoordinator: 10, JoinGroup: 11, Heartbeat: 12, SyncGroup: 14 } as const;
 /** Kafka error codes the tests inject. `Transport` makes the broker drop the connection. */
-export const KafkaErr = { Transport: -195, NotLeaderForPartition: 6, RequestTimedOut: 7, NotEnoughReplicas: 19, NotCoordinator: 16 } as const;
+export const KafkaErr = { Transport: -195, NotLeaderForPartition: 6, RequestTimedOut: 7, NotEnoughReplicas: 19, NotCoordinator: 16, RebalanceInProgress: 27, InvalidRequest: 42 } as const;
 
 export interface KafkaMockOptions {
   brokers?: number;

@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { Kafka, logLevel, type KafkaMessage } from 'kafkajs';
-import { freePort } from '@ckpt/embedded';
+import { freePort, KafkaApi, KafkaErr } from '@ckpt/embedded';
 import { StandbyStore } from '@ckpt/standby';
 import { FakeHarvester } from '../../../services/replicator/test/fake-harvester.ts';
 import { spawnReplicator, startServers, stopChild } from '../src/index.ts';
@@ -117,6 +117,59 @@ test('a live replicator parks bad records on the dead-letter topic, with why and
     assert.equal(replicator.exitCode, null, 'the replicator is still running');
   } finally {
     await consumer.disconnect().catch(() => undefined);
+    await producer.disconnect().catch(() => undefined);
+    await stopChild(replicator);
+    redis.disconnect();
+    await servers.stop();
+  }
+});
+
+test('a replicator whose consumer kafkajs gives up on joins the group again in-process, and gives up itself only when crashes keep coming', async (t) => {
+  const servers = await startServers({ partitions: 1 });
+  if (!servers.kafka) {
+    t.skip('needs the embedded broker to inject errors (KAFKA_BROKERS points elsewhere)');
+    await servers.stop();
+    return;
+  }
+  // INVALID_REQUEST to a SyncGroup is what the embedded broker sends a follower that syncs late; kafkajs
+  // deems it final and stops the consumer (CRASH with restart: false).
+  await servers.kafka.pushRequestErrors(KafkaApi.SyncGroup, [KafkaErr.InvalidRequest, KafkaErr.InvalidRequest]);
+  const metricsPort = await freePort();
+  let log = '';
+  const replicator = spawnReplicator(servers, { REPLICATOR_METRICS_PORT: String(metricsPort) }, (line) => { log = (log + line + '\n').slice(-8000); });
+  const kafka = new Kafka({ clientId: 'rejoin-test', brokers: servers.brokers, logLevel: logLevel.NOTHING });
+  const producer = kafka.producer({ idempotent: false, allowAutoTopicCreation: false });
+  const redis = new Redis(servers.redisUrl);
+  try {
+    await producer.connect();
+    const h = new FakeHarvester('rejoin-vm', 9);
+    const records = [...h.epochRecords(new Map([[1, 1], [2, 2]])), ...h.epochRecords(new Map([[2, 3], [5, 4]]))];
+    await producer.send({ topic: servers.topics.pages, acks: -1, messages: records.map((value) => ({ key: 'rejoin-vm', value })) });
+    const store = new StandbyStore(redis, servers.redisPrefix);
+    const deadline = Date.now() + 60_000;
+    let meta = await store.readMeta('rejoin-vm');
+    while ((!meta || meta.epoch < 1) && Date.now() < deadline && replicator.exitCode === null) {
+      await new Promise((r) => setTimeout(r, 100));
+      meta = await store.readMeta('rejoin-vm');
+    }
+    assert.equal(replicator.exitCode, null, `the replicator exited; log: ${log}`);
+    assert.ok(meta && meta.epoch === 1 && meta.state === 'ok', `standby ${JSON.stringify(meta)}; log: ${log}`);
+    assert.equal(meta.digest, h.model.digest().toHex());
+    const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    assert.match(text, /^ckpt_replicator_consumer_restarts_total 2$/m, `two crashes, two in-process restarts; log: ${log}`);
+    assert.equal(log.match(/joining the group again/g)?.length, 2, log);
+
+    // Crashes that keep coming end the process (non-zero), so its supervisor starts a fresh one: a
+    // heartbeat answered REBALANCE_IN_PROGRESS makes it join and sync again, into refusals in a row.
+    await servers.kafka.pushRequestErrors(KafkaApi.SyncGroup, Array<number>(12).fill(KafkaErr.InvalidRequest));
+    await servers.kafka.pushRequestErrors(KafkaApi.Heartbeat, [KafkaErr.RebalanceInProgress]);
+    const exited = await new Promise<number | null>((resolve) => {
+      const timer = setTimeout(() => resolve(null), 90_000);
+      replicator.once('exit', (code) => { clearTimeout(timer); resolve(code); });
+    });
+    assert.ok(exited !== null && exited !== 0, `exit code ${exited}; log: ${log}`);
+    assert.match(log, /crashed 6 times in a minute; giving up/);
+  } finally {
     await producer.disconnect().catch(() => undefined);
     await stopChild(replicator);
     redis.disconnect();

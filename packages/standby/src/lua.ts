@@ -70,6 +70,32 @@ for i = 2, #ARGV, 2 do redis.call('HSET', meta, ARGV[i], ARGV[i + 1]) end
 return 'OK'
 `;
 
+/**
+ * Marks the image stale, but only if the VM is still in the state the caller judged from: a
+ * compare-and-set, so a replicator that found a record out of place cannot mark an image that another
+ * member (a rebalance overlaps two for a moment) has moved on since. Also deletes the assembly record.
+ * KEYS: meta, asm
+ * ARGV: expected image generation ('' = no image), epoch, state (ok|stale); expected assembly
+ *       generation ('' = none), epoch, nextSeq; the reason
+ * Returns OK or CHANGED.
+ */
+export const MARK_STALE_LUA = `
+local m = redis.call('HMGET', KEYS[1], 'generation', 'epoch', 'state')
+if m[1] then
+  local state = 'stale'
+  if m[3] == 'ok' then state = 'ok' end
+  if m[1] ~= ARGV[1] or m[2] ~= ARGV[2] or state ~= ARGV[3] then return 'CHANGED' end
+elseif ARGV[1] ~= '' then return 'CHANGED' end
+local a = redis.call('HGET', KEYS[2], 'json')
+if a then
+  local j = cjson.decode(a)
+  if ARGV[4] == '' or j.generation ~= tonumber(ARGV[4]) or j.epoch ~= tonumber(ARGV[5]) or j.nextSeq ~= tonumber(ARGV[6]) then return 'CHANGED' end
+elseif ARGV[4] ~= '' then return 'CHANGED' end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'state', 'stale', 'staleReason', ARGV[7])
+return 'OK'
+`;
+
 /** KEYS: fence; ARGV: token, ttl ms. Extends the fence if the token holds it; returns 1, else 0. */
 export const FENCE_REFRESH_LUA = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end

@@ -8,7 +8,7 @@
 import type { Redis } from 'ioredis';
 import { CkptError, Digest64, pageHash } from '@ckpt/common';
 import type { EpochBegin, EpochCommit, PageBatch, SlotInfo } from '@ckpt/proto';
-import { APPLY_EPOCH_LUA, COMMIT_BASELINE_LUA, FENCE_REFRESH_LUA, FENCE_RELEASE_LUA, ZERO_BASELINE_PAGES_LUA } from './lua.ts';
+import { APPLY_EPOCH_LUA, COMMIT_BASELINE_LUA, FENCE_REFRESH_LUA, FENCE_RELEASE_LUA, MARK_STALE_LUA, ZERO_BASELINE_PAGES_LUA } from './lua.ts';
 import { CHUNK_PAGES, DEFAULT_PREFIX, hashValue, pageField, VmKeys } from './keys.ts';
 
 export type ImageState = 'ok' | 'stale';
@@ -62,6 +62,7 @@ export class StandbyStore {
     redis.defineCommand('ckptApplyEpoch', { lua: APPLY_EPOCH_LUA });
     redis.defineCommand('ckptCommitBaseline', { lua: COMMIT_BASELINE_LUA });
     redis.defineCommand('ckptZeroBaselinePages', { numberOfKeys: 1, lua: ZERO_BASELINE_PAGES_LUA });
+    redis.defineCommand('ckptMarkStale', { numberOfKeys: 2, lua: MARK_STALE_LUA });
     // Both scripts are defined without a fixed key count: callers pass numKeys first.
   }
 
@@ -284,9 +285,23 @@ export class StandbyStore {
     await this.redis.eval(FENCE_RELEASE_LUA, 1, this.keys(vm).fence, token);
   }
 
-  /** Flags the image stale: it stays the last committed epoch, but must not be trusted as current. */
-  async markStale(vm: string, reason: string): Promise<void> {
-    await this.redis.hset(this.keys(vm).meta, 'state', 'stale', 'staleReason', reason);
+  /**
+   * Flags the image stale: it stays the last committed epoch, but must not be trusted as current.
+   * With `expect`, only if the image and the assembly are still what the caller saw (one atomic
+   * compare-and-set, which also deletes the assembly record; its staged keys are the caller's to drop):
+   * false when they changed.
+   */
+  async markStale(vm: string, reason: string, expect?: { meta: StandbyMeta | null; asm: Assembly | null }): Promise<boolean> {
+    const k = this.keys(vm);
+    if (!expect) {
+      await this.redis.hset(k.meta, 'state', 'stale', 'staleReason', reason);
+      return true;
+    }
+    const { meta: m, asm: a } = expect;
+    const r = await (this.redis as unknown as MarkStale).ckptMarkStale(k.meta, k.asm,
+      m ? String(m.generation) : '', m ? String(m.epoch) : '', m?.state ?? '',
+      a ? String(a.generation) : '', a ? String(a.epoch) : '', a ? String(a.nextSeq) : '', reason);
+    return r === 'OK';
   }
 
   async deleteOtherGenerations(vm: string, keep: number): Promise<void> {
@@ -439,6 +454,10 @@ function sliced<T>(args: T[], f: (a: T[]) => unknown, size = 8192): void {
 
 interface ZeroPages {
   ckptZeroBaselinePages(hashesKey: string, pagePrefix: string, ...ranges: string[]): unknown;
+}
+
+interface MarkStale {
+  ckptMarkStale(meta: string, asm: string, ...args: string[]): Promise<string>;
 }
 
 interface Scripts {

@@ -81,7 +81,9 @@ export class Applier {
   /** Parks a record that failed with an unexpected error; the key's VM (if valid) loses continuity. */
   async poison(key: string | null, detail: string): Promise<void> {
     await this.hooks.deadLetter(key, 'invalid', `unexpected error: ${detail}`);
-    if (key !== null && validVmId(key)) await this.breakContinuity(await this.replica(key), 'missing-batch', `a record could not be handled: ${detail}`);
+    if (key === null || !validVmId(key)) return;
+    this.replicas.delete(key); // after an unexpected error, judge from what Redis holds
+    await this.breakContinuity(await this.replica(key), 'missing-batch', `a record could not be handled: ${detail}`);
   }
 
   /**
@@ -243,9 +245,9 @@ export class Applier {
     } else if (r.stale) {
       // Waiting for a baseline: the records of epochs after a gap are of no use.
     } else {
-      await this.ensureFresh(r);
-      await this.hooks.deadLetter(r.vm, 'unknown-epoch', `${rec.kind} of epoch ${rec.generation}/${rec.epoch}, whose begin was not seen`);
+      // Judged on cached state: breakContinuity's compare-and-set throws StaleCache if Redis moved on.
       await this.breakContinuity(r, 'missing-epoch', `${rec.kind} of epoch ${rec.generation}/${rec.epoch} without its begin`);
+      await this.hooks.deadLetter(r.vm, 'unknown-epoch', `${rec.kind} of epoch ${rec.generation}/${rec.epoch}, whose begin was not seen`);
     }
     return null;
   }
@@ -261,9 +263,8 @@ export class Applier {
       return null;
     }
     if (b.seq > a.nextSeq) {
-      await this.ensureFresh(r);
-      await this.hooks.deadLetter(r.vm, 'out-of-order', `batch ${b.seq} of epoch ${a.generation}/${a.epoch} arrived before batch ${a.nextSeq}`);
       await this.breakContinuity(r, 'missing-batch', `batches ${a.nextSeq}..${b.seq - 1} of epoch ${a.generation}/${a.epoch} are missing`);
+      await this.hooks.deadLetter(r.vm, 'out-of-order', `batch ${b.seq} of epoch ${a.generation}/${a.epoch} arrived before batch ${a.nextSeq}`);
       return null;
     }
     let pages: Uint8Array;
@@ -335,16 +336,23 @@ export class Applier {
     if (key(meta, asm) !== key(r.meta, r.asm)) throw new StaleCache(`state of ${r.vm} changed under this replicator`);
   }
 
-  /** Continuity is lost: keep the image (it is a committed epoch), mark it stale, ask for a baseline. */
+  /**
+   * Continuity is lost: keep the image (it is a committed epoch), mark it stale, ask for a baseline.
+   * The decision was made on cached state, so the mark is a compare-and-set against it in Redis: if
+   * another member moved the VM on meanwhile, nothing is marked and StaleCache makes the caller reload
+   * and handle the record again.
+   */
   private async breakContinuity(r: VmReplica, reason: string, detail: string): Promise<void> {
-    await this.ensureFresh(r);
+    if (!await this.store.markStale(r.vm, `${reason}: ${detail}`, { meta: r.meta, asm: r.asm })) {
+      throw new StaleCache(`state of ${r.vm} changed under this replicator`);
+    }
     this.metrics.gaps.inc({ reason });
     this.log.warn('continuity lost; the image is stale until a baseline arrives', { vm: r.vm, reason, detail });
     if (r.asm) {
+      // The mark deleted the assembly record; its staged keys are garbage now.
       await this.store.dropAssembly(r.vm, r.asm);
       r.asm = null;
     }
-    await this.store.markStale(r.vm, `${reason}: ${detail}`);
     r.meta = await this.store.readMeta(r.vm);
     r.stale = true;
     r.lastResyncAtMs = 0;

@@ -25,8 +25,8 @@ after(async () => {
   await server.stop();
 });
 
-function setup(vm: string) {
-  const store = new StandbyStore(redis, `t${Math.random().toString(36).slice(2, 8)}`);
+function setup(vm: string, prefix = `t${Math.random().toString(36).slice(2, 8)}`) {
+  const store = new StandbyStore(redis, prefix);
   const dead: { vm: string | null; reason: DeadLetterReason; detail: string }[] = [];
   const resyncs: string[] = [];
   const metrics = createReplicatorMetrics();
@@ -178,6 +178,56 @@ test('out-of-order and unknown-epoch batches are parked and break continuity', a
   const f1 = hf.epochRecords(pages([[1, 2]]));
   await t2.feed([f1[1]!]); // a batch without its begin
   assert.equal(t2.dead.at(-1)?.reason, 'unknown-epoch');
+});
+
+/** Runs `between` once, just before the store's next stale mark reaches Redis (another member acting meanwhile). */
+function interleaveBeforeMark(store: StandbyStore, between: () => Promise<void>): { ran: boolean } {
+  const state = { ran: false };
+  const markStale = StandbyStore.prototype.markStale.bind(store);
+  store.markStale = async (...args) => {
+    if (!state.ran) {
+      state.ran = true;
+      await between();
+    }
+    return markStale(...args);
+  };
+  return state;
+}
+
+test('a gap judged on cached state is not marked when another replicator moved the image on meanwhile (compare-and-set)', async () => {
+  // A rebalance overlaps two members on one partition for a moment: A still handles records from its
+  // cached view while B, the new owner, applies the same epochs.
+  const a = setup('vm-cas');
+  const b = setup('vm-cas', a.store.prefix);
+  const h = new FakeHarvester('vm-cas', 650);
+  await a.feed(h.epochRecords(pages([[1, 1]])));
+  const e1 = h.epochRecords(pages([[1, 2], [2, 3]]));
+  // A decides from its cache (image at epoch 0, nothing assembled) that the commit of epoch 1 came
+  // without its begin; B applies epoch 1 after A's decision, before A's mark reaches Redis.
+  let between = interleaveBeforeMark(a.store, () => b.feed(e1));
+  assert.equal(await a.applier.handle(e1.at(-1)!, 'vm-cas'), 'done');
+  assert.ok(between.ran, 'A judged the commit a gap from its cache and tried to mark the image');
+  let img = await a.image();
+  assert.deepEqual([img.epoch, img.state, img.digest, img.bytesDigest], [1, 'ok', h.model.digest().toHex(), h.model.digest().toHex()]);
+  // A reloaded, found the commit already applied, and parked it as a duplicate: no gap, no resync.
+  assert.deepEqual(a.dead.map((d) => d.reason), ['duplicate']);
+  assert.equal((await a.metrics.gaps.get()).values.reduce((n, v) => n + v.value, 0), 0);
+  // The same for the assembly: A saw the begin of epoch 2, then batch 1 without batch 0; B staged
+  // batch 0 meanwhile.
+  const e2 = h.epochRecords(pages([[1, 6], [2, 7], [3, 8], [4, 9]]), 1); // begin, batch 0..3, commit
+  await a.feed([e2[0]!]);
+  between = interleaveBeforeMark(a.store, () => b.feed(e2.slice(0, 2)));
+  await a.feed(e2.slice(2));
+  assert.ok(between.ran, 'A judged batch 1 out of order from its cache');
+  img = await a.image();
+  assert.deepEqual([img.epoch, img.state, img.digest, img.bytesDigest], [2, 'ok', h.model.digest().toHex(), h.model.digest().toHex()]);
+  assert.deepEqual([a.resyncs, b.resyncs], [[], []]);
+  assert.equal((await a.metrics.gaps.get()).values.reduce((n, v) => n + v.value, 0), 0);
+  // A genuine gap, with nothing moving under A, is still marked.
+  h.epochRecords(pages([[3, 4]])); // epoch 2 is lost
+  await a.feed(h.epochRecords(pages([[4, 5]])));
+  assert.equal((await a.image()).state, 'stale');
+  assert.match(a.resyncs.join(), /missing-epoch/);
 });
 
 test('batches staged with their writes in flight (as the replicator pipelines them) give the same image', async () => {

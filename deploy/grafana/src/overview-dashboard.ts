@@ -225,7 +225,7 @@ export function overviewDashboard(): Dashboard {
     }))
     .withPanel(timeseries({
       title: 'Errors per minute',
-      description: 'The errors above over time, with their reasons. Use it to match an error burst with a deploy, a Kafka incident or one VM.',
+      description: 'The errors above over time, with their reasons, and replicator consumer restarts (each one rebalances the group). Use it to match an error burst with a deploy, a Kafka incident or one VM.',
       queries: [
         { expr: perMinute('ckpt_replicator_digest_mismatches_total'), legend: 'digest mismatch' },
         { expr: perMinute('ckpt_replicator_gaps_total', '', ['reason']), legend: 'gap: {{reason}}' },
@@ -233,6 +233,7 @@ export function overviewDashboard(): Dashboard {
         { expr: perMinute('ckpt_harvester_produce_errors_total'), legend: 'produce error' },
         { expr: perMinute('ckpt_harvester_ring_entries_lost_total'), legend: 'ring entry lost' },
         { expr: perMinute('ckpt_harvester_invalid_entries_total'), legend: 'invalid ring entry' },
+        { expr: perMinute('ckpt_replicator_consumer_restarts_total'), legend: 'replicator consumer restart' },
       ],
       unit: UNIT.perMinute('events'), min: 0,
     }))

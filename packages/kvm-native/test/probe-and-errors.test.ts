@@ -2,7 +2,12 @@
  * Probing the host, validating options, and the typed errors of the TS wrapper, against real KVM.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { KvmError } from '@ckpt/common';
 import { KVM_ERROR_CODES, KvmVm, kvmAvailability, loadNative, probeKvm, toKvmError, type KvmVmOptions } from '../ts/index.ts';
 import { MiB, needKvm, withVm } from './kvm-test-support.ts';
@@ -55,6 +60,45 @@ test('a missing device is CKPT_ERR_KVM_NO_DEVICE, never a crash', () => {
   if (!a.usable) {
     assert.equal(a.code, KVM_ERROR_CODES.NO_DEVICE);
     assert.match(a.reason, /use --source sim/);
+  }
+});
+
+test('a user who may not open the KVM device gets CKPT_ERR_KVM_PERMISSION from every entry point, never a crash', (t) => {
+  if (!needKvm(t)) return;
+  if (process.getuid?.() !== 0) {
+    t.skip('needs root, to start a child that drops to user nobody');
+    process.stderr.write(`skip: ${t.name}: not root\n`);
+    return;
+  }
+  // A private node of the same device, mode 0600 and owned by root, so the test does not depend on
+  // /dev/kvm's own mode (0666 on some hosts). Where mknod is not allowed, /dev/kvm if others may not open it.
+  const dir = mkdtempSync(join(tmpdir(), 'ckpt-kvm-perm-'));
+  try {
+    chmodSync(dir, 0o755);
+    let dev = join(dir, 'kvm');
+    const rdev = statSync('/dev/kvm').rdev;
+    const made = spawnSync('mknod', ['-m', '600', dev, 'c', String((rdev >> 8) & 0xfff), String((rdev & 0xff) | ((rdev >> 12) & 0xfff00))]);
+    if (made.status !== 0) {
+      if ((statSync('/dev/kvm').mode & 0o006) !== 0) {
+        t.skip('mknod is not allowed here and /dev/kvm is open to everyone: no device to deny');
+        process.stderr.write(`skip: ${t.name}: no device to deny\n`);
+        return;
+      }
+      dev = '/dev/kvm';
+    }
+    const child = fileURLToPath(new URL('./as-other-user.ts', import.meta.url));
+    const r = spawnSync(process.execPath, ['--import', 'tsx', child, dev, '65534', '65534'], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(r.status, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as { uid: number; probe: { code: string; message: string }; create: { code: string; message: string }; availability: { usable: boolean; code?: string; reason?: string } };
+    assert.equal(out.uid, 65534);
+    assert.equal(out.probe.code, KVM_ERROR_CODES.PERMISSION, out.probe.message);
+    assert.match(out.probe.message, new RegExp(`^cannot open ${dev}: permission denied; make sure the user can open /dev/kvm`));
+    assert.equal(out.create.code, KVM_ERROR_CODES.PERMISSION, out.create.message);
+    assert.deepEqual([out.availability.usable, out.availability.code], [false, KVM_ERROR_CODES.PERMISSION]);
+    // The same device is fine for root: it is the permission, not the node.
+    assert.equal(probeKvm(dev).apiVersion, 12);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 

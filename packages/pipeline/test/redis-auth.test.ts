@@ -11,6 +11,7 @@ import { Redis } from 'ioredis';
 import { Kafka, logLevel } from 'kafkajs';
 import { parseConfig, redisClientOptions, REDIS_SCHEMA } from '@ckpt/common';
 import { StandbyStore } from '@ckpt/standby';
+import { pollMeta } from './poll-meta.ts';
 import { FakeHarvester } from '../../../services/replicator/test/fake-harvester.ts';
 import { spawnReplicator, startServers, stopChild } from '../src/index.ts';
 
@@ -42,12 +43,7 @@ test('a replicator reads the Redis password from its file and applies epochs to 
     await producer.connect();
     await producer.send({ topic: servers.topics.pages, acks: -1, messages: records.map((value) => ({ key: 'auth-vm', value })) });
     const store = new StandbyStore(admin, servers.redisPrefix);
-    const deadline = Date.now() + 45_000;
-    let meta = await store.readMeta('auth-vm');
-    while (!meta && Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, 100));
-      meta = await store.readMeta('auth-vm');
-    }
+    const meta = await pollMeta(store, 'auth-vm', (m) => m !== null, 45_000);
     assert.ok(meta, `the replicator applied nothing in 45 s; its log: ${log}`);
     assert.equal(meta.digest, h.model.digest().toHex());
     assert.doesNotMatch(log, new RegExp(password), 'the password never reaches the log');

@@ -11,6 +11,7 @@ import { Redis } from 'ioredis';
 import { Kafka, logLevel, type KafkaMessage } from 'kafkajs';
 import { freePort, KafkaApi, KafkaErr } from '@ckpt/embedded';
 import { StandbyStore } from '@ckpt/standby';
+import { pollMeta } from './poll-meta.ts';
 import { FakeHarvester } from '../../../services/replicator/test/fake-harvester.ts';
 import { spawnReplicator, startServers, stopChild } from '../src/index.ts';
 
@@ -34,12 +35,7 @@ test('harvester and replicator services: the standby of a running guest is a con
   const redis = new Redis(servers.redisUrl);
   try {
     const store = new StandbyStore(redis, servers.redisPrefix);
-    const deadline = Date.now() + 30_000;
-    let meta = await store.readMeta('svc-vm');
-    while ((!meta || meta.epoch < 5) && Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, 100));
-      meta = await store.readMeta('svc-vm');
-    }
+    const meta = await pollMeta(store, 'svc-vm', (m) => m !== null && m.epoch >= 5, 30_000);
     assert.ok(meta && meta.epoch >= 5, `the standby reached epoch ${meta?.epoch} in 30 s; harvester log: ${log}`);
     assert.equal(meta.state, 'ok');
     // The image the replicator built hashes to the digest the harvester committed.
@@ -94,12 +90,7 @@ test('a live replicator parks bad records on the dead-letter topic, with why and
       ],
     });
     const store = new StandbyStore(redis, servers.redisPrefix);
-    const deadline = Date.now() + 60_000;
-    let meta = await store.readMeta('dl-vm');
-    while ((dead.length < 2 || !meta) && Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, 100));
-      meta = await store.readMeta('dl-vm');
-    }
+    const meta = await pollMeta(store, 'dl-vm', (m) => m !== null && dead.length >= 2, 60_000);
     const reasons = dead.map((m) => m.headers?.reason?.toString());
     assert.deepEqual(reasons, ['malformed', 'key-mismatch'], `dead letters: ${JSON.stringify(reasons)}; replicator log: ${log}`);
     assert.deepEqual(dead[0]!.value, garbage, 'the parked record is the original bytes');
@@ -146,12 +137,7 @@ test('a replicator whose consumer kafkajs gives up on joins the group again in-p
     const records = [...h.epochRecords(new Map([[1, 1], [2, 2]])), ...h.epochRecords(new Map([[2, 3], [5, 4]]))];
     await producer.send({ topic: servers.topics.pages, acks: -1, messages: records.map((value) => ({ key: 'rejoin-vm', value })) });
     const store = new StandbyStore(redis, servers.redisPrefix);
-    const deadline = Date.now() + 60_000;
-    let meta = await store.readMeta('rejoin-vm');
-    while ((!meta || meta.epoch < 1) && Date.now() < deadline && replicator.exitCode === null) {
-      await new Promise((r) => setTimeout(r, 100));
-      meta = await store.readMeta('rejoin-vm');
-    }
+    const meta = await pollMeta(store, 'rejoin-vm', (m) => (m !== null && m.epoch >= 1) || replicator.exitCode !== null, 60_000);
     assert.equal(replicator.exitCode, null, `the replicator exited; log: ${log}`);
     assert.ok(meta && meta.epoch === 1 && meta.state === 'ok', `standby ${JSON.stringify(meta)}; log: ${log}`);
     assert.equal(meta.digest, h.model.digest().toHex());

@@ -22,6 +22,7 @@ export interface ReplicatorMetrics {
   consumerRestarts: Counter;
   deadLetters: Counter<'reason'>;
   fencedWaits: Counter;
+  skippedWhileStale: Counter;
   consumerLagRecords: Gauge<'partition'>;
   lastAppliedEpoch: Gauge<'vm'>;
   standbyAgeSeconds: Gauge<'vm'>;
@@ -64,6 +65,7 @@ export function createReplicatorMetrics(options: { defaultMetrics?: boolean } = 
     resyncRequests: new Counter({ name: 'ckpt_replicator_resync_requests_total', help: 'Baselines requested from harvesters on the control topic', registers }),
     deadLetters: new Counter({ name: 'ckpt_replicator_dead_letters_total', help: 'Records parked on the dead-letter topic, by reason', labelNames: ['reason'], registers }),
     fencedWaits: new Counter({ name: 'ckpt_replicator_fenced_waits_total', help: 'Applies deferred because a restorer holds the VM\'s fence', registers }),
+    skippedWhileStale: new Counter({ name: 'ckpt_replicator_skipped_records_total', help: 'Records of epochs after a gap, skipped while their VM waits for a baseline', registers }),
     consumerLagRecords: new Gauge({ name: 'ckpt_replicator_consumer_lag_records', help: 'Records on the pages topic after the last one handled, per partition this instance consumes', labelNames: ['partition'], registers }),
     lastAppliedEpoch: new Gauge({ name: 'ckpt_replicator_last_applied_epoch', help: 'Number of the epoch the standby image holds, per VM', labelNames: ['vm'], registers }),
     standbyAgeSeconds,

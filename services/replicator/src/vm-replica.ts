@@ -201,7 +201,8 @@ export class Applier {
     if (r.stale || !r.meta) {
       if (r.meta && g < r.meta.generation) await this.hooks.deadLetter(r.vm, 'old-generation', `epoch ${g}/${e} of a generation older than the image's (${r.meta.generation})`);
       else if (!r.meta) await this.breakContinuity(r, 'no-image', `epoch ${g}/${e} arrived but there is no image to apply it to`);
-      return; // waiting for a baseline; counted in processed()
+      else this.metrics.skippedWhileStale.inc(); // waiting for a baseline
+      return;
     }
     const m = r.meta;
     if (g < m.generation) {
@@ -244,6 +245,7 @@ export class Applier {
       await this.hooks.deadLetter(r.vm, 'old-generation', `${rec.kind} of generation ${rec.generation}; the image is at ${m.generation}`);
     } else if (r.stale) {
       // Waiting for a baseline: the records of epochs after a gap are of no use.
+      this.metrics.skippedWhileStale.inc();
     } else {
       // Judged on cached state: breakContinuity's compare-and-set throws StaleCache if Redis moved on.
       await this.breakContinuity(r, 'missing-epoch', `${rec.kind} of epoch ${rec.generation}/${rec.epoch} without its begin`);

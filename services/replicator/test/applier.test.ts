@@ -135,6 +135,15 @@ test('a missing epoch marks the image stale, later epochs are ignored, and the n
   assert.deepEqual([img.epoch, img.state], [0, 'stale']);
   assert.equal(t.resyncs.length, 1);
   assert.match(t.resyncs[0]!, /missing-epoch/);
+  // Epoch 2's batch and commit after its begin showed the gap, then all of epoch 3, are skipped and
+  // counted while the VM waits for the baseline, not parked.
+  const skipped = async (): Promise<number> => (await t.metrics.skippedWhileStale.get()).values[0]?.value ?? 0;
+  assert.equal(await skipped(), 2);
+  const parked = t.dead.length;
+  await t.feed(h.epochRecords(pages([[4, 4]])));
+  assert.equal(await skipped(), 5);
+  assert.equal(t.dead.length, parked);
+  assert.equal((await t.image()).epoch, 0);
   // The harvester answers with a new generation.
   const h2 = new FakeHarvester('vm-c', 301);
   await t.feed(h2.epochRecords(pages([[1, 1], [2, 2], [3, 3], [4, 4]])));

@@ -78,9 +78,10 @@ test('a user who may not open the KVM device gets CKPT_ERR_KVM_PERMISSION from e
     let dev = join(dir, 'kvm');
     const rdev = statSync('/dev/kvm').rdev;
     const made = spawnSync('mknod', ['-m', '600', dev, 'c', String((rdev >> 8) & 0xfff), String((rdev & 0xff) | ((rdev >> 12) & 0xfff00))]);
-    if (made.status !== 0) {
+    // On a file system mounted nodev the node exists but opens for nobody, root included.
+    if (made.status !== 0 || !kvmAvailability(dev).usable) {
       if ((statSync('/dev/kvm').mode & 0o006) !== 0) {
-        t.skip('mknod is not allowed here and /dev/kvm is open to everyone: no device to deny');
+        t.skip('no private device node here (mknod refused, or the temp dir is nodev) and /dev/kvm is open to everyone: no device to deny');
         process.stderr.write(`skip: ${t.name}: no device to deny\n`);
         return;
       }

@@ -50,8 +50,7 @@ test('crash: kill -9 of replicators at random moments loses and tears nothing', 
   // After the group has formed (the embedded broker delays a join by 3 s): kills then hit members
   // that are applying epochs, not ones still joining.
   // One replicator: each kill -9 lands while it applies epochs, and its successor resumes from Redis and
-  // the committed offsets. (Several live members overlapping during a rebalance have a known race; see
-  // docs/replication.md.)
+  // the committed offsets. (Several live members are the next test's.)
   const r = await runPipeline({ ...base, durationS: 12, replicators: 1, drainTimeoutS: 120, chaos: { replicatorKills: 4, seed: 7, from: 0.4 } });
   assert.equal(r.injuries.length, 4, r.injuries.join('; '));
   assertMatches(r);

@@ -48,8 +48,13 @@ export interface VmReplica {
   seen: { generation: number; epoch: number };
 }
 
-/** Thrown when the cached state of a VM turned out older than Redis's: the record is handled again. */
-class StaleCache extends Error {}
+/**
+ * Thrown when the cached state of a VM turned out older than Redis's: the record is handled again.
+ * Retriable: it means another member is moving the VM (a rebalance overlap), never a bad record.
+ */
+class StaleCache extends Error {
+  readonly retriable = true;
+}
 
 const sameLayout = (a: EpochBegin, m: StandbyMeta): boolean =>
   a.pageSize === m.pageSize && a.slots.length === m.slots.length && a.slots.every((s, i) => s.id === m.slots[i]!.id && s.pages === m.slots[i]!.pages);
@@ -247,9 +252,13 @@ export class Applier {
       // Waiting for a baseline: the records of epochs after a gap are of no use.
       this.metrics.skippedWhileStale.inc();
     } else {
-      // Judged on cached state: breakContinuity's compare-and-set throws StaleCache if Redis moved on.
-      await this.breakContinuity(r, 'missing-epoch', `${rec.kind} of epoch ${rec.generation}/${rec.epoch} without its begin`);
+      // Judged on cached state: check it first, so a record another member is handling is not parked
+      // by mistake. Parked before the mark, so a failed send is retried rather than lost (a retry after
+      // the mark would find the VM stale and skip the record); breakContinuity's compare-and-set covers
+      // a change after the check.
+      await this.ensureFresh(r);
       await this.hooks.deadLetter(r.vm, 'unknown-epoch', `${rec.kind} of epoch ${rec.generation}/${rec.epoch}, whose begin was not seen`);
+      await this.breakContinuity(r, 'missing-epoch', `${rec.kind} of epoch ${rec.generation}/${rec.epoch} without its begin`);
     }
     return null;
   }
@@ -265,8 +274,9 @@ export class Applier {
       return null;
     }
     if (b.seq > a.nextSeq) {
-      await this.breakContinuity(r, 'missing-batch', `batches ${a.nextSeq}..${b.seq - 1} of epoch ${a.generation}/${a.epoch} are missing`);
+      await this.ensureFresh(r); // as in matchAssembly
       await this.hooks.deadLetter(r.vm, 'out-of-order', `batch ${b.seq} of epoch ${a.generation}/${a.epoch} arrived before batch ${a.nextSeq}`);
+      await this.breakContinuity(r, 'missing-batch', `batches ${a.nextSeq}..${b.seq - 1} of epoch ${a.generation}/${a.epoch} are missing`);
       return null;
     }
     let pages: Uint8Array;
@@ -318,11 +328,13 @@ export class Applier {
         return 'done';
       }
       case 'digest-mismatch':
-        this.metrics.digestMismatches.inc();
+        // Counted only once the mark landed: a digest computed while another member applied is no mismatch.
         await this.breakContinuity(r, 'digest-mismatch', `epoch ${a.generation}/${a.epoch} would give digest ${out.computed}, its commit says ${out.expected}: not applied`);
+        this.metrics.digestMismatches.inc();
         return 'done';
       case 'conflict':
-        r.meta = await this.store.readMeta(r.vm);
+        // The compare-and-set of the mark tells a real gap (a staged batch or page missing) from another
+        // member having moved the image on (then the record is handled again on fresh state).
         await this.breakContinuity(r, 'missing-epoch', `epoch ${a.generation}/${a.epoch} no longer fits the image (${out.detail})`);
         return 'done';
     }

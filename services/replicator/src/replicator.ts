@@ -104,7 +104,11 @@ export class Replicator {
       // A fetch returns at once when data is there on real Kafka; the mock broker waits out maxWaitTime.
       maxWaitTimeInMs: o.fetchMaxWaitMs,
       partitionAssigners: [delayedAssigner(o.assignDelayMs)],
-      sessionTimeout: o.sessionTimeoutMs, heartbeatInterval: Math.max(100, Math.floor(o.sessionTimeoutMs / 10)), rebalanceTimeout: Math.max(o.sessionTimeoutMs, 10_000), retry: { retries: 10, initialRetryTime: 200, maxRetryTime: 3000 },
+      sessionTimeout: o.sessionTimeoutMs, heartbeatInterval: Math.max(100, Math.floor(o.sessionTimeoutMs / 10)), rebalanceTimeout: Math.max(o.sessionTimeoutMs, 10_000),
+      // kafkajs restarts a consumer after a retriable crash, even one during disconnect(): a replicator
+      // that is stopping would join the group again and hold partitions it can no longer serve (its
+      // Redis connection is closed next) until the process exits.
+      retry: { retries: 10, initialRetryTime: 200, maxRetryTime: 3000, restartOnFailure: () => Promise.resolve(this.running) },
     });
     this.producer = this.kafka.producer({ idempotent: o.idempotent, allowAutoTopicCreation: false, retry: { retries: 10, initialRetryTime: 100, maxRetryTime: 3000 } });
     this.applier = new Applier(this.store, {

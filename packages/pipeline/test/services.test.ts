@@ -115,6 +115,50 @@ test('a live replicator parks bad records on the dead-letter topic, with why and
   }
 });
 
+test('a replicator that takes over reports the standby of a VM that publishes nothing any more', async () => {
+  // A harvester that died with its host sends no more records; its standby is what a failover uses,
+  // and its age (the RPO) must stay visible when another replicator takes the partition over.
+  const servers = await startServers({ partitions: 2 });
+  let log = '';
+  const onLog = (line: string): void => { log = (log + line + '\n').slice(-6000); };
+  const first = spawnReplicator(servers, {}, onLog);
+  const kafka = new Kafka({ clientId: 'quiet-vm-test', brokers: servers.brokers, logLevel: logLevel.NOTHING });
+  const producer = kafka.producer({ idempotent: false, allowAutoTopicCreation: false });
+  const redis = new Redis(servers.redisUrl);
+  let second: ReturnType<typeof spawnReplicator> | null = null;
+  try {
+    await producer.connect();
+    const h = new FakeHarvester('quiet-vm', 11);
+    const records = [...h.epochRecords(new Map([[1, 1]])), ...h.epochRecords(new Map([[2, 2]]))];
+    await producer.send({ topic: servers.topics.pages, acks: -1, messages: records.map((value) => ({ key: 'quiet-vm', value })) });
+    const store = new StandbyStore(redis, servers.redisPrefix);
+    const meta = await pollMeta(store, 'quiet-vm', (m) => m !== null && m.epoch >= 1, 60_000);
+    assert.equal(meta?.epoch, 1, `the first replicator did not apply epoch 1; log: ${log}`);
+    assert.deepEqual(await store.listVms(), ['quiet-vm']);
+    await new Promise((r) => setTimeout(r, 500)); // its offsets are committed
+    await stopChild(first);
+    const metricsPort = await freePort();
+    second = spawnReplicator(servers, { REPLICATOR_METRICS_PORT: String(metricsPort) }, onLog);
+    let text = '';
+    for (const deadline = Date.now() + 45_000; Date.now() < deadline && !/standby_age_seconds\{vm="quiet-vm"\}/.test(text);) {
+      await new Promise((r) => setTimeout(r, 200));
+      text = await fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.text(), () => '');
+    }
+    const age = /^ckpt_replicator_standby_age_seconds\{vm="quiet-vm"\} (\S+)$/m.exec(text);
+    assert.ok(age && Number(age[1]) >= 0.5, `the new owner reports no standby age for quiet-vm; log: ${log}`);
+    assert.match(text, /^ckpt_replicator_last_applied_epoch\{vm="quiet-vm"\} 1$/m);
+    assert.match(text, /^ckpt_replicator_vm_stale\{vm="quiet-vm"\} 0$/m);
+    // From Redis, not from records delivered again: the new owner consumed none.
+    assert.doesNotMatch(text, /^ckpt_replicator_records_total\{kind="\w+"\} [1-9]/m);
+  } finally {
+    await producer.disconnect().catch(() => undefined);
+    await stopChild(first);
+    if (second) await stopChild(second);
+    redis.disconnect();
+    await servers.stop();
+  }
+});
+
 test('a replicator whose consumer kafkajs gives up on joins the group again in-process, and gives up itself only when crashes keep coming', async (t) => {
   const servers = await startServers({ partitions: 1 });
   if (!servers.kafka) {

@@ -9,7 +9,7 @@ import type { Redis } from 'ioredis';
 import { CkptError, Digest64, pageHash } from '@ckpt/common';
 import type { EpochBegin, EpochCommit, PageBatch, SlotInfo } from '@ckpt/proto';
 import { APPLY_EPOCH_LUA, COMMIT_BASELINE_LUA, FENCE_REFRESH_LUA, FENCE_RELEASE_LUA, MARK_STALE_LUA, ZERO_BASELINE_PAGES_LUA } from './lua.ts';
-import { CHUNK_PAGES, DEFAULT_PREFIX, hashValue, pageField, VmKeys } from './keys.ts';
+import { CHUNK_PAGES, DEFAULT_PREFIX, hashValue, pageField, validVmId, VmKeys } from './keys.ts';
 
 export type ImageState = 'ok' | 'stale';
 
@@ -133,6 +133,23 @@ export class StandbyStore {
       for (let i = 0; i < kv.length; i += 2) fields.push(kv[i]!);
       if (fields.length) await onFields(fields);
     } while (cursor !== '0');
+  }
+
+  /** The VMs that have a standby image (a meta hash) under this store's prefix. */
+  async listVms(): Promise<string[]> {
+    const head = `${this.prefix}:{`;
+    const tail = '}:meta';
+    const vms = new Set<string>();
+    let cursor = '0';
+    do {
+      const [next, found] = await this.redis.scan(cursor, 'MATCH', `${head}*${tail}`, 'COUNT', 1000);
+      cursor = next;
+      for (const key of found) {
+        const vm = key.slice(head.length, -tail.length);
+        if (key.startsWith(head) && key.endsWith(tail) && validVmId(vm)) vms.add(vm);
+      }
+    } while (cursor !== '0');
+    return [...vms].sort();
   }
 
   /** Deletes every key under this store's prefix, of every VM (a run's own prefix, after the run). */

@@ -9,7 +9,7 @@
  */
 import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
-import { Kafka, logLevel, PartitionAssigners, type Consumer, type EachBatchPayload, type KafkaConfig, type KafkaMessage, type PartitionAssigner, type Producer } from 'kafkajs';
+import { Kafka, logLevel, PartitionAssigners, Partitioners, type Consumer, type EachBatchPayload, type KafkaConfig, type KafkaMessage, type PartitionAssigner, type Producer } from 'kafkajs';
 import { CkptError, type Logger } from '@ckpt/common';
 import { encodeControlRecord, PART_BEGIN, PART_COMMIT, partOfBatch, type AppliedMarker, type EpochRecord } from '@ckpt/proto';
 import { StandbyStore } from '@ckpt/standby';
@@ -57,6 +57,14 @@ function delayedAssigner(delayMs: number): PartitionAssigner {
 
 const keyOf = (m: KafkaMessage): string | null => (m.key ? m.key.toString() : null);
 
+const defaultPartitioner = Partitioners.DefaultPartitioner();
+
+/** The partition kafkajs's default partitioner (the harvester's producer uses it) gives a VM's records. */
+export function partitionOfVm(vm: string, partitions: number, topic: string): number {
+  const partitionMetadata = Array.from({ length: partitions }, (_, i) => ({ partitionId: i, leader: 0, partitionErrorCode: 0, replicas: [0], isr: [0] }));
+  return defaultPartitioner({ topic, partitionMetadata, message: { key: vm, value: null } });
+}
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Errors from a server that went away or is busy: the same record is retried until it works. */
@@ -95,6 +103,8 @@ export class Replicator {
   private lastError: string | null = null;
   private crashTimes: number[] = [];
   private rejoinTimer: NodeJS.Timeout | null = null;
+  /** Group joins so far: a newer one supersedes what an older one was still doing. */
+  private joins = 0;
 
   constructor(private readonly o: ReplicatorOptions) {
     this.store = new StandbyStore(o.redis, o.redisPrefix);
@@ -138,6 +148,7 @@ export class Replicator {
         this.o.metrics.consumerLagRecords.remove({ partition });
       }
       this.o.log.info('joined the consumer group', { memberId: e.payload.memberId, assignment: e.payload.memberAssignment });
+      void this.watchQuietVms(assigned, ++this.joins);
     });
     this.consumer.on(this.consumer.events.CRASH, (e) => {
       const { error, restart } = e.payload as { error: Error; restart: boolean };
@@ -149,6 +160,34 @@ export class Replicator {
     this.running = true;
     this.markerTimer = setInterval(() => void this.flushMarkers(), this.o.markerIntervalMs);
     await this.runConsumer();
+  }
+
+  /**
+   * After joining, reports the standby of every VM whose records go to a partition this instance now
+   * owns, also VMs that publish nothing any more: a harvester that died with its host leaves exactly
+   * the standby a failover needs, and its age must keep growing on some instance, not vanish with a
+   * rebalance or a replicator restart. A retired VM is reported until its keys are deleted.
+   */
+  private async watchQuietVms(assigned: Set<number>, join: number): Promise<void> {
+    if (assigned.size === 0) return;
+    const admin = this.kafka.admin();
+    try {
+      await admin.connect();
+      const md = await admin.fetchTopicMetadata({ topics: [this.o.topics.pages] });
+      const partitions = md.topics[0]?.partitions.length ?? 0;
+      for (const vm of partitions ? await this.store.listVms() : []) {
+        if (join !== this.joins) return;
+        const p = partitionOfVm(vm, partitions, this.o.topics.pages);
+        if (!assigned.has(p) || this.vmPartitions.has(vm)) continue;
+        await this.applier.watch(vm);
+        if (join !== this.joins) return;
+        if (!this.vmPartitions.has(vm)) this.vmPartitions.set(vm, p);
+      }
+    } catch (err) {
+      this.o.log.warn('cannot list the standby images of this instance\'s partitions: VMs show in the metrics once their records arrive', { err });
+    } finally {
+      await admin.disconnect().catch(() => undefined);
+    }
   }
 
   private runConsumer(): Promise<void> {

@@ -71,6 +71,11 @@ export class Applier {
     else this.replicas.clear();
   }
 
+  /** Loads a VM's state from Redis (if not cached) so its gauges report it before any record of it arrives. */
+  async watch(vm: string): Promise<void> {
+    await this.replica(vm);
+  }
+
   private async replica(vm: string): Promise<VmReplica> {
     let r = this.replicas.get(vm);
     if (!r) {

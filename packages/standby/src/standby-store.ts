@@ -152,6 +152,11 @@ export class StandbyStore {
     return [...vms].sort();
   }
 
+  /** Deletes every key of one VM (its image, staging and fence); returns how many went. */
+  deleteVm(vm: string): Promise<number> {
+    return this.unlinkMatching(`${this.keys(vm).base}:*`, () => true);
+  }
+
   /** Deletes every key under this store's prefix, of every VM (a run's own prefix, after the run). */
   deleteAll(): Promise<number> {
     return this.unlinkMatching(`${this.prefix}:*`, () => true);

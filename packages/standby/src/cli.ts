@@ -1,0 +1,91 @@
+/**
+ * `npm run standby -- list [--json]` lists the VMs that have a standby image in Redis: committed epoch,
+ * state and age. `npm run standby -- forget --vm ID` deletes one VM's standby (retiring the VM: the
+ * replicators otherwise keep reporting its growing age). Redis settings as for the other commands
+ * (--redis-url or REDIS_URL, AUTH and TLS files, --redis-prefix). Exit 0 on success, 1 when the command
+ * cannot be done, 2 on bad options.
+ */
+import { Redis } from 'ioredis';
+import { commandConfig, ConfigError, REDIS_SCHEMA, redactUrl, redisClientOptions, type Schema } from '@ckpt/common';
+import { validVmId } from './keys.ts';
+import { StandbyStore } from './standby-store.ts';
+
+const SCHEMA = {
+  vm: { type: 'string', default: '', help: 'forget: the VM whose standby is deleted' },
+  ...REDIS_SCHEMA,
+  json: { type: 'bool', default: false, help: 'print one JSON object as the last line' },
+} as const satisfies Schema;
+
+const USAGE = `usage: npm run standby -- list [--json] [--redis-url URL]
+       npm run standby -- forget --vm ID [--json] [--redis-url URL]
+
+list: the VMs with a standby image in Redis, with their committed epoch, state and age.
+forget: deletes one VM's standby image and everything staged for it. Do it once the VM is retired and
+its harvester stopped: a running harvester's next epoch would find no image and ask for a baseline,
+and a replicator keeps reporting the VM's age until it restarts or its partitions move.
+REDIS_URL is read when --redis-url is not given.`;
+
+async function main(argv: string[]): Promise<number> {
+  const sub = argv[0] && !argv[0].startsWith('-') ? argv[0] : '';
+  const cfg = commandConfig('standby', SCHEMA, USAGE, sub ? argv.slice(1) : argv, (c) => {
+    const problems: string[] = [];
+    if (sub !== 'list' && sub !== 'forget') problems.push(sub ? `unknown command "${sub}": use list or forget` : 'say what to do: list or forget');
+    if (sub === 'forget' && !c.vm) problems.push('forget needs --vm ID');
+    if (c.vm && !validVmId(c.vm)) problems.push(`--vm ${JSON.stringify(c.vm)} is not a VM id (1-200 of A-Z a-z 0-9 . _ : -)`);
+    if (sub === 'list' && c.vm) problems.push('list takes no --vm');
+    if (!c.redisUrl && !process.env.REDIS_URL) problems.push('--redis-url (or REDIS_URL) is required');
+    return problems;
+  });
+  if (typeof cfg === 'number') return cfg;
+  let redisOpts;
+  try {
+    redisOpts = redisClientOptions(cfg, cfg.redisUrl || process.env.REDIS_URL!);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`standby: ${err.message}\n`);
+    return 2;
+  }
+  const redis = new Redis(redisOpts.url, { ...redisOpts.options, maxRetriesPerRequest: 3, lazyConnect: true });
+  redis.on('error', () => undefined);
+  const say = (s: string): void => void process.stderr.write(s + '\n');
+  try {
+    try {
+      await redis.connect();
+    } catch (err) {
+      say(`standby: cannot connect to Redis at ${redactUrl(redisOpts.url)}: ${(err as Error).message}`);
+      return 1;
+    }
+    const store = new StandbyStore(redis, cfg.redisPrefix);
+    if (sub === 'list') {
+      const now = Date.now();
+      const vms = [];
+      for (const vm of await store.listVms()) {
+        const m = await store.readMeta(vm);
+        if (!m) continue;
+        vms.push({ vm, generation: m.generation, epoch: m.epoch, state: m.state, ageS: Math.max(0, (now - m.committedAtMs) / 1000), committedAt: new Date(m.committedAtMs).toISOString() });
+      }
+      say(`standby: ${vms.length} standby image${vms.length === 1 ? '' : 's'} under ${cfg.redisPrefix}: in ${redactUrl(redisOpts.url)}`);
+      for (const v of vms) say(`  ${v.vm}  epoch ${v.generation}/${v.epoch}  ${v.state === 'ok' ? 'fresh' : 'STALE'}  ${v.ageS.toFixed(1)} s old (committed ${v.committedAt})`);
+      if (cfg.json) process.stdout.write(JSON.stringify({ vms: vms.map((v) => ({ ...v, ageS: Number(v.ageS.toFixed(3)) })) }) + '\n');
+      return 0;
+    }
+    const k = store.keys(cfg.vm);
+    if (await redis.exists(k.fence)) {
+      say(`standby: ${cfg.vm} is fenced (a restore is reading its image): not deleted; try again when it is done`);
+      return 1;
+    }
+    const meta = await store.readMeta(cfg.vm);
+    const deleted = await store.deleteVm(cfg.vm);
+    if (deleted === 0) {
+      say(`standby: no standby image of ${cfg.vm} under ${cfg.redisPrefix}: (nothing deleted)`);
+      return 1;
+    }
+    say(`standby: deleted ${cfg.vm}'s standby${meta ? ` (epoch ${meta.generation}/${meta.epoch})` : ''}: ${deleted} keys`);
+    if (cfg.json) process.stdout.write(JSON.stringify({ vm: cfg.vm, deletedKeys: deleted, epoch: meta ? `${meta.generation}/${meta.epoch}` : null }) + '\n');
+    return 0;
+  } finally {
+    redis.disconnect();
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));

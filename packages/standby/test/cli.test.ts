@@ -1,0 +1,90 @@
+/**
+ * `npm run standby` against a real redis-server: list shows each VM's committed epoch, state and age;
+ * forget deletes exactly one VM's keys, refuses while a restore holds the fence, and says so when there
+ * is nothing to delete; bad options exit 2 naming the problem.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
+import { RedisServer } from '@ckpt/embedded';
+import { StandbyStore } from '../src/index.ts';
+
+const CLI = fileURLToPath(new URL('../src/cli.ts', import.meta.url));
+let server: RedisServer;
+let redis: Redis;
+
+before(async () => {
+  server = await RedisServer.start();
+  redis = new Redis(server.port, '127.0.0.1');
+});
+after(async () => {
+  redis.disconnect();
+  await server.stop();
+});
+
+const run = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', CLI, ...args], { encoding: 'utf8', env: { ...process.env, REDIS_URL: server.url } });
+
+/** A committed image as the replicator leaves it: meta, a page and its hash (and, for `staged`, a staged page). */
+async function image(prefix: string, vm: string, epoch: number, state: 'ok' | 'stale', committedAtMs: number): Promise<void> {
+  const k = new StandbyStore(redis, prefix).keys(vm);
+  await redis.hset(k.meta, 'generation', '7', 'epoch', String(epoch), 'state', state, 'digest', '0123456789abcdef', 'pageSize', '4096', 'slots', '[{"id":0,"pages":16}]', 'vcpus', '0', 'committedAtMs', String(committedAtMs));
+  await redis.set(k.page(7, 0, 3), Buffer.alloc(4096, 1));
+  await redis.hset(k.hashes(7), '0:3', Buffer.alloc(8, 2));
+  await redis.set(`${k.stagePrefix(7, epoch + 1)}0:4`, Buffer.alloc(4096, 3));
+}
+
+test('list shows every VM with a standby, its epoch, state and age', async () => {
+  const now = Date.now();
+  await image('l1', 'vm-a', 5, 'ok', now - 2000);
+  await image('l1', 'vm-b', 9, 'stale', now - 60_000);
+  await image('l1-other', 'vm-c', 1, 'ok', now); // another prefix: not listed
+  const r = run('list', '--redis-prefix', 'l1', '--json');
+  assert.equal(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { vms: { vm: string; epoch: number; state: string; ageS: number }[] };
+  assert.deepEqual(out.vms.map((v) => [v.vm, v.epoch, v.state]), [['vm-a', 5, 'ok'], ['vm-b', 9, 'stale']]);
+  assert.ok(out.vms[0]!.ageS >= 2 && out.vms[0]!.ageS < 30, `age ${out.vms[0]!.ageS}`);
+  assert.ok(out.vms[1]!.ageS >= 60);
+  assert.match(r.stderr, /2 standby images under l1:/);
+  assert.match(r.stderr, /vm-b {2}epoch 7\/9 {2}STALE/);
+});
+
+test('forget deletes one VM\'s keys and nothing else; refuses while fenced; says when there is nothing', async () => {
+  await image('f1', 'vm-x', 3, 'ok', Date.now());
+  await image('f1', 'vm-y', 4, 'ok', Date.now());
+  const store = new StandbyStore(redis, 'f1');
+  assert.equal(await store.acquireFence('vm-x', 'restore-1', 10_000), true);
+  let r = run('forget', '--vm', 'vm-x', '--redis-prefix', 'f1');
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /vm-x is fenced \(a restore is reading its image\): not deleted/);
+  assert.notEqual(await store.readMeta('vm-x'), null);
+  await store.releaseFence('vm-x', 'restore-1');
+  r = run('forget', '--vm', 'vm-x', '--redis-prefix', 'f1', '--json');
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout.trim()), { vm: 'vm-x', deletedKeys: 4, epoch: '7/3' });
+  assert.deepEqual(await redis.keys('f1:{vm-x}:*'), []);
+  assert.equal((await redis.keys('f1:{vm-y}:*')).length, 4, 'the other VM is untouched');
+  assert.deepEqual(await store.listVms(), ['vm-y']);
+  r = run('forget', '--vm', 'vm-x', '--redis-prefix', 'f1');
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /no standby image of vm-x under f1: \(nothing deleted\)/);
+});
+
+test('bad options exit 2 and name the problem; --help exits 0', () => {
+  let r = run();
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /say what to do: list or forget/);
+  r = run('forget');
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /forget needs --vm ID/);
+  r = run('forget', '--vm', 'bad id!');
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /is not a VM id/);
+  r = run('drop');
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /unknown command "drop"/);
+  r = run('--help');
+  assert.equal(r.status, 0);
+  assert.match(r.stdout, /npm run standby -- forget --vm ID/);
+});

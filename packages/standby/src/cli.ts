@@ -69,13 +69,20 @@ async function main(argv: string[]): Promise<number> {
       if (cfg.json) process.stdout.write(JSON.stringify({ vms: vms.map((v) => ({ ...v, ageS: Number(v.ageS.toFixed(3)) })) }) + '\n');
       return 0;
     }
-    const k = store.keys(cfg.vm);
-    if (await redis.exists(k.fence)) {
+    // Under the VM's own fence: no restore reads, and no replicator applies, while the keys go.
+    const token = `forget-${process.pid}-${Date.now()}`;
+    if (!await store.acquireFence(cfg.vm, token, 60_000)) {
       say(`standby: ${cfg.vm} is fenced (a restore is reading its image): not deleted; try again when it is done`);
       return 1;
     }
-    const meta = await store.readMeta(cfg.vm);
-    const deleted = await store.deleteVm(cfg.vm);
+    let meta;
+    let deleted;
+    try {
+      meta = await store.readMeta(cfg.vm);
+      deleted = await store.deleteVm(cfg.vm);
+    } finally {
+      await store.releaseFence(cfg.vm, token);
+    }
     if (deleted === 0) {
       say(`standby: no standby image of ${cfg.vm} under ${cfg.redisPrefix}: (nothing deleted)`);
       return 1;
@@ -83,6 +90,9 @@ async function main(argv: string[]): Promise<number> {
     say(`standby: deleted ${cfg.vm}'s standby${meta ? ` (epoch ${meta.generation}/${meta.epoch})` : ''}: ${deleted} keys`);
     if (cfg.json) process.stdout.write(JSON.stringify({ vm: cfg.vm, deletedKeys: deleted, epoch: meta ? `${meta.generation}/${meta.epoch}` : null }) + '\n');
     return 0;
+  } catch (err) {
+    say(`standby: ${(err as Error).message}`);
+    return 1;
   } finally {
     redis.disconnect();
   }

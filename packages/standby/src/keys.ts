@@ -10,6 +10,7 @@
  *   <p>:{vm}:g<G>:s:<E>:<slot>:<gfn> STRING a staged page of incremental epoch <E>
  *   <p>:{vm}:g<G>:sh:<E>            HASH    staged page hashes of incremental epoch <E> ('' = zero page)
  *   <p>:{vm}:g<G>:sb:<E>            HASH    the batches of epoch <E> staged so far (field = batch seq)
+ *   <p>:vms                         SET     VMs with an applied epoch (an index for listing; not in a VM's slot)
  *
  * Every page byte is written to Redis once: an incremental epoch's pages are staged under their own
  * keys and its apply RENAMEs them into place. Generation G's keys (g<G>) are the image once meta says

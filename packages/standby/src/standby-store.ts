@@ -135,26 +135,34 @@ export class StandbyStore {
     } while (cursor !== '0');
   }
 
-  /** The VMs that have a standby image (a meta hash) under this store's prefix. */
-  async listVms(): Promise<string[]> {
-    const head = `${this.prefix}:{`;
-    const tail = '}:meta';
-    const vms = new Set<string>();
-    let cursor = '0';
-    do {
-      const [next, found] = await this.redis.scan(cursor, 'MATCH', `${head}*${tail}`, 'COUNT', 1000);
-      cursor = next;
-      for (const key of found) {
-        const vm = key.slice(head.length, -tail.length);
-        if (key.startsWith(head) && key.endsWith(tail) && validVmId(vm)) vms.add(vm);
-      }
-    } while (cursor !== '0');
-    return [...vms].sort();
+  /** The set of VMs whose epochs were applied under this prefix (a hint: listVms() checks each). */
+  get vmIndexKey(): string {
+    return `${this.prefix}:vms`;
   }
 
-  /** Deletes every key of one VM (its image, staging and fence); returns how many went. */
-  deleteVm(vm: string): Promise<number> {
-    return this.unlinkMatching(`${this.keys(vm).base}:*`, () => true);
+  /**
+   * The VMs that have a standby image under this store's prefix, from the index every applied epoch
+   * adds its VM to (no SCAN of the keyspace, which holds one key per page). An image last applied
+   * before the index existed shows from its next epoch on.
+   */
+  async listVms(): Promise<string[]> {
+    const vms = (await this.redis.smembers(this.vmIndexKey)).filter(validVmId).sort();
+    if (!vms.length) return [];
+    const p = this.redis.pipeline();
+    for (const vm of vms) p.exists(this.keys(vm).meta);
+    const res = (await p.exec()) ?? [];
+    return vms.filter((_, i) => res[i]?.[1] === 1);
+  }
+
+  /**
+   * Deletes every key of one VM (its image and what is staged for it) but its fence, and drops it
+   * from the index; returns how many keys went.
+   */
+  async deleteVm(vm: string): Promise<number> {
+    const k = this.keys(vm);
+    const n = await this.unlinkMatching(`${k.base}:*`, (key) => key.startsWith(`${k.base}:`) && key !== k.fence);
+    await this.redis.srem(this.vmIndexKey, vm);
+    return n;
   }
 
   /** Deletes every key under this store's prefix, of every VM (a run's own prefix, after the run). */
@@ -253,6 +261,7 @@ export class StandbyStore {
       if (digest.toHex() !== commit.digest) return { result: 'digest-mismatch', expected: commit.digest, computed: digest.toHex() };
       const r = String(await (this.redis as unknown as Scripts).ckptCommitBaseline(3, k.meta, k.fence, k.asm, String(g), ...fields));
       if (r === 'OK') {
+        await this.redis.sadd(this.vmIndexKey, vm);
         // The previous generation is no longer reachable; reclaim its keys.
         await this.deleteOtherGenerations(vm, g);
         return { result: 'applied', digest: commit.digest };
@@ -285,7 +294,9 @@ export class StandbyStore {
       6, k.meta, k.hashes(g), k.stagedHashes(g, asm.epoch), k.fence, k.asm, k.stagedBatches(g, asm.epoch),
       String(g), String(asm.epoch - 1), String(asm.epoch), k.pagePrefix(g), k.stagePrefix(g, asm.epoch), String(asm.nextSeq), ...fields,
     ));
-    return r === 'OK' ? { result: 'applied', digest: commit.digest } : outcome(r);
+    if (r !== 'OK') return outcome(r);
+    await this.redis.sadd(this.vmIndexKey, vm); // also indexes images older than the index
+    return { result: 'applied', digest: commit.digest };
   }
 
   /**

@@ -33,6 +33,7 @@ async function image(prefix: string, vm: string, epoch: number, state: 'ok' | 's
   await redis.set(k.page(7, 0, 3), Buffer.alloc(4096, 1));
   await redis.hset(k.hashes(7), '0:3', Buffer.alloc(8, 2));
   await redis.set(`${k.stagePrefix(7, epoch + 1)}0:4`, Buffer.alloc(4096, 3));
+  await redis.sadd(`${prefix}:vms`, vm);
 }
 
 test('list shows every VM with a standby, its epoch, state and age', async () => {
@@ -54,7 +55,7 @@ test('forget deletes one VM\'s keys and nothing else; refuses while fenced; says
   await image('f1', 'vm-x', 3, 'ok', Date.now());
   await image('f1', 'vm-y', 4, 'ok', Date.now());
   const store = new StandbyStore(redis, 'f1');
-  assert.equal(await store.acquireFence('vm-x', 'restore-1', 10_000), true);
+  assert.equal(await store.acquireFence('vm-x', 'restore-1', 60_000), true);
   let r = run('forget', '--vm', 'vm-x', '--redis-prefix', 'f1');
   assert.equal(r.status, 1);
   assert.match(r.stderr, /vm-x is fenced \(a restore is reading its image\): not deleted/);
@@ -66,9 +67,18 @@ test('forget deletes one VM\'s keys and nothing else; refuses while fenced; says
   assert.deepEqual(await redis.keys('f1:{vm-x}:*'), []);
   assert.equal((await redis.keys('f1:{vm-y}:*')).length, 4, 'the other VM is untouched');
   assert.deepEqual(await store.listVms(), ['vm-y']);
+  assert.equal(await redis.exists('f1:{vm-x}:fence'), 0, 'its own fence released');
   r = run('forget', '--vm', 'vm-x', '--redis-prefix', 'f1');
   assert.equal(r.status, 1);
   assert.match(r.stderr, /no standby image of vm-x under f1: \(nothing deleted\)/);
+});
+
+test('forget under a prefix with glob characters deletes only that prefix\'s keys', async () => {
+  await image('g*', 'vm-z', 1, 'ok', Date.now());
+  await image('gx', 'vm-z', 1, 'ok', Date.now());
+  const r = run('forget', '--vm', 'vm-z', '--redis-prefix', 'g*');
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal((await redis.keys('gx:{vm-z}:*')).length, 4);
 });
 
 test('bad options exit 2 and name the problem; --help exits 0', () => {

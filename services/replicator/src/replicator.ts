@@ -105,6 +105,9 @@ export class Replicator {
   private rejoinTimer: NodeJS.Timeout | null = null;
   /** Group joins so far: a newer one supersedes what an older one was still doing. */
   private joins = 0;
+  /** The partitions of the pages topic this instance owns since its last join. */
+  private assigned = new Set<number>();
+  private watching: Promise<void> = Promise.resolve();
 
   constructor(private readonly o: ReplicatorOptions) {
     this.store = new StandbyStore(o.redis, o.redisPrefix);
@@ -148,7 +151,8 @@ export class Replicator {
         this.o.metrics.consumerLagRecords.remove({ partition });
       }
       this.o.log.info('joined the consumer group', { memberId: e.payload.memberId, assignment: e.payload.memberAssignment });
-      void this.watchQuietVms(assigned, ++this.joins);
+      this.assigned = assigned;
+      this.watching = this.watchQuietVms(assigned, ++this.joins);
     });
     this.consumer.on(this.consumer.events.CRASH, (e) => {
       const { error, restart } = e.payload as { error: Error; restart: boolean };
@@ -176,12 +180,17 @@ export class Replicator {
       const md = await admin.fetchTopicMetadata({ topics: [this.o.topics.pages] });
       const partitions = md.topics[0]?.partitions.length ?? 0;
       for (const vm of partitions ? await this.store.listVms() : []) {
-        if (join !== this.joins) return;
+        if (join !== this.joins || !this.running) return;
         const p = partitionOfVm(vm, partitions, this.o.topics.pages);
         if (!assigned.has(p) || this.vmPartitions.has(vm)) continue;
         await this.applier.watch(vm);
-        if (join !== this.joins) return;
-        if (!this.vmPartitions.has(vm)) this.vmPartitions.set(vm, p);
+        if (join === this.joins) {
+          if (!this.vmPartitions.has(vm)) this.vmPartitions.set(vm, p);
+        } else if (!this.vmPartitions.has(vm) && !this.assigned.has(p)) {
+          // A newer join moved the partition away while this VM loaded: its series are not ours to report.
+          this.o.metrics.forgetVm(vm);
+          this.applier.forget(vm);
+        }
       }
     } catch (err) {
       this.o.log.warn('cannot list the standby images of this instance\'s partitions: VMs show in the metrics once their records arrive', { err });
@@ -223,7 +232,7 @@ export class Replicator {
     this.rejoinTimer = setTimeout(() => {
       this.rejoinTimer = null;
       if (!this.running) return;
-      this.consumer.connect().then(() => this.runConsumer()).catch((err: unknown) => {
+      this.consumer.connect().then(() => (this.running ? this.runConsumer() : undefined)).catch((err: unknown) => {
         this.o.log.error('cannot start the consumer again', { err });
         this.o.onFatal?.(err instanceof Error ? err : new Error(String(err)));
       });
@@ -379,6 +388,8 @@ export class Replicator {
     this.running = false;
     if (this.markerTimer) clearInterval(this.markerTimer);
     if (this.rejoinTimer) clearTimeout(this.rejoinTimer);
+    this.joins++; // ends a watchQuietVms() still listing
+    await this.watching;
     await this.consumer.disconnect().catch(() => undefined);
     await this.flushMarkers().catch(() => undefined);
     await this.producer.disconnect().catch(() => undefined);

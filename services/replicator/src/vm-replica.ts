@@ -80,6 +80,9 @@ export class Applier {
     let r = this.replicas.get(vm);
     if (!r) {
       const [meta, asm] = await Promise.all([this.store.readMeta(vm), this.store.readAssembly(vm)]);
+      // Another caller (watch() and a record, say) may have loaded it meanwhile and moved it on.
+      const loaded = this.replicas.get(vm);
+      if (loaded) return loaded;
       r = { vm, meta, asm, stale: meta?.state === 'stale', lastResyncAtMs: 0, seen: { generation: meta?.generation ?? 0, epoch: meta?.epoch ?? -1 } };
       this.replicas.set(vm, r);
       if (meta) this.metrics.noteStandbyEpoch(vm, meta.epoch, meta.committedAtMs);

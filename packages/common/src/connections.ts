@@ -76,3 +76,17 @@ export function redisClientOptions(s: RedisSettings, url: string): { url: string
   if (url.startsWith('rediss://') && s.redisTlsCaFile) options.tls = { ca: readSecret(s.redisTlsCaFile, 'the Redis CA bundle') };
   return { url, options };
 }
+
+/**
+ * redisClientOptions() for a command: a setting that cannot be used (a bad URL, an unreadable secret)
+ * is printed as `<name>: <problem>` and returns exit code 2.
+ */
+export function commandRedisOptions(name: string, s: RedisSettings, url: string): { url: string; options: Record<string, unknown> } | number {
+  try {
+    return redisClientOptions(s, url);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`${name}: ${err.message}\n`);
+    return 2;
+  }
+}

@@ -6,7 +6,7 @@
  * cannot be done, 2 on bad options.
  */
 import { Redis } from 'ioredis';
-import { commandConfig, ConfigError, REDIS_SCHEMA, redactUrl, redisClientOptions, type Schema } from '@ckpt/common';
+import { commandConfig, commandRedisOptions, REDIS_SCHEMA, redactUrl, type Schema } from '@ckpt/common';
 import { validVmId } from './keys.ts';
 import { StandbyStore } from './standby-store.ts';
 
@@ -37,14 +37,8 @@ async function main(argv: string[]): Promise<number> {
     return problems;
   });
   if (typeof cfg === 'number') return cfg;
-  let redisOpts;
-  try {
-    redisOpts = redisClientOptions(cfg, cfg.redisUrl || process.env.REDIS_URL!);
-  } catch (err) {
-    if (!(err instanceof ConfigError)) throw err;
-    process.stderr.write(`standby: ${err.message}\n`);
-    return 2;
-  }
+  const redisOpts = commandRedisOptions('standby', cfg, cfg.redisUrl || process.env.REDIS_URL!);
+  if (typeof redisOpts === 'number') return redisOpts;
   const redis = new Redis(redisOpts.url, { ...redisOpts.options, maxRetriesPerRequest: 3, lazyConnect: true });
   redis.on('error', () => undefined);
   const say = (s: string): void => void process.stderr.write(s + '\n');

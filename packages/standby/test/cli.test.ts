@@ -5,35 +5,24 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { Redis } from 'ioredis';
-import { RedisServer } from '@ckpt/embedded';
+import { redisForTests } from '@ckpt/embedded/test-support';
 import { StandbyStore } from '../src/index.ts';
 
 const CLI = fileURLToPath(new URL('../src/cli.ts', import.meta.url));
-let server: RedisServer;
-let redis: Redis;
+const db = redisForTests();
 
-before(async () => {
-  server = await RedisServer.start();
-  redis = new Redis(server.port, '127.0.0.1');
-});
-after(async () => {
-  redis.disconnect();
-  await server.stop();
-});
-
-const run = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', CLI, ...args], { encoding: 'utf8', env: { ...process.env, REDIS_URL: server.url } });
+const run = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', CLI, ...args], { encoding: 'utf8', env: { ...process.env, REDIS_URL: db.server.url } });
 
 /** A committed image as the replicator leaves it: meta, a page and its hash (and, for `staged`, a staged page). */
 async function image(prefix: string, vm: string, epoch: number, state: 'ok' | 'stale', committedAtMs: number): Promise<void> {
-  const k = new StandbyStore(redis, prefix).keys(vm);
-  await redis.hset(k.meta, 'generation', '7', 'epoch', String(epoch), 'state', state, 'digest', '0123456789abcdef', 'pageSize', '4096', 'slots', '[{"id":0,"pages":16}]', 'vcpus', '0', 'committedAtMs', String(committedAtMs));
-  await redis.set(k.page(7, 0, 3), Buffer.alloc(4096, 1));
-  await redis.hset(k.hashes(7), '0:3', Buffer.alloc(8, 2));
-  await redis.set(`${k.stagePrefix(7, epoch + 1)}0:4`, Buffer.alloc(4096, 3));
-  await redis.sadd(`${prefix}:vms`, vm);
+  const k = new StandbyStore(db.redis, prefix).keys(vm);
+  await db.redis.hset(k.meta, 'generation', '7', 'epoch', String(epoch), 'state', state, 'digest', '0123456789abcdef', 'pageSize', '4096', 'slots', '[{"id":0,"pages":16}]', 'vcpus', '0', 'committedAtMs', String(committedAtMs));
+  await db.redis.set(k.page(7, 0, 3), Buffer.alloc(4096, 1));
+  await db.redis.hset(k.hashes(7), '0:3', Buffer.alloc(8, 2));
+  await db.redis.set(`${k.stagePrefix(7, epoch + 1)}0:4`, Buffer.alloc(4096, 3));
+  await db.redis.sadd(`${prefix}:vms`, vm);
 }
 
 test('list shows every VM with a standby, its epoch, state and age', async () => {
@@ -54,7 +43,7 @@ test('list shows every VM with a standby, its epoch, state and age', async () =>
 test('forget deletes one VM\'s keys and nothing else; refuses while fenced; says when there is nothing', async () => {
   await image('f1', 'vm-x', 3, 'ok', Date.now());
   await image('f1', 'vm-y', 4, 'ok', Date.now());
-  const store = new StandbyStore(redis, 'f1');
+  const store = new StandbyStore(db.redis, 'f1');
   assert.equal(await store.acquireFence('vm-x', 'restore-1', 60_000), true);
   let r = run('forget', '--vm', 'vm-x', '--redis-prefix', 'f1');
   assert.equal(r.status, 1);
@@ -64,10 +53,10 @@ test('forget deletes one VM\'s keys and nothing else; refuses while fenced; says
   r = run('forget', '--vm', 'vm-x', '--redis-prefix', 'f1', '--json');
   assert.equal(r.status, 0, r.stderr);
   assert.deepEqual(JSON.parse(r.stdout.trim()), { vm: 'vm-x', deletedKeys: 4, epoch: '7/3' });
-  assert.deepEqual(await redis.keys('f1:{vm-x}:*'), []);
-  assert.equal((await redis.keys('f1:{vm-y}:*')).length, 4, 'the other VM is untouched');
+  assert.deepEqual(await db.redis.keys('f1:{vm-x}:*'), []);
+  assert.equal((await db.redis.keys('f1:{vm-y}:*')).length, 4, 'the other VM is untouched');
   assert.deepEqual(await store.listVms(), ['vm-y']);
-  assert.equal(await redis.exists('f1:{vm-x}:fence'), 0, 'its own fence released');
+  assert.equal(await db.redis.exists('f1:{vm-x}:fence'), 0, 'its own fence released');
   r = run('forget', '--vm', 'vm-x', '--redis-prefix', 'f1');
   assert.equal(r.status, 1);
   assert.match(r.stderr, /no standby image of vm-x under f1: \(nothing deleted\)/);
@@ -78,7 +67,7 @@ test('forget under a prefix with glob characters deletes only that prefix\'s key
   await image('gx', 'vm-z', 1, 'ok', Date.now());
   const r = run('forget', '--vm', 'vm-z', '--redis-prefix', 'g*');
   assert.equal(r.status, 0, r.stderr);
-  assert.equal((await redis.keys('gx:{vm-z}:*')).length, 4);
+  assert.equal((await db.redis.keys('gx:{vm-z}:*')).length, 4);
 });
 
 test('bad options exit 2 and name the problem; --help exits 0', () => {

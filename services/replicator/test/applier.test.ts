@@ -4,29 +4,19 @@
  * gaps mark the image stale and ask for a baseline, which heals it.
  */
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { Redis } from 'ioredis';
 import { silentLogger } from '@ckpt/common';
-import { RedisServer } from '@ckpt/embedded';
+import { redisForTests } from '@ckpt/embedded/test-support';
 import { encodeEpochRecord } from '@ckpt/proto';
 import { StandbyStore } from '@ckpt/standby';
 import { Applier, createReplicatorMetrics, type DeadLetterReason } from '../src/index.ts';
 
 import { FakeHarvester, PAGE, SLOT_PAGES } from './fake-harvester.ts';
-let server: RedisServer;
-let redis: Redis;
-
-before(async () => {
-  server = await RedisServer.start();
-  redis = new Redis(server.port, '127.0.0.1');
-});
-after(async () => {
-  redis.disconnect();
-  await server.stop();
-});
+const db = redisForTests();
 
 function setup(vm: string, prefix = `t${Math.random().toString(36).slice(2, 8)}`) {
-  const store = new StandbyStore(redis, prefix);
+  const store = new StandbyStore(db.redis, prefix);
   const dead: { vm: string | null; reason: DeadLetterReason; detail: string }[] = [];
   const resyncs: string[] = [];
   const metrics = createReplicatorMetrics();
@@ -151,7 +141,7 @@ test('a missing epoch marks the image stale, later epochs are ignored, and the n
   img = await t.image();
   assert.deepEqual([img.epoch, img.state, img.digest, img.bytesDigest], [1, 'ok', h2.model.digest().toHex(), h2.model.digest().toHex()]);
   // The old generation's keys are gone.
-  const old = await redis.keys(`${t.store.prefix}:{vm-c}:g300:*`);
+  const old = await db.redis.keys(`${t.store.prefix}:{vm-c}:g300:*`);
   assert.deepEqual(old, []);
   // An old-generation record now is parked as such.
   await t.applier.handle(h.epochRecords(pages([[9, 9]]))[0]!, 'vm-c');
@@ -280,8 +270,8 @@ test('NEGATIVE: a staging write that did not land (a lost batch or page) is caug
     await t.feed(e1.slice(0, -1));
     // What a write that failed in flight while a later one landed leaves behind.
     const k = t.store.keys(vm);
-    if (lose === 'batch') assert.equal(await redis.hdel(k.stagedBatches(800, 1), '0'), 1);
-    else assert.equal(await redis.del(`${k.stagePrefix(800, 1)}0:3`), 1);
+    if (lose === 'batch') assert.equal(await db.redis.hdel(k.stagedBatches(800, 1), '0'), 1);
+    else assert.equal(await db.redis.del(`${k.stagePrefix(800, 1)}0:3`), 1);
     await t.feed(e1.slice(-1));
     const img = await t.image();
     assert.deepEqual([img.epoch, img.digest, img.bytesDigest, img.state], [0, good.digest, good.digest, 'stale'], lose);
@@ -312,14 +302,14 @@ test('a replicator that dies at a random moment (its Redis connection cut, 150 t
     committed.add(h.model.digest().toHex());
   };
   addEpoch();
-  const check = new StandbyStore(redis, prefix);
+  const check = new StandbyStore(db.redis, prefix);
   let resumeAt = 0;
   let midEpochKills = 0;
   const TRIALS = 150;
   for (let trial = 0; trial <= TRIALS; trial++) {
     const last = trial === TRIALS; // the successor that is left to finish
     while (records.length - resumeAt < 40) addEpoch();
-    const conn = new Redis(server.port, '127.0.0.1', { enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null, lazyConnect: true });
+    const conn = new Redis(db.server.port, '127.0.0.1', { enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null, lazyConnect: true });
     await conn.connect();
     const resyncs: string[] = [];
     const applier = new Applier(new StandbyStore(conn, prefix), {

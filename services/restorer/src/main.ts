@@ -9,7 +9,7 @@
  */
 import { renameSync, writeFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
-import { CkptError, commandConfig, ConfigError, createLogger, redactUrl, redisClientOptions, startMetricsServer, type MetricsServer } from '@ckpt/common';
+import { CkptError, commandConfig, commandRedisOptions, createLogger, redactUrl, startMetricsServer, type MetricsServer } from '@ckpt/common';
 import { StandbyStore } from '@ckpt/standby';
 import { createRestorerMetrics } from './metrics.ts';
 import { restoreImage, type RestoredImage } from './restore-image.ts';
@@ -33,14 +33,8 @@ async function main(): Promise<number> {
     return problems;
   }, { prefix: RESTORER_ENV_PREFIX, vars: process.env });
   if (typeof cfg === 'number') return cfg;
-  let redisOpts;
-  try {
-    redisOpts = redisClientOptions(cfg, cfg.redisUrl || process.env.REDIS_URL!);
-  } catch (err) {
-    if (!(err instanceof ConfigError)) throw err;
-    process.stderr.write(`restore: ${err.message}\n`);
-    return 2;
-  }
+  const redisOpts = commandRedisOptions('restore', cfg, cfg.redisUrl || process.env.REDIS_URL!);
+  if (typeof redisOpts === 'number') return redisOpts;
   const log = createLogger({ service: 'restorer', vm: cfg.vm }, { level: 'warn' });
   const redis = new Redis(redisOpts.url, { ...redisOpts.options, maxRetriesPerRequest: 3, lazyConnect: true });
   redis.on('error', () => undefined);

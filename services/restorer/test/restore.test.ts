@@ -10,11 +10,11 @@ import { fileURLToPath } from 'node:url';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import type { Producer } from 'kafkajs';
-import { Redis } from 'ioredis';
 import { CkptError, silentLogger, type SparseImage } from '@ckpt/common';
-import { freePort, RedisServer } from '@ckpt/embedded';
+import { freePort } from '@ckpt/embedded';
+import { redisForTests } from '@ckpt/embedded/test-support';
 import { KafkaPublisher, openSource, runHarvest, ShadowVerifier, type EpochCommit } from '@ckpt/harvester';
 import { Applier, createReplicatorMetrics } from '@ckpt/replicator';
 import { StandbyStore } from '@ckpt/standby';
@@ -22,19 +22,8 @@ import { FakeHarvester, PAGE, SLOT_PAGES } from '../../replicator/test/fake-harv
 import { needKvm } from '@ckpt/kvm-native/test-support';
 import { createRestorerMetrics, FileTarget, KvmTarget, restoreImage, SparseTarget } from '../src/index.ts';
 
-let server: RedisServer;
-let redis: Redis;
 let store: StandbyStore;
-
-before(async () => {
-  server = await RedisServer.start();
-  redis = new Redis(server.port, '127.0.0.1');
-  store = new StandbyStore(redis);
-});
-after(async () => {
-  redis.disconnect();
-  await server.stop();
-});
+const db = redisForTests(({ redis }) => { store = new StandbyStore(redis); });
 
 function applier(): Applier {
   return new Applier(store, { deadLetter: () => Promise.resolve(), requestResync: () => Promise.resolve(), processed: () => undefined },
@@ -85,7 +74,7 @@ test('an applied image comes back byte for byte, with its epoch, vCPU state and 
   assert.equal(img.imageBytes, SLOT_PAGES * PAGE);
   assertSameImage(t.image!, h.model, SLOT_PAGES);
   assert.equal(t.restored, img);
-  assert.equal(await redis.exists(store.keys('vm-a').fence), 0, 'the fence is released');
+  assert.equal(await db.redis.exists(store.keys('vm-a').fence), 0, 'the fence is released');
   const text = await metrics.registry.metrics();
   assert.match(text, /ckpt_restorer_restores_total\{outcome="ok"\} 1/);
   assert.match(text, new RegExp(`ckpt_restorer_bytes_total ${SLOT_PAGES * PAGE}`));
@@ -133,7 +122,7 @@ test('no image: a clear error', async () => {
 
 test('NEGATIVE: an image corrupted behind the replicator\'s back is refused, and no file is left', async () => {
   await buildImage('vm-c', 5);
-  await redis.setrange(store.keys('vm-c').page(5, 0, 700), 17, 'Z');
+  await db.redis.setrange(store.keys('vm-c').page(5, 0, 700), 17, 'Z');
   const dir = mkdtempSync(join(tmpdir(), 'ckpt-restore-'));
   const metrics = createRestorerMetrics();
   try {
@@ -200,7 +189,7 @@ test('a fence held by another restorer: waits, then says so', async () => {
   } finally {
     await store.releaseFence('vm-b', 'someone-else');
   }
-  assert.equal(await redis.exists(store.keys('vm-b').fence), 0);
+  assert.equal(await db.redis.exists(store.keys('vm-b').fence), 0);
 });
 
 /**
@@ -248,7 +237,7 @@ test('real KVM: the failover service (RESTORER_* env, --keep-running) runs the r
   await harvestIntoRedis('vm-fo', { ...guest, source: 'kvm', memMib: 32, vcpus: 1, rate: 20000, fill: false }, 3);
   const port = await freePort();
   const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('../src/main.ts', import.meta.url))], {
-    env: { ...process.env, RESTORER_VM: 'vm-fo', RESTORER_REDIS_URL: server.url, RESTORER_RESUME_MS: '150', RESTORER_KEEP_RUNNING: 'true', RESTORER_METRICS_PORT: String(port) },
+    env: { ...process.env, RESTORER_VM: 'vm-fo', RESTORER_REDIS_URL: db.server.url, RESTORER_RESUME_MS: '150', RESTORER_KEEP_RUNNING: 'true', RESTORER_METRICS_PORT: String(port) },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let log = '';
@@ -307,22 +296,22 @@ test('NEGATIVE: npm run restore exits 1 and says FAILED on a corrupted image; 0 
   try {
     await buildImage('vm-cli', 3);
     const prom = join(dir, 'restore.prom');
-    const run = (): ReturnType<typeof spawnSync> => spawnSync(process.execPath, ['--import', 'tsx', main, '--vm', 'vm-cli', '--redis-url', server.url, '--out', dir, '--json', '--metrics-file', prom], { encoding: 'utf8' });
+    const run = (): ReturnType<typeof spawnSync> => spawnSync(process.execPath, ['--import', 'tsx', main, '--vm', 'vm-cli', '--redis-url', db.server.url, '--out', dir, '--json', '--metrics-file', prom], { encoding: 'utf8' });
     const good = run();
     assert.equal(good.status, 0, String(good.stderr));
     assert.match(readFileSync(prom, 'utf8'), /ckpt_restorer_restores_total\{outcome="ok"\} 1/);
     assert.equal((JSON.parse(String(good.stdout).trim().split('\n').at(-1)!) as { verified: boolean }).verified, true);
     // A metrics file that cannot be written is a warning; the restore's outcome stands.
-    const noMetrics = spawnSync(process.execPath, ['--import', 'tsx', main, '--vm', 'vm-cli', '--redis-url', server.url, '--out', dir, '--metrics-file', join(dir, 'missing', 'm.prom')], { encoding: 'utf8' });
+    const noMetrics = spawnSync(process.execPath, ['--import', 'tsx', main, '--vm', 'vm-cli', '--redis-url', db.server.url, '--out', dir, '--metrics-file', join(dir, 'missing', 'm.prom')], { encoding: 'utf8' });
     assert.equal(noMetrics.status, 0, String(noMetrics.stderr));
     assert.match(String(noMetrics.stderr), /warning: cannot write the metrics file/);
-    await redis.setrange(store.keys('vm-cli').page(3, 0, 1), 5, 'Q');
+    await db.redis.setrange(store.keys('vm-cli').page(3, 0, 1), 5, 'Q');
     const bad = run();
     assert.equal(bad.status, 1, String(bad.stderr));
     assert.match(String(bad.stderr), /FAILED: the standby image of vm-cli does not verify/);
     assert.equal((JSON.parse(String(bad.stdout).trim().split('\n').at(-1)!) as { code: string }).code, 'CKPT_ERR_RESTORE_DIGEST');
     assert.match(readFileSync(prom, 'utf8'), /ckpt_restorer_restores_total\{outcome="refused-digest"\} 1/);
-    const misused = spawnSync(process.execPath, ['--import', 'tsx', main, '--out', dir, '--keep-running'], { encoding: 'utf8', env: { ...process.env, RESTORER_VM: 'vm-cli', RESTORER_REDIS_URL: server.url } });
+    const misused = spawnSync(process.execPath, ['--import', 'tsx', main, '--out', dir, '--keep-running'], { encoding: 'utf8', env: { ...process.env, RESTORER_VM: 'vm-cli', RESTORER_REDIS_URL: db.server.url } });
     assert.equal(misused.status, 2, String(misused.stderr));
     assert.match(String(misused.stderr), /--keep-running needs --resume-ms N/);
     assert.match(String(misused.stderr), /restore --help lists the options/, 'a pointer to the help, not the whole help burying the error');

@@ -7,7 +7,7 @@ import { Redis } from 'ioredis';
 import { Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
 import { percentile, redactUrl, silentLogger, type Logger } from '@ckpt/common';
 import {
-  ControlListener, createHarvesterMetrics, DEFAULT_MAX_REQUEST_BYTES, KafkaPublisher, openSource, runHarvest, ShadowVerifier, stoppedGuest,
+  ControlListener, createHarvesterMetrics, DEFAULT_MAX_REQUEST_BYTES, KafkaPublisher, LogStartOffsets, openSource, runHarvest, ShadowVerifier, stoppedGuest,
   type DirtySource, type EpochCommit, type EpochSink, type HarvestSummary,
 } from '@ckpt/harvester';
 import type { Compression } from '@ckpt/proto';
@@ -33,6 +33,12 @@ export interface PipelineOptions {
   windowBytes?: number;
   /** See PublisherOptions.windowStallMs (default 10 s). */
   windowStallMs?: number;
+  /**
+   * With false, a stalled window is cleared after windowStallMs without asking the broker whether the
+   * records it waits for are still there (PublisherOptions.logStartOffset): the path a broker that
+   * cannot say takes, and the way a test makes the harvester outrun retention. Default true.
+   */
+  windowRetentionCheck?: boolean;
   replicators: number;
   /** How long to wait for the replicators to apply the last epochs. */
   drainTimeoutS: number;
@@ -110,6 +116,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
   const runs: VmRun[] = [];
   let producer: Producer | null = null;
   let listener: ControlListener | null = null;
+  let logStart: LogStartOffsets | null = null;
   let redis: Redis | null = null;
   // Every timer of the run, cleared however the run ends (a pending one would keep the process alive).
   const timers: NodeJS.Timeout[] = [];
@@ -133,6 +140,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     }
     pool = new ReplicatorPool(servers, o.replicators, (line) => log.debug('replicator', { line }));
     listener = new ControlListener(kafka, servers.topics.control, log);
+    logStart = new LogStartOffsets(kafka, servers.topics.pages);
     const store = new StandbyStore(redis, servers.redisPrefix);
     // The embedded broker keeps 5 MiB per partition, shared by the VMs whose keys hash to it: split
     // 4 MiB between them.
@@ -152,7 +160,8 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
       const publisher = new KafkaPublisher({
         producer, topic: servers.topics.pages, vm, maxRecordBytes: o.maxRecordBytes, compression: o.compression, maxInFlightBytes: 8 << 20,
         maxRequestBytes: o.maxRequestBytes ?? (servers.embeddedKafka ? 4 << 20 : DEFAULT_MAX_REQUEST_BYTES),
-        windowBytes, windowStallMs: o.windowStallMs, publishTimeoutMs: 30_000, log, signal: drainDeadline.signal,
+        windowBytes, windowStallMs: o.windowStallMs, logStartOffset: o.windowRetentionCheck === false ? undefined : logStart.of,
+        publishTimeoutMs: 30_000, log, signal: drainDeadline.signal,
       });
       listener.register(vm, (m) => publisher.window.marker(m));
       runs.push({ vm, source: opened.source, shadow: new ShadowVerifier(opened.source), publisher, commits: new Map(), last: null, committed: 0, deltaBytes: 0, deltaStartMs: 0, stopped: false });
@@ -281,6 +290,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     for (const t of timers) clearTimeout(t);
     for (const r of runs) r.source.close();
     await listener?.stop();
+    await logStart?.close();
     await producer?.disconnect().catch(() => undefined);
     await pool?.stop();
     redis?.disconnect();

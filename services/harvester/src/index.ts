@@ -11,6 +11,7 @@ export { SimSource, type SimSourceOptions } from './sources/sim/sim-source.ts';
 export { DEFAULT_MAX_REQUEST_BYTES, KafkaPublisher, type PublisherOptions } from './publish/kafka-publisher.ts';
 export { ShadowVerifier } from './verify/shadow-verifier.ts';
 export { ControlListener } from './publish/control-listener.ts';
+export { LogStartOffsets } from './publish/log-start.ts';
 export { ReplicationWindow } from './publish/replication-window.ts';
 export { HARVEST_CLI_SCHEMA, HARVEST_SCHEMA, type HarvestCliConfig, type HarvestConfig } from './harvest-config.ts';
 export { HARVESTER_ENV_PREFIX, HARVESTER_SERVICE_SCHEMA } from './service-config.ts';

@@ -13,6 +13,7 @@ import { HARVESTER_ENV_PREFIX, HARVESTER_SERVICE_SCHEMA } from './service-config
 import { createHarvesterMetrics } from './metrics.ts';
 import { ControlListener } from './publish/control-listener.ts';
 import { KafkaPublisher } from './publish/kafka-publisher.ts';
+import { LogStartOffsets } from './publish/log-start.ts';
 import { openSource } from './sources/open-source.ts';
 import type { EpochSink } from './epoch/epoch-types.ts';
 
@@ -47,6 +48,7 @@ async function main(): Promise<number> {
   process.once('SIGINT', () => stop('SIGINT'));
   const producer = kafka?.producer({ idempotent: cfg.kafkaIdempotent, maxInFlightRequests: cfg.kafkaIdempotent ? 5 : 1, allowAutoTopicCreation: false }) ?? null;
   const listener = kafka ? new ControlListener(kafka, cfg.controlTopic, log.child({ component: 'control' })) : null;
+  const logStart = kafka ? new LogStartOffsets(kafka, cfg.pagesTopic) : null;
   try {
     const sinks: EpochSink[] = [];
     if (producer && listener) {
@@ -57,7 +59,7 @@ async function main(): Promise<number> {
       }
       const publisher = new KafkaPublisher({
         producer, topic: cfg.pagesTopic, vm: cfg.vmId, maxRecordBytes: cfg.maxRecordBytes, maxRequestBytes: cfg.maxRequestBytes, compression: cfg.compression,
-        maxInFlightBytes: cfg.maxInFlightBytes, windowBytes: cfg.windowBytes, publishTimeoutMs: cfg.publishTimeoutMs, metrics, log: log.child({ component: 'publish' }),
+        maxInFlightBytes: cfg.maxInFlightBytes, windowBytes: cfg.windowBytes, publishTimeoutMs: cfg.publishTimeoutMs, logStartOffset: logStart?.of, metrics, log: log.child({ component: 'publish' }),
       });
       listener.register(cfg.vmId, (m) => publisher.window.marker(m));
       await listener.start();
@@ -74,6 +76,7 @@ async function main(): Promise<number> {
   } finally {
     source.close();
     await listener?.stop();
+    await logStart?.close();
     await producer?.disconnect().catch(() => undefined);
     await server?.close();
   }

@@ -83,6 +83,50 @@ test('a replicator that never reports progress stalls the window only for window
   assert.equal(sent.length, 4, 'begin and three batches');
 });
 
+/** A producer that answers with where the records landed (partition 0, consecutive offsets), as a broker does. */
+function offsetProducer(sent: Buffer[]): Producer {
+  return {
+    send: (r: { messages: { value: Buffer }[] }) => {
+      const baseOffset = sent.length;
+      for (const m of r.messages) sent.push(m.value);
+      return Promise.resolve([{ topicName: 't', partition: 0, errorCode: 0, baseOffset: String(baseOffset) }]);
+    },
+  } as unknown as Producer;
+}
+
+test('a stalled window waits on while the broker still holds the records, and is cleared once retention dropped them', async () => {
+  for (const logStart of [0n, 1_000_000n]) {
+    const sent: Buffer[] = [];
+    const metrics = createHarvesterMetrics();
+    const asked: number[] = [];
+    const p = new KafkaPublisher({
+      producer: offsetProducer(sent), topic: 't', vm: 'vm', maxRecordBytes: 3 * PAGE + 1024, compression: 'none', maxInFlightBytes: 1 << 20, windowBytes: 4 * PAGE,
+      publishTimeoutMs: 1000, windowStallMs: 200, metrics, log: silentLogger,
+      logStartOffset: (partition) => { asked.push(partition); return Promise.resolve(logStart); },
+    });
+    await p.begin(header);
+    let done = false;
+    const seg = p.segment(header, segment(9)).then(() => { done = true; });
+    await new Promise((r) => setTimeout(r, 700));
+    const stalls = (await metrics.windowStalls.get()).values[0]?.value ?? 0;
+    if (logStart === 0n) {
+      // Offsets 0 (begin) and 1 (batch 0) wait for the replicator and are still on the broker.
+      assert.equal(done, false, 'still waiting for the replicator');
+      assert.equal(stalls, 0);
+      assert.ok(asked.length >= 2 && asked.every((x) => x === 0), `asked about partitions ${JSON.stringify(asked)}`);
+      // The replicator comes back and reports progress: production goes on.
+      const back = setInterval(() => p.window.marker({ generation: 5, epoch: 1, part: PART_COMMIT - 1, imageGeneration: 5, imageEpoch: 0, stale: false, atMs: 0 }), 20);
+      await seg;
+      clearInterval(back);
+    } else {
+      // The broker dropped everything produced: no marker will ever report those records.
+      assert.ok(stalls >= 1, `window cleared ${stalls} times`);
+    }
+    await seg;
+    assert.equal(sent.length, 4, 'begin and three batches');
+  }
+});
+
 test('produce requests stay under maxRequestBytes; a broker refusing one as too large gets smaller ones, in order, nothing lost', async () => {
   for (const [cap, brokerLimit] of [[40 * PAGE, 1 << 30], [1 << 30, 20 * PAGE]] as const) {
     const sent: Buffer[] = [];

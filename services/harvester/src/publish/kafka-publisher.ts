@@ -17,7 +17,7 @@ import {
 } from '@ckpt/proto';
 import type { EpochCommit, EpochHeader, EpochSink, PageSegment } from '../epoch/epoch-types.ts';
 import type { HarvesterMetrics } from '../metrics.ts';
-import { ReplicationWindow } from './replication-window.ts';
+import { ReplicationWindow, type Pending } from './replication-window.ts';
 
 export interface PublisherOptions {
   producer: Producer;
@@ -38,9 +38,17 @@ export interface PublisherOptions {
   /**
    * When the replicator reports no progress for this long while the window is full, the window is
    * cleared and production resumes (records lost to retention are never reported; the replicator
-   * detects the gap when newer records arrive and asks for a baseline). 0 = wait forever.
+   * detects the gap when newer records arrive and asks for a baseline), unless `logStartOffset` shows
+   * the records are still on the broker: then the wait goes on. 0 = wait forever.
    */
   windowStallMs?: number;
+  /**
+   * The oldest offset the broker still holds on a partition of the topic (its log start offset). With
+   * it, a stalled window is cleared only once records it waits for are gone (retention): while they
+   * are still there the replicator will get them when it comes back, so waiting loses nothing and needs
+   * no baseline. Without it (or when it fails), the window is cleared after `windowStallMs`.
+   */
+  logStartOffset?: (partition: number) => Promise<bigint>;
   /** Aborts waits for the replicator (the run is stopping). */
   signal?: AbortSignal;
   metrics?: HarvesterMetrics;
@@ -66,7 +74,7 @@ const TOO_LARGE = Symbol('too large');
 export class KafkaPublisher implements EpochSink {
   readonly window = new ReplicationWindow();
   /** Records waiting for the sender, in order. One sender per VM keeps them in order on the partition. */
-  private queue: { value: Buffer; rec: EpochRecord }[] = [];
+  private queue: { value: Buffer; rec: EpochRecord; pending: Pending }[] = [];
   private queuedBytes = 0;
   private sending: Promise<void> | null = null;
   private progress: (() => void)[] = [];
@@ -142,6 +150,7 @@ export class KafkaPublisher implements EpochSink {
     // The replication window: do not run further ahead of the replicator than the topic can hold.
     if (this.o.windowBytes > 0) {
       let waited = false;
+      let probedAt = 0;
       while (this.window.unappliedBytes > 0 && this.window.unappliedBytes + size > this.o.windowBytes) {
         if (!waited) this.o.log.debug('waiting for the replicator', { unapplied: this.window.unappliedBytes, window: this.o.windowBytes });
         waited = true;
@@ -151,7 +160,13 @@ export class KafkaPublisher implements EpochSink {
         await this.window.changed(250);
         this.throwIfFailed();
         const stall = this.o.windowStallMs ?? 10_000;
-        if (stall > 0 && performance.now() - Math.max(t0, this.window.lastChangeMs) > stall) {
+        if (stall > 0 && performance.now() - Math.max(t0, this.window.lastChangeMs, probedAt) > stall) {
+          if (await this.recordsStillOnBroker()) {
+            // The replicator is away (restarting, rebalancing), not behind lost records: keep waiting.
+            probedAt = performance.now();
+            this.o.log.warn('the replicator reports no progress; the records it has not processed are still on the broker: waiting for it', { vm: this.o.vm, unapplied: this.window.unappliedBytes, stalledMs: stall, lastMarker: this.window.lastMarker });
+            continue;
+          }
           this.o.log.warn('the replicator reports no progress: resuming without the replication window', { vm: this.o.vm, unapplied: this.window.unappliedBytes, stalledMs: stall, lastMarker: this.window.lastMarker });
           this.o.metrics?.windowStalls.inc();
           this.window.clear();
@@ -168,11 +183,29 @@ export class KafkaPublisher implements EpochSink {
     }
     const waitedMs = performance.now() - t1;
     if (waitedMs > 1) this.o.metrics?.backpressureSeconds.inc({ cause: 'in-flight' }, waitedMs / 1000);
-    this.window.produced(rec.generation, rec.epoch, part, size);
-    this.queue.push({ value, rec });
+    const pending = this.window.produced(rec.generation, rec.epoch, part, size);
+    this.queue.push({ value, rec, pending });
     this.queuedBytes += size;
     this.o.metrics?.inFlightBytes.set(this.queuedBytes);
     this.sending ??= this.sendLoop();
+  }
+
+  /**
+   * Are the oldest records the window waits for still on the broker? False when they are gone
+   * (retention) or when that cannot be told (no `logStartOffset`, or it failed): then only clearing the
+   * window avoids waiting for a marker that never comes. A record not yet acknowledged is still ours.
+   */
+  private async recordsStillOnBroker(): Promise<boolean> {
+    const head = this.window.oldest();
+    if (!this.o.logStartOffset || !head) return false;
+    if (!head.acked) return true;
+    if (head.offset === undefined || head.partition === undefined) return false;
+    try {
+      return (await this.o.logStartOffset(head.partition)) <= head.offset;
+    } catch (err) {
+      this.o.log.warn('cannot read the topic\'s log start offset', { vm: this.o.vm, err });
+      return false;
+    }
   }
 
   /** Sends queued records in order, several per request; stops at the first record that cannot be sent. */
@@ -183,7 +216,15 @@ export class KafkaPublisher implements EpochSink {
       while (n < this.queue.length && (n === 0 || bytes + this.queue[n]!.value.byteLength <= this.requestLimit)) bytes += this.queue[n++]!.value.byteLength;
       const batch = this.queue.slice(0, n);
       try {
-        if ((await this.sendWithRetry(batch, bytes)) === TOO_LARGE) continue; // smaller requests from now on
+        const sent = await this.sendWithRetry(batch, bytes);
+        if (sent === TOO_LARGE) continue; // smaller requests from now on
+        batch.forEach((b, i) => {
+          b.pending.acked = true;
+          if (sent) {
+            b.pending.partition = sent.partition;
+            b.pending.offset = sent.baseOffset + BigInt(i);
+          }
+        });
         this.bytesOnWire += bytes;
         this.o.metrics?.bytesPublished.inc(bytes);
       } catch (err) {
@@ -207,15 +248,17 @@ export class KafkaPublisher implements EpochSink {
    * and returns TOO_LARGE (nothing was stored: the caller sends them again in smaller requests); a
    * single record refused so is a configuration error no new generation can mend.
    */
-  private async sendWithRetry(batch: { value: Buffer; rec: EpochRecord }[], bytes: number): Promise<void | typeof TOO_LARGE> {
+  private async sendWithRetry(batch: { value: Buffer; rec: EpochRecord }[], bytes: number): Promise<{ partition: number; baseOffset: bigint } | null | typeof TOO_LARGE> {
     const deadline = Date.now() + this.o.publishTimeoutMs;
     const first = batch[0]!.rec;
     for (let attempt = 0; ; attempt++) {
       const t = performance.now();
       try {
-        await this.o.producer.send({ topic: this.o.topic, acks: -1, messages: batch.map((b) => ({ key: this.o.vm, value: b.value })) });
+        const meta = await this.o.producer.send({ topic: this.o.topic, acks: -1, messages: batch.map((b) => ({ key: this.o.vm, value: b.value })) });
         this.o.metrics?.produceSeconds.observe((performance.now() - t) / 1000);
-        return;
+        // Where the records landed (one partition: they share the VM's key).
+        const m = Array.isArray(meta) ? meta[0] : undefined;
+        return m?.baseOffset !== undefined && /^\d+$/.test(m.baseOffset) ? { partition: m.partition, baseOffset: BigInt(m.baseOffset) } : null;
       } catch (err) {
         this.o.metrics?.produceErrors.inc();
         if (isTooLarge(err)) {

@@ -4,7 +4,8 @@
  */
 import type { AppliedMarker } from '@ckpt/proto';
 
-interface Pending { generation: number; epoch: number; part: number; bytes: number }
+/** A record produced and not yet reported processed; where it landed once the broker acknowledged it. */
+export interface Pending { generation: number; epoch: number; part: number; bytes: number; acked?: boolean; partition?: number; offset?: bigint }
 
 const before = (a: Pending, m: AppliedMarker): boolean =>
   a.generation < m.generation || (a.generation === m.generation && (a.epoch < m.epoch || (a.epoch === m.epoch && a.part <= m.part)));
@@ -23,9 +24,16 @@ export class ReplicationWindow {
     return this.bytes;
   }
 
-  produced(generation: number, epoch: number, part: number, bytes: number): void {
-    this.pending.push({ generation, epoch, part, bytes });
+  produced(generation: number, epoch: number, part: number, bytes: number): Pending {
+    const p: Pending = { generation, epoch, part, bytes };
+    this.pending.push(p);
     this.bytes += bytes;
+    return p;
+  }
+
+  /** The oldest record not yet reported processed. */
+  oldest(): Pending | null {
+    return this.pending[this.head] ?? null;
   }
 
   marker(m: AppliedMarker): void {

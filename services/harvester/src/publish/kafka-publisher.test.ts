@@ -94,36 +94,43 @@ function offsetProducer(sent: Buffer[]): Producer {
   } as unknown as Producer;
 }
 
-test('a stalled window waits on while the broker still holds the records, and is cleared once retention dropped them', async () => {
-  for (const logStart of [0n, 1_000_000n]) {
+test('a stalled window waits on while the broker still holds the records, is cleared once retention dropped them, and waits at most windowMaxWaitMs', async () => {
+  // logStart: what the broker reports; `sent` holds every record produced, at offsets 0, 1, ...
+  const cases: { name: string; logStart: (sent: number) => bigint; maxWaitMs?: number }[] = [
+    { name: 'the oldest waited-for record is exactly the log start: still there', logStart: () => 0n },
+    { name: 'the log start is one past every record produced: all gone', logStart: (n) => BigInt(n) },
+    { name: 'still there, but waited on longer than windowMaxWaitMs', logStart: () => 0n, maxWaitMs: 450 },
+  ];
+  for (const c of cases) {
     const sent: Buffer[] = [];
     const metrics = createHarvesterMetrics();
     const asked: number[] = [];
     const p = new KafkaPublisher({
       producer: offsetProducer(sent), topic: 't', vm: 'vm', maxRecordBytes: 3 * PAGE + 1024, compression: 'none', maxInFlightBytes: 1 << 20, windowBytes: 4 * PAGE,
-      publishTimeoutMs: 1000, windowStallMs: 200, metrics, log: silentLogger,
-      logStartOffset: (partition) => { asked.push(partition); return Promise.resolve(logStart); },
+      publishTimeoutMs: 1000, windowStallMs: 150, windowMaxWaitMs: c.maxWaitMs, metrics, log: silentLogger,
+      logStartOffset: (partition) => { asked.push(partition); return Promise.resolve(c.logStart(sent.length)); },
     });
     await p.begin(header);
     let done = false;
     const seg = p.segment(header, segment(9)).then(() => { done = true; });
-    await new Promise((r) => setTimeout(r, 700));
-    const stalls = (await metrics.windowStalls.get()).values[0]?.value ?? 0;
-    if (logStart === 0n) {
+    if (c.maxWaitMs === undefined && c.logStart(1) === 0n) {
       // Offsets 0 (begin) and 1 (batch 0) wait for the replicator and are still on the broker.
-      assert.equal(done, false, 'still waiting for the replicator');
-      assert.equal(stalls, 0);
-      assert.ok(asked.length >= 2 && asked.every((x) => x === 0), `asked about partitions ${JSON.stringify(asked)}`);
+      for (const deadline = Date.now() + 2000; asked.length < 2 && Date.now() < deadline;) await new Promise((r) => setTimeout(r, 20));
+      assert.ok(asked.length >= 2 && asked.every((x) => x === 0), `${c.name}: asked about partitions ${JSON.stringify(asked)}`);
+      assert.equal(done, false, `${c.name}: still waiting for the replicator`);
+      assert.equal((await metrics.windowStalls.get()).values[0]?.value ?? 0, 0, c.name);
       // The replicator comes back and reports progress: production goes on.
       const back = setInterval(() => p.window.marker({ generation: 5, epoch: 1, part: PART_COMMIT - 1, imageGeneration: 5, imageEpoch: 0, stale: false, atMs: 0 }), 20);
       await seg;
       clearInterval(back);
     } else {
-      // The broker dropped everything produced: no marker will ever report those records.
-      assert.ok(stalls >= 1, `window cleared ${stalls} times`);
+      const t0 = performance.now();
+      await seg;
+      const stalls = (await metrics.windowStalls.get()).values[0]?.value ?? 0;
+      assert.ok(stalls >= 1, `${c.name}: window cleared ${stalls} times`);
+      if (c.maxWaitMs) assert.ok(performance.now() - t0 >= c.maxWaitMs - 50, `${c.name}: gave up after ${(performance.now() - t0).toFixed(0)} ms`);
     }
-    await seg;
-    assert.equal(sent.length, 4, 'begin and three batches');
+    assert.equal(sent.length, 4, `${c.name}: begin and three batches`);
   }
 });
 

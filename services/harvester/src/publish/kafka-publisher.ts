@@ -49,6 +49,12 @@ export interface PublisherOptions {
    * no baseline. Without it (or when it fails), the window is cleared after `windowStallMs`.
    */
   logStartOffset?: (partition: number) => Promise<bigint>;
+  /**
+   * Longest a stalled window is waited on while the broker still holds its records (default 6 ×
+   * windowStallMs): the harvest is held up meanwhile (vCPUs whose dirty ring fills stall until the next
+   * harvest), so past this the window is cleared anyway.
+   */
+  windowMaxWaitMs?: number;
   /** Aborts waits for the replicator (the run is stopping). */
   signal?: AbortSignal;
   metrics?: HarvesterMetrics;
@@ -134,6 +140,8 @@ export class KafkaPublisher implements EpochSink {
       this.failure = null;
       this.queue = [];
       this.queuedBytes = 0;
+      // Records that were never sent will never be reported processed (a new generation follows).
+      this.window.clear();
       throw f;
     }
   }
@@ -161,7 +169,8 @@ export class KafkaPublisher implements EpochSink {
         this.throwIfFailed();
         const stall = this.o.windowStallMs ?? 10_000;
         if (stall > 0 && performance.now() - Math.max(t0, this.window.lastChangeMs, probedAt) > stall) {
-          if (await this.recordsStillOnBroker()) {
+          const maxWait = this.o.windowMaxWaitMs ?? 6 * stall;
+          if (performance.now() - Math.max(t0, this.window.lastChangeMs) < maxWait && await this.recordsStillOnBroker()) {
             // The replicator is away (restarting, rebalancing), not behind lost records: keep waiting.
             probedAt = performance.now();
             this.o.log.warn('the replicator reports no progress; the records it has not processed are still on the broker: waiting for it', { vm: this.o.vm, unapplied: this.window.unappliedBytes, stalledMs: stall, lastMarker: this.window.lastMarker });

@@ -4,13 +4,14 @@
  * last committed epoch (a shadow image built only from committed epochs).
  */
 import { Redis } from 'ioredis';
-import { Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
+import { Kafka, logLevel, type Producer } from 'kafkajs';
 import { percentile, redactUrl, silentLogger, type Logger } from '@ckpt/common';
 import {
   ControlListener, createHarvesterMetrics, DEFAULT_MAX_REQUEST_BYTES, KafkaPublisher, LogStartOffsets, openSource, runHarvest, ShadowVerifier, stoppedGuest,
   type DirtySource, type EpochCommit, type EpochSink, type HarvestSummary,
 } from '@ckpt/harvester';
 import type { Compression } from '@ckpt/proto';
+import { partitionOfVm } from '@ckpt/replicator';
 import { StandbyStore } from '@ckpt/standby';
 import { ReplicatorPool, startServers, type Servers } from './servers.ts';
 import { verifyStandby, type StandbyCheck } from './verify-standby.ts';
@@ -355,11 +356,9 @@ async function runChaos(c: Chaos | undefined, durationMs: number, servers: Serve
 
 /** Most VMs (vm-0, vm-1, ...) whose keys the default partitioner puts on one partition. */
 function maxVmsPerPartition(vms: number, partitions: number, topic: string): number {
-  const partitioner = Partitioners.DefaultPartitioner();
-  const partitionMetadata = Array.from({ length: partitions }, (_, i) => ({ partitionId: i, leader: 1, partitionErrorCode: 0, replicas: [1], isr: [1] }));
   const counts = new Map<number, number>();
   for (let v = 0; v < vms; v++) {
-    const p = partitioner({ topic, partitionMetadata, message: { key: `vm-${v}`, value: null } });
+    const p = partitionOfVm(`vm-${v}`, partitions, topic);
     counts.set(p, (counts.get(p) ?? 0) + 1);
   }
   return Math.max(1, ...counts.values());

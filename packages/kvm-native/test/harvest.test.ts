@@ -40,6 +40,23 @@ test('the guest runs: idle loops without writing, a paced guest writes at about 
   });
 });
 
+/**
+ * Starts the guest and runs `rounds` rounds: each lets every vCPU write K more pages (the first round's
+ * K are granted at creation, maxWritesPerVcpu), waits for them, pauses, and calls `fn` with the guest paused.
+ */
+async function pausedRounds(vm: KvmVm, K: number, rounds: number, fn: (round: number) => void): Promise<void> {
+  vm.start();
+  for (let round = 0; round < rounds; round++) {
+    if (round > 0) {
+      vm.grantWrites(K);
+      vm.resume();
+    }
+    await waitWritten(vm, K * (round + 1));
+    vm.pause();
+    fn(round);
+  }
+}
+
 test('ring mode: drain returns exactly the pages the guest wrote, round after round', async (t) => {
   if (!needKvm(t)) return;
   const K = 300;
@@ -47,14 +64,7 @@ test('ring mode: drain returns exactly the pages the guest wrote, round after ro
   await withVm({
     slotBytes: [MEM], vcpus, ringEntries: 16384, workload: 'sequential', ratePagesPerSec: 0, maxWritesPerVcpu: K, tickUs: 2000,
   }, async (vm) => {
-    vm.start();
-    for (let round = 0; round < 3; round++) {
-      if (round > 0) {
-        vm.grantWrites(K);
-        vm.resume();
-      }
-      await waitWritten(vm, K * (round + 1));
-      vm.pause();
+    await pausedRounds(vm, K, 3, (round) => {
       const h = drainAll(vm, 1000); // a small array: several drain() calls per harvest
       const { region, reserved } = splitRegion(h);
       const expected = new Set<number>();
@@ -70,7 +80,7 @@ test('ring mode: drain returns exactly the pages the guest wrote, round after ro
       assert.equal(s.invalidEntries, 0);
       assert.equal(s.ringEntriesLost, 0);
       assert.equal(s.entriesHarvested, s.entriesMarkedReset);
-    }
+    });
     // Nothing written since the last reset while paused: an empty harvest.
     assert.equal(vm.drain(new Uint32Array(16), new Uint32Array(16)), 0);
     assert.equal(vm.reset(), 0);
@@ -84,14 +94,7 @@ test('ring mode: drain(at, thenReset) fills from at, and resets in the same call
   await withVm({
     slotBytes: [MEM], vcpus: 1, ringEntries: 16384, workload: 'sequential', ratePagesPerSec: 0, maxWritesPerVcpu: K, tickUs: 2000,
   }, async (vm) => {
-    vm.start();
-    for (let round = 0; round < 2; round++) {
-      if (round > 0) {
-        vm.grantWrites(K);
-        vm.resume();
-      }
-      await waitWritten(vm, K * (round + 1));
-      vm.pause();
+    await pausedRounds(vm, K, 2, (round) => {
       const before = vm.stats();
       const s = new Uint32Array(200).fill(0xffffffff);
       const o = new Uint32Array(200).fill(0xffffffff);
@@ -110,7 +113,7 @@ test('ring mode: drain(at, thenReset) fills from at, and resets in the same call
       assert.equal(after.resetReturnedTotal - before.resetReturnedTotal, offsets.length);
       const region = new Set(offsets.filter((x) => x >= REGION_FIRST_PAGE).map((x) => x - REGION_FIRST_PAGE));
       assert.ok(sortedEqual(region, expectedPages('sequential', REGION_PAGES, 1, 0, 1, K, K * round)), `round ${round}: region pages differ`);
-    }
+    });
     // Re-armed: nothing more without new writes.
     assert.equal(vm.drain(new Uint32Array(16), new Uint32Array(16), 0, true), 0);
     assert.equal(vm.lastError(), null);

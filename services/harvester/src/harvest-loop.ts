@@ -18,7 +18,10 @@ export interface HarvestRunOptions {
   /** Called before each epoch is cut (tests and the CLI inject hostile entries here). */
   beforeEpoch?: (epoch: number) => void;
   onEpoch?: (commit: EpochCommit, check: EpochCheck | undefined) => void;
-  /** How often to look for vCPUs stalled on a full ring between epochs. */
+  /**
+   * How often to look for vCPUs stalled on a full ring, between epochs and while an epoch waits on its
+   * sinks (a slow broker, the replication window).
+   */
   reliefCheckMs?: number;
   /**
    * Polled before each epoch: a non-null reason (a replicator asked for a resync) starts a new
@@ -99,18 +102,28 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
   const total = options.epochs > 0 ? options.epochs + 1 : Infinity;
   const reliefMs = options.reliefCheckMs ?? 1;
 
+  let reliefError: Error | null = null;
   const relieveIfStalled = (): void => {
-    if (cycle.relieveIfStalled()) {
-      reliefs++;
-      m?.ringReliefs.inc();
+    if (reliefError !== null) return;
+    try {
+      if (cycle.relieveIfStalled()) {
+        reliefs++;
+        m?.ringReliefs.inc();
+      }
+    } catch (err) {
+      reliefError = err instanceof Error ? err : new CkptError('CKPT_ERR_HARVEST_VCPU_FAILED', 'cannot free full dirty rings');
     }
   };
   const checkVcpus = (): void => {
+    if (reliefError !== null) throw reliefError;
     const err = source.lastError();
     if (err) throw new CkptError('CKPT_ERR_HARVEST_VCPU_FAILED', `cannot keep checkpointing: a vCPU stopped: ${err}`);
   };
 
   source.start();
+  // Full rings are freed on a timer, so also while an epoch waits on its sinks: a broker or replicator
+  // that is away must stretch the interval between epochs, not stall the guest on its rings.
+  const relief = setInterval(relieveIfStalled, reliefMs);
   // Each epoch starts intervalMs after the previous one started, and never sooner than a quarter of the
   // interval after it ended: a slow epoch stretches the interval (the guest always gets run time)
   // rather than causing back-to-back pauses or a burst of catch-up epochs.
@@ -127,8 +140,7 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
   try {
     while (cut < total && !options.signal?.aborted) {
       while (performance.now() < deadline && !options.signal?.aborted) {
-        relieveIfStalled();
-        await sleep(Math.min(reliefMs, Math.max(0, deadline - performance.now())));
+        await sleep(Math.min(10, Math.max(0, deadline - performance.now())));
       }
       if (options.signal?.aborted) break;
       checkVcpus();
@@ -191,6 +203,7 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
       options.onEpoch?.(commit, check);
     }
   } finally {
+    clearInterval(relief);
     source.pause();
   }
   const st = source.stats();

@@ -48,7 +48,7 @@ export function createHarvesterMetrics(options: { defaultMetrics?: boolean; vm?:
     ringEntriesHarvested: new Counter({ name: 'ckpt_harvester_ring_entries_harvested_total', help: 'Valid dirty-ring entries (or bitmap bits) harvested', registers }),
     invalidEntries: new Counter({ name: 'ckpt_harvester_invalid_entries_total', help: 'Dirty-ring entries dropped because their slot, offset or flags were invalid', registers }),
     ringFullExits: new Counter({ name: 'ckpt_harvester_ring_full_exits_total', help: 'vCPU exits because a dirty ring reached its soft limit (KVM_EXIT_DIRTY_RING_FULL)', registers }),
-    ringReliefs: new Counter({ name: 'ckpt_harvester_ring_reliefs_total', help: 'Live drains between epochs to free full rings', registers }),
+    ringReliefs: new Counter({ name: 'ckpt_harvester_ring_reliefs_total', help: 'Live drains that freed full rings, between epochs and while an epoch waited on its sinks', registers }),
     ringEntriesLost: new Counter({ name: 'ckpt_harvester_ring_entries_lost_total', help: 'Dirty-ring entries the kernel overwrote before they were harvested (ring overrun)', registers }),
     resyncs: new Counter({ name: 'ckpt_harvester_resyncs_total', help: 'New generations (with a baseline) started because continuity was lost', registers }),
     zeroPages: new Counter({ name: 'ckpt_harvester_zero_pages_total', help: 'Harvested pages that were all zero and shipped as marks', registers }),

@@ -20,12 +20,18 @@ export interface CycleOptions {
    * `delayMs` in between, so guest writes racing with the copy are lost. The verifier must catch it.
    */
   unsafeCopyBeforeReset?: { delayMs: number };
+  /**
+   * Pending GFNs are de-duplicated once there are this many (then again at twice the distinct count),
+   * so reliefs during a long wait keep memory bounded by the guest's size.
+   */
+  pendingCompactEntries: number;
 }
 
 export const DEFAULT_CYCLE_OPTIONS: Readonly<CycleOptions> = Object.freeze({
   generation: 1,
   precopyRounds: 0,
   baselineChunkPages: 2048,
+  pendingCompactEntries: 1 << 20,
 });
 
 const now = (): number => performance.now();
@@ -54,6 +60,14 @@ export class CheckpointCycle {
   private readonly ranges = new RangeList(1024);
   private readonly pageWords: number;
   private harvestedThisEpoch = 0;
+  /** Entries reliefs harvested after this epoch's pause, while its pages were still being handed on: the next epoch's. */
+  private harvestedNextEpoch = 0;
+  /** Between this epoch's pause and the end of cut(): GFNs drained now belong to the next epoch. */
+  private pastPause = false;
+  /** Set around the deliberately wrong live round, which a relief in the middle would make right. */
+  private reliefBlocked = false;
+  private compactAt: number;
+  private readonly compactRanges = new RangeList(1024);
   /**
    * Where the paused copy lands: reused across epochs so the pause does not pay for faulting in and
    * zeroing a fresh buffer; finalize() moves the pages out after the guest resumed.
@@ -67,24 +81,46 @@ export class CheckpointCycle {
     this.generation = this.opts.generation;
     this.pageWords = source.pageSize >>> 2;
     this.lostAtStart = source.stats().ringEntriesLost;
+    this.compactAt = this.opts.pendingCompactEntries;
   }
 
   /**
-   * Live harvest without copying, for relieving full rings between epochs: the GFNs wait in a buffer
-   * and are copied at the next pause. Safe while the guest runs: a page written after the reset is
-   * logged again. Returns entries harvested.
+   * Live harvest without copying, for relieving full rings between epochs and while cut() waits on its
+   * sinks: the GFNs wait in a buffer and are copied at the next pause. Safe while the guest runs: a
+   * page written after the reset is logged again. Drained after this epoch's pause, they are the next
+   * epoch's. A long wait (a broker or replicator away) keeps the buffer bounded: repeats of a page are
+   * folded once it grows. Returns entries harvested.
    */
   relieve(): number {
+    if (this.reliefBlocked) return 0;
     const n = this.pending.drainFrom(this.source, true);
-    this.harvestedThisEpoch += n;
+    if (this.pastPause) this.harvestedNextEpoch += n;
+    else this.harvestedThisEpoch += n;
+    if (this.pending.length >= this.compactAt) this.compactPending();
     return n;
   }
 
   /** relieve() when some vCPU waits on a full ring; returns whether it did. */
   relieveIfStalled(): boolean {
-    if (this.source.stats().vcpusStalledRingFull === 0) return false;
+    if (this.reliefBlocked || this.source.stats().vcpusStalledRingFull === 0) return false;
     this.relieve();
     return true;
+  }
+
+  /** Pending GFNs that are waiting for the next pause (de-duplicated only once there are many). */
+  get pendingEntries(): number {
+    return this.pending.length;
+  }
+
+  /** Replaces the pending GFNs by the distinct pages among them. */
+  private compactPending(): void {
+    const r = this.compactRanges;
+    r.clear();
+    this.coalescer.coalesce(this.pending.slots, this.pending.offsets, this.pending.length, r);
+    this.pending.clear();
+    this.pending.appendRanges(r);
+    r.clear();
+    this.compactAt = Math.max(this.opts.pendingCompactEntries, 2 * this.pending.length);
   }
 
   /** Cuts the next epoch and hands it to `sink`. */
@@ -143,6 +179,7 @@ export class CheckpointCycle {
     this.source.guestCounters(counters);
     const t4 = now();
     this.harvestedThisEpoch += entries;
+    this.pastPause = true;
     const lost = this.source.stats().ringEntriesLost - this.lostAtStart;
     if (lost > 0) {
       // The kernel overwrote entries we never saw: this epoch may miss pages. It is not committed;
@@ -189,7 +226,9 @@ export class CheckpointCycle {
       this.source.resume();
       commit = await finish();
     }
-    this.harvestedThisEpoch = 0;
+    this.harvestedThisEpoch = this.harvestedNextEpoch;
+    this.harvestedNextEpoch = 0;
+    this.pastPause = false;
     this.epoch++;
     return commit;
   }
@@ -203,7 +242,12 @@ export class CheckpointCycle {
 
   private async copyThenResetUnsafe(delayMs: number): Promise<PageSegment> {
     const copied = this.copyPending();
-    await sleep(delayMs);
+    this.reliefBlocked = true;
+    try {
+      await sleep(delayMs);
+    } finally {
+      this.reliefBlocked = false;
+    }
     this.source.reset();
     return this.finalize(copied.ranges, copied.data, 'precopy');
   }
@@ -216,6 +260,7 @@ export class CheckpointCycle {
     this.ranges.clear();
     this.coalescer.coalesce(this.pending.slots, this.pending.offsets, this.pending.length, this.ranges);
     this.pending.clear();
+    this.compactAt = this.opts.pendingCompactEntries;
     const need = this.ranges.pageCount() * this.source.pageSize;
     let data: Uint8Array;
     if (staged && need <= STAGING_KEEP_BYTES) {

@@ -41,4 +41,17 @@ export class GfnBuffer {
       if (n < cap) return this.length - start;
     }
   }
+
+  /** Appends every page of the first `ranges.length` ranges. */
+  appendRanges(ranges: { slots: Uint32Array; firsts: Uint32Array; counts: Uint32Array; length: number }): void {
+    for (let i = 0; i < ranges.length; i++) {
+      const slot = ranges.slots[i]!;
+      const first = ranges.firsts[i]!;
+      const count = ranges.counts[i]!;
+      while (this.slots.length - this.length < count) this.grow();
+      this.slots.fill(slot, this.length, this.length + count);
+      for (let p = 0; p < count; p++) this.offsets[this.length + p] = first + p;
+      this.length += count;
+    }
+  }
 }

@@ -51,8 +51,8 @@ export interface PublisherOptions {
   logStartOffset?: (partition: number) => Promise<bigint>;
   /**
    * Longest a stalled window is waited on while the broker still holds its records (default 6 ×
-   * windowStallMs): the harvest is held up meanwhile (vCPUs whose dirty ring fills stall until the next
-   * harvest), so past this the window is cleared anyway.
+   * windowStallMs): no epoch is cut meanwhile (the standby ages; the guest runs on, the harvest loop
+   * still frees its full dirty rings), so past this the window is cleared anyway.
    */
   windowMaxWaitMs?: number;
   /** Aborts waits for the replicator (the run is stopping). */

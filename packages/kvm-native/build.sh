@@ -3,6 +3,7 @@
 #   guest/out/guest.bin, guest-blob.h   the test guest (freestanding long-mode C)
 #   build/Release/kvm_native.node       the Node-API addon
 #   build/Release/kvm-harvest-baseline  the plain C harvest benchmark
+#   build/Release/deny-kvm-cap          runs a program as on a kernel without some KVM capabilities
 # Needs gcc, binutils (ld, objcopy) and the Node headers at <node prefix>/include/node
 # (Debian: the nodejs package ships them in /usr/include/node). NODE_INCLUDE_DIR overrides.
 set -euo pipefail
@@ -61,4 +62,7 @@ mv "$out_rel/kvm_native.node.tmp" "$out_rel/kvm_native.node"
 
 "$CC" "${HOST_CFLAGS[@]}" -o "$out_rel/kvm-harvest-baseline" tools/harvest-baseline.c "${CORE[@]}" -lm
 
-echo "kvm-native build: $out_rel/kvm_native.node, $out_rel/kvm-harvest-baseline (guest $(wc -c < "$out_guest/guest.bin") bytes)"
+# ---- runs a program as on a kernel without given KVM capabilities (tests of the "no dirty ring" path).
+"$CC" -std=gnu11 -O2 -Wall -Wextra -Werror -o "$out_rel/deny-kvm-cap" tools/deny-kvm-cap.c
+
+echo "kvm-native build: $out_rel/kvm_native.node, $out_rel/kvm-harvest-baseline, $out_rel/deny-kvm-cap (guest $(wc -c < "$out_guest/guest.bin") bytes)"

@@ -3,7 +3,10 @@
  * fail loudly where the addon was not built), VM cleanup, polling, and an independent model of
  * the guest's page sequence (docs/guest-program.md) to predict what the real guest writes.
  */
+import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import type { TestContext } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { KVM_ERROR_CODES, KvmVm, kvmAvailability, type KvmVmOptions } from '../ts/index.ts';
 import { WorkloadCursor, writeStamp } from '@ckpt/common';
@@ -120,4 +123,18 @@ export function sortedEqual(a: Iterable<number>, b: Iterable<number>): boolean {
   const x = [...a].sort((p, q) => p - q);
   const y = [...b].sort((p, q) => p - q);
   return x.length === y.length && x.every((v, i) => v === y[i]);
+}
+
+/** KVM capability numbers (linux/kvm.h) that the tests hide. */
+export const KVM_CAP = Object.freeze({ DIRTY_LOG_RING: 192, DIRTY_LOG_RING_ACQ_REL: 223 });
+
+const DENY_KVM_CAP = fileURLToPath(new URL('../build/Release/deny-kvm-cap', import.meta.url));
+
+/**
+ * Runs `node --import tsx ARGS` as on a kernel without `caps`: under `deny-kvm-cap`, a seccomp filter
+ * makes KVM_CHECK_EXTENSION answer 0 for them; everything else is the real /dev/kvm.
+ */
+export function nodeWithoutKvmCaps(caps: number[], args: string[]): SpawnSyncReturns<string> {
+  if (!existsSync(DENY_KVM_CAP)) throw new Error(`${DENY_KVM_CAP} is missing: run npm run build:native`);
+  return spawnSync(DENY_KVM_CAP, [caps.join(','), '--', process.execPath, '--import', 'tsx', ...args], { encoding: 'utf8', timeout: 60_000 });
 }

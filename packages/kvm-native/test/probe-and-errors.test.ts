@@ -10,7 +10,7 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { KvmError } from '@ckpt/common';
 import { KVM_ERROR_CODES, KvmVm, kvmAvailability, loadNative, probeKvm, toKvmError, type KvmVmOptions } from '../ts/index.ts';
-import { MiB, needKvm, withVm } from './kvm-test-support.ts';
+import { KVM_CAP, MiB, needKvm, nodeWithoutKvmCaps, withVm } from './kvm-test-support.ts';
 
 const small: KvmVmOptions = { slotBytes: [64 * MiB], ratePagesPerSec: 100 };
 
@@ -101,6 +101,45 @@ test('a user who may not open the KVM device gets CKPT_ERR_KVM_PERMISSION from e
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+const ON_OLDER_KERNEL = fileURLToPath(new URL('./on-older-kernel.ts', import.meta.url));
+type OlderKernel = {
+  probe: { dirtyRingMaxBytes: number; dirtyRingAcqRelMaxBytes: number };
+  availability: { usable: boolean };
+  ring: { code: string; message?: string; acqRel?: boolean; pagesWritten?: number; entries?: number };
+  bitmap: { code: string; message?: string; entries?: number };
+};
+
+function onOlderKernel(caps: number[]): OlderKernel {
+  const r = nodeWithoutKvmCaps(caps, [ON_OLDER_KERNEL]);
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout) as OlderKernel;
+}
+
+test('a kernel without the dirty ring (real /dev/kvm, the capability hidden by seccomp): a ring is refused with a clear error, bitmap mode works', (t) => {
+  if (!needKvm(t)) return;
+  const out = onOlderKernel([KVM_CAP.DIRTY_LOG_RING, KVM_CAP.DIRTY_LOG_RING_ACQ_REL]);
+  assert.deepEqual([out.probe.dirtyRingMaxBytes, out.probe.dirtyRingAcqRelMaxBytes], [0, 0]);
+  assert.equal(out.availability.usable, true, 'KVM itself is usable');
+  assert.equal(out.ring.code, KVM_ERROR_CODES.NO_DIRTY_RING, out.ring.message);
+  assert.match(String(out.ring.message), /^cannot use a dirty ring on \/dev\/kvm: KVM_CAP_DIRTY_LOG_RING is absent; use ringEntries 0 \(bitmap mode\)$/);
+  assert.equal(out.bitmap.code, 'none', out.bitmap.message);
+  assert.ok(out.bitmap.entries! >= 200, JSON.stringify(out.bitmap));
+  // Without the filter the same host has the ring: the denial, not the host, made the difference.
+  assert.ok(probeKvm().dirtyRingMaxBytes > 0);
+});
+
+test('a kernel with the dirty ring but without its ACQ_REL variant: the helper falls back to KVM_CAP_DIRTY_LOG_RING and harvests', async (t) => {
+  if (!needKvm(t)) return;
+  const out = onOlderKernel([KVM_CAP.DIRTY_LOG_RING_ACQ_REL]);
+  assert.equal(out.probe.dirtyRingAcqRelMaxBytes, 0);
+  assert.ok(out.probe.dirtyRingMaxBytes > 0);
+  assert.equal(out.ring.code, 'none', out.ring.message);
+  assert.equal(out.ring.acqRel, false);
+  assert.ok(out.ring.entries! >= 200, JSON.stringify(out.ring));
+  // And where ACQ_REL is there, it is the one enabled.
+  await withVm({ ...small, ringEntries: 4096 }, (vm) => assert.equal(vm.stats().acqRel, probeKvm().dirtyRingAcqRelMaxBytes > 0));
 });
 
 test('a device that is not KVM is a typed syscall error', () => {

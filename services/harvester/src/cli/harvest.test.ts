@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { needKvm } from '@ckpt/kvm-native/test-support';
+import { KVM_CAP, needKvm, nodeWithoutKvmCaps } from '@ckpt/kvm-native/test-support';
 
 const script = fileURLToPath(new URL('./harvest.ts', import.meta.url));
 
@@ -71,4 +71,17 @@ test('harvest on real KVM with --verify --json', (t) => {
   assert.equal(r.json?.source, 'kvm');
   assert.equal(r.json?.mismatches, 0);
   assert.ok((r.json?.pagesHarvested as number) > 32768);
+});
+
+test('a kernel without the dirty ring (hidden by seccomp on the real /dev/kvm): a clear error naming the option that works, and bitmap mode harvests exactly', (t) => {
+  if (!needKvm(t)) return;
+  const caps = [KVM_CAP.DIRTY_LOG_RING, KVM_CAP.DIRTY_LOG_RING_ACQ_REL];
+  const refused = nodeWithoutKvmCaps(caps, [script, '--source', 'kvm', '--mem-mib', '16', '--epochs', '2']);
+  assert.equal(refused.status, 1, refused.stderr);
+  assert.match(refused.stderr, /^harvest: cannot use a dirty ring on \/dev\/kvm: this kernel lacks KVM_CAP_DIRTY_LOG_RING .*--ring-entries 0 .*\[CKPT_ERR_KVM_NO_DIRTY_RING\]$/m);
+  assert.doesNotMatch(refused.stderr, /\n\s+at /, 'no stack trace');
+  const bitmap = nodeWithoutKvmCaps(caps, [script, '--source', 'kvm', '--ring-entries', '0', '--mem-mib', '16', '--rate', '5000', '--epochs', '3', '--interval-ms', '20', '--verify', '--json']);
+  assert.equal(bitmap.status, 0, bitmap.stderr);
+  const json = JSON.parse(bitmap.stdout.trim().split('\n').pop()!) as Record<string, unknown>;
+  assert.deepEqual([json.source, json.mode, json.mismatches], ['kvm', 'bitmap', 0]);
 });

@@ -42,6 +42,10 @@ export function openSource(cfg: GuestConfig, extra: { maxWritesPerVcpu?: number;
     // Options the guest cannot take (a ring size above the kernel's maximum, a hot set larger than the
     // workload region) are configuration errors, not failures.
     if (err instanceof RangeError || (err instanceof KvmError && err.code === 'CKPT_ERR_KVM_RING_SIZE')) throw new ConfigError([err.message], { cause: err });
+    if (err instanceof KvmError && err.code === 'CKPT_ERR_KVM_NO_DIRTY_RING') {
+      // Say it in the terms of the harvester's own options, not the helper's.
+      throw new KvmError(err.code, `cannot use a dirty ring on ${cfg.devPath}: this kernel lacks KVM_CAP_DIRTY_LOG_RING (Linux 5.11 and later have it); harvest in bitmap mode with --ring-entries 0 (the service: HARVESTER_RING_ENTRIES=0)`, { cause: err, context: err.context });
+    }
     throw err;
   }
 }

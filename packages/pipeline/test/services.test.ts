@@ -115,7 +115,7 @@ test('a live replicator parks bad records on the dead-letter topic, with why and
   }
 });
 
-test('a replicator that takes over reports the standby of a VM that publishes nothing any more', async () => {
+test('a replicator that takes over reports the standby of a VM that publishes nothing any more, until that standby is deleted', async () => {
   // A harvester that died with its host sends no more records; its standby is what a failover uses,
   // and its age (the RPO) must stay visible when another replicator takes the partition over.
   const servers = await startServers({ partitions: 2 });
@@ -138,7 +138,7 @@ test('a replicator that takes over reports the standby of a VM that publishes no
     await new Promise((r) => setTimeout(r, 500)); // its offsets are committed
     await stopChild(first);
     const metricsPort = await freePort();
-    second = spawnReplicator(servers, { REPLICATOR_METRICS_PORT: String(metricsPort) }, onLog);
+    second = spawnReplicator(servers, { REPLICATOR_METRICS_PORT: String(metricsPort), REPLICATOR_DELETED_CHECK_MS: '300' }, onLog);
     let text = '';
     for (const deadline = Date.now() + 45_000; Date.now() < deadline && !/standby_age_seconds\{vm="quiet-vm"\}/.test(text);) {
       await new Promise((r) => setTimeout(r, 200));
@@ -150,6 +150,15 @@ test('a replicator that takes over reports the standby of a VM that publishes no
     assert.match(text, /^ckpt_replicator_vm_stale\{vm="quiet-vm"\} 0$/m);
     // From Redis, not from records delivered again: the new owner consumed none.
     assert.doesNotMatch(text, /^ckpt_replicator_records_total\{kind="\w+"\} [1-9]/m);
+
+    // The VM is retired (`npm run standby -- forget`): its series go, or the RPO alert would fire for ever.
+    assert.ok(await store.deleteVm('quiet-vm') > 0);
+    for (const deadline = Date.now() + 15_000; Date.now() < deadline && /vm="quiet-vm"/.test(text);) {
+      await new Promise((r) => setTimeout(r, 200));
+      text = await fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.text(), () => text);
+    }
+    assert.doesNotMatch(text, /vm="quiet-vm"/, `the replicator still reports the deleted VM; log: ${log}`);
+    assert.match(log, /the standby image of this VM was deleted/);
   } finally {
     await producer.disconnect().catch(() => undefined);
     await stopChild(first);

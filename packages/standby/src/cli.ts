@@ -21,8 +21,8 @@ const USAGE = `usage: npm run standby -- list [--json] [--redis-url URL]
 
 list: the VMs with a standby image in Redis, with their committed epoch, state and age.
 forget: deletes one VM's standby image and everything staged for it. Do it once the VM is retired and
-its harvester stopped: a running harvester's next epoch would find no image and ask for a baseline,
-and a replicator keeps reporting the VM's age until it restarts or its partitions move.
+its harvester stopped: a running harvester's next epoch would find no image and ask for a baseline.
+The replicator reporting the VM drops its series within REPLICATOR_DELETED_CHECK_MS (30 s).
 REDIS_URL is read when --redis-url is not given.`;
 
 async function main(argv: string[]): Promise<number> {

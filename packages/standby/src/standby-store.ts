@@ -147,11 +147,21 @@ export class StandbyStore {
    */
   async listVms(): Promise<string[]> {
     const vms = (await this.redis.smembers(this.vmIndexKey)).filter(validVmId).sort();
+    const present = await this.imagesExist(vms);
+    return vms.filter((_, i) => present[i]);
+  }
+
+  /** For each VM, whether it has a standby image (its meta record), in one round trip. */
+  async imagesExist(vms: string[]): Promise<boolean[]> {
     if (!vms.length) return [];
     const p = this.redis.pipeline();
     for (const vm of vms) p.exists(this.keys(vm).meta);
     const res = (await p.exec()) ?? [];
-    return vms.filter((_, i) => res[i]?.[1] === 1);
+    return vms.map((_, i) => {
+      const [err, n] = res[i] ?? [new Error('no reply'), 0];
+      if (err) throw err;
+      return n === 1;
+    });
   }
 
   /**

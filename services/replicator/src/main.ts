@@ -55,7 +55,7 @@ async function main(): Promise<number> {
   const rep = new Replicator({
     kafka, idempotent: cfg.kafkaIdempotent, topics: { pages: cfg.pagesTopic, control: cfg.controlTopic, deadLetter: cfg.deadLetterTopic },
     groupId: cfg.groupId, redis, redisPrefix: cfg.redisPrefix, maxRecordBytes: cfg.maxRecordBytes, markerIntervalMs: cfg.markerIntervalMs,
-    resyncRetryMs: cfg.resyncRetryMs,
+    resyncRetryMs: cfg.resyncRetryMs, deletedCheckMs: cfg.deletedCheckMs,
     // Exit non-zero so the supervisor (Kubernetes, the pipeline) starts a fresh replicator; offsets and
     // Redis hold all the state it needs.
     onFatal: () => { fatal = true; void stop(); },

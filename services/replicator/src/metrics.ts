@@ -30,6 +30,8 @@ export interface ReplicatorMetrics {
   noteStandbyEpoch(vm: string, epoch: number, committedAtMs: number): void;
   /** Drops a VM's per-VM series: its partition moved to another instance, which reports it now. */
   forgetVm(vm: string): void;
+  /** The VMs with a standby age series (an epoch of theirs was applied or read from Redis). */
+  reportedVms(): string[];
 }
 
 export function createReplicatorMetrics(options: { defaultMetrics?: boolean } = {}): ReplicatorMetrics {
@@ -76,6 +78,9 @@ export function createReplicatorMetrics(options: { defaultMetrics?: boolean } = 
     forgetVm(vm: string): void {
       committedAt.delete(vm);
       for (const g of [this.lastAppliedEpoch, this.standbyAgeSeconds, this.lagEpochs, this.lagSeconds, this.vmStale]) g.remove({ vm });
+    },
+    reportedVms(): string[] {
+      return [...committedAt.keys()];
     },
   };
 }

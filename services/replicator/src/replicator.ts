@@ -26,6 +26,8 @@ export interface ReplicatorOptions {
   maxRecordBytes: number;
   markerIntervalMs: number;
   resyncRetryMs: number;
+  /** How often to look for reported VMs whose standby was deleted (`npm run standby -- forget`); default 30 s. */
+  deletedCheckMs?: number;
   partitionsConsumedConcurrently: number;
   /** Staging writes in flight per partition (1: each record waits for the previous one's write). */
   stageWindow: number;
@@ -95,6 +97,8 @@ export class Replicator {
   private readonly producer: Producer;
   private readonly markers = new Map<string, AppliedMarker>();
   private markerTimer: NodeJS.Timeout | null = null;
+  private deletedTimer: NodeJS.Timeout | null = null;
+  private checkingDeleted = false;
   private current: { topic: string; partition: number; offset: string; raw: Buffer } | null = null;
   private running = false;
   /** Where each VM's records come from, and the partitions with a lag series, to drop them when they move. */
@@ -163,6 +167,7 @@ export class Replicator {
     await this.consumer.subscribe({ topic: this.o.topics.pages, fromBeginning: true });
     this.running = true;
     this.markerTimer = setInterval(() => void this.flushMarkers(), this.o.markerIntervalMs);
+    this.deletedTimer = setInterval(() => void this.dropDeletedVms(), this.o.deletedCheckMs ?? 30_000);
     await this.runConsumer();
   }
 
@@ -378,6 +383,32 @@ export class Replicator {
     return raw;
   }
 
+  /**
+   * Stops reporting VMs whose standby was deleted (`npm run standby -- forget` of a retired VM) since
+   * this instance last applied or read it: their standby age would otherwise grow until a restart or a
+   * rebalance and keep the RPO alert firing for a VM that no longer exists. A VM whose harvester still
+   * publishes gets a new image (and its series) from its next baseline.
+   */
+  private async dropDeletedVms(): Promise<void> {
+    if (this.checkingDeleted || !this.running) return;
+    this.checkingDeleted = true;
+    try {
+      const vms = this.o.metrics.reportedVms();
+      const present = await this.store.imagesExist(vms);
+      vms.forEach((vm, i) => {
+        if (present[i] || !this.running) return;
+        this.o.log.info('the standby image of this VM was deleted: no longer reporting it', { vm });
+        this.o.metrics.forgetVm(vm);
+        this.applier.forget(vm);
+        this.vmPartitions.delete(vm);
+      });
+    } catch (err) {
+      this.o.log.warn('cannot check whether reported VMs still have a standby image', { err });
+    } finally {
+      this.checkingDeleted = false;
+    }
+  }
+
   /** Null when serving, else why not. */
   ready(): string | null {
     if (!this.running) return 'not started';
@@ -387,6 +418,7 @@ export class Replicator {
   async stop(): Promise<void> {
     this.running = false;
     if (this.markerTimer) clearInterval(this.markerTimer);
+    if (this.deletedTimer) clearInterval(this.deletedTimer);
     if (this.rejoinTimer) clearTimeout(this.rejoinTimer);
     this.joins++; // ends a watchQuietVms() still listing
     await this.watching;

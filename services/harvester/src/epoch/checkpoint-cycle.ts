@@ -8,6 +8,12 @@ export interface CycleOptions {
   generation: number;
   /** Live copy rounds before the pause (0: plain stop-and-copy). */
   precopyRounds: number;
+  /**
+   * Up to 3 more live rounds run while more GFNs than this wait for the pause (after a wait on the
+   * sinks, during which full rings were freed live): the pause then copies only what the last round
+   * left, not everything dirtied during the wait.
+   */
+  precopyAboveEntries: number;
   /** Pages read per baseline segment. */
   baselineChunkPages: number;
   /**
@@ -30,6 +36,7 @@ export interface CycleOptions {
 export const DEFAULT_CYCLE_OPTIONS: Readonly<CycleOptions> = Object.freeze({
   generation: 1,
   precopyRounds: 0,
+  precopyAboveEntries: 16384,
   baselineChunkPages: 2048,
   pendingCompactEntries: 1 << 20,
 });
@@ -66,6 +73,10 @@ export class CheckpointCycle {
   private pastPause = false;
   /** Set around the deliberately wrong live round, which a relief in the middle would make right. */
   private reliefBlocked = false;
+  /** Between source.pause() and resume() in cut(): nothing to relieve (a parked vCPU may still show its ring full). */
+  private guestPaused = false;
+  /** A live drain that failed: the entries it had taken are gone, so no further epoch may be committed. */
+  private reliefFailure: Error | null = null;
   private compactAt: number;
   private readonly compactRanges = new RangeList(1024);
   /**
@@ -93,7 +104,13 @@ export class CheckpointCycle {
    */
   relieve(): number {
     if (this.reliefBlocked) return 0;
-    const n = this.pending.drainFrom(this.source, true);
+    let n: number;
+    try {
+      n = this.pending.drainFrom(this.source, true);
+    } catch (err) {
+      this.reliefFailure ??= err instanceof Error ? err : new Error(String(err));
+      throw err;
+    }
     if (this.pastPause) this.harvestedNextEpoch += n;
     else this.harvestedThisEpoch += n;
     if (this.pending.length >= this.compactAt) this.compactPending();
@@ -102,7 +119,7 @@ export class CheckpointCycle {
 
   /** relieve() when some vCPU waits on a full ring; returns whether it did. */
   relieveIfStalled(): boolean {
-    if (this.reliefBlocked || this.source.stats().vcpusStalledRingFull === 0) return false;
+    if (this.reliefBlocked || this.guestPaused || this.source.stats().vcpusStalledRingFull === 0) return false;
     this.relieve();
     return true;
   }
@@ -155,12 +172,22 @@ export class CheckpointCycle {
       this.lostAtStart = this.source.stats().ringEntriesLost;
       await this.copyWholeGuest(emit);
     }
-    for (let r = 0; r < this.opts.precopyRounds; r++) {
+    let rounds = 0;
+    for (; rounds < this.opts.precopyRounds; rounds++) {
       this.harvestedThisEpoch += this.pending.drainFrom(this.source);
       const seg = this.opts.unsafeCopyBeforeReset
         ? await this.copyThenResetUnsafe(this.opts.unsafeCopyBeforeReset.delayMs)
         : this.resetThenCopy('precopy');
       await emit(seg);
+    }
+    for (let extra = 0; extra < 3 && this.pending.length > this.opts.precopyAboveEntries; extra++, rounds++) {
+      this.harvestedThisEpoch += this.pending.drainFrom(this.source);
+      await emit(this.resetThenCopy('precopy'));
+    }
+    if (this.reliefFailure) {
+      throw new CkptError('CKPT_ERR_HARVEST_RELIEF_FAILED',
+        `cannot commit epoch ${header.epoch} of generation ${this.generation}: a live drain of the dirty rings failed, and the entries it had taken are lost: ${this.reliefFailure.message}`,
+        { cause: this.reliefFailure, context: { epoch: header.epoch, generation: this.generation } });
     }
 
     // Buffers the pause fills are allocated before it: an allocation inside may start a GC there.
@@ -171,6 +198,7 @@ export class CheckpointCycle {
     // The pause: the guest's only stop. Keep this block synchronous and allocation-free.
     const t0 = now();
     this.source.pause();
+    this.guestPaused = true;
     const entries = this.pending.drainFrom(this.source, true); // drain and reset in one native call
     const t2 = now();
     const copied = this.copyPending(true);
@@ -185,6 +213,7 @@ export class CheckpointCycle {
       // The kernel overwrote entries we never saw: this epoch may miss pages. It is not committed;
       // the caller starts a new generation with a baseline.
       this.source.resume();
+      this.guestPaused = false;
       throw new CkptError('CKPT_ERR_HARVEST_CONTINUITY_LOST',
         `cannot commit epoch ${header.epoch} of generation ${this.generation}: the kernel lost ${lost} dirty-ring entries (ring overrun); a new generation with a baseline follows`,
         { retriable: true, context: { epoch: header.epoch, generation: this.generation, lost } });
@@ -206,7 +235,7 @@ export class CheckpointCycle {
         drainUs: Math.round((t2 - t0) * 1000),
         copyUs: Math.round((t3 - t2) * 1000),
         entriesHarvested: this.harvestedThisEpoch,
-        precopyRounds: this.opts.precopyRounds,
+        precopyRounds: rounds,
         precopyPages,
         committedAtMs: Date.now(),
       };
@@ -221,9 +250,11 @@ export class CheckpointCycle {
         await this.opts.whilePaused(header, commit);
       } finally {
         this.source.resume();
+        this.guestPaused = false;
       }
     } else {
       this.source.resume();
+      this.guestPaused = false;
       commit = await finish();
     }
     this.harvestedThisEpoch = this.harvestedNextEpoch;

@@ -180,8 +180,12 @@ export class CheckpointCycle {
         : this.resetThenCopy('precopy');
       await emit(seg);
     }
-    for (let extra = 0; extra < 3 && this.pending.length > this.opts.precopyAboveEntries; extra++, rounds++) {
+    // Only rings are relieved live (bitmap mode has nothing pending here, and its drain must be
+    // followed by its reset before the next one).
+    for (let extra = 0; extra < 3 && this.source.mode === 'ring'; extra++, rounds++) {
+      // What the rings hold counts too: a long live round leaves its own writes there.
       this.harvestedThisEpoch += this.pending.drainFrom(this.source);
+      if (this.pending.length <= this.opts.precopyAboveEntries) break;
       await emit(this.resetThenCopy('precopy'));
     }
     if (this.reliefFailure) {

@@ -68,7 +68,7 @@ async function main(): Promise<number> {
     ready = true;
     const summary = await runHarvest(source, {
       epochs: cfg.epochs, intervalMs: cfg.intervalMs, verify: cfg.verify, metrics, logger: log.child({ component: 'harvest' }),
-      signal: abort.signal, sinks, cycle: { precopyRounds: cfg.precopyRounds, generation: Date.now() },
+      signal: abort.signal, sinks, cycle: { precopyRounds: cfg.precopyRounds, precopyAboveEntries: cfg.precopyAboveEntries, generation: Date.now() },
       takeResyncRequest: listener ? () => listener.takeResyncRequest(cfg.vmId) : undefined,
     });
     log.info('stopped', { component: 'main', ...summary });

@@ -61,6 +61,7 @@ async function main(argv: string[]): Promise<number> {
       signal: abort.signal,
       cycle: {
         precopyRounds: cfg.precopyRounds,
+        precopyAboveEntries: cfg.precopyAboveEntries,
         ...(cfg.unsafeCopyBeforeResetMs > 0 ? { unsafeCopyBeforeReset: { delayMs: cfg.unsafeCopyBeforeResetMs } } : {}),
       },
       beforeEpoch: (epoch) => {

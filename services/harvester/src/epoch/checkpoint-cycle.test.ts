@@ -309,3 +309,20 @@ test('a live drain that fails leaves no epoch committed without its pages', asyn
     source.close();
   }
 });
+
+test('automatic live rounds stop when they do not converge (the guest dirties as fast as they ship), and skip the next epochs', async () => {
+  const source = sim({ slotBytes: [16 * MiB], vcpus: 1, workload: 'random', ratePagesPerSec: 100_000, ringEntries: 4096 });
+  const rec = new RecordingSink();
+  // A slow broker: each live round's pages take 50 ms to ship, while the guest dirties 5000 more.
+  const slow: EpochSink = { begin: () => undefined, segment: async (_h, seg) => { if (seg.phase === 'precopy') await sleep(50); }, commit: () => undefined };
+  try {
+    const s = await runHarvest(source, { epochs: 12, intervalMs: 10, verify: true, sinks: [rec, slow], cycle: { precopyAboveEntries: 500 } });
+    assert.equal(s.mismatches, 0);
+    const rounds = rec.commits.map((c) => c.precopyRounds);
+    const total = rounds.reduce((a, b) => a + b, 0);
+    // Without the stop every epoch would run 3 rounds (36 in all); with it, one round, then 8 epochs without.
+    assert.ok(total >= 1 && total <= 4, `live rounds per epoch: ${rounds.join(',')}`);
+  } finally {
+    source.close();
+  }
+});

@@ -77,6 +77,8 @@ export class CheckpointCycle {
   private guestPaused = false;
   /** A live drain that failed: the entries it had taken are gone, so no further epoch may be committed. */
   private reliefFailure: Error | null = null;
+  /** Epochs left in which the automatic live rounds are skipped (the last ones did not converge). */
+  private autoPrecopyPause = 0;
   private compactAt: number;
   private readonly compactRanges = new RangeList(1024);
   /**
@@ -182,10 +184,21 @@ export class CheckpointCycle {
     }
     // Only rings are relieved live (bitmap mode has nothing pending here, and its drain must be
     // followed by its reset before the next one).
-    for (let extra = 0; extra < 3 && this.source.mode === 'ring'; extra++, rounds++) {
+    // They stop when they do not converge (the guest dirties about as fast as they copy, as under
+    // sustained backpressure): each would only resend the same pages. Then the next 8 epochs skip them.
+    const skipAuto = this.autoPrecopyPause > 0;
+    if (skipAuto) this.autoPrecopyPause--;
+    let previous = Infinity;
+    for (let extra = 0; extra < 3 && !skipAuto && this.source.mode === 'ring'; extra++, rounds++) {
       // What the rings hold counts too: a long live round leaves its own writes there.
       this.harvestedThisEpoch += this.pending.drainFrom(this.source);
-      if (this.pending.length <= this.opts.precopyAboveEntries) break;
+      const waiting = this.pending.length;
+      if (waiting <= this.opts.precopyAboveEntries) break;
+      if (waiting > previous / 2) {
+        this.autoPrecopyPause = 8;
+        break;
+      }
+      previous = waiting;
       await emit(this.resetThenCopy('precopy'));
     }
     if (this.reliefFailure) {

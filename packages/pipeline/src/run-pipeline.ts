@@ -83,6 +83,8 @@ export interface PipelineResult {
   steadyThroughputMBps: number;
   lagP50Ms: number;
   lagP99Ms: number;
+  /** Epochs whose lag was measured (seen applied while the guest ran); 0 makes the lag figures meaningless. */
+  lagSamples: number;
   resyncs: number;
   durationS: number;
   /** What was done to the system during the run, with times (ms from the start). */
@@ -280,7 +282,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
       bytesOnWire: runs.reduce((n, r) => n + r.publisher.bytesOnWire, 0),
       throughputMBps: Number((bytesHarvested / harvestS / 1e6).toFixed(1)),
       steadyThroughputMBps: Number(steadyMBps.toFixed(1)),
-      lagP50Ms: percentile(lags, 50), lagP99Ms: percentile(lags, 99),
+      lagP50Ms: percentile(lags, 50), lagP99Ms: percentile(lags, 99), lagSamples: lags.length,
       resyncs: summaries.reduce((n, s) => n + s.resyncs, 0) + drainBaselines,
       durationS: Number(harvestS.toFixed(2)),
       injuries,

@@ -182,10 +182,10 @@ export class CheckpointCycle {
         : this.resetThenCopy('precopy');
       await emit(seg);
     }
-    // Only rings are relieved live (bitmap mode has nothing pending here, and its drain must be
-    // followed by its reset before the next one).
-    // They stop when they do not converge (the guest dirties about as fast as they copy, as under
-    // sustained backpressure): each would only resend the same pages. Then the next 8 epochs skip them.
+    // The automatic live rounds (CycleOptions.precopyAboveEntries), in ring mode only: bitmap mode has
+    // nothing pending here, and its drain must be followed by its reset before the next one. They stop
+    // when they do not converge (the guest dirties about as fast as they copy, as under sustained
+    // backpressure): each would only resend the same pages. Then the next 8 epochs skip them.
     const skipAuto = this.autoPrecopyPause > 0;
     if (skipAuto) this.autoPrecopyPause--;
     let previous = Infinity;

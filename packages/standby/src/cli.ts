@@ -52,12 +52,8 @@ async function main(argv: string[]): Promise<number> {
     const store = new StandbyStore(redis, cfg.redisPrefix);
     if (sub === 'list') {
       const now = Date.now();
-      const vms = [];
-      for (const vm of await store.listVms()) {
-        const m = await store.readMeta(vm);
-        if (!m) continue;
-        vms.push({ vm, generation: m.generation, epoch: m.epoch, state: m.state, ageS: Math.max(0, (now - m.committedAtMs) / 1000), committedAt: new Date(m.committedAtMs).toISOString() });
-      }
+      const vms = (await store.listImages()).map(({ vm, meta: m }) => (
+        { vm, generation: m.generation, epoch: m.epoch, state: m.state, ageS: Math.max(0, (now - m.committedAtMs) / 1000), committedAt: new Date(m.committedAtMs).toISOString() }));
       say(`standby: ${vms.length} standby image${vms.length === 1 ? '' : 's'} under ${cfg.redisPrefix}: in ${redactUrl(redisOpts.url)}`);
       for (const v of vms) say(`  ${v.vm}  epoch ${v.generation}/${v.epoch}  ${v.state === 'ok' ? 'fresh' : 'STALE'}  ${v.ageS.toFixed(1)} s old (committed ${v.committedAt})`);
       if (cfg.json) process.stdout.write(JSON.stringify({ vms: vms.map((v) => ({ ...v, ageS: Number(v.ageS.toFixed(3)) })) }) + '\n');

@@ -146,9 +146,21 @@ export class StandbyStore {
    * before the index existed shows from its next epoch on.
    */
   async listVms(): Promise<string[]> {
-    const vms = (await this.redis.smembers(this.vmIndexKey)).filter(validVmId).sort();
+    const vms = await this.indexedVms();
     const present = await this.imagesExist(vms);
     return vms.filter((_, i) => present[i]);
+  }
+
+  /** The VMs with a standby image and their meta records (read together, one round trip on the wire). */
+  async listImages(): Promise<{ vm: string; meta: StandbyMeta }[]> {
+    const vms = await this.indexedVms();
+    const metas = await Promise.all(vms.map((vm) => this.readMeta(vm)));
+    return vms.flatMap((vm, i) => (metas[i] ? [{ vm, meta: metas[i] }] : []));
+  }
+
+  /** The index's members (a VM deleted since may still be there: callers check its meta), sorted. */
+  private async indexedVms(): Promise<string[]> {
+    return (await this.redis.smembers(this.vmIndexKey)).filter(validVmId).sort();
   }
 
   /** For each VM, whether it has a standby image (its meta record), in one round trip. */

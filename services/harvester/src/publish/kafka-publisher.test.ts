@@ -1,7 +1,7 @@
 /**
  * Unit tests of the publisher's flow control with a stand-in producer (the real broker is exercised by
- * the pipeline tests): records stay in order, the replication window holds production back until the
- * replicator reports progress, a replicator that never reports does not block forever, requests stay
+ * the pipeline tests): records stay in order, an epoch's records share requests, the replication
+ * window holds production back until the replicator reports progress, a replicator that never reports does not block forever, requests stay
  * under the request cap (and shrink when the broker refuses one as too large), the in-flight cap holds
  * production back, and a broker that never accepts ends the generation with CKPT_ERR_PUBLISH_FAILED.
  */
@@ -80,6 +80,7 @@ test('a replicator that never reports progress stalls the window only for window
   const waited = performance.now() - t0;
   assert.ok(waited >= 250, `waited ${waited} ms`);
   assert.ok((await metrics.windowStalls.get()).values[0]!.value >= 1);
+  await p.drain(); // the last batch waits for a full request, the commit or a drain
   assert.equal(sent.length, 4, 'begin and three batches');
 });
 
@@ -130,6 +131,7 @@ test('a stalled window waits on while the broker still holds the records, is cle
       assert.ok(stalls >= 1, `${c.name}: window cleared ${stalls} times`);
       if (c.maxWaitMs) assert.ok(performance.now() - t0 >= c.maxWaitMs - 50, `${c.name}: gave up after ${(performance.now() - t0).toFixed(0)} ms`);
     }
+    await p.drain();
     assert.equal(sent.length, 4, `${c.name}: begin and three batches`);
   }
 });
@@ -149,6 +151,33 @@ test('produce requests stay under maxRequestBytes; a broker refusing one as too 
     assert.ok(requests.some((b) => b > 3 * PAGE + 1024), 'requests still carry several records');
     if (brokerLimit < cap) assert.ok(p.requestLimit < cap, 'the cap was lowered');
   }
+});
+
+test('an epoch smaller than one request travels in one request; a bigger one in full requests, each sent once full', async () => {
+  const sent: Buffer[] = [];
+  const requests: number[] = [];
+  const cap = 40 * PAGE;
+  const p = new KafkaPublisher({ producer: limitedProducer(1 << 30, sent, requests), topic: 't', vm: 'vm', maxRecordBytes: 3 * PAGE + 1024, maxRequestBytes: cap, compression: 'none', maxInFlightBytes: 64 << 20, windowBytes: 0, publishTimeoutMs: 1000, log: silentLogger });
+  // Begin, 3 batches and the commit, with time between them (the pause, copying): one request.
+  await p.begin(header);
+  for (let i = 0; i < 3; i++) {
+    await new Promise((r) => setTimeout(r, 10));
+    await p.segment(header, segment(3));
+  }
+  assert.equal(requests.length, 0, 'held until the commit');
+  await p.commit(header, commitOf(9));
+  assert.deepEqual(sent.map((b) => decodeEpochRecord(b).kind), ['begin', 'batch', 'batch', 'batch', 'commit']);
+  assert.equal(requests.length, 1, `one request, not ${requests.length}`);
+  // A bigger epoch: full requests go out while the epoch is still being cut, not only at its commit.
+  requests.length = 0;
+  await p.begin({ ...header, epoch: 2 });
+  await p.segment({ ...header, epoch: 2 }, segment(150));
+  await new Promise((r) => setTimeout(r, 50));
+  const beforeCommit = requests.length;
+  assert.ok(beforeCommit >= 3, `${beforeCommit} full requests went out before the commit`);
+  assert.ok(requests.every((b) => b > cap - 4 * PAGE), `each of them full: ${JSON.stringify(requests)}`);
+  await p.commit({ ...header, epoch: 2 }, commitOf(150));
+  assert.ok(requests.length - beforeCommit <= 1, 'the rest in one request at the commit');
 });
 
 test('a single record the broker refuses as too large is a configuration error, not a retry loop', async () => {

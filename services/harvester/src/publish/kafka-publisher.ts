@@ -80,8 +80,11 @@ const TOO_LARGE = Symbol('too large');
 export class KafkaPublisher implements EpochSink {
   readonly window = new ReplicationWindow();
   /** Records waiting for the sender, in order. One sender per VM keeps them in order on the partition. */
-  private queue: { value: Buffer; rec: EpochRecord; pending: Pending }[] = [];
+  private queue: { value: Buffer; rec: EpochRecord; pending: Pending; n: number }[] = [];
   private queuedBytes = 0;
+  /** Records queued so far, and how many of them must go out without waiting for more (see flush()). */
+  private queuedCount = 0;
+  private flushThrough = 0;
   private sending: Promise<void> | null = null;
   private progress: (() => void)[] = [];
   private failure: Error | null = null;
@@ -130,6 +133,7 @@ export class KafkaPublisher implements EpochSink {
 
   /** Waits for every record published so far to be acknowledged; throws the first failure. */
   async drain(): Promise<void> {
+    this.flush();
     while (this.sending) await this.sending;
     this.throwIfFailed();
   }
@@ -146,6 +150,18 @@ export class KafkaPublisher implements EpochSink {
     }
   }
 
+  /**
+   * Sends everything queued so far without waiting for more. Until then the sender holds records
+   * back while they fill less than one request: the records of an epoch mostly travel in one request,
+   * which the broker stores as one record batch and a consumer gets in one fetch (the embedded broker
+   * returns one record batch per partition per fetch, so one request per record costs one fetch each).
+   * The commit, drain() and every wait below flush, so nothing is held while something waits for it.
+   */
+  private flush(): void {
+    this.flushThrough = this.queuedCount;
+    if (this.queue.length > 0) this.sending ??= this.sendLoop();
+  }
+
   private nextProgress(): Promise<void> {
     return new Promise((r) => this.progress.push(r));
   }
@@ -160,6 +176,7 @@ export class KafkaPublisher implements EpochSink {
       let waited = false;
       let probedAt = 0;
       while (this.window.unappliedBytes > 0 && this.window.unappliedBytes + size > this.o.windowBytes) {
+        this.flush();
         if (!waited) this.o.log.debug('waiting for the replicator', { unapplied: this.window.unappliedBytes, window: this.o.windowBytes });
         waited = true;
         if (this.o.signal?.aborted) {
@@ -187,16 +204,18 @@ export class KafkaPublisher implements EpochSink {
     // The in-flight cap: bytes queued or being sent.
     const t1 = performance.now();
     while (this.queuedBytes > 0 && this.queuedBytes + size > this.o.maxInFlightBytes) {
+      this.flush();
       await this.nextProgress();
       this.throwIfFailed();
     }
     const waitedMs = performance.now() - t1;
     if (waitedMs > 1) this.o.metrics?.backpressureSeconds.inc({ cause: 'in-flight' }, waitedMs / 1000);
     const pending = this.window.produced(rec.generation, rec.epoch, part, size);
-    this.queue.push({ value, rec, pending });
+    this.queue.push({ value, rec, pending, n: ++this.queuedCount });
     this.queuedBytes += size;
     this.o.metrics?.inFlightBytes.set(this.queuedBytes);
-    this.sending ??= this.sendLoop();
+    if (rec.kind === 'commit') this.flush();
+    else if (this.queuedBytes >= this.requestLimit) this.sending ??= this.sendLoop();
   }
 
   /**
@@ -217,9 +236,12 @@ export class KafkaPublisher implements EpochSink {
     }
   }
 
-  /** Sends queued records in order, several per request; stops at the first record that cannot be sent. */
+  /**
+   * Sends queued records in order, several per request, while a full request's worth is queued or
+   * records wait to be flushed; stops at the first record that cannot be sent.
+   */
   private async sendLoop(): Promise<void> {
-    while (this.queue.length > 0 && !this.failure) {
+    while (this.queue.length > 0 && !this.failure && (this.queue[0]!.n <= this.flushThrough || this.queuedBytes >= this.requestLimit)) {
       let n = 0;
       let bytes = 0;
       while (n < this.queue.length && (n === 0 || bytes + this.queue[n]!.value.byteLength <= this.requestLimit)) bytes += this.queue[n++]!.value.byteLength;

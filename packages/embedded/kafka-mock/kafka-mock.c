@@ -16,6 +16,12 @@
  * It also stops when stdin closes (its parent went away) or on SIGTERM/SIGINT.
  * Limits of the mock (librdkafka 2.0): partitions keep 5 MiB / 100000 batches; no idempotent or
  * transactional producer support that kafkajs can use; no CreateTopics.
+ * Its retention trims whole record batches, oldest first, before it links the new one, and a trim
+ * that empties the log moves the log start past the new batch too: when the newest batch and the one
+ * before it hold more than 5 MiB together, the new batch is gone as soon as it is acknowledged (seen
+ * with 4 MiB produce requests: every batch after the first was lost, and consumers got
+ * OFFSET_OUT_OF_RANGE). Keep produce requests to about 1 MiB against it.
+ * CKPT_KAFKA_MOCK_LOG=FILE writes the mock's debug log (appends, trims, offsets) to FILE.
  */
 #include <errno.h>
 #include <signal.h>
@@ -84,7 +90,19 @@ int main(int argc, char **argv) {
 
   char errstr[512];
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
-  if (rd_kafka_conf_set(conf, "log_level", "3", errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
+  /* CKPT_KAFKA_MOCK_LOG=FILE: the mock's own debug log (appends, trims, offsets) goes to FILE. */
+  const char *debug_log = getenv("CKPT_KAFKA_MOCK_LOG");
+  if (debug_log && *debug_log) {
+    if (!freopen(debug_log, "a", stderr)) {
+      fprintf(stdout, "kafka-mock: cannot open %s for the debug log\n", debug_log);
+      return 1;
+    }
+    if (rd_kafka_conf_set(conf, "debug", "mock", errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
+      fprintf(stderr, "kafka-mock: %s\n", errstr);
+      return 1;
+    }
+  }
+  if (rd_kafka_conf_set(conf, "log_level", debug_log && *debug_log ? "7" : "3", errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
     fprintf(stderr, "kafka-mock: %s\n", errstr);
     return 1;
   }

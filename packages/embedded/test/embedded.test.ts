@@ -55,3 +55,36 @@ test('redis-server runs with AOF: an acknowledged write survives SIGKILL and res
     await server.stop();
   }
 });
+
+test('the mock keeps the newest 4 MiB of a partition with 1 MB record batches, and loses a batch that with the one before it exceeds its 5 MiB', async () => {
+  const mock = await KafkaMock.start({ brokers: 1, topics: [{ name: 'pages', partitions: 1 }] });
+  const kafka = new Kafka({ clientId: 't', brokers: mock.brokers, logLevel: logLevel.NOTHING, retry: { retries: 2, initialRetryTime: 50 } });
+  const producer = kafka.producer({ allowAutoTopicCreation: false });
+  const admin = kafka.admin();
+  /** Produces one record batch of `bytes` (one request, one message); returns its offset. */
+  const send = async (bytes: number): Promise<number> => {
+    const [meta] = await producer.send({ topic: 'pages', acks: -1, messages: [{ value: Buffer.alloc(bytes, 1) }] });
+    return Number(meta!.baseOffset);
+  };
+  const logStart = async (): Promise<number> => Number((await admin.fetchTopicOffsets('pages'))[0]!.low);
+  try {
+    await producer.connect();
+    await admin.connect();
+    // What the pipeline relies on (1 000 000-byte requests, a 4 MiB replication window): however
+    // many batches came before, the newest 4 MiB are still there for a replicator that is behind.
+    const offsets: number[] = [];
+    for (let i = 0; i < 12; i++) {
+      offsets.push(await send(1_000_000));
+      if (i >= 4) assert.ok(await logStart() <= offsets[i - 4]!, `after batch ${i}: the log starts at ${await logStart()}, past batch ${i - 4} at ${offsets[i - 4]}`);
+    }
+    // The limit that made 4 MiB requests lose records: a 4 MiB batch and a 2 MiB one after it
+    // exceed 5 MiB, and the trim that drops the first moves the log start past the second as well.
+    await send(4 << 20);
+    const second = await send(2 << 20);
+    assert.ok(await logStart() > second, `the 2 MiB batch at ${second} is gone (log start ${await logStart()}): if this fails, the mock no longer has this limit (kafka-mock.c)`);
+  } finally {
+    await admin.disconnect().catch(() => undefined);
+    await producer.disconnect().catch(() => undefined);
+    await mock.stop();
+  }
+});

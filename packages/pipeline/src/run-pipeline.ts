@@ -28,7 +28,11 @@ export interface PipelineOptions {
   intervalMs: number;
   compression: Compression;
   maxRecordBytes: number;
-  /** Record bytes per produce request; defaults to 4 MiB against the embedded broker, 1 000 000 against a real one. */
+  /**
+   * Record bytes per produce request (default 1 000 000). Against the embedded broker keep it at most
+   * about 1 MiB: a larger record batch can push out of its 5 MiB partition log everything before it
+   * and itself with it (see packages/embedded/kafka-mock/kafka-mock.c).
+   */
   maxRequestBytes?: number;
   /** Un-applied bytes per VM (0 = off); defaults to 4 MiB per partition against the embedded broker. */
   windowBytes?: number;
@@ -147,7 +151,17 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     const store = new StandbyStore(redis, servers.redisPrefix);
     // The embedded broker keeps 5 MiB per partition, shared by the VMs whose keys hash to it: split
     // 4 MiB between them.
-    const windowBytes = o.windowBytes ?? (servers.embeddedKafka ? Math.floor((4 << 20) / maxVmsPerPartition(o.vms, Math.max(4, o.vms), servers.topics.pages)) : 0);
+    const vmsPerPartition = maxVmsPerPartition(o.vms, Math.max(4, o.vms), servers.topics.pages);
+    const windowBytes = o.windowBytes ?? (servers.embeddedKafka ? Math.floor((4 << 20) / vmsPerPartition) : 0);
+    const maxRequestBytes = o.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES;
+    // It keeps at least its 5 MiB less its largest record batch (kafka-mock.c): less than what the
+    // window lets wait for the replicator, and records can be lost with no replicator away at all.
+    const largestBatch = Math.max(maxRequestBytes, o.maxRecordBytes) + (64 << 10);
+    if (servers.embeddedKafka && windowBytes > 0 && windowBytes * vmsPerPartition + largestBatch > EMBEDDED_PARTITION_BYTES) {
+      log.warn('the embedded broker can lose records with these sizes: keep the replication window of the VMs of one partition plus the largest produce request under its 5 MiB per partition', {
+        windowBytes, vmsPerPartition, maxRequestBytes, maxRecordBytes: o.maxRecordBytes,
+      });
+    }
     // Publishers stuck on a replicator that does not progress give up after the drain timeout.
     const drainDeadline = new AbortController();
     let sourceKind = '';
@@ -162,7 +176,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
       sourceNote = opened.fallbackReason;
       const publisher = new KafkaPublisher({
         producer, topic: servers.topics.pages, vm, maxRecordBytes: o.maxRecordBytes, compression: o.compression, maxInFlightBytes: 8 << 20,
-        maxRequestBytes: o.maxRequestBytes ?? (servers.embeddedKafka ? 4 << 20 : DEFAULT_MAX_REQUEST_BYTES),
+        maxRequestBytes,
         windowBytes, windowStallMs: o.windowStallMs, logStartOffset: o.windowRetentionCheck === false ? undefined : logStart.of,
         publishTimeoutMs: 30_000, log, signal: drainDeadline.signal,
       });
@@ -355,6 +369,9 @@ async function runChaos(c: Chaos | undefined, durationMs: number, servers: Serve
     }
   }
 }
+
+/** What the embedded broker keeps of each partition (librdkafka's mock cluster). */
+const EMBEDDED_PARTITION_BYTES = 5 << 20;
 
 /** Most VMs (vm-0, vm-1, ...) whose keys the default partitioner puts on one partition. */
 function maxVmsPerPartition(vms: number, partitions: number, topic: string): number {

@@ -15,6 +15,13 @@ import { compare, type ScenarioResult } from '../src/drill.ts';
 
 const CLI = fileURLToPath(new URL('../src/cli.ts', import.meta.url));
 
+test('npm run drill -- --help prints the options at once, without the set-up (npm ci, apt-get, the native build)', () => {
+  const r = spawnSync('bash', [fileURLToPath(new URL('../../../scripts/drill.sh', import.meta.url)), '--help'], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^usage: npm run drill/);
+  assert.doesNotMatch(r.stderr, /setup:/, 'the set-up ran');
+});
+
 test('npm run drill --scenario all: every scenario fails over, verifies and (on KVM) resumes', () => {
   const r = spawnSync(process.execPath, ['--import', 'tsx', CLI, '--scenario', 'all', '--run-s', '2', '--seed', '42', '--json'], { encoding: 'utf8', timeout: 600_000 });
   const last = r.stdout.trim().split('\n').at(-1) ?? '';

@@ -104,8 +104,9 @@ if (!drill.verified) {
   say('bench:restore: a drill did not verify; no figures for RTO and RPO');
   process.exit(1);
 }
-const rtoMs = percentile(drill.scenarios.map((s) => s.rtoMs), 50);
-const rpoEpochs = Math.max(...drill.scenarios.map((s) => s.rpoEpochs));
+// A verified scenario measured both.
+const rtoMs = percentile(drill.scenarios.map((s) => s.rtoMs ?? NaN), 50);
+const rpoEpochs = Math.max(...drill.scenarios.map((s) => s.rpoEpochs ?? NaN));
 say(`  ${drill.source} guest: RTO median ${rtoMs} ms (target < 2000: ${rtoMs < 2000 ? 'met' : 'MISSED'}); RPO worst ${rpoEpochs} epochs (target <= 2: ${rpoEpochs <= 2 ? 'met' : 'MISSED'})`);
 if (json) {
   process.stdout.write(JSON.stringify({

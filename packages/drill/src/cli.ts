@@ -50,7 +50,8 @@ async function main(): Promise<number> {
   for (const s of r.scenarios) {
     say(`  ${s.verified ? 'PASS' : 'FAIL'} ${s.name}${s.injury !== 'none' ? ` (injury: ${s.injury})` : ''}`);
     say(`       restored epoch ${s.restoredEpoch || '-'} = last committed ${s.lastCommittedEpoch || '-'}; ${s.pagesCompared} pages compared with the witness; ${s.epochsCommitted} epochs committed`);
-    say(`       RPO ${s.rpoMs} ms (${s.rpoEpochs} epochs)  RTO ${s.rtoMs} ms  restore ${s.restoreMBps} MB/s  resumed: ${s.resumed ? 'yes' : 'no'} (${s.resumeDetail || '-'})`);
+    const v = (x: number | null, unit: string): string => (x === null ? '-' : `${x} ${unit}`);
+    say(`       RPO ${v(s.rpoMs, 'ms')} (${v(s.rpoEpochs, 'epochs')})  RTO ${v(s.rtoMs, 'ms')}  restore ${v(s.restoreMBps, 'MB/s')}  resumed: ${s.resumed ? 'yes' : 'no'} (${s.resumeDetail || '-'})`);
     for (const p of s.problems) say(`       problem: ${p}`);
   }
   say(r.verified ? 'drill: every scenario verified' : 'drill: FAILED');

@@ -6,10 +6,10 @@
  * every byte with an independent witness of the committed epochs, and measure RPO and RTO.
  */
 import type { ChildProcess } from 'node:child_process';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { silentLogger, type Logger, type SparseImage } from '@ckpt/common';
 import { kvmAvailability } from '@ckpt/kvm-native';
-import { ReplicatorPool, spawnHarvester, startServers, stopChild, type Servers } from '@ckpt/pipeline';
+import { connectRedis, ReplicatorPool, spawnHarvester, startServers, stopChild, type Servers } from '@ckpt/pipeline';
 import { KvmTarget, restoreImage, SparseTarget, type ImageLayout, type RestoredImage, type RestoreTarget } from '@ckpt/restorer';
 import { StandbyStore } from '@ckpt/standby';
 import { Witness } from './witness.ts';
@@ -35,10 +35,11 @@ export interface ScenarioResult {
   name: ScenarioName;
   verified: boolean;
   resumed: boolean;
-  rpoEpochs: number;
-  rpoMs: number;
-  rtoMs: number;
-  restoreMBps: number;
+  /** null where the scenario did not get that far (for example, no epoch was committed). */
+  rpoEpochs: number | null;
+  rpoMs: number | null;
+  rtoMs: number | null;
+  restoreMBps: number | null;
   /** The epoch restored (generation/epoch) and the witness's last committed one. */
   restoredEpoch: string;
   lastCommittedEpoch: string;
@@ -92,7 +93,7 @@ async function runScenario(name: ScenarioName, source: 'kvm' | 'sim', o: DrillOp
   const log = o.log ?? silentLogger;
   const phase = (p: string): void => o.onPhase?.(name, p);
   const res: ScenarioResult = {
-    name, verified: false, resumed: false, rpoEpochs: -1, rpoMs: -1, rtoMs: -1, restoreMBps: 0, restoredEpoch: '', lastCommittedEpoch: '',
+    name, verified: false, resumed: false, rpoEpochs: null, rpoMs: null, rtoMs: null, restoreMBps: null, restoredEpoch: '', lastCommittedEpoch: '',
     epochsCommitted: 0, pagesCompared: 0, injury: 'none', resumeDetail: '', problems: [],
   };
   let servers: Servers | null = null;
@@ -119,9 +120,8 @@ async function runScenario(name: ScenarioName, source: 'kvm' | 'sim', o: DrillOp
     phase('starting the broker, Redis and a replicator');
     servers = await startServers({ partitions: 4 });
     phase(`using ${servers.description}`);
+    redis = await connectRedis(servers);
     pool = new ReplicatorPool(servers, 1, (line) => log.debug('replicator', { line }));
-    redis = new Redis(servers.redisUrl, { maxRetriesPerRequest: 5 });
-    redis.on('error', () => undefined);
     const store = new StandbyStore(redis, servers.redisPrefix);
     witness = new Witness(Witness.client(servers.brokers), servers.topics.pages, VM, (e) => phase(e));
     await witness.start();

@@ -3,9 +3,9 @@
  * the guests stop, the replicators drain, and every VM's standby is checked against the harvester's
  * last committed epoch (a shadow image built only from committed epochs).
  */
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { Kafka, logLevel, type Producer } from 'kafkajs';
-import { percentile, redactUrl, silentLogger, type Logger } from '@ckpt/common';
+import { percentile, silentLogger, type Logger } from '@ckpt/common';
 import {
   ControlListener, createHarvesterMetrics, DEFAULT_MAX_REQUEST_BYTES, KafkaPublisher, LogStartOffsets, openSource, runHarvest, ShadowVerifier, stoppedGuest,
   type DirtySource, type EpochCommit, type EpochSink, type HarvestSummary,
@@ -13,7 +13,7 @@ import {
 import type { Compression } from '@ckpt/proto';
 import { partitionOfVm } from '@ckpt/replicator';
 import { StandbyStore } from '@ckpt/standby';
-import { ReplicatorPool, startServers, type Servers } from './servers.ts';
+import { connectRedis, ReplicatorPool, startServers, type Servers } from './servers.ts';
 import { verifyStandby, type StandbyCheck } from './verify-standby.ts';
 
 export interface PipelineOptions {
@@ -136,15 +136,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     } catch (err) {
       throw new Error(`cannot connect to Kafka at ${servers.brokers.join(',')}${servers.embeddedKafka ? '' : ' (KAFKA_BROKERS)'}: ${(err as Error).message}`, { cause: err });
     }
-    redis = new Redis(servers.redisUrl, { maxRetriesPerRequest: 5 });
-    let redisError: Error | null = null;
-    redis.on('error', (err: Error) => { redisError = err; log.debug('redis connection error', { err }); });
-    try {
-      await redis.ping();
-    } catch (err) {
-      // The connection's own error (ECONNREFUSED, ...) says more than ioredis's retry limit.
-      throw new Error(`cannot connect to Redis at ${redactUrl(servers.redisUrl)}${servers.redis ? '' : ' (REDIS_URL)'}: ${(redisError ?? (err as Error)).message}`, { cause: err });
-    }
+    redis = await connectRedis(servers, (err) => log.debug('redis connection error', { err }));
     pool = new ReplicatorPool(servers, o.replicators, (line) => log.debug('replicator', { line }));
     listener = new ControlListener(kafka, servers.topics.control, log);
     logStart = new LogStartOffsets(kafka, servers.topics.pages);

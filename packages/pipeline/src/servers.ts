@@ -127,6 +127,24 @@ export async function startServers(opts: { partitions: number; topics?: Topics; 
   }
 }
 
+/**
+ * A Redis client for the run's server, checked with a PING: a server that cannot be reached fails
+ * here, at once and named, not as a timeout later. Later connection errors go to `onError`.
+ */
+export async function connectRedis(s: Servers, onError: (err: Error) => void = () => undefined): Promise<Redis> {
+  const redis = new Redis(s.redisUrl, { maxRetriesPerRequest: 5 });
+  let lastError: Error | null = null;
+  redis.on('error', (err: Error) => { lastError = err; onError(err); });
+  try {
+    await redis.ping();
+    return redis;
+  } catch (err) {
+    redis.disconnect();
+    // The connection's own error (ECONNREFUSED, ...) says more than ioredis's retry limit.
+    throw new Error(`cannot connect to Redis at ${redactUrl(s.redisUrl)}${s.redis ? '' : ' (REDIS_URL)'}: ${(lastError ?? (err as Error)).message}`, { cause: err });
+  }
+}
+
 const REPLICATOR_MAIN = fileURLToPath(new URL('../../../services/replicator/src/main.ts', import.meta.url));
 
 /** A replicator in its own process (so tests can kill -9 it), logging to `onLog`. */

@@ -40,5 +40,12 @@ test('every bad value is listed at once, with what is allowed', () => {
 
 test('help lists every option with defaults and env names', () => {
   const h = helpText(schema, 'usage', 'T_');
-  for (const f of ['--mem-mib', '--ring-entries', '--mode <a|b>', '--verify', 'T_MEM_MIB', '(default: 256)', '(required)']) assert.ok(h.includes(f), f);
+  for (const f of ['--mem-mib', '--ring-entries', '--mode <a|b>', '--verify', 'T_MEM_MIB', '(default: 256; at least 8)', '(required)']) assert.ok(h.includes(f), f);
+  // A switch on by default says how to turn it off; an empty default is not shown as "(default: )"; ranges show.
+  const h2 = helpText({
+    idempotent: { type: 'bool', default: true, help: 'idem' }, url: { type: 'string', default: '', help: 'url' }, n: { type: 'int', default: 2, min: 1, max: 9, help: 'n' },
+  }, 'usage');
+  assert.match(h2, /--idempotent, --no-idempotent +idem \(default: true\)/);
+  assert.match(h2, /--url <text> +url\n/);
+  assert.match(h2, /--n <n> +n \(default: 2; 1\.\.9\)/);
 });

@@ -135,8 +135,15 @@ export function helpText(schema: Schema, usage: string, envPrefix?: string): str
   const lines = [usage, '', 'Options:'];
   for (const [key, spec] of Object.entries(schema)) {
     const value = spec.type === 'bool' ? '' : spec.type === 'enum' ? ` <${spec.values.join('|')}>` : ` <${spec.type === 'string' ? 'text' : 'n'}>`;
-    const def = spec.default === undefined ? ' (required)' : spec.type === 'bool' && spec.default === false ? '' : ` (default: ${String(spec.default)})`;
-    lines.push(`  ${(toFlag(key) + value).padEnd(38)} ${spec.help}${def}`);
+    // A switch that is on by default is turned off with --no-<flag>.
+    const flag = spec.type === 'bool' && spec.default === true ? `${toFlag(key)}, --no-${toFlag(key).slice(2)}` : toFlag(key) + value;
+    const notes: string[] = [];
+    if (spec.default === undefined) notes.push('required');
+    else if (spec.default !== '' && !(spec.type === 'bool' && spec.default === false)) notes.push(`default: ${String(spec.default)}`);
+    if ((spec.type === 'int' || spec.type === 'number') && (spec.min !== undefined || spec.max !== undefined)) {
+      notes.push(spec.max === undefined ? `at least ${spec.min}` : spec.min === undefined ? `at most ${spec.max}` : `${spec.min}..${spec.max}`);
+    }
+    lines.push(`  ${flag.padEnd(38)} ${spec.help}${notes.length ? ` (${notes.join('; ')})` : ''}`);
     if (envPrefix !== undefined) lines.push(`  ${''.padEnd(38)} env: ${toEnv(envPrefix, key)}`);
   }
   lines.push(`  ${'--help'.padEnd(38)} show this help`);

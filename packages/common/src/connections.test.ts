@@ -42,6 +42,11 @@ test('Kafka: SASL without its user or password file, an unreadable secret, and n
     (e: unknown) => e instanceof ConfigError && e.message.includes('cannot read the Kafka CA bundle from') && e.message.includes('missing.pem'));
   assert.throws(() => kafkaClientConfig(kafka, parseBrokers(' , ')), (e: unknown) => e instanceof ConfigError && /no Kafka brokers/.test(e.message));
   assert.deepEqual(parseBrokers(' a:1, b:2 ,'), ['a:1', 'b:2']);
+  assert.deepEqual(parseBrokers('[::1]:9092'), ['[::1]:9092']);
+  // A malformed entry is a configuration error naming it, not a connection failure later.
+  for (const bad of ['host:notaport', 'host', 'h:0', 'h:70000', 'a:1,b']) {
+    assert.throws(() => parseBrokers(bad), (e: unknown) => e instanceof ConfigError && /is not host:port/.test(e.message), bad);
+  }
 });
 
 test('Redis: the password file overrides the URL\'s, TLS takes its CA from a file, other schemes are refused, logs never show a password', () => {

@@ -9,7 +9,7 @@ import { ConfigError } from './errors.ts';
 import type { ConfigOf, Schema } from './config.ts';
 
 export const KAFKA_SCHEMA = {
-  kafkaBrokers: { type: 'string', default: '', help: 'Kafka bootstrap servers, comma separated (empty: the embedded test broker, where a command starts one)' },
+  kafkaBrokers: { type: 'string', default: '', help: 'Kafka bootstrap servers, host:port, comma separated' },
   kafkaClientId: { type: 'string', default: 'ckpt', help: 'Kafka client id' },
   pagesTopic: { type: 'string', default: 'ckpt.pages', help: 'topic of epoch records (key = VM id)' },
   controlTopic: { type: 'string', default: 'ckpt.control', help: 'topic of resync requests and applied markers (key = VM id)' },
@@ -21,11 +21,11 @@ export const KAFKA_SCHEMA = {
   kafkaSaslMechanism: { type: 'enum', values: ['none', 'plain', 'scram-sha-256', 'scram-sha-512'], default: 'none', help: 'SASL mechanism' },
   kafkaSaslUsername: { type: 'string', default: '', help: 'SASL user name' },
   kafkaSaslPasswordFile: { type: 'string', default: '', help: 'file holding the SASL password (kept out of the environment and the process list)' },
-  kafkaIdempotent: { type: 'bool', default: true, help: 'idempotent producer (real clusters; the embedded test broker cannot, so commands that start it turn this off)' },
+  kafkaIdempotent: { type: 'bool', default: true, help: 'idempotent producer (real clusters; the embedded test broker cannot do it: turn it off there)' },
 } as const satisfies Schema;
 
 export const REDIS_SCHEMA = {
-  redisUrl: { type: 'string', default: '', help: 'Redis URL, redis://[user:password@]host:port[/db] or rediss:// for TLS (empty: the embedded redis-server, where a command starts one)' },
+  redisUrl: { type: 'string', default: '', help: 'Redis URL, redis://[user:password@]host:port[/db] or rediss:// for TLS' },
   redisPasswordFile: { type: 'string', default: '', help: 'file holding the Redis AUTH password (overrides the URL\'s)' },
   redisTlsCaFile: { type: 'string', default: '', help: 'PEM CA bundle for rediss:// (empty: system CAs)' },
   redisPrefix: { type: 'string', default: 'ckpt', help: 'prefix of every Redis key' },
@@ -64,8 +64,18 @@ export function kafkaClientConfig(s: KafkaSettings, brokers: string[]): Record<s
 /** A server URL fit for logs and errors: any credentials before the host are masked. */
 export const redactUrl = (url: string): string => url.replace(/\/\/[^@]*@/, '//***@');
 
+/**
+ * A comma-separated broker list as host:port entries (empty entries are skipped). A malformed entry is
+ * a ConfigError naming it (kafkajs would only fail later, with "Port should be >= 0 ... NaN").
+ */
 export function parseBrokers(list: string): string[] {
-  return list.split(',').map((b) => b.trim()).filter(Boolean);
+  const brokers = list.split(',').map((b) => b.trim()).filter(Boolean);
+  const bad = brokers.filter((b) => {
+    const m = /^(\[[0-9a-fA-F:.]+\]|[^:\s[\]]+):(\d{1,5})$/.exec(b);
+    return !m || Number(m[2]) < 1 || Number(m[2]) > 65535;
+  });
+  if (bad.length) throw new ConfigError(bad.map((b) => `Kafka broker "${b}" is not host:port (port 1..65535)`));
+  return brokers;
 }
 
 /** ioredis options for a URL, with the password file and TLS CA applied. */

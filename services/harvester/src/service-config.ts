@@ -10,6 +10,7 @@ export const HARVESTER_ENV_PREFIX = 'HARVESTER_';
 export const HARVESTER_SERVICE_SCHEMA = {
   ...HARVEST_SCHEMA,
   ...KAFKA_SCHEMA,
+  kafkaBrokers: { ...KAFKA_SCHEMA.kafkaBrokers, help: 'Kafka bootstrap servers, host:port, comma separated (empty: checkpoint locally only, publish nothing; a warning says so)' },
   epochs: { ...HARVEST_SCHEMA.epochs, default: 0 },
   metricsPort: { ...HARVEST_SCHEMA.metricsPort, default: 9464 },
   vmId: { type: 'string', default: 'vm-0', help: 'this guest\'s id: the Kafka key and the Redis hash tag (A-Z a-z 0-9 . _ : -)' },

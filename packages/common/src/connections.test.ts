@@ -11,7 +11,8 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { ConfigError } from './errors.ts';
 import { parseConfig } from './config.ts';
-import { KAFKA_SCHEMA, kafkaClientConfig, parseBrokers, redactUrl, REDIS_SCHEMA, redisClientOptions, type KafkaSettings, type RedisSettings } from './connections.ts';
+import { silentLogger } from './logger.ts';
+import { KAFKA_SCHEMA, kafkaClientConfig, kafkaLogCreator, parseBrokers, redactUrl, REDIS_SCHEMA, redisClientOptions, type KafkaSettings, type RedisSettings } from './connections.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'ckpt-conn-'));
 const file = (name: string, text: string): string => {
@@ -57,4 +58,21 @@ test('Redis: the password file overrides the URL\'s, TLS takes its CA from a fil
   assert.throws(() => redisClientOptions(redis, 'http://h:6379'), (e: unknown) => e instanceof ConfigError && /must start with redis:\/\/ or rediss:\/\//.test(e.message));
   assert.throws(() => redisClientOptions({ ...redis, redisPasswordFile: join(dir, 'nope') }, 'redis://h:6379'), (e: unknown) => e instanceof ConfigError && /cannot read the Redis password/.test(e.message));
   assert.equal(redactUrl('rediss://user:pw@h:6380/0'), 'rediss://***@h:6380/0');
+});
+
+test('kafkajs logs through our logger: warnings in our format, no stack traces, a repeated message held back and counted', () => {
+  const lines: { msg: string; fields?: Record<string, unknown> }[] = [];
+  const log = { ...silentLogger, warn: (msg: string, fields?: Record<string, unknown>) => void lines.push({ msg, fields }) };
+  const write = kafkaLogCreator(log, 50)();
+  const refused = { namespace: 'Connection', level: 1, label: 'ERROR', log: { message: 'Connection error: connect ECONNREFUSED', timestamp: 't', stack: 'Error: at ...', broker: 'b:1' } };
+  for (let i = 0; i < 5; i++) write(refused);
+  write({ namespace: 'Consumer', level: 4, label: 'INFO', log: { message: 'Starting' } });
+  assert.equal(lines.length, 1, JSON.stringify(lines));
+  assert.equal(lines[0]!.msg, 'kafka: Connection error: connect ECONNREFUSED');
+  assert.deepEqual(lines[0]!.fields, { component: 'kafkajs.Connection', broker: 'b:1' });
+  const until = Date.now() + 60;
+  while (Date.now() < until) { /* let the quiet period pass */ }
+  write(refused);
+  assert.equal(lines.length, 2);
+  assert.equal(lines[1]!.fields?.heldBack, 4);
 });

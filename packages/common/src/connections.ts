@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import type { ConnectionOptions } from 'node:tls';
 import { ConfigError } from './errors.ts';
 import type { ConfigOf, Schema } from './config.ts';
+import type { Logger } from './logger.ts';
 
 export const KAFKA_SCHEMA = {
   kafkaBrokers: { type: 'string', default: '', help: 'Kafka bootstrap servers, host:port, comma separated' },
@@ -99,4 +100,31 @@ export function commandRedisOptions(name: string, s: RedisSettings, url: string)
     process.stderr.write(`${name}: ${err.message}\n`);
     return 2;
   }
+}
+
+/** One kafkajs log entry, as kafkajs hands it to a logCreator. */
+interface KafkaLogEntry { namespace: string; level: number; label?: string; log: { message: string; timestamp?: string; stack?: string; [k: string]: unknown } }
+
+/**
+ * A kafkajs `logCreator` writing through our logger, so its lines have the service's format: its
+ * ERROR and WARN become warnings (kafkajs retries most of what it calls an error), without stack traces,
+ * and one message repeated within `quietMs` (a broker that refuses connections: one line per retry) is
+ * written once, the next time with how often it was held back.
+ */
+export function kafkaLogCreator(log: Logger, quietMs = 30_000): () => (entry: KafkaLogEntry) => void {
+  const last = new Map<string, { atMs: number; held: number }>();
+  return () => ({ namespace, level, log: entry }) => {
+    if (level > 2) return; // ERROR (1) and WARN (2) only, whatever the client's logLevel lets through
+    const { message, timestamp: _t, stack: _s, ...fields } = entry;
+    const key = `${namespace} ${message} ${typeof fields.error === 'string' ? fields.error : ''}`;
+    const now = Date.now();
+    const seen = last.get(key);
+    if (seen && now - seen.atMs < quietMs) {
+      seen.held++;
+      return;
+    }
+    if (last.size > 1000) last.clear();
+    last.set(key, { atMs: now, held: 0 });
+    log.warn(`kafka: ${message}`, { component: `kafkajs.${namespace}`, ...fields, ...(seen?.held ? { heldBack: seen.held } : {}) });
+  };
 }

@@ -6,7 +6,7 @@
  */
 import { Kafka, logLevel } from 'kafkajs';
 import {
-  ConfigError, CkptError, createLogger, helpText, kafkaClientConfig, parseBrokers, parseConfig, startMetricsServer, wantsHelp,
+  ConfigError, CkptError, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, startMetricsServer, wantsHelp,
 } from '@ckpt/common';
 import { runHarvest } from './harvest-loop.ts';
 import { HARVESTER_ENV_PREFIX, HARVESTER_SERVICE_SCHEMA } from './service-config.ts';
@@ -31,7 +31,7 @@ async function main(): Promise<number> {
   const log = createLogger({ service: 'harvester', vm: cfg.vmId });
   const metrics = createHarvesterMetrics({ defaultMetrics: true, vm: cfg.vmId });
   const brokers = parseBrokers(cfg.kafkaBrokers);
-  const kafka = brokers.length ? new Kafka({ ...(kafkaClientConfig(cfg, brokers) as object), logLevel: logLevel.ERROR } as ConstructorParameters<typeof Kafka>[0]) : null;
+  const kafka = brokers.length ? new Kafka({ ...(kafkaClientConfig(cfg, brokers) as object), logLevel: logLevel.ERROR, logCreator: kafkaLogCreator(log) } as unknown as ConstructorParameters<typeof Kafka>[0]) : null;
   if (!kafka) log.warn('HARVESTER_KAFKA_BROKERS is not set: checkpointing locally only, nothing is published');
   const { source, fallbackReason } = openSource(cfg);
   if (fallbackReason) log.warn('using the simulator', { component: 'source', reason: fallbackReason });

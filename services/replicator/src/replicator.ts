@@ -10,7 +10,7 @@
 import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
 import { Kafka, logLevel, PartitionAssigners, Partitioners, type Consumer, type EachBatchPayload, type KafkaConfig, type KafkaMessage, type PartitionAssigner, type Producer } from 'kafkajs';
-import { CkptError, type Logger } from '@ckpt/common';
+import { CkptError, kafkaLogCreator, type Logger } from '@ckpt/common';
 import { encodeControlRecord, PART_BEGIN, PART_COMMIT, partOfBatch, type AppliedMarker, type EpochRecord } from '@ckpt/proto';
 import { StandbyStore } from '@ckpt/standby';
 import type { ReplicatorMetrics } from './metrics.ts';
@@ -115,7 +115,7 @@ export class Replicator {
 
   constructor(private readonly o: ReplicatorOptions) {
     this.store = new StandbyStore(o.redis, o.redisPrefix);
-    this.kafka = new Kafka({ ...(o.kafka as unknown as KafkaConfig), logLevel: logLevel.ERROR, retry: { retries: 8, initialRetryTime: 100, maxRetryTime: 2000 } });
+    this.kafka = new Kafka({ ...(o.kafka as unknown as KafkaConfig), logLevel: logLevel.ERROR, logCreator: kafkaLogCreator(o.log), retry: { retries: 8, initialRetryTime: 100, maxRetryTime: 2000 } });
     this.consumer = this.kafka.consumer({
       groupId: o.groupId, maxBytesPerPartition: Math.max(4 << 20, 2 * o.maxRecordBytes), maxBytes: 32 << 20,
       // A fetch returns at once when data is there on real Kafka; the mock broker waits out maxWaitTime.

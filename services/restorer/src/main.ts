@@ -9,8 +9,9 @@
  */
 import { renameSync, writeFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
-import { CkptError, commandConfig, commandRedisOptions, createLogger, redactUrl, startMetricsServer, type MetricsServer } from '@ckpt/common';
-import { StandbyStore } from '@ckpt/standby';
+import { CkptError, commandConfig, commandRedisOptions, createLogger, KvmError, redactUrl, startMetricsServer, type MetricsServer } from '@ckpt/common';
+import { KVM_ERROR_CODES } from '@ckpt/kvm-native';
+import { StandbyStore, validVmId } from '@ckpt/standby';
 import { createRestorerMetrics } from './metrics.ts';
 import { restoreImage, type RestoredImage } from './restore-image.ts';
 import { RESTORER_ENV_PREFIX, RESTORER_SCHEMA } from './restorer-config.ts';
@@ -26,6 +27,7 @@ async function main(): Promise<number> {
   const cfg = commandConfig('restore', RESTORER_SCHEMA, USAGE, process.argv.slice(2), (c) => {
     const problems: string[] = [];
     if (!c.vm) problems.push('--vm is required');
+    else if (!validVmId(c.vm)) problems.push(`--vm ${JSON.stringify(c.vm)} is not a VM id (1-200 of A-Z a-z 0-9 . _ : -)`);
     if (!c.redisUrl && !process.env.REDIS_URL) problems.push('--redis-url (or REDIS_URL) is required');
     if (!c.out && c.resumeMs === 0) problems.push('say where the image goes: --out DIR or --resume-ms N');
     if (c.out && c.resumeMs > 0) problems.push('--out and --resume-ms exclude each other');
@@ -39,17 +41,25 @@ async function main(): Promise<number> {
   const redis = new Redis(redisOpts.url, { ...redisOpts.options, maxRetriesPerRequest: 3, lazyConnect: true });
   redis.on('error', () => undefined);
   const say = (s: string): void => void process.stderr.write(s + '\n');
+  // The --json line has the same keys whatever the outcome; what is not known is null, never a placeholder.
+  const json = (r: Record<string, unknown>): void => {
+    if (!cfg.json) return;
+    process.stdout.write(JSON.stringify({
+      vm: cfg.vm, generation: null, epoch: null, digest: null, state: null, verified: false, imageBytes: null, bytesRead: null, durationMs: null,
+      fenceWaitMs: null, restoreMBps: null, resumed: null, out: cfg.out || null, code: null, message: null, retriable: null, ...r,
+    }) + '\n');
+  };
   const report = (img: RestoredImage, resumed: { ok: boolean; detail: string } | null): void => {
     say(`restore: ${cfg.vm} epoch ${img.generation}/${img.epoch}${img.state === 'stale' ? ' (STALE image, taken with --allow-stale)' : ''}, digest ${img.digest} verified`);
-    say(`  ${(img.imageBytes / 2 ** 20).toFixed(0)} MiB of guest memory (${(img.bytesRead / 2 ** 20).toFixed(1)} MiB read) in ${img.durationMs.toFixed(0)} ms: ${img.mbps} MB/s`);
+    say(`  ${(img.imageBytes / 2 ** 20).toFixed(0)} MiB of guest memory (${(img.bytesRead / 2 ** 20).toFixed(1)} MiB read) in ${img.durationMs.toFixed(0)} ms: ${img.mbps} MB/s` +
+      (img.fenceWaitMs >= 1 ? ` (after ${img.fenceWaitMs.toFixed(0)} ms waiting for the fence)` : ''));
     if (cfg.out) say(`  written to ${cfg.out}: ${cfg.vm}.slot<id>.raw, ${cfg.vm}.vcpus.json`);
     if (resumed) say(`  resumed for ${cfg.resumeMs} ms on a fresh KVM VM: ${resumed.ok ? 'running' : 'NOT RUNNING'} (${resumed.detail})`);
-    if (cfg.json) {
-      process.stdout.write(JSON.stringify({
-        vm: img.vm, generation: img.generation, epoch: img.epoch, digest: img.digest, state: img.state, verified: true, imageBytes: img.imageBytes,
-        bytesRead: img.bytesRead, durationMs: Math.round(img.durationMs), restoreMBps: img.mbps, resumed: resumed?.ok ?? null, out: cfg.out || null,
-      }) + '\n');
-    }
+    json({
+      generation: img.generation, epoch: img.epoch, digest: img.digest, state: img.state, verified: true, imageBytes: img.imageBytes, bytesRead: img.bytesRead,
+      durationMs: Math.round(img.durationMs), fenceWaitMs: Math.round(img.fenceWaitMs), restoreMBps: img.mbps, resumed: resumed?.ok ?? null,
+      ...(resumed && !resumed.ok ? { code: 'CKPT_ERR_RESTORE_NOT_RUNNING', message: `the restored guest did not make progress: ${resumed.detail}`, retriable: false } : {}),
+    });
   };
   const metrics = createRestorerMetrics({ defaultMetrics: cfg.metricsPort >= 0 });
   let phase = 'restoring';
@@ -66,7 +76,13 @@ async function main(): Promise<number> {
     }
   };
   try {
-    if (cfg.metricsPort >= 0) server = await startMetricsServer(metrics.registry, cfg.metricsPort, () => (phase === 'running' ? null : phase));
+    if (cfg.metricsPort >= 0) {
+      try {
+        server = await startMetricsServer(metrics.registry, cfg.metricsPort, () => (phase === 'running' ? null : phase));
+      } catch (err) {
+        throw new CkptError('CKPT_ERR_RESTORE_METRICS_PORT', `cannot serve /metrics on port ${cfg.metricsPort}: ${(err as Error).message}; choose another --metrics-port (0 = any free port, -1 = off)`, { cause: err });
+      }
+    }
     try {
       await redis.connect();
     } catch (err) {
@@ -102,17 +118,35 @@ async function main(): Promise<number> {
     }
     await writeMetrics();
     return resumed && !resumed.ok ? 1 : 0;
-  } catch (err) {
+  } catch (caught) {
     phase = 'failed';
-    if (!(err instanceof CkptError)) throw err;
+    const err = forThisCommand(caught, cfg.devPath);
     await writeMetrics();
     say(`restore: FAILED: ${err.message}`);
-    if (cfg.json) process.stdout.write(JSON.stringify({ vm: cfg.vm, verified: false, code: err.code, error: err.message }) + '\n');
+    // Not one of ours: a bug or a library's own error (a Redis connection lost mid-read); the stack helps.
+    if (!(caught instanceof CkptError) && caught instanceof Error && caught.stack) say(caught.stack);
+    const waited = err.context.fenceWaitMs;
+    json({ code: err.code, message: err.message, retriable: err.retriable, fenceWaitMs: typeof waited === 'number' ? waited : null });
     return 1;
   } finally {
     redis.disconnect();
     await server?.close();
   }
+}
+
+/**
+ * `err` as a CkptError whose message names what this command offers: the KVM layer's hint about a
+ * missing device names the harvester's `--source sim`, which restore does not have.
+ */
+function forThisCommand(err: unknown, devPath: string): CkptError {
+  if (!(err instanceof CkptError)) {
+    return new CkptError('CKPT_ERR_RESTORE_UNEXPECTED', `cannot restore: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
+  if (err.code === KVM_ERROR_CODES.NO_DEVICE) {
+    return new KvmError(err.code, `cannot open ${devPath}: no such device; --resume-ms needs KVM on this host (load kvm_intel/kvm_amd, or name the KVM device with --dev-path), or write the image to files with --out DIR instead`,
+      { cause: err, context: err.context, retriable: err.retriable });
+  }
+  return err;
 }
 
 main().then((code) => { process.exitCode = code; }, (err: unknown) => {

@@ -6,6 +6,7 @@
  * and handed to a RestoreTarget (memory, raw files, or a fresh KVM VM: targets.ts).
  */
 import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import { CkptError, silentLogger, type Logger } from '@ckpt/common';
 import type { SlotInfo } from '@ckpt/proto';
 import { CHUNK_PAGES, ChunkDigest, type StandbyMeta, type StandbyStore } from '@ckpt/standby';
@@ -48,7 +49,10 @@ export interface RestoredImage {
   bytesRead: number;
   /** Guest memory size restored (all slots). */
   imageBytes: number;
+  /** From holding the fence to the image verified and handed over: the restore itself, without fenceWaitMs. */
   durationMs: number;
+  /** Time spent waiting for a fence someone else held before this restore could take it (0 if free). */
+  fenceWaitMs: number;
   /** imageBytes per second of durationMs, in MB/s. */
   mbps: number;
 }
@@ -58,7 +62,7 @@ export interface RestoreOptions {
   allowStale?: boolean;
   /** Fence lifetime; refreshed while reading. Default 10 s. */
   fenceTtlMs?: number;
-  /** How long to wait for a fence another restorer holds. Default 30 s. */
+  /** How long to wait for a fence someone else holds (another restore, `standby forget`). Default 30 s. */
   fenceWaitMs?: number;
   /** Chunks (one MGET of 256 page keys each) per pipelined round trip. Default 4: measured faster than 8 or 16 here. */
   window?: number;
@@ -75,31 +79,51 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 /**
  * Restores `vm`'s committed image into `target`. Throws CkptError: CKPT_ERR_RESTORE_NO_IMAGE,
  * CKPT_ERR_RESTORE_STALE (unless allowStale), CKPT_ERR_RESTORE_DIGEST (bytes do not hash to the
- * committed digest), CKPT_ERR_RESTORE_BUSY (another restorer holds the fence), or a Redis error.
+ * committed digest), CKPT_ERR_RESTORE_BUSY (someone else held the fence for all of fenceWaitMs), or a Redis error.
  */
 export async function restoreImage(store: StandbyStore, vm: string, target: RestoreTarget, opts: RestoreOptions = {}): Promise<RestoredImage> {
   const log = opts.log ?? silentLogger;
   const ttl = opts.fenceTtlMs ?? 10_000;
-  const token = randomBytes(12).toString('hex');
-  const t0 = performance.now();
-  const end = opts.metrics?.durationSeconds.startTimer();
+  // Says who holds the fence, for whoever has to wait for it (see fenceHolder()).
+  const token = `restore-${hostname()}-${process.pid}-${randomBytes(6).toString('hex')}`;
   let outcome = 'error';
   let fenced = false;
   let refresher: NodeJS.Timeout | undefined;
   let fenceLost = false;
   let opened = false;
+  let fenceWaitMs = 0;
+  // Started once the fence is held: time spent waiting for someone else's fence is not restore time.
+  let t0 = performance.now();
+  let end: (() => number) | undefined;
   try {
     if (!opts.unsafeNoFence) {
-      const waitUntil = Date.now() + (opts.fenceWaitMs ?? 30_000);
+      const maxWaitMs = opts.fenceWaitMs ?? 30_000;
+      const waitStart = performance.now();
+      let holder: string | null = null;
+      let said = false;
       while (!(await store.acquireFence(vm, token, ttl))) {
-        if (Date.now() > waitUntil) throw new CkptError('CKPT_ERR_RESTORE_BUSY', `cannot restore ${vm}: another restorer holds its fence (${store.keys(vm).fence})`, { retriable: true });
+        if (!said) {
+          said = true;
+          const h = await fenceHolder(store, vm);
+          holder = h.holder;
+          log.warn(`${vm} is fenced by ${holder ?? 'another holder'}${h.ttlMs === null ? '' : ` (for ${(h.ttlMs / 1000).toFixed(1)} s more unless it is refreshed)`}: waiting up to ${maxWaitMs / 1000} s for the fence`,
+            { vm, holder, holderTtlMs: h.ttlMs, maxWaitMs });
+        }
+        const waited = performance.now() - waitStart;
+        if (waited > maxWaitMs) {
+          throw new CkptError('CKPT_ERR_RESTORE_BUSY', `cannot restore ${vm}: its fence (${store.keys(vm).fence}) is still held by ${holder ?? 'another holder'} after waiting ${maxWaitMs / 1000} s; try again once that restore (or standby forget) is done`,
+            { retriable: true, context: { vm, holder, fenceWaitMs: Math.round(waited) } });
+        }
         await sleep(100);
       }
+      fenceWaitMs = performance.now() - waitStart;
       fenced = true;
       refresher = setInterval(() => {
         store.refreshFence(vm, token, ttl).then((held) => { if (!held) fenceLost = true; }, () => { fenceLost = true; });
       }, Math.max(50, Math.floor(ttl / 3)));
     }
+    t0 = performance.now();
+    end = opts.metrics?.durationSeconds.startTimer();
     const meta = await store.readMeta(vm);
     if (!meta) throw new CkptError('CKPT_ERR_RESTORE_NO_IMAGE', `no standby image of ${vm} in Redis (prefix ${store.prefix})`);
     if (meta.state !== 'ok' && !opts.allowStale) {
@@ -123,13 +147,13 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
       outcome = 'refused-digest';
       throw new CkptError('CKPT_ERR_RESTORE_DIGEST', `the standby image of ${vm} does not verify: its bytes hash to ${recomputed}, epoch ${meta.generation}/${meta.epoch} was committed with digest ${meta.digest}; refusing to restore it`);
     }
-    const image = toImage(vm, meta, bytesRead, performance.now() - t0);
+    const image = toImage(vm, meta, bytesRead, performance.now() - t0, fenceWaitMs);
     await target.finish(image);
     outcome = image.state === 'ok' ? 'ok' : 'ok-stale';
     opts.metrics?.bytes.inc(image.imageBytes);
     opts.metrics?.throughput.set(image.imageBytes / (image.durationMs / 1000));
     opts.metrics?.lastSuccess.set(Date.now() / 1000);
-    log.info('image restored', { vm, generation: image.generation, epoch: image.epoch, digest: image.digest, bytes: image.imageBytes, ms: Math.round(image.durationMs), mbps: image.mbps });
+    log.info('image restored', { vm, generation: image.generation, epoch: image.epoch, digest: image.digest, bytes: image.imageBytes, ms: Math.round(image.durationMs), fenceWaitMs: Math.round(fenceWaitMs), mbps: image.mbps });
     return image;
   } catch (err) {
     if (opened) await Promise.resolve(target.abort()).catch(() => undefined);
@@ -142,11 +166,26 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
   }
 }
 
-function toImage(vm: string, m: StandbyMeta, bytesRead: number, ms: number): RestoredImage {
+/**
+ * Who holds `vm`'s fence and for how much longer, as far as Redis says: the holder is the fence's
+ * token (a restorer's is `restore-<host>-<pid>-<random>`, `standby forget`'s `forget-<pid>-<time>`).
+ * Nulls when the fence is already gone or Redis cannot say: this is only for the waiting message.
+ */
+async function fenceHolder(store: StandbyStore, vm: string): Promise<{ holder: string | null; ttlMs: number | null }> {
+  const key = store.keys(vm).fence;
+  try {
+    const [holder, ttl] = await Promise.all([store.redis.get(key), store.redis.pttl(key)]);
+    return { holder, ttlMs: ttl >= 0 ? ttl : null };
+  } catch {
+    return { holder: null, ttlMs: null };
+  }
+}
+
+function toImage(vm: string, m: StandbyMeta, bytesRead: number, ms: number, fenceWaitMs: number): RestoredImage {
   const imageBytes = m.slots.reduce((n, s) => n + s.pages * m.pageSize, 0);
   return {
     vm, generation: m.generation, epoch: m.epoch, digest: m.digest, state: m.state, staleReason: m.staleReason, pageSize: m.pageSize, slots: m.slots,
     vcpuStates: m.vcpuStates, guestCounters: m.guestCounters, committedAtMs: m.committedAtMs, appliedAtMs: m.appliedAtMs,
-    bytesRead, imageBytes, durationMs: ms, mbps: Number((imageBytes / (ms / 1000) / 1e6).toFixed(1)),
+    bytesRead, imageBytes, durationMs: ms, fenceWaitMs, mbps: Number((imageBytes / (ms / 1000) / 1e6).toFixed(1)),
   };
 }

@@ -7,12 +7,13 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { createServer } from 'node:net';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import type { Producer } from 'kafkajs';
-import { CkptError, silentLogger, type SparseImage } from '@ckpt/common';
+import { CkptError, createLogger, silentLogger, type SparseImage } from '@ckpt/common';
 import { freePort } from '@ckpt/embedded';
 import { redisForTests } from '@ckpt/embedded/test-support';
 import { KafkaPublisher, openSource, runHarvest, ShadowVerifier, type EpochCommit } from '@ckpt/harvester';
@@ -186,10 +187,36 @@ test('a fence held by another restorer: waits, then says so', async () => {
   try {
     const err = await rejects(restoreImage(store, 'vm-b', new SparseTarget(), { fenceWaitMs: 300 }), 'CKPT_ERR_RESTORE_BUSY');
     assert.equal(err.retriable, true);
+    assert.match(err.message, /still held by someone-else after waiting 0\.3 s/);
+    assert.ok(Number(err.context.fenceWaitMs) >= 300, `the wait is in the error: ${String(err.context.fenceWaitMs)}`);
   } finally {
     await store.releaseFence('vm-b', 'someone-else');
   }
   assert.equal(await db.redis.exists(store.keys('vm-b').fence), 0);
+});
+
+test('a fence held for a while by someone else: one log line naming the holder, and the wait is not restore time', async () => {
+  await buildImage('vm-w', 2);
+  assert.ok(await store.acquireFence('vm-w', 'forget-4242-1', 60_000));
+  const release = setTimeout(() => { void store.releaseFence('vm-w', 'forget-4242-1'); }, 800);
+  const lines: string[] = [];
+  const log = createLogger({ service: 'restorer' }, { level: 'warn', write: (l) => lines.push(l) });
+  const metrics = createRestorerMetrics();
+  try {
+    const img = await restoreImage(store, 'vm-w', new SparseTarget(), { log, metrics });
+    assert.ok(img.fenceWaitMs >= 700, `the wait is reported: ${img.fenceWaitMs} ms`);
+    assert.ok(img.durationMs < 500, `the restore time excludes the wait: ${img.durationMs} ms`);
+    const sum = Number(/^ckpt_restorer_duration_seconds_sum (\S+)$/m.exec(await metrics.registry.metrics())?.[1]);
+    assert.ok(sum < 0.5, `the duration histogram excludes the wait: ${sum} s`);
+  } finally {
+    clearTimeout(release);
+  }
+  assert.equal(lines.length, 1, lines.join('\n'));
+  const rec = JSON.parse(lines[0]!) as { level: string; msg: string; holder: string; maxWaitMs: number };
+  assert.equal(rec.level, 'warn');
+  assert.match(rec.msg, /vm-w is fenced by forget-4242-1 \(for \d+\.\d s more.*\): waiting up to 30 s/);
+  assert.equal(rec.holder, 'forget-4242-1');
+  assert.equal(rec.maxWaitMs, 30_000);
 });
 
 /**
@@ -321,4 +348,76 @@ test('NEGATIVE: npm run restore exits 1 and says FAILED on a corrupted image; 0 
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+const MAIN = fileURLToPath(new URL('../src/main.ts', import.meta.url));
+const restoreCli = (args: string[], env: Record<string, string> = {}): ReturnType<typeof spawnSync> =>
+  spawnSync(process.execPath, ['--import', 'tsx', MAIN, ...args], { encoding: 'utf8', env: { ...process.env, ...env } });
+/** The last stdout line, which --json promises is one JSON object. */
+const lastJson = (r: ReturnType<typeof spawnSync>): Record<string, unknown> => JSON.parse(String(r.stdout).trim().split('\n').at(-1)!) as Record<string, unknown>;
+
+test('npm run restore waiting for a fence: says so on one line, and reports the wait apart from durationMs', async () => {
+  await buildImage('vm-cw', 2);
+  const dir = mkdtempSync(join(tmpdir(), 'ckpt-restore-'));
+  try {
+    // Expires by itself after 3 s (spawnSync blocks this process meanwhile); the child takes well under 2 s to start.
+    assert.ok(await store.acquireFence('vm-cw', 'restore-otherhost-99-abc', 3000));
+    const r = restoreCli(['--vm', 'vm-cw', '--redis-url', db.server.url, '--out', dir, '--json']);
+    assert.equal(r.status, 0, String(r.stderr));
+    const out = lastJson(r);
+    assert.ok(Number(out.fenceWaitMs) >= 1000, `fenceWaitMs includes the wait: ${String(out.fenceWaitMs)}`);
+    assert.ok(Number(out.durationMs) < 500, `durationMs excludes it: ${String(out.durationMs)}`);
+    assert.equal(out.code, null);
+    const waiting = String(r.stderr).split('\n').filter((l) => l.includes('is fenced by'));
+    assert.equal(waiting.length, 1, String(r.stderr));
+    assert.match(waiting[0]!, /vm-cw is fenced by restore-otherhost-99-abc .*waiting up to 30 s/);
+    assert.match(String(r.stderr), /after \d+ ms waiting for the fence/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('npm run restore with a malformed VM id: exit 2, a configuration error, before any connection', () => {
+  // Port 1: nothing listens, so reaching for Redis would fail with exit 1 instead.
+  for (const [args, env] of [[['--vm', 'bad id!'], {}], [[], { RESTORER_VM: 'bad id!' }]] as const) {
+    const r = restoreCli([...args, '--redis-url', 'redis://127.0.0.1:1', '--out', tmpdir()], env);
+    assert.equal(r.status, 2, String(r.stderr));
+    assert.match(String(r.stderr), /restore: invalid configuration:\n {2}- --vm "bad id!" is not a VM id \(1-200 of A-Z a-z 0-9 \. _ : -\)/);
+    assert.doesNotMatch(String(r.stderr), /connect/);
+  }
+});
+
+test('NEGATIVE: npm run restore --json when the restore fails: one JSON object with code and message, nulls for what is unknown', async () => {
+  await buildImage('vm-cf', 2);
+  const port = await new Promise<{ port: number; close: () => void }>((resolve) => {
+    const srv = createServer().listen(0, '127.0.0.1', () => resolve({ port: (srv.address() as { port: number }).port, close: () => srv.close() }));
+  });
+  try {
+    // Not one of the restorer's own errors underneath (EADDRINUSE from node:net): still one JSON line.
+    const r = restoreCli(['--vm', 'vm-cf', '--redis-url', db.server.url, '--out', tmpdir(), '--json', '--metrics-port', String(port.port)]);
+    assert.equal(r.status, 1, String(r.stderr));
+    const out = lastJson(r);
+    assert.equal(out.code, 'CKPT_ERR_RESTORE_METRICS_PORT');
+    assert.match(String(out.message), new RegExp(`cannot serve /metrics on port ${port.port}: .*EADDRINUSE.*--metrics-port`));
+    assert.equal(out.verified, false);
+    assert.equal(out.vm, 'vm-cf');
+    for (const k of ['generation', 'epoch', 'digest', 'imageBytes', 'bytesRead', 'durationMs', 'fenceWaitMs', 'restoreMBps', 'resumed']) assert.equal(out[k], null, k);
+  } finally {
+    port.close();
+  }
+});
+
+test('NEGATIVE: npm run restore --resume-ms on a host without that KVM device: a hint naming restore\'s own options', async (t) => {
+  if (!needKvm(t)) return; // the native helper must load for the device to be looked for
+  await buildImage('vm-nd', 2);
+  const r = restoreCli(['--vm', 'vm-nd', '--redis-url', db.server.url, '--resume-ms', '300', '--dev-path', '/dev/nope', '--json']);
+  assert.equal(r.status, 1, String(r.stderr));
+  assert.match(String(r.stderr), /FAILED: cannot open \/dev\/nope: no such device; .*--dev-path.*--out DIR/);
+  assert.doesNotMatch(String(r.stderr), /--source/, 'restore has no --source');
+  const out = lastJson(r);
+  assert.equal(out.code, 'CKPT_ERR_KVM_NO_DEVICE');
+  assert.match(String(out.message), /--out DIR/);
+  assert.equal(out.durationMs, null);
+  const help = restoreCli(['--help']);
+  for (const flag of ['--dev-path', '--out']) assert.ok(String(help.stdout).includes(flag), `the hint names an option restore has: ${flag}`);
 });

@@ -9,3 +9,4 @@ export * from './metrics-server.ts';
 export * from './percentile.ts';
 export * from './guest-workload.ts';
 export * from './connections.ts';
+export * from './vm-id.ts';

@@ -6,8 +6,7 @@
  * cannot be done, 2 on bad options.
  */
 import { Redis } from 'ioredis';
-import { commandConfig, commandRedisOptions, REDIS_SCHEMA, redactUrl, type Schema } from '@ckpt/common';
-import { validVmId } from './keys.ts';
+import { commandConfig, commandRedisOptions, REDIS_SCHEMA, redactUrl, vmIdProblem, type Schema } from '@ckpt/common';
 import { StandbyStore } from './standby-store.ts';
 
 const SCHEMA = {
@@ -31,7 +30,8 @@ async function main(argv: string[]): Promise<number> {
     const problems: string[] = [];
     if (sub !== 'list' && sub !== 'forget') problems.push(sub ? `unknown command "${sub}": use list or forget` : 'say what to do: list or forget');
     if (sub === 'forget' && !c.vm) problems.push('forget needs --vm ID');
-    if (c.vm && !validVmId(c.vm)) problems.push(`--vm ${JSON.stringify(c.vm)} is not a VM id (1-200 of A-Z a-z 0-9 . _ : -)`);
+    const bad = c.vm ? vmIdProblem('--vm', c.vm) : null;
+    if (bad) problems.push(bad);
     if (sub === 'list' && c.vm) problems.push('list takes no --vm');
     if (!c.redisUrl && !process.env.REDIS_URL) problems.push('--redis-url (or REDIS_URL) is required');
     return problems;

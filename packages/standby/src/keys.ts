@@ -17,21 +17,18 @@
  * generation G. A baseline for a new generation is written straight into its own g<G> keys, invisible
  * until its commit flips meta.
  */
+import { validVmId, VM_ID_RULE } from '@ckpt/common';
+
+export { validVmId };
 
 /** The image is read back in chunks of this many consecutive pages (one MGET each). */
 export const CHUNK_PAGES = 256;
 export const DEFAULT_PREFIX = 'ckpt';
 
-const VM_ID_RE = /^[A-Za-z0-9._:-]{1,200}$/;
-
-export function validVmId(vm: string): boolean {
-  return VM_ID_RE.test(vm);
-}
-
 export class VmKeys {
   readonly base: string;
   constructor(readonly vm: string, readonly prefix = DEFAULT_PREFIX) {
-    if (!validVmId(vm)) throw new RangeError(`bad VM id ${JSON.stringify(vm)}: use 1-200 of A-Z a-z 0-9 . _ : -`);
+    if (!validVmId(vm)) throw new RangeError(`bad VM id ${JSON.stringify(vm)}: use ${VM_ID_RULE}`);
     this.base = `${prefix}:{${vm}}`;
   }
   get meta(): string { return `${this.base}:meta`; }

@@ -6,7 +6,7 @@
  */
 import { Kafka, logLevel } from 'kafkajs';
 import {
-  ConfigError, CkptError, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, startMetricsServer, wantsHelp,
+  ConfigError, CkptError, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, startMetricsServer, vmIdProblem, wantsHelp,
 } from '@ckpt/common';
 import { runHarvest } from './harvest-loop.ts';
 import { HARVESTER_ENV_PREFIX, HARVESTER_SERVICE_SCHEMA } from './service-config.ts';
@@ -27,7 +27,8 @@ async function main(): Promise<number> {
   }
   // Flags win over HARVESTER_* variables; an unknown flag is an error, not ignored.
   const cfg = parseConfig(HARVESTER_SERVICE_SCHEMA, { argv: process.argv.slice(2), env: process.env, envPrefix: HARVESTER_ENV_PREFIX });
-  if (!/^[A-Za-z0-9._:-]{1,200}$/.test(cfg.vmId)) throw new ConfigError([`HARVESTER_VM_ID "${cfg.vmId}" may only use A-Z a-z 0-9 . _ : - (1-200 characters)`]);
+  const badId = vmIdProblem('HARVESTER_VM_ID', cfg.vmId);
+  if (badId) throw new ConfigError([badId]);
   const log = createLogger({ service: 'harvester', vm: cfg.vmId });
   const metrics = createHarvesterMetrics({ defaultMetrics: true, vm: cfg.vmId });
   const brokers = parseBrokers(cfg.kafkaBrokers);

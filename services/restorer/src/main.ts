@@ -9,9 +9,9 @@
  */
 import { renameSync, writeFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
-import { CkptError, commandConfig, commandRedisOptions, createLogger, KvmError, redactUrl, startMetricsServer, type MetricsServer } from '@ckpt/common';
+import { CkptError, commandConfig, commandRedisOptions, createLogger, KvmError, redactUrl, startMetricsServer, vmIdProblem, type MetricsServer } from '@ckpt/common';
 import { KVM_ERROR_CODES } from '@ckpt/kvm-native';
-import { StandbyStore, validVmId } from '@ckpt/standby';
+import { StandbyStore } from '@ckpt/standby';
 import { createRestorerMetrics } from './metrics.ts';
 import { restoreImage, type RestoredImage } from './restore-image.ts';
 import { RESTORER_ENV_PREFIX, RESTORER_SCHEMA } from './restorer-config.ts';
@@ -27,7 +27,10 @@ async function main(): Promise<number> {
   const cfg = commandConfig('restore', RESTORER_SCHEMA, USAGE, process.argv.slice(2), (c) => {
     const problems: string[] = [];
     if (!c.vm) problems.push('--vm is required');
-    else if (!validVmId(c.vm)) problems.push(`--vm ${JSON.stringify(c.vm)} is not a VM id (1-200 of A-Z a-z 0-9 . _ : -)`);
+    else {
+      const bad = vmIdProblem('--vm', c.vm);
+      if (bad) problems.push(bad);
+    }
     if (!c.redisUrl && !process.env.REDIS_URL) problems.push('--redis-url (or REDIS_URL) is required');
     if (!c.out && c.resumeMs === 0) problems.push('say where the image goes: --out DIR or --resume-ms N');
     if (c.out && c.resumeMs > 0) problems.push('--out and --resume-ms exclude each other');

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { createServer, type AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { KVM_CAP, needKvm, nodeWithoutKvmCaps } from '@ckpt/kvm-native/test-support';
@@ -49,6 +50,24 @@ test('a missing KVM device is a clear error, not a crash', () => {
   assert.equal(r.code, 1);
   assert.match(r.stderr, /cannot open \/nonexistent\/kvm.*CKPT_ERR_KVM_NO_DEVICE/s);
   assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+});
+
+test('a failure with --json: one JSON line saying what failed; a busy metrics port is a clear error, not a stack trace', async () => {
+  const busy = createServer();
+  await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
+  try {
+    const port = (busy.address() as AddressInfo).port;
+    const r = harvest(['--source', 'sim', '--epochs', '1', '--metrics-port', String(port), '--json']);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`cannot serve /metrics on port ${port}: .*EADDRINUSE.*--metrics-port`));
+    assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+    assert.deepEqual({ ...r.json, message: undefined }, { failed: true, code: 'CKPT_ERR_HARVEST_METRICS_PORT', message: undefined, retriable: false });
+  } finally {
+    busy.close();
+  }
+  const dev = harvest(['--source', 'kvm', '--dev-path', '/nonexistent/kvm', '--epochs', '1', '--json']);
+  assert.equal(dev.json?.code, 'CKPT_ERR_KVM_NO_DEVICE', dev.stdout);
+  assert.equal(harvest(['--bogus', '--json']).json?.code, 'CKPT_ERR_CONFIG_INVALID');
 });
 
 test('--source auto says which source it used', () => {

@@ -49,7 +49,11 @@ async function main(argv: string[]): Promise<number> {
   process.once('SIGTERM', onSignal);
   try {
     if (cfg.metricsPort >= 0) {
-      server = await startMetricsServer(metrics.registry, cfg.metricsPort);
+      try {
+        server = await startMetricsServer(metrics.registry, cfg.metricsPort);
+      } catch (err) {
+        throw new CkptError('CKPT_ERR_HARVEST_METRICS_PORT', `cannot serve /metrics on port ${cfg.metricsPort}: ${(err as Error).message}; choose another --metrics-port (0 = any free port, -1 = off)`, { cause: err });
+      }
       log.info('metrics listening', { port: server.port });
     }
     const summary = await runHarvest(source, {
@@ -88,18 +92,27 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-main(process.argv.slice(2)).then(
+const argv = process.argv.slice(2);
+main(argv).then(
   (code) => { process.exitCode = code; },
   (err: unknown) => {
+    let code: string;
     if (err instanceof ConfigError) {
-      process.stderr.write(`harvest: ${err.message}\n`);
+      process.stderr.write(`harvest: ${err.message}\n(npm run harvest -- --help lists the options)\n`);
+      code = err.code;
       process.exitCode = 2;
     } else if (err instanceof CkptError) {
       process.stderr.write(`harvest: ${err.message} [${err.code}]\n`);
+      code = err.code;
       process.exitCode = 1;
     } else {
       process.stderr.write(`harvest: unexpected failure: ${err instanceof Error ? err.stack : String(err)}\n`);
+      code = 'CKPT_ERR_HARVEST_UNEXPECTED';
       process.exitCode = 1;
+    }
+    // With --json the last stdout line is still one JSON object: what failed, instead of the summary.
+    if (argv.includes('--json') || argv.includes('--json=true')) {
+      process.stdout.write(JSON.stringify({ failed: true, code, message: err instanceof Error ? err.message : String(err), retriable: err instanceof CkptError ? err.retriable : false }) + '\n');
     }
   },
 );

@@ -5,8 +5,8 @@
  * - `resources`: YAML files (inside the kustomization's directory, as kustomize's default load
  *   restrictor demands) and directories holding a kustomization (anywhere);
  * - `configMapGenerator` / `secretGenerator` (`files`, `literals`, `envs`, `options`) and
- *   `generatorOptions`, with the name-suffix hash computed like kustomize's (sha256 of the
- *   kind/name/data JSON, first 10 hex digits mapped 0→g 1→h 3→k a→m e→t), added at the end of the
+ *   `generatorOptions`, with a name-suffix hash in kustomize's manner (sha256 of the kind/name/data
+ *   JSON, first 10 hex digits mapped 0→g 1→h 3→k a→m e→t; not kustomize v5's suffixes), added at the end of the
  *   top-level build, and references to the generated names fixed up in pod templates;
  * - `patches`: strategic-merge patches (lists merged by their Kubernetes merge key: containers, env and
  *   volumes by `name`, volumeMounts by `mountPath`, container ports by `containerPort`; in custom
@@ -264,7 +264,11 @@ function goJson(v: unknown): string {
   return '{' + Object.keys(o).sort().map((k) => goJson(k) + ':' + goJson(o[k])).join(',') + '}';
 }
 
-/** Kustomize's name-suffix hash of a ConfigMap or Secret (api/hasher). */
+/**
+ * A name-suffix hash of a ConfigMap or Secret in the manner of kustomize's api/hasher. It is not the
+ * suffix kustomize v5 (`kubectl kustomize`) gives the same object; nothing may depend on its value,
+ * only on references being fixed up to it (docs/deploy.md).
+ */
 export function nameHash(obj: K8sObject): string {
   const m: Obj = obj.kind === 'Secret'
     ? { kind: 'Secret', type: obj.type ?? '', name: obj.metadata.name, data: obj.data ?? '' }

@@ -23,7 +23,10 @@ export function substituteGrafanaVariables(expr: string): string {
 export interface ParsedQuery {
   /** Empty when the query parses; else where it does not. */
   errors: string[];
-  /** Metric names the query selects (by name or by a `__name__="..."` matcher). */
+  /**
+   * Metric names the query selects: by name, by a `__name__="..."` matcher, or by a `__name__=~"a|b"`
+   * matcher whose alternatives are all plain names (any other regex selects no name this can check).
+   */
   metrics: string[];
 }
 
@@ -43,6 +46,8 @@ export function parsePromQL(expr: string): ParsedQuery {
         const text = expr.slice(node.from, node.to);
         const m = /^__name__\s*=\s*"([^"]+)"$/.exec(text);
         if (m) metrics.add(m[1]!);
+        const alternatives = /^__name__\s*=~\s*"([A-Za-z_:][\w:]*(?:\|[A-Za-z_:][\w:]*)*)"$/.exec(text);
+        if (alternatives) for (const name of alternatives[1]!.split('|')) metrics.add(name);
       }
       return undefined;
     },

@@ -10,13 +10,24 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
+import { PAUSE_P99_BUDGET_SECONDS, PAUSE_P99_WATCH_SECONDS } from '../grafana/src/alert-thresholds.ts';
 import { DASHBOARDS, renderDashboard, renderKustomization } from '../grafana/src/catalog.ts';
+import { AT_RISK_VMS, FRESH_STANDBY_SECONDS, VM_SERIES } from '../grafana/src/standby-queries.ts';
 import { VM } from '../grafana/src/vm-dashboard.ts';
 import { dashboardPanels, dashboardQueries, validateDashboards, variableQueryExpr } from '../src/dashboards.ts';
 import { knownMetrics } from '../src/known-metrics.ts';
 import { parsePromQL, substituteGrafanaVariables } from '../src/promql.ts';
 
 const GRAFANA_DIR = fileURLToPath(new URL('../grafana/', import.meta.url));
+const RULES_DIR = fileURLToPath(new URL('../prometheus/rules/', import.meta.url));
+
+/** The `expr` of one alert of a committed PrometheusRule file. */
+async function alertExpr(file: string, alert: string): Promise<string> {
+  const rule = parseYaml(await readFile(join(RULES_DIR, file), 'utf8')) as { spec: { groups: { rules: { alert?: string; expr: string }[] }[] } };
+  const found = rule.spec.groups.flatMap((g) => g.rules).find((r) => r.alert === alert);
+  assert.ok(found, `${file} has no alert ${alert}`);
+  return found.expr.trim();
+}
 
 /** The parts of Grafana's dashboard JSON these tests read. */
 interface TargetJson { refId: string; expr: string; format?: string; datasource?: unknown }
@@ -28,7 +39,7 @@ interface PanelJson {
   datasource?: unknown;
   targets: TargetJson[];
   options: { legend?: { showLegend: boolean }; yAxis?: { unit?: string }; calculate?: boolean };
-  fieldConfig: { defaults: { unit?: string } };
+  fieldConfig: { defaults: { unit?: string; thresholds?: { steps: { color: string; value: number | null }[] } } };
 }
 interface VariableJson { name: string; type: string; query: unknown; datasource?: unknown }
 interface DashboardJson { uid: string; tags: string[]; refresh: string; templating: { list: VariableJson[] }; panels: PanelJson[] }
@@ -169,7 +180,50 @@ describe('generated dashboards', () => {
     }
     const vmVariable = variable(vm, 'vm');
     assert.equal(vmVariable.type, 'query');
-    assert.match(vmVariable.query as string, /^label_values\(ckpt_\w+, vm\)$/);
+    assert.match(vmVariable.query as string, /^label_values\(.+, vm\)$/);
+  });
+
+  // When a host is lost, its harvester's series go stale: a VM known only by them would vanish from
+  // the dashboards exactly when it needs a failover. The replicator keeps reporting its standby.
+  test('a VM whose harvester is gone stays in $vm and among the VMs at risk, by its replicator standby series', () => {
+    const perVm = knownMetrics().filter((m) => (VM_SERIES as readonly string[]).includes(m.name));
+    assert.deepEqual(perVm.map((m) => m.service).sort(), ['harvester', 'replicator']);
+    for (const m of perVm) assert.ok(m.labels.includes('vm'), `${m.name} has no vm label`);
+
+    const vmVariable = variable(byUid('ckpt-vm'), 'vm').query as string;
+    assert.deepEqual(parsePromQL(variableQueryExpr(vmVariable)!).metrics.sort(), [...VM_SERIES].sort(), vmVariable);
+
+    // At risk: every VM the left operand names, less the protected ones.
+    const known = AT_RISK_VMS.slice(0, AT_RISK_VMS.indexOf(' unless on (vm) '));
+    assert.deepEqual(parsePromQL(known).metrics.sort(), [...VM_SERIES].sort(), AT_RISK_VMS);
+    const uses = dashboardQueries(byUid('ckpt-overview')).filter((q) => q.expr.includes(AT_RISK_VMS)).map((q) => q.where.replace(/ \(id \d+\)/, ''));
+    assert.deepEqual(uses, ['panel "VMs at risk" query A', 'panel "Protection over time" query B']);
+  });
+
+  test('the guest pause p99 stat colours by the budget CkptPauseP99OverBudget fires at, for the worst VM as the alert sees it', async () => {
+    assert.equal(await alertExpr('ckpt-harvester.yaml', 'CkptPauseP99OverBudget'), `vm:ckpt_harvester_pause_seconds:p99_rate5m > ${PAUSE_P99_BUDGET_SECONDS}`);
+    const p = contentPanels(byUid('ckpt-overview')).find((x) => x.title === 'Guest pause p99')!;
+    assert.deepEqual(p.fieldConfig.defaults.thresholds?.steps, [
+      { color: 'green', value: null }, { color: 'orange', value: PAUSE_P99_WATCH_SECONDS }, { color: 'red', value: PAUSE_P99_BUDGET_SECONDS },
+    ]);
+    assert.match(p.targets[0]!.expr, /^max\(histogram_quantile\(0\.99, sum by \(vm, le\) /);
+    assert.ok(p.description?.includes(`${PAUSE_P99_BUDGET_SECONDS * 1000} ms`), p.description);
+  });
+
+  test('the standby freshness limit of the dashboards is the one CkptRpoBreached fires at', async () => {
+    assert.equal(await alertExpr('ckpt-replication.yaml', 'CkptRpoBreached'), `min by (vm) (ckpt_replicator_standby_age_seconds) > ${FRESH_STANDBY_SECONDS}`);
+  });
+
+  test('the restore panels ignore the 0 a restorer reports before a success, and say that drills do not show there', () => {
+    const restores = ['Restores by outcome (range)', 'Last successful restore', 'Restore duration p99', 'Last restore throughput']
+      .map((t) => contentPanels(byUid('ckpt-overview')).find((p) => p.title === t)!);
+    for (const p of restores) {
+      assert.match(p.description ?? '', /failover/, p.title);
+      assert.match(p.description ?? '', /drill.*Job's status.*log/, p.title);
+    }
+    for (const [p, gauge] of [[restores[1]!, 'ckpt_restorer_last_success_timestamp_seconds'], [restores[3]!, 'ckpt_restorer_throughput_bytes_per_second']] as const) {
+      assert.match(p.targets[0]!.expr, new RegExp(`\\b${gauge}\\b.*\\) > 0\\)$`), p.title);
+    }
   });
 
   test('the host dashboard filters every panel query by the instance variable', () => {
@@ -202,6 +256,12 @@ describe('variable queries', () => {
     assert.equal(variableQueryExpr('query_result(topk(5, up))'), 'topk(5, up)');
     assert.equal(variableQueryExpr('metrics(ckpt_.*)'), undefined);
     assert.equal(variableQueryExpr('max by (vm) (up)'), 'max by (vm) (up)');
+  });
+
+  test('a __name__ regex of plain names selects those metrics; any other regex selects none', () => {
+    assert.deepEqual(parsePromQL('{__name__=~"ckpt_a|ckpt_b"}').metrics, ['ckpt_a', 'ckpt_b']);
+    assert.deepEqual(parsePromQL('{__name__=~"ckpt_.*"}').metrics, []);
+    assert.deepEqual(parsePromQL('{__name__="ckpt_a", vm="x"}').metrics, ['ckpt_a']);
   });
 });
 

@@ -1,6 +1,7 @@
 /** `ckpt-overview`: is every VM protected now, and if not, which part of the pipeline is at fault. */
 import type { Dashboard } from '@grafana/grafana-foundation-sdk/dashboard';
 import { NEUTRAL, NONE_IS_BAD, UNIT, ZERO_IS_NORMAL, ZERO_IS_OK, below, ckptDashboard, finish, row, stat, table, timeseries, valueText } from './panels.ts';
+import { PAUSE_P99_BUDGET_SECONDS, PAUSE_P99_WATCH_SECONDS } from './alert-thresholds.ts';
 import { increaseInRange, perMinute, quantile, rate } from './queries.ts';
 import { AT_RISK_VMS, FRESH_STANDBY_SECONDS, PROTECTED_VMS, STALE_VMS, lagEpochs, standbyAge, vmStale } from './standby-queries.ts';
 
@@ -10,6 +11,11 @@ const H = 'job="ckpt-harvester"';
 const R = 'job="ckpt-replicator"';
 const TOP = 10;
 const oldest = `topk(${TOP}, ${standbyAge()})`;
+/**
+ * Which restores the restore panels see: Prometheus scrapes only the failover Deployment's restorers
+ * (deploy/k8s/base/pod-monitors.yaml); the drill Job runs with its metrics off and reports elsewhere.
+ */
+const RESTORES_SEEN = 'Only the failover restorers (Deployment ckpt-restorer-failover) are scraped, and only while their pod runs; drills never show here: a drill\'s result is its Job\'s status (kubectl -n ckpt get jobs -l app.kubernetes.io/component=drill) and the JSON summary on the last line of its log.';
 
 export function overviewDashboard(): Dashboard {
   return finish(ckptDashboard({
@@ -26,7 +32,7 @@ export function overviewDashboard(): Dashboard {
     }))
     .withPanel(stat({
       title: 'VMs at risk',
-      description: `VMs a harvester checkpoints whose standby is missing, older than ${FRESH_STANDBY_SECONDS} s or stale: a failover now would lose more than the RPO, or fail. Above 0, open "Checkpointing / VM" for those VMs.`,
+      description: `VMs with a harvester or a standby whose standby is missing, older than ${FRESH_STANDBY_SECONDS} s or stale: a failover now would lose more than the RPO, or fail. A VM whose host was lost counts here by its ageing standby. Above 0, open "Checkpointing / VM" for those VMs.`,
       queries: [{ expr: `count(${AT_RISK_VMS}) or vector(0)` }],
       unit: UNIT.count, steps: ZERO_IS_OK, decimals: 0,
     }))
@@ -50,9 +56,9 @@ export function overviewDashboard(): Dashboard {
     }))
     .withPanel(stat({
       title: 'Guest pause p99',
-      description: 'How long a checkpoint pauses a guest, 99th percentile over all VMs. This is the cost guests pay; above a few milliseconds, look at the drain time and the dirty rate in "Checkpointing / Host".',
-      queries: [{ expr: quantile(0.99, 'ckpt_harvester_pause_seconds') }],
-      unit: UNIT.seconds, steps: below(0.005, 0.025),
+      description: `How long a checkpoint pauses a guest: the 99th percentile of the worst VM, the cost guests pay. Orange from ${PAUSE_P99_WATCH_SECONDS * 1000} ms; red from the ${PAUSE_P99_BUDGET_SECONDS * 1000} ms budget, where CkptPauseP99OverBudget fires once it lasts 10 minutes. Then look at the drain time and the dirty rate in "Checkpointing / Host".`,
+      queries: [{ expr: `max(${quantile(0.99, 'ckpt_harvester_pause_seconds', '', ['vm'])})` }],
+      unit: UNIT.seconds, steps: below(PAUSE_P99_WATCH_SECONDS, PAUSE_P99_BUDGET_SECONDS),
     }))
 
     .withRow(row('Services'))
@@ -251,26 +257,26 @@ export function overviewDashboard(): Dashboard {
     .withRow(row('Restores'))
     .withPanel(stat({
       title: 'Restores by outcome (range)',
-      description: 'Restores in the selected range by outcome. refused-stale and refused-digest protected a guest from a bad image; error needs the restorer logs.',
+      description: `Failover restores in the selected range by outcome: refused-stale and refused-digest protected a guest from a bad image; error needs the restorer logs. ${RESTORES_SEEN}`,
       queries: [{ expr: 'sum by (outcome) (increase(ckpt_restorer_restores_total[$__range]))', legend: '{{outcome}}', instant: true }],
       unit: UNIT.count, steps: NEUTRAL, decimals: 0, noValue: 'none', width: 6,
     }))
     .withPanel(stat({
       title: 'Last successful restore',
-      description: 'Time since a restore last succeeded. Restores that are never exercised may not work when needed: run a drill if this is old.',
-      queries: [{ expr: 'time() - max(ckpt_restorer_last_success_timestamp_seconds)' }],
-      unit: UNIT.seconds, steps: NEUTRAL, noValue: 'never', width: 6,
+      description: `Time since a failover restorer scraped in the selected range last restored successfully (a restorer reports 0 until its restore succeeds, shown as none). ${RESTORES_SEEN} Restores that are never exercised may not work when needed: run a drill regularly and read its result there.`,
+      queries: [{ expr: 'time() - max(max_over_time(ckpt_restorer_last_success_timestamp_seconds[$__range]) > 0)', instant: true }],
+      unit: UNIT.seconds, steps: NEUTRAL, noValue: 'none in range', width: 6,
     }))
     .withPanel(stat({
       title: 'Restore duration p99',
-      description: 'Time to read, verify and hand over an image (fence to release), 99th percentile over the selected range: the restore part of the RTO.',
+      description: `Time to read, verify and hand over an image (fence to release), 99th percentile of the failover restores over the selected range: the restore part of the RTO. ${RESTORES_SEEN}`,
       queries: [{ expr: 'histogram_quantile(0.99, sum by (le) (rate(ckpt_restorer_duration_seconds_bucket[$__range])))', instant: true }],
       unit: UNIT.seconds, steps: NEUTRAL, noValue: 'no restores', width: 6,
     }))
     .withPanel(stat({
       title: 'Last restore throughput',
-      description: 'Guest memory per second of the last successful restore. Divide a guest\'s memory size by it to estimate its restore time.',
-      queries: [{ expr: 'max(ckpt_restorer_throughput_bytes_per_second)' }],
+      description: `Guest memory per second of the last successful failover restore in the selected range (0 before a success is shown as none). Divide a guest's memory size by it to estimate its restore time. ${RESTORES_SEEN}`,
+      queries: [{ expr: 'max(last_over_time(ckpt_restorer_throughput_bytes_per_second[$__range]) > 0)', instant: true }],
       unit: UNIT.bytesPerSecond, steps: NEUTRAL, noValue: 'no restores', width: 6,
     })));
 }

@@ -2,7 +2,7 @@
 import { VariableSort, type Dashboard } from '@grafana/grafana-foundation-sdk/dashboard';
 import { NEUTRAL, UNIT, below, ckptDashboard, finish, labelValuesVariable, row, stat, timeseries, valueText } from './panels.ts';
 import { mean, perMinute, quantile, rate } from './queries.ts';
-import { FRESH_STANDBY_SECONDS, lagEpochs, standbyAge, vmStale } from './standby-queries.ts';
+import { FRESH_STANDBY_SECONDS, VM_VARIABLE_QUERY, lagEpochs, standbyAge, vmStale } from './standby-queries.ts';
 
 export const VM_UID = 'ckpt-vm';
 
@@ -16,8 +16,8 @@ export function vmDashboard(): Dashboard {
     description: 'One guest: how fresh its standby image is, how far replication is behind, what each checkpoint costs the guest, and whether its harvester is held back or resyncing.',
   })
     .withVariable(labelValuesVariable({
-      name: 'vm', label: 'VM', description: 'Guests with a harvester in the selected time range (the harvester\'s HARVESTER_VM_ID)',
-      query: 'label_values(ckpt_harvester_last_epoch, vm)', sort: VariableSort.AlphabeticalAsc,
+      name: 'vm', label: 'VM', description: 'Guests with a harvester or a standby image in the selected time range (the harvester\'s HARVESTER_VM_ID): a guest whose host was lost is still listed by its standby',
+      query: VM_VARIABLE_QUERY, sort: VariableSort.AlphabeticalAsc,
     }))
 
     .withRow(row('Standby image'))

@@ -51,7 +51,7 @@ export interface HarvestSummary {
   ringReliefs: number;
   /** Ring entries the kernel overwrote before harvest (each overrun forces a new generation). */
   ringEntriesLost: number;
-  /** New generations started because continuity was lost. */
+  /** New generations started after the first: continuity lost, a publish timeout, or a replicator's resync request. */
   resyncs: number;
   generation: number;
   /** Entries marked RESET equals the sum of KVM_RESET_DIRTY_RINGS results. */

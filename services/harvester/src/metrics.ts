@@ -29,18 +29,31 @@ export interface HarvesterMetrics {
   ringProbeFailed: Gauge;
 }
 
+/** The values of `kind` on ckpt_harvester_epochs_total. */
+export const EPOCH_KINDS = ['baseline', 'delta'] as const;
+/** The values of `cause` on ckpt_harvester_backpressure_seconds_total. */
+export const BACKPRESSURE_CAUSES = ['in-flight', 'replication-window'] as const;
+
 const LATENCY_BUCKETS = [50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1];
 const BYTE_BUCKETS = [4096, 65536, 262144, 1 << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20, 1 << 30];
 
 /**
  * `vm`, when given, labels every series of this registry (process metrics included): one harvester
  * process serves one guest, so the label's cardinality is the number of guests, one per process.
+ *
+ * Labelled counters start at 0 for each of their label values: prom-client exports a labelled series
+ * only once it exists, and a harvester that never cuts an epoch (stuck on publish failures from its
+ * start) must still show `ckpt_harvester_epochs_total` flat at 0, or CkptNoEpochs cannot fire for it.
  */
 export function createHarvesterMetrics(options: { defaultMetrics?: boolean; vm?: string } = {}): HarvesterMetrics {
   const registry = new Registry();
   if (options.vm !== undefined) registry.setDefaultLabels({ vm: options.vm });
   if (options.defaultMetrics) collectDefaultMetrics({ register: registry });
   const registers = [registry];
+  const epochs = new Counter({ name: 'ckpt_harvester_epochs_total', help: 'Epochs cut, by kind (baseline or delta)', labelNames: ['kind'], registers });
+  for (const kind of EPOCH_KINDS) epochs.inc({ kind }, 0);
+  const backpressureSeconds = new Counter({ name: 'ckpt_harvester_backpressure_seconds_total', help: 'Time the harvester waited before producing, by cause (in-flight cap, replication window)', labelNames: ['cause'], registers });
+  for (const cause of BACKPRESSURE_CAUSES) backpressureSeconds.inc({ cause }, 0);
   return {
     registry,
     pagesHarvested: new Counter({ name: 'ckpt_harvester_pages_harvested_total', help: 'Guest pages copied into epochs (zero pages included)', registers }),
@@ -50,9 +63,9 @@ export function createHarvesterMetrics(options: { defaultMetrics?: boolean; vm?:
     ringFullExits: new Counter({ name: 'ckpt_harvester_ring_full_exits_total', help: 'vCPU exits because a dirty ring reached its soft limit (KVM_EXIT_DIRTY_RING_FULL)', registers }),
     ringReliefs: new Counter({ name: 'ckpt_harvester_ring_reliefs_total', help: 'Live drains that freed full rings, between epochs and while an epoch waited on its sinks', registers }),
     ringEntriesLost: new Counter({ name: 'ckpt_harvester_ring_entries_lost_total', help: 'Dirty-ring entries the kernel overwrote before they were harvested (ring overrun)', registers }),
-    resyncs: new Counter({ name: 'ckpt_harvester_resyncs_total', help: 'New generations (with a baseline) started because continuity was lost', registers }),
+    resyncs: new Counter({ name: 'ckpt_harvester_resyncs_total', help: 'New generations (each with a baseline) started after the first: continuity lost, a record not published within the publish timeout, or a replicator\'s resync request', registers }),
     zeroPages: new Counter({ name: 'ckpt_harvester_zero_pages_total', help: 'Harvested pages that were all zero and shipped as marks', registers }),
-    epochs: new Counter({ name: 'ckpt_harvester_epochs_total', help: 'Epochs cut, by kind (baseline or delta)', labelNames: ['kind'], registers }),
+    epochs,
     pauseSeconds: new Histogram({ name: 'ckpt_harvester_pause_seconds', help: 'Guest pause per checkpoint: pause, drain, reset, copy, vCPU state', buckets: LATENCY_BUCKETS, registers }),
     drainSeconds: new Histogram({ name: 'ckpt_harvester_drain_seconds', help: 'Time to stop the vCPUs, drain every dirty ring and reset it, within the pause', buckets: LATENCY_BUCKETS, registers }),
     epochBytes: new Histogram({ name: 'ckpt_harvester_epoch_bytes', help: 'Page data bytes per epoch (zero pages excluded)', buckets: BYTE_BUCKETS, registers }),
@@ -61,9 +74,9 @@ export function createHarvesterMetrics(options: { defaultMetrics?: boolean; vm?:
     produceSeconds: new Histogram({ name: 'ckpt_harvester_produce_seconds', help: 'Kafka produce latency per record (send to acks=all acknowledgement)', buckets: LATENCY_BUCKETS, registers }),
     produceErrors: new Counter({ name: 'ckpt_harvester_produce_errors_total', help: 'Failed produce attempts (each is retried until the publish timeout)', registers }),
     inFlightBytes: new Gauge({ name: 'ckpt_harvester_in_flight_bytes', help: 'Bytes sent to Kafka and not yet acknowledged', registers }),
-    backpressureSeconds: new Counter({ name: 'ckpt_harvester_backpressure_seconds_total', help: 'Time the harvester waited before producing, by cause (in-flight cap, replication window)', labelNames: ['cause'], registers }),
+    backpressureSeconds,
     intervalStretchSeconds: new Counter({ name: 'ckpt_harvester_interval_stretch_seconds_total', help: 'Time by which epoch intervals exceeded the configured interval (backpressure or slow epochs)', registers }),
-    windowStalls: new Counter({ name: 'ckpt_harvester_window_stalls_total', help: 'Times the replicator reported no progress for the stall timeout and the replication window was cleared', registers }),
+    windowStalls: new Counter({ name: 'ckpt_harvester_window_stalls_total', help: 'Times the replication window was cleared because the replicator reported no progress: after the stall timeout once the broker no longer held (or could not say it held) the records waited for, else after the longest wait', registers }),
     resyncRequests: new Counter({ name: 'ckpt_harvester_resync_requests_total', help: 'Resync requests received from replicators (each starts a new generation with a baseline)', registers }),
     lastEpoch: new Gauge({ name: 'ckpt_harvester_last_epoch', help: 'Number of the last epoch cut', registers }),
     ringProbeFailed: new Gauge({ name: 'ckpt_harvester_ring_probe_failed', help: '1 when the kernel refused or did not log the dirty-ring probe: a ring overrun harvested at a pause then shows one epoch late, after that epoch was committed', registers }),

@@ -80,7 +80,7 @@ export class SimSource implements DirtySource {
     this.opts = { ...options };
     this.pageSize = options.pageSize ?? 4096;
     this.clock = options.clock ?? (() => performance.now());
-    if (options.vcpus < 1 || options.vcpus > GUEST_LAYOUT.maxVcpus) throw new RangeError(`vcpus must be 1..${GUEST_LAYOUT.maxVcpus}`);
+    if (options.vcpus < 1 || options.vcpus > GUEST_LAYOUT.maxVcpus) throw new RangeError(`--vcpus (vcpus) must be 1..${GUEST_LAYOUT.maxVcpus}`);
     let firstPage = 0;
     this.slotPages = [];
     this.slotFirstPage = [];
@@ -97,7 +97,7 @@ export class SimSource implements DirtySource {
     const regionPages = Math.min(firstPage, GUEST_REACH_PAGES) - this.regionFirstPage;
     if (regionPages <= 0) throw new RangeError('guest memory is smaller than the reserved area');
     if (options.workload === 'hotset' && (options.hotPages < 1 || options.hotPages > regionPages)) {
-      throw new RangeError(`hotPages must be 1..${regionPages}`);
+      throw new RangeError(`--hot-pages (hotPages) must be 1..${regionPages} for this guest size (the workload region)`);
     }
     this.memory = new SparseImage(this.pageSize, this.slotPages);
     this.vcpuCount = options.vcpus;

@@ -52,7 +52,7 @@ async function main(): Promise<void> {
   // page, so a real guest fills pages far slower than the pipeline can carry them.
   say('1/3 end-to-end throughput of incompressible pages (2 simulated guests, 25000 filled pages/s each) vs redis-benchmark SET -d 4096 -P 32');
   const ceiling = await redisIngestMBps();
-  const t = await runPipeline({ ...base, vms: 2, memMib: 64, fill: true, workload: 'random', rate: 25_000, intervalMs: 20, windowBytes: 4 << 20 });
+  const t = await runPipeline({ ...base, vms: 2, memMib: 64, fill: true, workload: 'random', rate: 25_000, intervalMs: 20 });
   check(t, 'throughput run');
   // The embedded Redis runs with appendfsync always (every acknowledged write is on disk): compare with that.
   const ratioToRedisIngest = t.steadyThroughputMBps / ceiling.always;

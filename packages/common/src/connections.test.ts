@@ -43,7 +43,7 @@ test('Kafka: SASL without its user or password file, an unreadable secret, and n
     (e: unknown) => e instanceof ConfigError && e.message.includes('cannot read the Kafka CA bundle from') && e.message.includes('missing.pem'));
   assert.throws(() => kafkaClientConfig(kafka, parseBrokers(' , ')), (e: unknown) => e instanceof ConfigError && /no Kafka brokers/.test(e.message));
   assert.deepEqual(parseBrokers(' a:1, b:2 ,'), ['a:1', 'b:2']);
-  assert.deepEqual(parseBrokers('[::1]:9092'), ['[::1]:9092']);
+  assert.throws(() => parseBrokers('[::1]:9092'), (e: unknown) => e instanceof ConfigError && /IPv6 address literal; use a host name/.test(e.message));
   // A malformed entry is a configuration error naming it, not a connection failure later.
   for (const bad of ['host:notaport', 'host', 'h:0', 'h:70000', 'a:1,b']) {
     assert.throws(() => parseBrokers(bad), (e: unknown) => e instanceof ConfigError && /is not host:port/.test(e.message), bad);
@@ -62,7 +62,8 @@ test('Redis: the password file overrides the URL\'s, TLS takes its CA from a fil
 
 test('kafkajs logs through our logger: warnings in our format, no stack traces, a repeated message held back and counted', () => {
   const lines: { msg: string; fields?: Record<string, unknown> }[] = [];
-  const log = { ...silentLogger, warn: (msg: string, fields?: Record<string, unknown>) => void lines.push({ msg, fields }) };
+  const push = (msg: string, fields?: Record<string, unknown>): void => void lines.push({ msg, fields });
+  const log = { ...silentLogger, warn: push, error: push };
   const write = kafkaLogCreator(log, 50)();
   const refused = { namespace: 'Connection', level: 1, label: 'ERROR', log: { message: 'Connection error: connect ECONNREFUSED', timestamp: 't', stack: 'Error: at ...', broker: 'b:1' } };
   for (let i = 0; i < 5; i++) write(refused);
@@ -70,6 +71,15 @@ test('kafkajs logs through our logger: warnings in our format, no stack traces, 
   assert.equal(lines.length, 1, JSON.stringify(lines));
   assert.equal(lines[0]!.msg, 'kafka: Connection error: connect ECONNREFUSED');
   assert.deepEqual(lines[0]!.fields, { component: 'kafkajs.Connection', broker: 'b:1' });
+  // The same message from another partition is its own line; an error of ours keeps message and stack.
+  write({ namespace: 'ConsumerGroup', level: 1, label: 'ERROR', log: { message: 'Offset out of range', topic: 't', partition: 1 } });
+  write({ namespace: 'ConsumerGroup', level: 1, label: 'ERROR', log: { message: 'Offset out of range', topic: 't', partition: 2 } });
+  assert.equal(lines.length, 3);
+  const ours = new Error('stage failed');
+  write({ namespace: 'Runner', level: 1, label: 'ERROR', log: { message: 'Error when calling eachBatch', error: ours, stack: ours.stack } });
+  assert.equal(lines[3]!.fields?.err, ours);
+  assert.match(String(lines[3]!.fields?.stack), /stage failed/);
+  lines.length = 1;
   const until = Date.now() + 60;
   while (Date.now() < until) { /* let the quiet period pass */ }
   write(refused);

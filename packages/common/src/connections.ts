@@ -71,11 +71,16 @@ export const redactUrl = (url: string): string => url.replace(/\/\/[^@]*@/, '//*
  */
 export function parseBrokers(list: string): string[] {
   const brokers = list.split(',').map((b) => b.trim()).filter(Boolean);
-  const bad = brokers.filter((b) => {
-    const m = /^(\[[0-9a-fA-F:.]+\]|[^:\s[\]]+):(\d{1,5})$/.exec(b);
-    return !m || Number(m[2]) < 1 || Number(m[2]) > 65535;
-  });
-  if (bad.length) throw new ConfigError(bad.map((b) => `Kafka broker "${b}" is not host:port (port 1..65535)`));
+  const problems: string[] = [];
+  for (const b of brokers) {
+    // kafkajs splits an entry at ':', so an IPv6 literal cannot work: it needs a host name.
+    if (b.startsWith('[')) problems.push(`Kafka broker "${b}": the Kafka client cannot take an IPv6 address literal; use a host name that resolves to it`);
+    else {
+      const m = /^([^:\s]+):(\d{1,5})$/.exec(b);
+      if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) problems.push(`Kafka broker "${b}" is not host:port (port 1..65535)`);
+    }
+  }
+  if (problems.length) throw new ConfigError(problems);
   return brokers;
 }
 
@@ -106,17 +111,18 @@ export function commandRedisOptions(name: string, s: RedisSettings, url: string)
 interface KafkaLogEntry { namespace: string; level: number; label?: string; log: { message: string; timestamp?: string; stack?: string; [k: string]: unknown } }
 
 /**
- * A kafkajs `logCreator` writing through our logger, so its lines have the service's format: its
- * ERROR and WARN become warnings (kafkajs retries most of what it calls an error), without stack traces,
- * and one message repeated within `quietMs` (a broker that refuses connections: one line per retry) is
- * written once, the next time with how often it was held back.
+ * A kafkajs `logCreator` writing through our logger, so its lines have the service's format (ERROR as
+ * error, WARN as warning). kafkajs's own stack traces are dropped; an error of ours that kafkajs
+ * reports (thrown from eachBatch, say) keeps its message and stack. One message repeated within
+ * `quietMs` for the same broker, topic and partition (a broker that refuses connections: one line per
+ * retry) is written once, and the next time with how often it was held back.
  */
 export function kafkaLogCreator(log: Logger, quietMs = 30_000): () => (entry: KafkaLogEntry) => void {
   const last = new Map<string, { atMs: number; held: number }>();
   return () => ({ namespace, level, log: entry }) => {
     if (level > 2) return; // ERROR (1) and WARN (2) only, whatever the client's logLevel lets through
-    const { message, timestamp: _t, stack: _s, ...fields } = entry;
-    const key = `${namespace} ${message} ${typeof fields.error === 'string' ? fields.error : ''}`;
+    const { message, timestamp: _t, stack, error, ...fields } = entry;
+    const key = [namespace, message, error instanceof Error ? error.message : typeof error === 'string' ? error : '', fields.broker, fields.topic, fields.partition].join(' ');
     const now = Date.now();
     const seen = last.get(key);
     if (seen && now - seen.atMs < quietMs) {
@@ -125,6 +131,14 @@ export function kafkaLogCreator(log: Logger, quietMs = 30_000): () => (entry: Ka
     }
     if (last.size > 1000) last.clear();
     last.set(key, { atMs: now, held: 0 });
-    log.warn(`kafka: ${message}`, { component: `kafkajs.${namespace}`, ...fields, ...(seen?.held ? { heldBack: seen.held } : {}) });
+    const ours = error instanceof Error && !error.name.startsWith('KafkaJS');
+    const out: Record<string, unknown> = {
+      component: `kafkajs.${namespace}`, ...fields,
+      ...(error instanceof Error ? { err: error } : error !== undefined ? { error } : {}),
+      ...(ours && typeof stack === 'string' ? { stack } : {}),
+      ...(seen?.held ? { heldBack: seen.held } : {}),
+    };
+    if (level === 1) log.error(`kafka: ${message}`, out);
+    else log.warn(`kafka: ${message}`, out);
   };
 }

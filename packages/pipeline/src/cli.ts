@@ -19,7 +19,7 @@ const SCHEMA = {
   compression: { type: 'enum', values: ['none', 'gzip'], default: 'none', help: 'compression of page batches' },
   maxRecordBytes: { type: 'int', default: 1_000_000, min: 16384, max: 64 << 20, help: 'largest record on the pages topic' },
   maxRequestBytes: { type: 'int', default: -1, min: -1, max: 64 << 20, help: 'record bytes of one VM per produce request (-1: 1 000 000; the embedded broker can lose a record batch much above 1 MiB)' },
-  windowBytes: { type: 'int', default: -1, min: -1, help: 'cap on bytes produced but not yet applied, per VM (-1: 4 MiB per partition, split between its VMs, against the embedded broker; off against a real one; 0: off)' },
+  windowBytes: { type: 'int', default: -1, min: -1, help: 'cap on bytes produced but not yet applied, per VM (-1: against the embedded broker about 4 MiB per partition, split between its VMs; off against a real one; 0: off)' },
   replicators: { type: 'int', default: 1, min: 1, max: 16, help: 'replicator processes in one consumer group' },
   drainTimeoutS: { type: 'number', default: 60, min: 1, help: 'how long to wait for the replicators to apply the last epochs' },
   json: { type: 'bool', default: false, help: 'print one JSON object as the last line' },

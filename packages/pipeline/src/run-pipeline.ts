@@ -34,7 +34,7 @@ export interface PipelineOptions {
    * and itself with it (see packages/embedded/kafka-mock/kafka-mock.c).
    */
   maxRequestBytes?: number;
-  /** Un-applied bytes per VM (0 = off); defaults to 4 MiB per partition against the embedded broker. */
+  /** Un-applied bytes per VM (0 = off); against the embedded broker defaults to its 5 MiB per partition less the largest record batch, split between the partition's VMs. */
   windowBytes?: number;
   /** See PublisherOptions.windowStallMs (default 10 s). */
   windowStallMs?: number;
@@ -141,18 +141,21 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     listener = new ControlListener(kafka, servers.topics.control, log);
     logStart = new LogStartOffsets(kafka, servers.topics.pages);
     const store = new StandbyStore(redis, servers.redisPrefix);
-    // The embedded broker keeps 5 MiB per partition, shared by the VMs whose keys hash to it: split
-    // 4 MiB between them.
+    // The embedded broker keeps 5 MiB per partition, shared by the VMs whose keys hash to it, and at
+    // least that less its largest record batch (kafka-mock.c): what the VMs of one partition may have
+    // waiting for the replicator (their windows) must fit in that, or records are lost with no
+    // replicator away at all. Two batches together must fit in 5 MiB, or the mock drops the second.
     const vmsPerPartition = maxVmsPerPartition(o.vms, Math.max(4, o.vms), servers.topics.pages);
-    const windowBytes = o.windowBytes ?? (servers.embeddedKafka ? Math.floor((4 << 20) / vmsPerPartition) : 0);
     const maxRequestBytes = o.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES;
-    // It keeps at least its 5 MiB less its largest record batch (kafka-mock.c): less than what the
-    // window lets wait for the replicator, and records can be lost with no replicator away at all.
     const largestBatch = Math.max(maxRequestBytes, o.maxRecordBytes) + (64 << 10);
-    if (servers.embeddedKafka && windowBytes > 0 && windowBytes * vmsPerPartition + largestBatch > EMBEDDED_PARTITION_BYTES) {
-      log.warn('the embedded broker can lose records with these sizes: keep the replication window of the VMs of one partition plus the largest produce request under its 5 MiB per partition', {
-        windowBytes, vmsPerPartition, maxRequestBytes, maxRecordBytes: o.maxRecordBytes,
-      });
+    const windowBytes = o.windowBytes ?? (servers.embeddedKafka ? Math.max(0, Math.floor((EMBEDDED_PARTITION_BYTES - largestBatch) / vmsPerPartition)) : 0);
+    if (servers.embeddedKafka) {
+      const problems = [
+        ...(windowBytes === 0 ? ['the replication window is off, so nothing keeps the harvesters within what the broker keeps'] : []),
+        ...(windowBytes * vmsPerPartition + largestBatch > EMBEDDED_PARTITION_BYTES ? ['the windows of the VMs of one partition plus the largest record batch exceed its 5 MiB'] : []),
+        ...(2 * largestBatch > EMBEDDED_PARTITION_BYTES ? ['two record batches of the largest size exceed its 5 MiB'] : []),
+      ];
+      if (problems.length) log.warn(`the embedded broker can lose records with these sizes: ${problems.join('; ')}`, { windowBytes, vmsPerPartition, maxRequestBytes, maxRecordBytes: o.maxRecordBytes });
     }
     // Publishers stuck on a replicator that does not progress give up after the drain timeout.
     const drainDeadline = new AbortController();

@@ -73,7 +73,7 @@ export function createHarvesterMetrics(options: { defaultMetrics?: boolean; vm?:
     bytesPublished: new Counter({ name: 'ckpt_harvester_published_bytes_total', help: 'Bytes of epoch records acknowledged by Kafka (record values, after compression)', registers }),
     produceSeconds: new Histogram({ name: 'ckpt_harvester_produce_seconds', help: 'Kafka produce latency per record (send to acks=all acknowledgement)', buckets: LATENCY_BUCKETS, registers }),
     produceErrors: new Counter({ name: 'ckpt_harvester_produce_errors_total', help: 'Failed produce attempts (each is retried until the publish timeout)', registers }),
-    inFlightBytes: new Gauge({ name: 'ckpt_harvester_in_flight_bytes', help: 'Bytes sent to Kafka and not yet acknowledged', registers }),
+    inFlightBytes: new Gauge({ name: 'ckpt_harvester_in_flight_bytes', help: 'Bytes queued for Kafka or sent and not yet acknowledged', registers }),
     backpressureSeconds,
     intervalStretchSeconds: new Counter({ name: 'ckpt_harvester_interval_stretch_seconds_total', help: 'Time by which epoch intervals exceeded the configured interval (backpressure or slow epochs)', registers }),
     windowStalls: new Counter({ name: 'ckpt_harvester_window_stalls_total', help: 'Times the replication window was cleared because the replicator reported no progress: after the stall timeout once the broker no longer held (or could not say it held) the records waited for, else after the longest wait', registers }),

@@ -43,17 +43,25 @@ async function main(): Promise<number> {
   say(`pipeline: source ${r.source}${r.sourceNote ? ` (${r.sourceNote})` : ''}, ${r.vms} VM(s), ${r.durationS} s`);
   say(`  epochs committed ${r.epochsCommitted}, applied ${r.epochsApplied}, new generations ${r.resyncs}`);
   say(`  pages shipped ${r.pagesShipped}, page data ${(r.bytesHarvested / 1e6).toFixed(1)} MB, on the wire ${(r.bytesOnWire / 1e6).toFixed(1)} MB, ${r.throughputMBps} MB/s`);
-  say(`  replication lag p50 ${r.lagP50Ms} ms, p99 ${r.lagP99Ms} ms`);
+  say(r.lagSamples > 0
+    ? `  replication lag p50 ${r.lagP50Ms} ms, p99 ${r.lagP99Ms} ms over ${r.lagSamples} epochs`
+    : '  replication lag not measurable: no epoch was seen applied while the guests ran');
   for (const c of r.checks) say(`  ${c.vm}: ${c.matches ? 'standby matches' : 'MISMATCH'} epoch ${c.generation}/${c.epoch}, digest ${c.digest}, ${c.pagesCompared} pages compared${c.problems.length ? ': ' + c.problems.join('; ') : ''}`);
   say(r.standbyMatches ? 'pipeline: every standby equals its last committed epoch' : 'pipeline: FAILED: a standby differs from its last committed epoch');
   if (cfg.json) {
     const { checks, ...rest } = r;
-    process.stdout.write(JSON.stringify({ ...rest, checks: checks.map((c) => ({ vm: c.vm, matches: c.matches, generation: c.generation, epoch: c.epoch, problems: c.problems })) }) + '\n');
+    const lag = r.lagSamples > 0 ? {} : { lagP50Ms: null, lagP99Ms: null }; // not measured is not 0 ms
+    process.stdout.write(JSON.stringify({ ...rest, ...lag, checks: checks.map((c) => ({ vm: c.vm, matches: c.matches, generation: c.generation, epoch: c.epoch, problems: c.problems })) }) + '\n');
   }
   return r.standbyMatches ? 0 : 1;
 }
 
 main().then((code) => { process.exitCode = code; }, (err: unknown) => {
-  process.stderr.write(`pipeline: ${err instanceof Error ? err.message : String(err)}\n`);
+  const message = err instanceof Error ? err.message : String(err);
+  process.stderr.write(`pipeline: ${message}\n`);
   process.exitCode = 1;
+  // With --json the last stdout line is still one JSON object: what failed, instead of the result.
+  if (process.argv.includes('--json')) {
+    process.stdout.write(JSON.stringify({ failed: true, code: (err as { code?: unknown }).code ?? 'CKPT_ERR_PIPELINE_FAILED', message, standbyMatches: false }) + '\n');
+  }
 });

@@ -6,7 +6,9 @@
  * own topics is exercised only for its error; CKPT_RUN_TOPICS names topics made in advance.)
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { KafkaMock, RedisServer } from '@ckpt/embedded';
 import { startServers } from '../src/index.ts';
@@ -53,4 +55,14 @@ test('a run that cannot create its own topics says so and names the way out', as
   } finally {
     await kafka.stop();
   }
+});
+
+test('npm run pipeline --json against a Redis it cannot reach: exit 1, named, and the last line is one JSON object saying so', () => {
+  const cli = fileURLToPath(new URL('../src/cli.ts', import.meta.url));
+  const r = spawnSync(process.execPath, ['--import', 'tsx', cli, '--source', 'sim', '--duration-s', '1', '--json'], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, REDIS_URL: 'redis://127.0.0.1:1' } });
+  assert.equal(r.status, 1, r.stderr);
+  const last = JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '') as { failed: boolean; standbyMatches: boolean; message: string };
+  assert.equal(last.failed, true);
+  assert.equal(last.standbyMatches, false);
+  assert.match(last.message, /cannot connect to Redis at redis:\/\/127\.0\.0\.1:1 \(REDIS_URL\)/);
 });

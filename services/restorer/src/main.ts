@@ -31,7 +31,7 @@ async function main(): Promise<number> {
       const bad = vmIdProblem('--vm', c.vm);
       if (bad) problems.push(bad);
     }
-    if (!c.redisUrl && !process.env.REDIS_URL) problems.push('--redis-url (or REDIS_URL) is required');
+    if (!c.redisUrl && !process.env.REDIS_URL) problems.push('--redis-url (or RESTORER_REDIS_URL, or REDIS_URL) is required');
     if (!c.out && c.resumeMs === 0) problems.push('say where the image goes: --out DIR or --resume-ms N');
     if (c.out && c.resumeMs > 0) problems.push('--out and --resume-ms exclude each other');
     if (c.keepRunning && c.resumeMs === 0) problems.push('--keep-running needs --resume-ms N (the check before the guest is left running)');

@@ -60,7 +60,7 @@ test('Redis: the password file overrides the URL\'s, TLS takes its CA from a fil
   assert.equal(redactUrl('rediss://user:pw@h:6380/0'), 'rediss://***@h:6380/0');
 });
 
-test('kafkajs logs through our logger: warnings in our format, no stack traces, a repeated message held back and counted', () => {
+test('kafkajs logs through our logger: warnings in our format, no stack traces, a repeated message held back and counted', async () => {
   const lines: { msg: string; fields?: Record<string, unknown> }[] = [];
   const push = (msg: string, fields?: Record<string, unknown>): void => void lines.push({ msg, fields });
   const log = { ...silentLogger, warn: push, error: push };
@@ -85,4 +85,10 @@ test('kafkajs logs through our logger: warnings in our format, no stack traces, 
   write(refused);
   assert.equal(lines.length, 2);
   assert.equal(lines[1]!.fields?.heldBack, 4);
+  // A burst and then silence: the count follows at the end of the quiet period.
+  lines.length = 0;
+  const burst = { namespace: 'BrokerPool', level: 2, label: 'WARN', log: { message: 'Failed to connect to seed broker' } };
+  for (let i = 0; i < 3; i++) write(burst);
+  await new Promise((r) => setTimeout(r, 120));
+  assert.deepEqual(lines.map((l) => [l.msg, l.fields?.heldBack]), [['kafka: Failed to connect to seed broker', undefined], ['kafka: Failed to connect to seed broker (2 more times in 0.05 s)', 2]]);
 });

@@ -115,10 +115,11 @@ interface KafkaLogEntry { namespace: string; level: number; label?: string; log:
  * error, WARN as warning). kafkajs's own stack traces are dropped; an error of ours that kafkajs
  * reports (thrown from eachBatch, say) keeps its message and stack. One message repeated within
  * `quietMs` for the same broker, topic and partition (a broker that refuses connections: one line per
- * retry) is written once, and the next time with how often it was held back.
+ * retry) is written once; how often it was held back follows at the end of the quiet period, or with
+ * the next line of that message.
  */
 export function kafkaLogCreator(log: Logger, quietMs = 30_000): () => (entry: KafkaLogEntry) => void {
-  const last = new Map<string, { atMs: number; held: number }>();
+  const last = new Map<string, { atMs: number; held: number; timer?: NodeJS.Timeout }>();
   return () => ({ namespace, level, log: entry }) => {
     if (level > 2) return; // ERROR (1) and WARN (2) only, whatever the client's logLevel lets through
     const { message, timestamp: _t, stack, error, ...fields } = entry;
@@ -127,8 +128,17 @@ export function kafkaLogCreator(log: Logger, quietMs = 30_000): () => (entry: Ka
     const seen = last.get(key);
     if (seen && now - seen.atMs < quietMs) {
       seen.held++;
+      seen.timer ??= setTimeout(() => {
+        if (last.get(key) !== seen) return;
+        last.delete(key);
+        const text = `kafka: ${message} (${seen.held} more times in ${quietMs / 1000} s)`;
+        const fields = { component: `kafkajs.${namespace}`, heldBack: seen.held };
+        if (level === 1) log.error(text, fields);
+        else log.warn(text, fields);
+      }, seen.atMs + quietMs - now).unref();
       return;
     }
+    if (seen?.timer) clearTimeout(seen.timer);
     if (last.size > 1000) last.clear();
     last.set(key, { atMs: now, held: 0 });
     const ours = error instanceof Error && !error.name.startsWith('KafkaJS');

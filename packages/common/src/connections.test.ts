@@ -45,6 +45,7 @@ test('Kafka: SASL without its user or password file, an unreadable secret, and n
   assert.deepEqual(parseBrokers(' a:1, b:2 ,'), ['a:1', 'b:2']);
   assert.throws(() => parseBrokers('[::1]:9092'), (e: unknown) => e instanceof ConfigError && /IPv6 address literal; use a host name/.test(e.message));
   // A malformed entry is a configuration error naming it, not a connection failure later.
+  assert.throws(() => parseBrokers('SSL://broker:9093'), (e: unknown) => e instanceof ConfigError && /without a listener scheme/.test(e.message));
   for (const bad of ['host:notaport', 'host', 'h:0', 'h:70000', 'a:1,b']) {
     assert.throws(() => parseBrokers(bad), (e: unknown) => e instanceof ConfigError && /is not host:port/.test(e.message), bad);
   }

@@ -75,6 +75,7 @@ export function parseBrokers(list: string): string[] {
   for (const b of brokers) {
     // kafkajs splits an entry at ':', so an IPv6 literal cannot work: it needs a host name.
     if (b.startsWith('[')) problems.push(`Kafka broker "${b}": the Kafka client cannot take an IPv6 address literal; use a host name that resolves to it`);
+    else if (b.includes('://')) problems.push(`Kafka broker "${b}": give host:port without a listener scheme (TLS is --kafka-tls)`);
     else {
       const m = /^([^:\s]+):(\d{1,5})$/.exec(b);
       if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) problems.push(`Kafka broker "${b}" is not host:port (port 1..65535)`);

@@ -70,6 +70,27 @@ test('records leave in order; the window waits for markers', async () => {
   assert.deepEqual(kinds, ['begin', 'batch0', 'batch1', 'batch2', 'batch3', 'commit']);
 });
 
+test('a new generation\'s baseline waits in the window behind the records of the generation before it', async () => {
+  const sent: Buffer[] = [];
+  const p = new KafkaPublisher({ producer: fakeProducer(sent), topic: 't', vm: 'vm', maxRecordBytes: 3 * PAGE + 1024, compression: 'none', maxInFlightBytes: 1 << 20, windowBytes: 8 * PAGE, publishTimeoutMs: 1000, windowStallMs: 0, log: silentLogger });
+  await p.begin(header);
+  await p.segment(header, segment(6)); // about 6 pages of generation 5 wait for the replicator
+  await p.drain();
+  const next = { ...header, generation: 6, epoch: 0, baseline: true };
+  let begun = false;
+  const baseline = (async () => {
+    await p.begin(next);
+    await p.segment(next, segment(6));
+    begun = true;
+  })();
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(begun, false, 'held back until the replicator is past generation 5');
+  // The replicator skipped through generation 5 (its image stale) and says so.
+  p.window.marker({ generation: 5, epoch: 1, part: PART_COMMIT, imageGeneration: 5, imageEpoch: 0, stale: true, atMs: 0 });
+  await baseline;
+  assert.equal(begun, true);
+});
+
 test('a replicator that never reports progress stalls the window only for windowStallMs', async () => {
   const sent: Buffer[] = [];
   const metrics = createHarvesterMetrics();

@@ -100,7 +100,10 @@ export class KafkaPublisher implements EpochSink {
 
   async begin(h: EpochHeader): Promise<void> {
     this.seq = 0;
-    if (h.baseline) this.window.clear();
+    // A baseline does not clear the window: the records of the generation before it are still on the
+    // partition ahead of it, and the replicator reports them (skipped, once its image is stale) like
+    // any other, so they keep counting until it has got past them. Forgetting them let a partition
+    // shared by several VMs hold more than their windows allow, and retention drop a neighbour's records.
     await this.publish({
       vm: this.o.vm, generation: h.generation, epoch: h.epoch, kind: 'begin',
       begin: { pageSize: h.pageSize, slots: h.slots.map((s) => ({ id: s.id, pages: s.pages })), vcpus: h.vcpus, baseline: h.baseline, startedAtMs: h.startedAtMs },

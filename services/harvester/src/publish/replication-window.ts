@@ -52,7 +52,7 @@ export class ReplicationWindow {
     for (const f of w) f();
   }
 
-  /** Forgets everything (a new generation: the replicator will catch up or skip the old records). */
+  /** Forgets everything: records that will never be reported (never sent, or gone from the broker after a stall). */
   clear(): void {
     this.pending = [];
     this.head = 0;

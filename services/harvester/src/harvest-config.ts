@@ -18,7 +18,7 @@ export const HARVEST_SCHEMA = {
   epochs: { type: 'int', default: 20, min: 0, help: 'epochs to cut after the baseline (0 = until stopped)' },
   intervalMs: { type: 'int', default: 50, min: 1, max: 3_600_000, help: 'time between epochs' },
   precopyRounds: { type: 'int', default: 0, min: 0, max: 16, help: 'live pre-copy rounds before each pause' },
-  precopyAboveEntries: { type: 'int', default: 16384, min: 0, max: 2 ** 31, help: 'up to 3 more live rounds while more dirty GFNs than this wait for the pause (ring mode; they stop when they do not converge); large values turn them off' },
+  precopyAboveEntries: { type: 'int', default: 16384, min: 0, max: 2 ** 31, help: 'up to 3 more live rounds while more dirty GFNs than this wait for the pause (they stop when they do not converge); large values turn them off' },
   verify: { type: 'bool', default: false, help: 'keep a shadow image from harvested epochs and compare it with guest memory at every epoch' },
   metricsPort: { type: 'int', default: -1, min: -1, max: 65535, help: 'serve /metrics, /healthz and /readyz on this port (0 = any free port, -1 = off)' },
 } as const satisfies Schema;

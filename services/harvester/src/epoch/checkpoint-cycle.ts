@@ -182,24 +182,30 @@ export class CheckpointCycle {
         : this.resetThenCopy('precopy');
       await emit(seg);
     }
-    // The automatic live rounds (CycleOptions.precopyAboveEntries), in ring mode only: bitmap mode has
-    // nothing pending here, and its drain must be followed by its reset before the next one. They stop
-    // when they do not converge (the guest dirties about as fast as they copy, as under sustained
-    // backpressure): each would only resend the same pages. Then the next 8 epochs skip them.
+    // The automatic live rounds (CycleOptions.precopyAboveEntries): while more than that many GFNs
+    // wait (pending, plus what the rings or the dirty bitmap hold), copy them with the guest running
+    // before the pause. They stop when they do not converge (the guest dirties about as fast as they
+    // copy, as under sustained backpressure): each would only resend the same pages. Then the next 8
+    // epochs skip them (not after a baseline, whose long copy is a one-off).
     const skipAuto = this.autoPrecopyPause > 0;
     if (skipAuto) this.autoPrecopyPause--;
+    const ring = this.source.mode === 'ring';
     let previous = Infinity;
-    for (let extra = 0; extra < 3 && !skipAuto && this.source.mode === 'ring'; extra++, rounds++) {
-      // What the rings hold counts too: a long live round leaves its own writes there.
-      this.harvestedThisEpoch += this.pending.drainFrom(this.source);
+    for (let extra = 0; extra < 3 && !skipAuto; extra++, rounds++) {
+      // Ring mode counts what the rings hold without resetting them (a long live round leaves its own
+      // writes there). A bitmap drain must be followed by its clear before the next drain, so bitmap
+      // mode drains and clears at once: pages it does not copy live stay pending for the pause, which
+      // copies them after its own drain, so a write after this clear is not missed.
+      this.harvestedThisEpoch += this.pending.drainFrom(this.source, !ring);
       const waiting = this.pending.length;
       if (waiting <= this.opts.precopyAboveEntries) break;
       if (waiting > previous / 2) {
-        this.autoPrecopyPause = 8;
+        // A baseline's long copy says nothing about the epochs after it: only a delta starts the pause.
+        if (!header.baseline) this.autoPrecopyPause = 8;
         break;
       }
       previous = waiting;
-      await emit(this.resetThenCopy('precopy'));
+      await emit(ring ? this.resetThenCopy('precopy') : this.copyLive());
     }
     if (this.reliefFailure) {
       throw new CkptError('CKPT_ERR_HARVEST_RELIEF_FAILED',
@@ -282,6 +288,12 @@ export class CheckpointCycle {
   }
 
   /** Right order for a live round: re-arm logging first, then read the pages. */
+  /** A live round whose pending GFNs were drained and their logging re-armed already (bitmap mode). */
+  private copyLive(): PageSegment {
+    const copied = this.copyPending();
+    return this.finalize(copied.ranges, copied.data, 'precopy');
+  }
+
   private resetThenCopy(phase: PageSegment['phase']): PageSegment {
     this.source.reset();
     const copied = this.copyPending();

@@ -124,6 +124,11 @@ export function kafkaLogCreator(log: Logger, quietMs = 30_000): () => (entry: Ka
   return () => ({ namespace, level, log: entry }) => {
     if (level > 2) return; // ERROR (1) and WARN (2) only, whatever the client's logLevel lets through
     const { message, timestamp: _t, stack, error, ...fields } = entry;
+    const component = `kafkajs.${namespace}`;
+    const write = (text: string, out: Record<string, unknown>): void => {
+      if (level === 1) log.error(text, out);
+      else log.warn(text, out);
+    };
     const key = [namespace, message, error instanceof Error ? error.message : typeof error === 'string' ? error : '', fields.broker, fields.topic, fields.partition].join(' ');
     const now = Date.now();
     const seen = last.get(key);
@@ -132,10 +137,7 @@ export function kafkaLogCreator(log: Logger, quietMs = 30_000): () => (entry: Ka
       seen.timer ??= setTimeout(() => {
         if (last.get(key) !== seen) return;
         last.delete(key);
-        const text = `kafka: ${message} (${seen.held} more times in ${quietMs / 1000} s)`;
-        const fields = { component: `kafkajs.${namespace}`, heldBack: seen.held };
-        if (level === 1) log.error(text, fields);
-        else log.warn(text, fields);
+        write(`kafka: ${message} (${seen.held} more times in ${quietMs / 1000} s)`, { component, heldBack: seen.held });
       }, seen.atMs + quietMs - now).unref();
       return;
     }
@@ -143,13 +145,11 @@ export function kafkaLogCreator(log: Logger, quietMs = 30_000): () => (entry: Ka
     if (last.size > 1000) last.clear();
     last.set(key, { atMs: now, held: 0 });
     const ours = error instanceof Error && !error.name.startsWith('KafkaJS');
-    const out: Record<string, unknown> = {
-      component: `kafkajs.${namespace}`, ...fields,
+    write(`kafka: ${message}`, {
+      component, ...fields,
       ...(error instanceof Error ? { err: error } : error !== undefined ? { error } : {}),
       ...(ours && typeof stack === 'string' ? { stack } : {}),
       ...(seen?.held ? { heldBack: seen.held } : {}),
-    };
-    if (level === 1) log.error(`kafka: ${message}`, out);
-    else log.warn(`kafka: ${message}`, out);
+    });
   };
 }

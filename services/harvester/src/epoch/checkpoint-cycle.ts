@@ -179,7 +179,7 @@ export class CheckpointCycle {
       this.harvestedThisEpoch += this.pending.drainFrom(this.source);
       const seg = this.opts.unsafeCopyBeforeReset
         ? await this.copyThenResetUnsafe(this.opts.unsafeCopyBeforeReset.delayMs)
-        : this.resetThenCopy('precopy');
+        : this.resetThenCopy();
       await emit(seg);
     }
     // The automatic live rounds (CycleOptions.precopyAboveEntries): while more than that many GFNs
@@ -205,7 +205,7 @@ export class CheckpointCycle {
         break;
       }
       previous = waiting;
-      await emit(ring ? this.resetThenCopy('precopy') : this.copyLive());
+      await emit(ring ? this.resetThenCopy() : this.copyLive());
     }
     if (this.reliefFailure) {
       throw new CkptError('CKPT_ERR_HARVEST_RELIEF_FAILED',
@@ -288,16 +288,15 @@ export class CheckpointCycle {
   }
 
   /** Right order for a live round: re-arm logging first, then read the pages. */
-  /** A live round whose pending GFNs were drained and their logging re-armed already (bitmap mode). */
+  private resetThenCopy(): PageSegment {
+    this.source.reset();
+    return this.copyLive();
+  }
+
+  /** A live round's copy, once logging of the pending GFNs is re-armed (bitmap mode drains and re-arms at once). */
   private copyLive(): PageSegment {
     const copied = this.copyPending();
     return this.finalize(copied.ranges, copied.data, 'precopy');
-  }
-
-  private resetThenCopy(phase: PageSegment['phase']): PageSegment {
-    this.source.reset();
-    const copied = this.copyPending();
-    return this.finalize(copied.ranges, copied.data, phase);
   }
 
   private async copyThenResetUnsafe(delayMs: number): Promise<PageSegment> {

@@ -57,7 +57,7 @@ HOST_CFLAGS=(-std=gnu11 -O2 -fPIC -pthread -Wall -Wextra -Werror -Isrc -Iguest -
 CORE=(src/kvm-vm.c src/vcpu-thread.c src/dirty-harvest.c)
 
 "$CC" "${HOST_CFLAGS[@]}" -I"$NODE_INCLUDE_DIR" -shared -fvisibility=hidden \
-  -o "$out_rel/kvm_native.node.tmp" "${CORE[@]}" src/napi-binding.c -lm
+  -o "$out_rel/kvm_native.node.tmp" "${CORE[@]}" src/crc32c.c src/napi-binding.c -lm
 mv "$out_rel/kvm_native.node.tmp" "$out_rel/kvm_native.node"
 
 "$CC" "${HOST_CFLAGS[@]}" -o "$out_rel/kvm-harvest-baseline" tools/harvest-baseline.c "${CORE[@]}" -lm

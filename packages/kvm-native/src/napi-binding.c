@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "crc32c.h"
 #include "kvm-vm.h"
 #include "layout.h"
 
@@ -483,6 +484,18 @@ static napi_value js_reset(napi_env env, napi_callback_info info) {
   return number(env, (double)n);
 }
 
+/* crc32c(data: Uint8Array, tableOnly: boolean): the CRC-32C of data (tableOnly: without the crc32 instruction). */
+static napi_value js_crc32c(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  void *data;
+  size_t len;
+  bool table_only;
+  if (!get_args(env, info, 2, argv, "crc32c") || !get_typed(env, argv[0], "data", napi_uint8_array, &data, &len) ||
+      !get_bool(env, argv[1], "tableOnly", &table_only))
+    return NULL;
+  return number(env, (double)(table_only ? crc32c_sw(0, data, len) : crc32c(0, data, len)));
+}
+
 static napi_value js_parse_ring(napi_env env, napi_callback_info info) {
   napi_value argv[6];
   void *ring, *slot_pages_d, *out_slots, *out_offsets;
@@ -752,16 +765,20 @@ NAPI_MODULE_INIT() {
       {"lastError", NULL, js_last_error, NULL, NULL, NULL, napi_enumerable, NULL},
       {"destroy", NULL, js_destroy, NULL, NULL, NULL, napi_enumerable, NULL},
       {"parseRing", NULL, js_parse_ring, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"crc32c", NULL, js_crc32c, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_OK(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   napi_value layout = guest_layout(env);
   if (layout == NULL) return NULL;
   napi_value state_bytes = number(env, (double)vm_vcpu_state_bytes());
   if (state_bytes == NULL) return NULL;
+  napi_value crc_impl;
+  NAPI_OK(env, napi_create_string_utf8(env, crc32c_impl(), NAPI_AUTO_LENGTH, &crc_impl));
   const napi_property_descriptor values[] = {
       {"vcpuStateBytes", NULL, NULL, NULL, NULL, state_bytes, napi_enumerable, NULL},
       {"guestLayout", NULL, NULL, NULL, NULL, layout, napi_enumerable, NULL},
+      {"crc32cImpl", NULL, NULL, NULL, NULL, crc_impl, napi_enumerable, NULL},
   };
-  NAPI_OK(env, napi_define_properties(env, exports, 2, values));
+  NAPI_OK(env, napi_define_properties(env, exports, sizeof values / sizeof values[0], values));
   return exports;
 }

@@ -139,6 +139,20 @@ function cachedProbe(devPath: string): NativeProbe {
 
 export type KvmAvailability = { usable: true } | { usable: false; reason: string; code: string };
 
+/**
+ * CRC-32C (Castagnoli) of `data`, as Kafka record batches carry it, in C (src/crc32c.c: the crc32
+ * instruction where the CPU has it). `tableOnly` runs the portable table loop instead (tests compare
+ * the two). Throws CKPT_ERR_KVM_NATIVE_MISSING when the helper is not built; needs no /dev/kvm.
+ */
+export function crc32c(data: Uint8Array, tableOnly = false): number {
+  return loadNative().crc32c(data, tableOnly);
+}
+
+/** Which code crc32c() runs here: "sse4.2" or "table". Throws like crc32c() without the helper. */
+export function crc32cImpl(): 'sse4.2' | 'table' {
+  return loadNative().crc32cImpl;
+}
+
 /** Whether real KVM can be used here, and if not why. Never throws. */
 export function kvmAvailability(devPath = '/dev/kvm'): KvmAvailability {
   try {

@@ -87,6 +87,8 @@ export const enum NativeStat {
 }
 
 export interface NativeBinding {
+  /** Which CRC-32C code crc32c() runs on this CPU: "sse4.2" (the crc32 instruction) or "table". */
+  readonly crc32cImpl: 'sse4.2' | 'table';
   /** Size of the buffer getVcpuState() fills: struct kvm_regs + struct kvm_sregs. */
   readonly vcpuStateBytes: number;
   /** The fixed guest-physical layout used by the guest program (see guest/layout.h). */
@@ -154,4 +156,6 @@ export interface NativeBinding {
    */
   parseRing(ring: Uint8Array, ringEntries: number, fetchIndex: number, slotPages: Float64Array,
     outSlots: Uint32Array, outOffsets: Uint32Array): [number, number, number];
+  /** CRC-32C (Castagnoli) of `data`, as Kafka record batches carry it; `tableOnly` skips the crc32 instruction. */
+  crc32c(data: Uint8Array, tableOnly: boolean): number;
 }

@@ -3,13 +3,14 @@
  * the guests stop, the replicators drain, and every VM's standby is checked against the harvester's
  * last committed epoch (a shadow image built only from committed epochs).
  */
+// The harvester first: kafkajs must find its native CRC-32C when it loads (harvester kafka-crc32c.ts).
+import {
+  ControlListener, createHarvesterMetrics, DEFAULT_MAX_REQUEST_BYTES, KafkaPublisher, kafkaCrc32c, LogStartOffsets, openSource, runHarvest, ShadowVerifier, stoppedGuest,
+  type DirtySource, type EpochCommit, type EpochSink, type HarvestSummary,
+} from '@ckpt/harvester';
 import type { Redis } from 'ioredis';
 import { Kafka, logLevel, type Producer } from 'kafkajs';
 import { percentile, silentLogger, type Logger } from '@ckpt/common';
-import {
-  ControlListener, createHarvesterMetrics, DEFAULT_MAX_REQUEST_BYTES, KafkaPublisher, LogStartOffsets, openSource, runHarvest, ShadowVerifier, stoppedGuest,
-  type DirtySource, type EpochCommit, type EpochSink, type HarvestSummary,
-} from '@ckpt/harvester';
 import type { Compression } from '@ckpt/proto';
 import { partitionOfVm } from '@ckpt/replicator';
 import { StandbyStore } from '@ckpt/standby';
@@ -75,6 +76,8 @@ export interface Chaos {
 export interface PipelineResult {
   source: string;
   sourceNote?: string;
+  /** Which CRC-32C kafkajs checksummed the harvesters' record batches with: "native" or "kafkajs" (slower). */
+  kafkaCrc32c: 'native' | 'kafkajs';
   vms: number;
   epochsCommitted: number;
   epochsApplied: number;
@@ -116,6 +119,8 @@ interface VmRun {
 export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
   const log = o.log ?? silentLogger;
   const phase = o.onPhase ?? (() => undefined);
+  const crc = kafkaCrc32c();
+  if (crc.impl !== 'native') log.warn('record batches are checksummed by kafkajs\'s JavaScript CRC-32C (slower)', { reason: crc.reason });
   phase('starting servers');
   const servers: Servers = await startServers({ partitions: Math.max(4, o.vms) });
   phase(`using ${servers.description}`);
@@ -282,7 +287,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     }
     const bytesHarvested = summaries.reduce((n, s) => n + s.bytesHarvested, 0);
     return {
-      source: sourceKind, sourceNote, vms: o.vms,
+      source: sourceKind, sourceNote, kafkaCrc32c: kafkaCrc32c().impl, vms: o.vms,
       epochsCommitted: runs.reduce((n, r) => n + r.committed, 0),
       epochsApplied: applied,
       standbyMatches: checks.every((c) => c.matches),

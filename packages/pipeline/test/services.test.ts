@@ -31,13 +31,19 @@ test('harvester and replicator services: the standby of a running guest is a con
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let log = '';
-  harvester.stderr.on('data', (d: Buffer) => { log = (log + d.toString()).slice(-5000); });
+  let started = '';
+  harvester.stderr.on('data', (d: Buffer) => {
+    log = (log + d.toString()).slice(-5000);
+    started ||= /^.*"msg":"started".*$/m.exec(log)?.[0] ?? '';
+  });
   const redis = new Redis(servers.redisUrl);
   try {
     const store = new StandbyStore(redis, servers.redisPrefix);
     const meta = await pollMeta(store, 'svc-vm', (m) => m !== null && m.epoch >= 5, 30_000);
     assert.ok(meta && meta.epoch >= 5, `the standby reached epoch ${meta?.epoch} in 30 s; harvester log: ${log}`);
     assert.equal(meta.state, 'ok');
+    // Record batches carry the native CRC-32C (kafkajs's own is several times slower).
+    assert.match(started, /"kafkaCrc32c":"native"/);
     // The image the replicator built hashes to the digest the harvester committed.
     const g = meta.generation;
     const recomputed = await store.computeImageDigest('svc-vm', g, meta.slots, meta.pageSize);

@@ -1,0 +1,46 @@
+/**
+ * The native CRC-32C that replaces kafkajs's JavaScript one for record batches: a wrong value would
+ * pass every test against the embedded broker (neither it nor kafkajs's consumer checks it) and be
+ * refused by a real broker (CORRUPT_MESSAGE), so it is checked here against kafkajs's own code.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { createRequire } from 'node:module';
+import { test } from 'node:test';
+import { crc32c, crc32cImpl } from '../ts/index.ts';
+
+// kafkajs's byte-at-a-time CRC-32C (its inner module: the one the harvester never replaces).
+const kafkajsCrc = createRequire(import.meta.url)('kafkajs/src/protocol/recordBatch/crc32C/crc32C.js') as (b: Buffer) => number;
+const reference = (b: Buffer): number => kafkajsCrc(b) >>> 0;
+
+test('crc32c: the check value, and kafkajs\'s result on every length and alignment', () => {
+  assert.match(crc32cImpl(), /^(sse4\.2|table)$/);
+  for (const tableOnly of [false, true]) {
+    assert.equal(crc32c(Buffer.from('123456789'), tableOnly), 0xe3069283, `check value, tableOnly=${tableOnly}`);
+    assert.equal(crc32c(new Uint8Array(0), tableOnly), 0);
+  }
+  const data = randomBytes(70_000);
+  for (let len = 0; len <= 64; len++) {
+    for (let off = 0; off < 8; off++) {
+      const b = data.subarray(off, off + len);
+      const want = reference(b);
+      assert.equal(crc32c(b), want, `len ${len} offset ${off}`);
+      assert.equal(crc32c(b, true), want, `table, len ${len} offset ${off}`);
+    }
+  }
+  for (const len of [4095, 4096, 65_537, 69_993]) {
+    const b = data.subarray(7, 7 + len);
+    assert.equal(crc32c(b), reference(b));
+    assert.equal(crc32c(b, true), reference(b));
+  }
+  // One flipped bit changes it.
+  const c = Buffer.from(data.subarray(0, 1000));
+  const before = crc32c(c);
+  c[500]! ^= 0x10;
+  assert.notEqual(crc32c(c), before);
+});
+
+test('crc32c: arguments other than a Uint8Array are refused with a TypeError', () => {
+  assert.throws(() => crc32c('abc' as unknown as Uint8Array), { name: 'TypeError', message: /data must be/ });
+  assert.throws(() => crc32c(new Uint32Array(4) as unknown as Uint8Array), TypeError);
+});

@@ -34,7 +34,7 @@ test('harvester and replicator services: the standby of a running guest is a con
   let started = '';
   harvester.stderr.on('data', (d: Buffer) => {
     log = (log + d.toString()).slice(-5000);
-    started ||= /^.*"msg":"started".*$/m.exec(log)?.[0] ?? '';
+    started ||= /^.*"msg":"started".*\n/m.exec(log)?.[0] ?? ''; // a whole line (a chunk may end mid-line)
   });
   const redis = new Redis(servers.redisUrl);
   try {

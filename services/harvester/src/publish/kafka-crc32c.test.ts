@@ -21,9 +21,10 @@ const reference = require('kafkajs/src/protocol/recordBatch/crc32C/crc32C.js') a
 const CRC_AT = 17;
 
 test('record batches kafkajs encodes carry the native CRC-32C, and it is the right one', async () => {
-  assert.deepEqual(kafkaCrc32c(), { impl: 'native', reason: '' });
+  assert.deepEqual(kafkaCrc32c(), { impl: 'native', reason: '', batches: 0 });
   const native = require('kafkajs/src/protocol/recordBatch/crc32C/index.js') as (b: Buffer) => number;
   assert.equal(native(Buffer.from('123456789')), 0xe3069283);
+  const before = kafkaCrc32c().batches;
   for (const sizes of [[0], [1, 2, 3], [4096, 4096, 17], [1_000_000]]) {
     const records = sizes.map((n, i) => Record({ key: Buffer.from(`vm-${i}`), value: randomBytes(n), headers: {}, offsetDelta: i, timestampDelta: 0 }));
     // The batch as it goes on the wire; a broker recomputes the CRC over everything after it.
@@ -31,6 +32,8 @@ test('record batches kafkajs encodes carry the native CRC-32C, and it is the rig
     const crc = whole.readUInt32BE(CRC_AT);
     assert.equal(crc, reference(whole.subarray(CRC_AT + 4)) >>> 0, `records of ${sizes.join(', ')} bytes`);
   }
+  // kafkajs's record-batch code called ours, once per batch.
+  assert.equal(kafkaCrc32c().batches - before, 4);
 });
 
 test('the pipeline and the harvester package give kafkajs the native CRC-32C whatever is imported next', () => {
@@ -40,10 +43,10 @@ test('the pipeline and the harvester package give kafkajs the native CRC-32C wha
   const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e',
     `await import(${JSON.stringify(pipeline)}); const h = await import(${JSON.stringify(harvester)}); console.log(JSON.stringify(h.kafkaCrc32c()));`], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
-  assert.deepEqual(JSON.parse(r.stdout.trim().split('\n').pop()!), { impl: 'native', reason: '' });
+  assert.deepEqual(JSON.parse(r.stdout.trim().split('\n').pop()!), { impl: 'native', reason: '', batches: 0 });
   // And the fallback says why: kafkajs, having loaded its record-batch code first, keeps its own.
   const first = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e',
     `import { createRequire } from 'node:module'; createRequire(process.cwd() + '/')('kafkajs/src/protocol/recordBatch/v0/index.js'); const h = await import(${JSON.stringify(harvester)}); console.log(JSON.stringify(h.kafkaCrc32c()));`], { encoding: 'utf8', cwd: fileURLToPath(new URL('.', import.meta.url)) });
   assert.equal(first.status, 0, first.stderr);
-  assert.deepEqual(JSON.parse(first.stdout.trim().split('\n').pop()!), { impl: 'kafkajs', reason: 'kafkajs had loaded its record-batch code before the harvester could give it the native CRC-32C' });
+  assert.deepEqual(JSON.parse(first.stdout.trim().split('\n').pop()!), { impl: 'kafkajs', reason: 'kafkajs had loaded its record-batch code before the harvester could give it the native CRC-32C', batches: 0 });
 });

@@ -1,6 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
+import { CkptError } from './errors.ts';
 
 export interface MetricsServer {
   readonly port: number;
@@ -42,4 +43,16 @@ export async function startMetricsServer(registry: Registry, port: number, ready
     port: (server.address() as AddressInfo).port,
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
+}
+
+/**
+ * startMetricsServer() for a command's `--metrics-port`: a port it cannot listen on (taken, or not
+ * allowed) is a CkptError with `code` that names the port and says what to do.
+ */
+export async function startCommandMetricsServer(code: string, registry: Registry, port: number, ready?: ReadyCheck): Promise<MetricsServer> {
+  try {
+    return await startMetricsServer(registry, port, ready);
+  } catch (err) {
+    throw new CkptError(code, `cannot serve /metrics on port ${port}: ${(err as Error).message}; choose another --metrics-port (0 = any free port, -1 = off)`, { cause: err });
+  }
 }

@@ -9,7 +9,7 @@
  */
 import { renameSync, writeFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
-import { CkptError, commandConfig, commandRedisOptions, createLogger, KvmError, redactUrl, startMetricsServer, vmIdProblem, type MetricsServer } from '@ckpt/common';
+import { CkptError, commandConfig, commandRedisOptions, createLogger, KvmError, redactUrl, startCommandMetricsServer, vmIdProblem, type MetricsServer } from '@ckpt/common';
 import { KVM_ERROR_CODES } from '@ckpt/kvm-native';
 import { StandbyStore } from '@ckpt/standby';
 import { createRestorerMetrics } from './metrics.ts';
@@ -79,13 +79,7 @@ async function main(): Promise<number> {
     }
   };
   try {
-    if (cfg.metricsPort >= 0) {
-      try {
-        server = await startMetricsServer(metrics.registry, cfg.metricsPort, () => (phase === 'running' ? null : phase));
-      } catch (err) {
-        throw new CkptError('CKPT_ERR_RESTORE_METRICS_PORT', `cannot serve /metrics on port ${cfg.metricsPort}: ${(err as Error).message}; choose another --metrics-port (0 = any free port, -1 = off)`, { cause: err });
-      }
-    }
+    if (cfg.metricsPort >= 0) server = await startCommandMetricsServer('CKPT_ERR_RESTORE_METRICS_PORT', metrics.registry, cfg.metricsPort, () => (phase === 'running' ? null : phase));
     try {
       await redis.connect();
     } catch (err) {

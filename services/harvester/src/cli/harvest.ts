@@ -2,7 +2,7 @@
  * `npm run harvest -- [options]`: runs a guest and cuts checkpoint epochs locally (no Kafka), with
  * optional verification against guest memory. See --help.
  */
-import { ConfigError, CkptError, createLogger, helpText, parseConfig, startMetricsServer, wantsHelp, type MetricsServer } from '@ckpt/common';
+import { ConfigError, CkptError, createLogger, helpText, parseConfig, startCommandMetricsServer, wantsHelp, type MetricsServer } from '@ckpt/common';
 import { HARVEST_CLI_SCHEMA, type HarvestCliConfig } from '../harvest-config.ts';
 import { runHarvest, type HarvestSummary } from '../harvest-loop.ts';
 import { createHarvesterMetrics } from '../metrics.ts';
@@ -49,11 +49,7 @@ async function main(argv: string[]): Promise<number> {
   process.once('SIGTERM', onSignal);
   try {
     if (cfg.metricsPort >= 0) {
-      try {
-        server = await startMetricsServer(metrics.registry, cfg.metricsPort);
-      } catch (err) {
-        throw new CkptError('CKPT_ERR_HARVEST_METRICS_PORT', `cannot serve /metrics on port ${cfg.metricsPort}: ${(err as Error).message}; choose another --metrics-port (0 = any free port, -1 = off)`, { cause: err });
-      }
+      server = await startCommandMetricsServer('CKPT_ERR_HARVEST_METRICS_PORT', metrics.registry, cfg.metricsPort);
       log.info('metrics listening', { port: server.port });
     }
     const summary = await runHarvest(source, {

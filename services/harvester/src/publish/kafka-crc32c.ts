@@ -13,7 +13,7 @@
  * code: slower, equally correct, and said by kafkaCrc32c().
  */
 import { createRequire, Module } from 'node:module';
-import { crc32c, crc32cImpl } from '@ckpt/kvm-native';
+import { crc32c } from '@ckpt/kvm-native';
 
 /** The module of kafkajs that exports `buffer => crc` for record batches (kafkajs 2.x). */
 const KAFKAJS_CRC_MODULE = 'kafkajs/src/protocol/recordBatch/crc32C/index.js';
@@ -29,45 +29,43 @@ export interface KafkaCrcStatus {
   batches: number;
 }
 
-function install(): Omit<KafkaCrcStatus, 'batches'> {
-  const require = createRequire(import.meta.url);
-  let path: string;
-  try {
-    path = require.resolve(KAFKAJS_CRC_MODULE);
-  } catch {
-    return { impl: 'kafkajs', reason: `${KAFKAJS_CRC_MODULE} is not where kafkajs 2.x has it` };
-  }
-  if (require.cache[path]) return { impl: 'kafkajs', reason: 'kafkajs had loaded its record-batch code before the harvester could give it the native CRC-32C' };
-  try {
-    crc32cImpl(); // loads the helper (throws when it is not built)
-    if (crc32c(Buffer.from('123456789')) !== CHECK_VALUE) return { impl: 'kafkajs', reason: 'the native CRC-32C failed its check value' };
-  } catch (err) {
-    return { impl: 'kafkajs', reason: err instanceof Error ? err.message : String(err) };
-  }
-  const m = new Module(path);
-  m.filename = path;
-  m.loaded = true;
-  m.exports = nativeCrc;
-  require.cache[path] = m;
-  return { impl: 'native', reason: '' };
-}
+const require = createRequire(import.meta.url);
 
 let batches = 0;
 const nativeCrc = (buffer: Buffer): number => {
   batches++;
   return crc32c(buffer);
 };
-const status = install();
+
+/** Puts nativeCrc where kafkajs will `require` its CRC module; returns the module's path, or why not. */
+function install(): { path: string } | { reason: string } {
+  let path: string;
+  try {
+    path = require.resolve(KAFKAJS_CRC_MODULE);
+  } catch {
+    return { reason: `${KAFKAJS_CRC_MODULE} is not where kafkajs 2.x has it` };
+  }
+  if (require.cache[path]) return { reason: 'kafkajs had loaded its record-batch code before the harvester could give it the native CRC-32C' };
+  try {
+    // Loads the helper too (throws when it is not built).
+    if (crc32c(Buffer.from('123456789')) !== CHECK_VALUE) return { reason: 'the native CRC-32C failed its check value' };
+  } catch (err) {
+    return { reason: err instanceof Error ? err.message : String(err) };
+  }
+  const m = new Module(path);
+  m.filename = path;
+  m.loaded = true;
+  m.exports = nativeCrc;
+  require.cache[path] = m;
+  return { path };
+}
+
+const installed = install();
 
 /** Which CRC-32C kafkajs uses for the record batches this process produces, and why. */
 export function kafkaCrc32c(): KafkaCrcStatus {
-  if (status.impl === 'native') {
-    // Loaded since: check that kafkajs really took ours (it takes whatever the cache holds at its load).
-    const require = createRequire(import.meta.url);
-    const cached = require.cache[require.resolve(KAFKAJS_CRC_MODULE)];
-    if (cached?.exports !== nativeCrc) {
-      return { impl: 'kafkajs', reason: 'another CRC-32C module replaced the native one', batches };
-    }
-  }
-  return { ...status, batches };
+  if ('reason' in installed) return { impl: 'kafkajs', reason: installed.reason, batches };
+  // Loaded since: check that kafkajs really took ours (it takes whatever the cache holds at its load).
+  if (require.cache[installed.path]?.exports !== nativeCrc) return { impl: 'kafkajs', reason: 'another CRC-32C module replaced the native one', batches };
+  return { impl: 'native', reason: '', batches };
 }

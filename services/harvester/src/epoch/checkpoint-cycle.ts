@@ -235,8 +235,7 @@ export class CheckpointCycle {
     if (lost > 0) {
       // The kernel overwrote entries we never saw: this epoch may miss pages. It is not committed;
       // the caller starts a new generation with a baseline.
-      this.source.resume();
-      this.guestPaused = false;
+      this.resumeGuest();
       throw new CkptError('CKPT_ERR_HARVEST_CONTINUITY_LOST',
         `cannot commit epoch ${header.epoch} of generation ${this.generation}: the kernel lost ${lost} dirty-ring entries (ring overrun); a new generation with a baseline follows`,
         { retriable: true, context: { epoch: header.epoch, generation: this.generation, lost } });
@@ -272,12 +271,10 @@ export class CheckpointCycle {
         commit = await finish();
         await this.opts.whilePaused(header, commit);
       } finally {
-        this.source.resume();
-        this.guestPaused = false;
+        this.resumeGuest();
       }
     } else {
-      this.source.resume();
-      this.guestPaused = false;
+      this.resumeGuest();
       commit = await finish();
     }
     this.harvestedThisEpoch = this.harvestedNextEpoch;
@@ -285,6 +282,12 @@ export class CheckpointCycle {
     this.pastPause = false;
     this.epoch++;
     return commit;
+  }
+
+  /** Ends the pause cut() started (relief may run again). */
+  private resumeGuest(): void {
+    this.source.resume();
+    this.guestPaused = false;
   }
 
   /** Right order for a live round: re-arm logging first, then read the pages. */

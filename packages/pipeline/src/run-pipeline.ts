@@ -3,9 +3,9 @@
  * the guests stop, the replicators drain, and every VM's standby is checked against the harvester's
  * last committed epoch (a shadow image built only from committed epochs).
  */
-// The harvester first: kafkajs must find its native CRC-32C when it loads (harvester kafka-crc32c.ts).
+// The harvester first: kafkajs must find its native CRC-32C and chunked encoder when it loads (harvester kafka-crc32c.ts, kafka-encoder.ts).
 import {
-  ControlListener, createHarvesterMetrics, DEFAULT_MAX_REQUEST_BYTES, KafkaPublisher, kafkaCrc32c, LogStartOffsets, openSource, runHarvest, ShadowVerifier, stoppedGuest,
+  ControlListener, createHarvesterMetrics, DEFAULT_MAX_REQUEST_BYTES, KafkaPublisher, kafkaCrc32c, kafkaEncoder, LogStartOffsets, openSource, runHarvest, ShadowVerifier, stoppedGuest,
   type DirtySource, type EpochCommit, type EpochSink, type HarvestSummary,
 } from '@ckpt/harvester';
 import type { Redis } from 'ioredis';
@@ -78,6 +78,8 @@ export interface PipelineResult {
   sourceNote?: string;
   /** Which CRC-32C kafkajs checksummed the harvesters' record batches with: "native" or "kafkajs" (slower). */
   kafkaCrc32c: 'native' | 'kafkajs';
+  /** Which encoder kafkajs built the harvesters' requests with: "chunked" (large buffers by reference) or "kafkajs" (slower). */
+  kafkaEncoder: 'chunked' | 'kafkajs';
   vms: number;
   epochsCommitted: number;
   epochsApplied: number;
@@ -121,6 +123,8 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
   const phase = o.onPhase ?? (() => undefined);
   const crc = kafkaCrc32c();
   if (crc.impl !== 'native') log.warn('record batches are checksummed by kafkajs\'s JavaScript CRC-32C (slower)', { reason: crc.reason });
+  const enc = kafkaEncoder();
+  if (enc.impl !== 'chunked') log.warn('kafkajs copies every record through its own encoder (slower)', { reason: enc.reason });
   phase('starting servers');
   const servers: Servers = await startServers({ partitions: Math.max(4, o.vms) });
   phase(`using ${servers.description}`);
@@ -287,7 +291,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     }
     const bytesHarvested = summaries.reduce((n, s) => n + s.bytesHarvested, 0);
     return {
-      source: sourceKind, sourceNote, kafkaCrc32c: kafkaCrc32c().impl, vms: o.vms,
+      source: sourceKind, sourceNote, kafkaCrc32c: kafkaCrc32c().impl, kafkaEncoder: kafkaEncoder().impl, vms: o.vms,
       epochsCommitted: runs.reduce((n, r) => n + r.committed, 0),
       epochsApplied: applied,
       standbyMatches: checks.every((c) => c.matches),

@@ -44,6 +44,8 @@ test('harvester and replicator services: the standby of a running guest is a con
     assert.equal(meta.state, 'ok');
     // Record batches carry the native CRC-32C (kafkajs's own is several times slower).
     assert.match(started, /"kafkaCrc32c":"native"/);
+    // And go through the chunked encoder (kafkajs's own copies each record about nine times).
+    assert.match(started, /"kafkaEncoder":"chunked"/);
     // The image the replicator built hashes to the digest the harvester committed.
     const g = meta.generation;
     const recomputed = await store.computeImageDigest('svc-vm', g, meta.slots, meta.pageSize);

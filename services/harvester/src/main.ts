@@ -4,8 +4,9 @@
  * 9464), epochs cut and published to Kafka until SIGTERM/SIGINT. Without HARVESTER_KAFKA_BROKERS it
  * checkpoints locally only (and verifies, with HARVESTER_VERIFY=true), and says so.
  */
-// First: kafkajs must find the native CRC-32C when it loads (see kafka-crc32c.ts).
+// First: kafkajs must find the native CRC-32C and the chunked encoder when it loads (see kafka-crc32c.ts, kafka-encoder.ts).
 import { kafkaCrc32c } from './publish/kafka-crc32c.ts';
+import { kafkaEncoder } from './publish/kafka-encoder.ts';
 import { Kafka, logLevel } from 'kafkajs';
 import {
   ConfigError, CkptError, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, startMetricsServer, vmIdProblem, wantsHelp,
@@ -38,13 +39,15 @@ async function main(): Promise<number> {
   if (!kafka) log.warn('HARVESTER_KAFKA_BROKERS is not set: checkpointing locally only, nothing is published');
   const crc = kafkaCrc32c();
   if (kafka && crc.impl !== 'native') log.warn('record batches are checksummed by kafkajs\'s JavaScript CRC-32C (slower)', { component: 'main', reason: crc.reason });
+  const enc = kafkaEncoder();
+  if (kafka && enc.impl !== 'chunked') log.warn('kafkajs copies every record through its own encoder (slower)', { component: 'main', reason: enc.reason });
   const { source, fallbackReason } = openSource(cfg);
   if (fallbackReason) log.warn('using the simulator', { component: 'source', reason: fallbackReason });
   const abort = new AbortController();
   let ready = false;
   // -1 = no metrics server (the schema's "off").
   const server = cfg.metricsPort >= 0 ? await startMetricsServer(metrics.registry, cfg.metricsPort, () => (ready ? null : 'guest not started or Kafka not connected')) : null;
-  log.info('started', { component: 'main', source: source.kind, mode: source.mode, metricsPort: server?.port ?? 'off', kafkaCrc32c: kafka ? crc.impl : 'off' });
+  log.info('started', { component: 'main', source: source.kind, mode: source.mode, metricsPort: server?.port ?? 'off', kafkaCrc32c: kafka ? crc.impl : 'off', kafkaEncoder: kafka ? enc.impl : 'off' });
   const stop = (signal: string): void => {
     log.info('stopping', { component: 'main', signal });
     abort.abort();

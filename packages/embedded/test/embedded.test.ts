@@ -46,7 +46,12 @@ test('redis-server runs with AOF: an acknowledged write survives SIGKILL and res
   const r = new Redis(server.port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 20, retryStrategy: () => 50 });
   try {
     await r.connect();
-    assert.equal(await r.config('GET', 'appendonly').then((x) => (x as string[])[1]), 'yes');
+    const conf = async (k: string): Promise<string | undefined> => ((await r.config('GET', k)) as string[])[1];
+    assert.equal(await conf('appendonly'), 'yes');
+    assert.equal(await conf('appendfsync'), 'always');
+    // Tuned for a page store on a small machine (RedisServerOptions): no LZF, fewer rewrites.
+    assert.equal(await conf('rdbcompression'), 'no');
+    assert.equal(await conf('auto-aof-rewrite-percentage'), '400');
     await r.set('k', 'v1');
     await server.restart();
     assert.equal(await r.get('k'), 'v1', 'the AOF kept the write');

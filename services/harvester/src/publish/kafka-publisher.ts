@@ -171,7 +171,9 @@ export class KafkaPublisher implements EpochSink {
 
   private async publish(rec: EpochRecord, part: number): Promise<void> {
     this.throwIfFailed();
-    const value = Buffer.from(encodeEpochRecord(rec));
+    const encoded = encodeEpochRecord(rec);
+    // A view, not a copy (Buffer.from(Uint8Array) copies): protobufjs already gave the record its own buffer.
+    const value = Buffer.from(encoded.buffer, encoded.byteOffset, encoded.byteLength);
     const size = value.byteLength;
     const t0 = performance.now();
     // The replication window: do not run further ahead of the replicator than the topic can hold.

@@ -33,6 +33,11 @@ export interface Servers {
   redisPrefix: string;
   /** Which servers this run uses, for the user. */
   description: string;
+  /**
+   * Set by connectRedis() once Redis answered. stop() deletes the run's keys either way, but says it
+   * could not only after that: a Redis never reached is the run's real error, reported after stop().
+   */
+  redisReached: boolean;
   stop(): Promise<void>;
 }
 
@@ -70,14 +75,14 @@ async function deleteRunTopics(brokers: string[], topics: Topics): Promise<void>
   }
 }
 
-async function deleteRunKeys(url: string, prefix: string): Promise<void> {
+async function deleteRunKeys(url: string, prefix: string, warn: boolean): Promise<void> {
   const redis = new Redis(url, { maxRetriesPerRequest: 2, lazyConnect: true });
   redis.on('error', () => undefined);
   try {
     await redis.connect();
     await new StandbyStore(redis, prefix).deleteAll();
   } catch (err) {
-    process.stderr.write(`warning: could not delete this run's Redis keys ${prefix}:*: ${(err as Error).message}\n`);
+    if (warn) process.stderr.write(`warning: could not delete this run's Redis keys ${prefix}:*: ${(err as Error).message}\n`);
   } finally {
     redis.disconnect();
   }
@@ -110,15 +115,16 @@ export async function startServers(opts: { partitions: number; topics?: Topics; 
       external.kafka.length ? `Kafka ${brokers.join(',')} (KAFKA_BROKERS), topics ${Object.values(topics).join(', ')}${given ? '' : ' created for this run'}, group ${groupId}` : 'the embedded Kafka test broker',
       external.redis ? `Redis ${redactUrl(redisUrl)} (REDIS_URL), keys ${redisPrefix}:*` : 'an embedded redis-server',
     ].join('; ');
-    return {
-      brokers, redisUrl, embeddedKafka: kafka !== null, kafka, redis, topics, groupId, redisPrefix, description,
+    const servers: Servers = {
+      brokers, redisUrl, embeddedKafka: kafka !== null, kafka, redis, topics, groupId, redisPrefix, description, redisReached: false,
       async stop() {
         await kafka?.stop();
         await redis?.stop();
         if (topicsCreated) await deleteRunTopics(external.kafka, topics);
-        if (external.redis) await deleteRunKeys(redisUrl, redisPrefix);
+        if (external.redis) await deleteRunKeys(redisUrl, redisPrefix, servers.redisReached);
       },
     };
+    return servers;
   } catch (err) {
     if (topicsCreated) await deleteRunTopics(external.kafka, topics);
     await kafka?.stop().catch(() => undefined);
@@ -137,6 +143,7 @@ export async function connectRedis(s: Servers, onError: (err: Error) => void = (
   redis.on('error', (err: Error) => { lastError = err; onError(err); });
   try {
     await redis.ping();
+    s.redisReached = true;
     return redis;
   } catch (err) {
     redis.disconnect();

@@ -65,4 +65,7 @@ test('npm run pipeline --json against a Redis it cannot reach: exit 1, named, an
   assert.equal(last.failed, true);
   assert.equal(last.standbyMatches, false);
   assert.match(last.message, /cannot connect to Redis at redis:\/\/127\.0\.0\.1:1 \(REDIS_URL\)/);
+  // The real error is the first thing said: no warning about the run's keys in a Redis never reached.
+  assert.match(r.stderr, /cannot connect to Redis at/);
+  assert.doesNotMatch(r.stderr, /could not delete this run's Redis keys/);
 });

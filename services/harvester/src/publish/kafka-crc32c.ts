@@ -12,8 +12,9 @@
  * kafkajs had loaded that module already, or the native helper is not built, kafkajs keeps its own
  * code: slower, equally correct, and said by kafkaCrc32c().
  */
-import { createRequire, Module } from 'node:module';
+import { Module } from 'node:module';
 import { crc32c } from '@ckpt/kvm-native';
+import { kafkajsRequire as require, unloadedKafkajsModule } from './kafkajs-module.ts';
 
 /** The module of kafkajs that exports `buffer => crc` for record batches (kafkajs 2.x). */
 const KAFKAJS_CRC_MODULE = 'kafkajs/src/protocol/recordBatch/crc32C/index.js';
@@ -29,8 +30,6 @@ export interface KafkaCrcStatus {
   batches: number;
 }
 
-const require = createRequire(import.meta.url);
-
 let batches = 0;
 const nativeCrc = (buffer: Buffer): number => {
   batches++;
@@ -39,13 +38,9 @@ const nativeCrc = (buffer: Buffer): number => {
 
 /** Puts nativeCrc where kafkajs will `require` its CRC module; returns the module's path, or why not. */
 function install(): { path: string } | { reason: string } {
-  let path: string;
-  try {
-    path = require.resolve(KAFKAJS_CRC_MODULE);
-  } catch {
-    return { reason: `${KAFKAJS_CRC_MODULE} is not where kafkajs 2.x has it` };
-  }
-  if (require.cache[path]) return { reason: 'kafkajs had loaded its record-batch code before the harvester could give it the native CRC-32C' };
+  const where = unloadedKafkajsModule(KAFKAJS_CRC_MODULE, 'kafkajs had loaded its record-batch code before the harvester could give it the native CRC-32C');
+  if ('reason' in where) return where;
+  const { path } = where;
   try {
     // Loads the helper too (throws when it is not built).
     if (crc32c(Buffer.from('123456789')) !== CHECK_VALUE) return { reason: 'the native CRC-32C failed its check value' };

@@ -19,7 +19,7 @@
  * encoder afterwards gets ChunkedEncoder. When kafkajs had loaded already, or its encoder is not where
  * kafkajs 2.x has it, kafkajs keeps its own: slower, equally correct, and said by kafkaEncoder().
  */
-import { createRequire } from 'node:module';
+import { kafkajsRequire as require, unloadedKafkajsModule } from './kafkajs-module.ts';
 
 /** kafkajs 2.x's encoder module: exports the Encoder class every request and record batch uses. */
 const KAFKAJS_ENCODER_MODULE = 'kafkajs/src/protocol/encoder.js';
@@ -48,8 +48,6 @@ interface KafkajsEncoder {
   writeEncoderArray(value: unknown): this;
 }
 type EncoderClass = new (initialSize?: number) => KafkajsEncoder;
-
-const require = createRequire(import.meta.url);
 
 let bytesReferenced = 0;
 
@@ -131,13 +129,9 @@ function chunkedEncoderClass(Base: EncoderClass): EncoderClass {
 
 /** Replaces kafkajs's encoder module's exports with ChunkedEncoder; returns the module's path, or why not. */
 function install(): { path: string; cls: EncoderClass } | { reason: string } {
-  let path: string;
-  try {
-    path = require.resolve(KAFKAJS_ENCODER_MODULE);
-  } catch {
-    return { reason: `${KAFKAJS_ENCODER_MODULE} is not where kafkajs 2.x has it` };
-  }
-  if (require.cache[path]) return { reason: 'kafkajs had loaded its encoder before the harvester could replace it' };
+  const where = unloadedKafkajsModule(KAFKAJS_ENCODER_MODULE, 'kafkajs had loaded its encoder before the harvester could replace it');
+  if ('reason' in where) return where;
+  const { path } = where;
   const Base = require(path) as EncoderClass;
   const proto = Base?.prototype as unknown as Record<string, unknown> | undefined;
   const needed = ['writeInt32', 'writeBufferInternal', 'writeBytes', 'writeEncoder', 'writeEncoderArray', 'size'];

@@ -10,3 +10,4 @@ export * from './percentile.ts';
 export * from './guest-workload.ts';
 export * from './connections.ts';
 export * from './vm-id.ts';
+export * from './process-cpu.ts';

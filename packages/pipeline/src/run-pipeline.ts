@@ -14,6 +14,7 @@ import { percentile, silentLogger, type Logger } from '@ckpt/common';
 import type { Compression } from '@ckpt/proto';
 import { partitionOfVm } from '@ckpt/replicator';
 import { StandbyStore } from '@ckpt/standby';
+import { cpuBetween, sampleCpu, type PipelineCpu } from './cpu-meter.ts';
 import { connectRedis, ReplicatorPool, startServers, type Servers } from './servers.ts';
 import { verifyStandby, type StandbyCheck } from './verify-standby.ts';
 
@@ -90,6 +91,8 @@ export interface PipelineResult {
   throughputMBps: number;
   /** Page bytes of delta epochs per second, from the first delta epoch on (the baselines excluded). */
   steadyThroughputMBps: number;
+  /** CPU time of the pipeline's processes over the harvest phase, and per MB harvested (cpu-meter.ts). */
+  cpu: PipelineCpu;
   lagP50Ms: number;
   lagP99Ms: number;
   /** Epochs whose lag was measured (seen applied while the guest ran); 0 makes the lag figures meaningless. */
@@ -211,6 +214,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     }, 5);
     timers.push(poll);
     const t0 = performance.now();
+    const cpuAtStart = sampleCpu(servers, pool);
     const injuries: string[] = [];
     const chaosDone = runChaos(o.chaos, o.durationS * 1000, servers, pool, injuries, t0);
     const timer = setTimeout(() => stop.abort(), o.durationS * 1000);
@@ -247,6 +251,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     clearTimeout(timer);
     await chaosDone;
     const tEnd = performance.now();
+    const cpuAtEnd = sampleCpu(servers, pool);
     const harvestS = (tEnd - t0) / 1000;
     const steady = runs.filter((r) => r.deltaStartMs > 0);
     const steadyMBps = steady.reduce((n, r) => n + r.deltaBytes / ((tEnd - r.deltaStartMs) / 1000), 0) / 1e6;
@@ -300,6 +305,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
       bytesOnWire: runs.reduce((n, r) => n + r.publisher.bytesOnWire, 0),
       throughputMBps: Number((bytesHarvested / harvestS / 1e6).toFixed(1)),
       steadyThroughputMBps: Number(steadyMBps.toFixed(1)),
+      cpu: cpuBetween(cpuAtStart, cpuAtEnd, bytesHarvested),
       lagP50Ms: percentile(lags, 50), lagP99Ms: percentile(lags, 99), lagSamples: lags.length,
       resyncs: summaries.reduce((n, s) => n + s.resyncs, 0) + drainBaselines,
       durationS: Number(harvestS.toFixed(2)),

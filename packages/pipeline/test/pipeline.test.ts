@@ -4,6 +4,7 @@
  * committed epoch, byte for byte, also after kill -9 of replicators, of Redis, and a broker outage.
  */
 import assert from 'node:assert/strict';
+import { availableParallelism } from 'node:os';
 import { test } from 'node:test';
 import { Redis } from 'ioredis';
 import { silentLogger } from '@ckpt/common';
@@ -31,6 +32,12 @@ test('sim: two VMs, each standby equals its last committed epoch; gzip shrinks z
   const r = await runPipeline({ ...base, compression: 'gzip', workload: 'sequential' });
   assertMatches(r);
   assert.ok(r.bytesOnWire < r.bytesHarvested, `gzip: ${r.bytesOnWire} on the wire for ${r.bytesHarvested} bytes of pages`);
+  // Every process of the run was measured (embedded servers), and the figures add up.
+  const c = r.cpu;
+  assert.ok(c.harvestersMs > 0 && c.replicatorsMs > 0 && c.redisMs !== null && c.redisMs > 0 && c.brokerMs !== null && c.brokerMs >= 0, JSON.stringify(c));
+  const total = c.harvestersMs + c.replicatorsMs + c.redisMs + c.brokerMs;
+  assert.ok(Math.abs(c.msPerMB - total / (r.bytesHarvested / 1e6)) < 0.2 + c.msPerMB * 0.01, JSON.stringify(c));
+  assert.ok(c.cores > 0 && c.cores <= availableParallelism() + 0.5, JSON.stringify(c));
 });
 
 test('real KVM: the standby equals the last committed epoch', async (t) => {

@@ -59,7 +59,7 @@ async function main(): Promise<void> {
   // The embedded Redis runs with appendfsync always (every acknowledged write is on disk): compare with that.
   const ratioToRedisIngest = t.steadyThroughputMBps / ceiling.always;
   say(`    ${t.steadyThroughputMBps} MB/s end to end in delta epochs (${t.throughputMBps} MB/s over the whole run with its baselines; ${t.epochsCommitted} epochs, ${(t.bytesHarvested / 1e6).toFixed(0)} MB); redis-benchmark SET ${ceiling.always.toFixed(0)} MB/s with fsync always, ${ceiling.everysec.toFixed(0)} MB/s with everysec; ratio ${ratioToRedisIngest.toFixed(3)} (target >= 200 MB/s); record CRC-32C: ${t.kafkaCrc32c}, kafkajs encoder: ${t.kafkaEncoder}`);
-  say(`    CPU ${t.cpu.msPerMB} ms per MB harvested, ${t.cpu.cores} cores busy: harvesters and simulated guests ${t.cpu.harvestersMs} ms, replicator ${t.cpu.replicatorsMs} ms, redis-server ${t.cpu.redisMs} ms, broker ${t.cpu.brokerMs} ms (a steadier figure than MB/s on a shared machine)`);
+  say(`    CPU ${t.cpu.msPerMB} ms per MB harvested, ${t.cpu.cores} cores busy: harvesters and simulated guests ${t.cpu.harvestersMs} ms, replicator ${t.cpu.replicatorsMs} ms, redis-server ${t.cpu.redisMs} ms, broker ${t.cpu.brokerMs} ms (a steadier figure than MB/s on a shared machine)${t.cpu.incomplete.length ? `; incomplete: ${t.cpu.incomplete.join('; ')}` : ''}`);
 
   say('2/3 bytes on the wire for a zero-page-heavy guest (idle, 256 MiB)');
   const z = await runPipeline({ ...base, workload: 'idle', rate: 0, durationS: quick ? 2 : 4 });

@@ -20,14 +20,22 @@ export interface PipelineCpu {
   msPerMB: number;
   /** Cores the measured processes kept busy on average. */
   cores: number;
+  /** What the figures miss: processes that exited or were replaced during the phase. */
+  incomplete: string[];
+}
+
+/** A server process's CPU, with its pid: a restart (a new pid) must not be subtracted from the old one. */
+interface ProcCpu {
+  pid: number;
+  ms: number;
 }
 
 interface Sample {
   atMs: number;
   self: number;
   replicators: Map<number, number>;
-  redis: number | null;
-  broker: number | null;
+  redis: ProcCpu | null;
+  broker: ProcCpu | null;
 }
 
 function ownCpuMs(): number {
@@ -41,16 +49,28 @@ export function sampleCpu(servers: Servers, pool: ReplicatorPool): Sample {
     const ms = m.pid === undefined ? null : processCpuMs(m.pid);
     if (ms !== null) replicators.set(m.pid!, ms);
   }
-  const of = (pid: number | undefined): number | null => (pid === undefined ? null : processCpuMs(pid));
+  const of = (pid: number | undefined): ProcCpu | null => {
+    const ms = pid === undefined ? null : processCpuMs(pid);
+    return ms === null ? null : { pid: pid!, ms };
+  };
   return { atMs: performance.now(), self: ownCpuMs(), replicators, redis: of(servers.redis?.pid), broker: of(servers.kafka?.pid) };
 }
 
 export function cpuBetween(a: Sample, b: Sample, bytes: number): PipelineCpu {
+  const incomplete: string[] = [];
   let replicatorsMs = 0;
   for (const [pid, ms] of b.replicators) replicatorsMs += ms - (a.replicators.get(pid) ?? 0);
-  const diff = (x: number | null, y: number | null): number | null => (x === null || y === null ? null : y - x);
-  const redisMs = diff(a.redis, b.redis);
-  const brokerMs = diff(a.broker, b.broker);
+  for (const pid of a.replicators.keys()) if (!b.replicators.has(pid)) incomplete.push(`replicator ${pid} exited during the run: its CPU is missing`);
+  for (const pid of b.replicators.keys()) if (!a.replicators.has(pid)) incomplete.push(`replicator ${pid} started during the run: counted from its start`);
+  // A server restarted meanwhile (a new pid) is counted from its start; what its predecessor used is missing.
+  const diff = (name: string, x: ProcCpu | null, y: ProcCpu | null): number | null => {
+    if (x === null || y === null) return null;
+    if (x.pid === y.pid) return y.ms - x.ms;
+    incomplete.push(`${name} restarted during the run: counted from its last start`);
+    return y.ms;
+  };
+  const redisMs = diff('redis-server', a.redis, b.redis);
+  const brokerMs = diff('the broker', a.broker, b.broker);
   const harvestersMs = b.self - a.self;
   const total = harvestersMs + replicatorsMs + (redisMs ?? 0) + (brokerMs ?? 0);
   const r = (x: number): number => Math.round(x);
@@ -58,5 +78,6 @@ export function cpuBetween(a: Sample, b: Sample, bytes: number): PipelineCpu {
     harvestersMs: r(harvestersMs), replicatorsMs: r(replicatorsMs), redisMs: redisMs === null ? null : r(redisMs), brokerMs: brokerMs === null ? null : r(brokerMs),
     msPerMB: bytes > 0 ? Number((total / (bytes / 1e6)).toFixed(1)) : 0,
     cores: Number((total / Math.max(1, b.atMs - a.atMs)).toFixed(2)),
+    incomplete,
   };
 }

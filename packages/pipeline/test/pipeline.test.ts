@@ -37,7 +37,9 @@ test('sim: two VMs, each standby equals its last committed epoch; gzip shrinks z
   assert.ok(c.harvestersMs > 0 && c.replicatorsMs > 0 && c.redisMs !== null && c.redisMs > 0 && c.brokerMs !== null && c.brokerMs >= 0, JSON.stringify(c));
   const total = c.harvestersMs + c.replicatorsMs + c.redisMs + c.brokerMs;
   assert.ok(Math.abs(c.msPerMB - total / (r.bytesHarvested / 1e6)) < 0.2 + c.msPerMB * 0.01, JSON.stringify(c));
-  assert.ok(c.cores > 0 && c.cores <= availableParallelism() + 0.5, JSON.stringify(c));
+  // (An AOF rewrite counts when Redis reaps it, so a little over the core count is possible.)
+  assert.ok(c.cores > 0 && c.cores <= availableParallelism() + 1, JSON.stringify(c));
+  assert.deepEqual(c.incomplete, []);
 });
 
 test('real KVM: the standby equals the last committed epoch', async (t) => {
@@ -80,6 +82,9 @@ test('crash: redis-server killed and restarted on its AOF mid-run', async () => 
   const r = await runPipeline({ ...base, durationS: 6, chaos: { redisRestarts: 2, seed: 3 } });
   assert.equal(r.injuries.length, 2);
   assertMatches(r);
+  // The CPU figures say the restarted Redis was counted from its last start (never a negative difference).
+  assert.ok(r.cpu.incomplete.includes('redis-server restarted during the run: counted from its last start'), JSON.stringify(r.cpu));
+  assert.ok(r.cpu.redisMs !== null && r.cpu.redisMs >= 0, JSON.stringify(r.cpu));
 });
 
 test('crash: the broker goes down mid-epoch and comes back', async () => {

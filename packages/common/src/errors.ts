@@ -61,3 +61,13 @@ export class KvmError extends CkptError {
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
+
+/**
+ * The last line a command prints with `--json` when it fails: one JSON object, `failed: true`, the
+ * error's code (`fallbackCode` for an error that is not a CkptError), message and whether a retry may help, plus
+ * `extra` (the keys of the command's success line that a reader checks, such as `standbyMatches: false`).
+ */
+export function jsonFailureLine(err: unknown, fallbackCode: string, extra: Record<string, unknown> = {}): string {
+  const ckpt = err instanceof CkptError ? err : null;
+  return JSON.stringify({ failed: true, code: ckpt?.code ?? fallbackCode, message: errorMessage(err), retriable: ckpt?.retriable ?? false, ...extra }) + '\n';
+}

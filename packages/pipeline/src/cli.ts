@@ -3,7 +3,7 @@
  * every VM's standby against the harvester's last committed epoch. Exit 0 when all match, 1 when any
  * does not, 2 on bad options.
  */
-import { commandConfig, createLogger, WORKLOADS, type Schema } from '@ckpt/common';
+import { commandConfig, createLogger, jsonFailureLine, WORKLOADS, type Schema } from '@ckpt/common';
 import { runPipeline } from './run-pipeline.ts';
 
 const SCHEMA = {
@@ -64,6 +64,6 @@ main().then((code) => { process.exitCode = code; }, (err: unknown) => {
   process.exitCode = 1;
   // With --json the last stdout line is still one JSON object: what failed, instead of the result.
   if (process.argv.includes('--json')) {
-    process.stdout.write(JSON.stringify({ failed: true, code: (err as { code?: unknown }).code ?? 'CKPT_ERR_PIPELINE_FAILED', message, standbyMatches: false }) + '\n');
+    process.stdout.write(jsonFailureLine(err, 'CKPT_ERR_PIPELINE_FAILED', { standbyMatches: false }));
   }
 });

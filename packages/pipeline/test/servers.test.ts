@@ -61,8 +61,11 @@ test('npm run pipeline --json against a Redis it cannot reach: exit 1, named, an
   const cli = fileURLToPath(new URL('../src/cli.ts', import.meta.url));
   const r = spawnSync(process.execPath, ['--import', 'tsx', cli, '--source', 'sim', '--duration-s', '1', '--json'], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, REDIS_URL: 'redis://127.0.0.1:1' } });
   assert.equal(r.status, 1, r.stderr);
-  const last = JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '') as { failed: boolean; standbyMatches: boolean; message: string };
+  const last = JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '') as { failed: boolean; standbyMatches: boolean; message: string; code: string; retriable: boolean };
   assert.equal(last.failed, true);
+  // The same failure keys as npm run harvest's (jsonFailureLine).
+  assert.equal(last.code, 'CKPT_ERR_PIPELINE_FAILED');
+  assert.equal(last.retriable, false);
   assert.equal(last.standbyMatches, false);
   assert.match(last.message, /cannot connect to Redis at redis:\/\/127\.0\.0\.1:1 \(REDIS_URL\)/);
   // The real error is the first thing said: no warning about the run's keys in a Redis never reached.

@@ -2,7 +2,7 @@
  * `npm run harvest -- [options]`: runs a guest and cuts checkpoint epochs locally (no Kafka), with
  * optional verification against guest memory. See --help.
  */
-import { ConfigError, CkptError, createLogger, helpText, parseConfig, startCommandMetricsServer, wantsHelp, type MetricsServer } from '@ckpt/common';
+import { ConfigError, CkptError, createLogger, helpText, jsonFailureLine, parseConfig, startCommandMetricsServer, wantsHelp, type MetricsServer } from '@ckpt/common';
 import { HARVEST_CLI_SCHEMA, type HarvestCliConfig } from '../harvest-config.ts';
 import { runHarvest, type HarvestSummary } from '../harvest-loop.ts';
 import { createHarvesterMetrics } from '../metrics.ts';
@@ -108,7 +108,7 @@ main(argv).then(
     }
     // With --json the last stdout line is still one JSON object: what failed, instead of the summary.
     if (argv.includes('--json') || argv.includes('--json=true')) {
-      process.stdout.write(JSON.stringify({ failed: true, code, message: err instanceof Error ? err.message : String(err), retriable: err instanceof CkptError ? err.retriable : false }) + '\n');
+      process.stdout.write(jsonFailureLine(err, code));
     }
   },
 );

@@ -158,7 +158,7 @@ const REPLICATOR_MAIN = fileURLToPath(new URL('../../../services/replicator/src/
  * Node flags for the processes that move pages (also in package.json's scripts and the Dockerfiles).
  * V8 starts the old generation at a few MB and grows it slowly; records in flight survive a couple of
  * scavenges and are promoted, so a harvester or replicator at 70 MB/s ran a full mark-compact about
- * every 130 ms. A 256 MB initial heap cut those five-fold and the CPU per MB by about 15%
+ * every 130 ms. A 256 MB initial heap cut those by a third to three quarters and the CPU per MB by about 15%
  * (docs/replication.md); the replicator's peak RSS grew by about 30 MB.
  */
 export const SERVICE_NODE_FLAGS: readonly string[] = ['--initial-heap-size=256'];

@@ -5,7 +5,7 @@
  */
 // The harvester first: kafkajs must find its native CRC-32C and chunked encoder when it loads (harvester kafka-crc32c.ts, kafka-encoder.ts).
 import {
-  ControlListener, createHarvesterMetrics, DEFAULT_MAX_REQUEST_BYTES, KafkaPublisher, kafkaCrc32c, kafkaEncoder, LogStartOffsets, openSource, runHarvest, ShadowVerifier, stoppedGuest,
+  ControlListener, createHarvesterMetrics, DEFAULT_MAX_REQUEST_BYTES, KafkaPublisher, kafkaCrc32c, kafkaEncoder, LogStartOffsets, reportKafkajsSpeedups, openSource, runHarvest, ShadowVerifier, stoppedGuest,
   type DirtySource, type EpochCommit, type EpochSink, type HarvestSummary,
 } from '@ckpt/harvester';
 import type { Redis } from 'ioredis';
@@ -124,10 +124,7 @@ interface VmRun {
 export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
   const log = o.log ?? silentLogger;
   const phase = o.onPhase ?? (() => undefined);
-  const crc = kafkaCrc32c();
-  if (crc.impl !== 'native') log.warn('record batches are checksummed by kafkajs\'s JavaScript CRC-32C (slower)', { reason: crc.reason });
-  const enc = kafkaEncoder();
-  if (enc.impl !== 'chunked') log.warn('kafkajs copies every record through its own encoder (slower)', { reason: enc.reason });
+  reportKafkajsSpeedups(log);
   phase('starting servers');
   const servers: Servers = await startServers({ partitions: Math.max(4, o.vms) });
   phase(`using ${servers.description}`);

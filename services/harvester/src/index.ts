@@ -2,6 +2,7 @@
 // First: kafkajs, when something loads it after this package, finds the native CRC-32C and the chunked encoder (see kafka-crc32c.ts, kafka-encoder.ts).
 export { kafkaCrc32c, type KafkaCrcStatus } from './publish/kafka-crc32c.ts';
 export { kafkaEncoder, type KafkaEncoderStatus } from './publish/kafka-encoder.ts';
+export { reportKafkajsSpeedups, type KafkajsSpeedups } from './publish/kafkajs-speedups.ts';
 export { CheckpointCycle, type CycleOptions } from './epoch/checkpoint-cycle.ts';
 export { Coalescer } from './epoch/coalesce.ts';
 export type { EpochCommit, EpochHeader, EpochSink, PageSegment } from './epoch/epoch-types.ts';

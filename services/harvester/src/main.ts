@@ -5,8 +5,7 @@
  * checkpoints locally only (and verifies, with HARVESTER_VERIFY=true), and says so.
  */
 // First: kafkajs must find the native CRC-32C and the chunked encoder when it loads (see kafka-crc32c.ts, kafka-encoder.ts).
-import { kafkaCrc32c } from './publish/kafka-crc32c.ts';
-import { kafkaEncoder } from './publish/kafka-encoder.ts';
+import { reportKafkajsSpeedups } from './publish/kafkajs-speedups.ts';
 import { Kafka, logLevel } from 'kafkajs';
 import {
   ConfigError, CkptError, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, startMetricsServer, vmIdProblem, wantsHelp,
@@ -37,17 +36,14 @@ async function main(): Promise<number> {
   const brokers = parseBrokers(cfg.kafkaBrokers);
   const kafka = brokers.length ? new Kafka({ ...(kafkaClientConfig(cfg, brokers) as object), logLevel: logLevel.ERROR, logCreator: kafkaLogCreator(log) } as unknown as ConstructorParameters<typeof Kafka>[0]) : null;
   if (!kafka) log.warn('HARVESTER_KAFKA_BROKERS is not set: checkpointing locally only, nothing is published');
-  const crc = kafkaCrc32c();
-  if (kafka && crc.impl !== 'native') log.warn('record batches are checksummed by kafkajs\'s JavaScript CRC-32C (slower)', { component: 'main', reason: crc.reason });
-  const enc = kafkaEncoder();
-  if (kafka && enc.impl !== 'chunked') log.warn('kafkajs copies every record through its own encoder (slower)', { component: 'main', reason: enc.reason });
+  const speedups = kafka ? reportKafkajsSpeedups(log, { component: 'main' }) : null;
   const { source, fallbackReason } = openSource(cfg);
   if (fallbackReason) log.warn('using the simulator', { component: 'source', reason: fallbackReason });
   const abort = new AbortController();
   let ready = false;
   // -1 = no metrics server (the schema's "off").
   const server = cfg.metricsPort >= 0 ? await startMetricsServer(metrics.registry, cfg.metricsPort, () => (ready ? null : 'guest not started or Kafka not connected')) : null;
-  log.info('started', { component: 'main', source: source.kind, mode: source.mode, metricsPort: server?.port ?? 'off', kafkaCrc32c: kafka ? crc.impl : 'off', kafkaEncoder: kafka ? enc.impl : 'off' });
+  log.info('started', { component: 'main', source: source.kind, mode: source.mode, metricsPort: server?.port ?? 'off', kafkaCrc32c: speedups?.kafkaCrc32c ?? 'off', kafkaEncoder: speedups?.kafkaEncoder ?? 'off' });
   const stop = (signal: string): void => {
     log.info('stopping', { component: 'main', signal });
     abort.abort();

@@ -3,7 +3,7 @@
  * every VM's standby against the harvester's last committed epoch. Exit 0 when all match, 1 when any
  * does not, 2 on bad options.
  */
-import { commandConfig, createLogger, jsonFailureLine, WORKLOADS, type Schema } from '@ckpt/common';
+import { commandConfig, createLogger, errorMessage, jsonFailureLine, WORKLOADS, type Schema } from '@ckpt/common';
 import { runPipeline } from './run-pipeline.ts';
 
 const SCHEMA = {
@@ -59,8 +59,7 @@ async function main(): Promise<number> {
 }
 
 main().then((code) => { process.exitCode = code; }, (err: unknown) => {
-  const message = err instanceof Error ? err.message : String(err);
-  process.stderr.write(`pipeline: ${message}\n`);
+  process.stderr.write(`pipeline: ${errorMessage(err)}\n`);
   process.exitCode = 1;
   // With --json the last stdout line is still one JSON object: what failed, instead of the result.
   if (process.argv.includes('--json')) {

@@ -92,23 +92,19 @@ const argv = process.argv.slice(2);
 main(argv).then(
   (code) => { process.exitCode = code; },
   (err: unknown) => {
-    let code: string;
     if (err instanceof ConfigError) {
       process.stderr.write(`harvest: ${err.message}\n(npm run harvest -- --help lists the options)\n`);
-      code = err.code;
       process.exitCode = 2;
     } else if (err instanceof CkptError) {
       process.stderr.write(`harvest: ${err.message} [${err.code}]\n`);
-      code = err.code;
       process.exitCode = 1;
     } else {
       process.stderr.write(`harvest: unexpected failure: ${err instanceof Error ? err.stack : String(err)}\n`);
-      code = 'CKPT_ERR_HARVEST_UNEXPECTED';
       process.exitCode = 1;
     }
     // With --json the last stdout line is still one JSON object: what failed, instead of the summary.
     if (argv.includes('--json') || argv.includes('--json=true')) {
-      process.stdout.write(jsonFailureLine(err, code));
+      process.stdout.write(jsonFailureLine(err, 'CKPT_ERR_HARVEST_UNEXPECTED'));
     }
   },
 );

@@ -5,11 +5,10 @@
  */
 import { kafkaCrc32c } from './kafka-crc32c.ts'; // first, as in main.ts
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { test } from 'node:test';
-import { fileURLToPath } from 'node:url';
+import { HARVESTER_ENTRY, lastJsonOfFreshProcess, PIPELINE_ENTRY } from './fresh-process.test-support.ts';
 
 const require = createRequire(import.meta.url);
 type Encoded = { buffer: Buffer };
@@ -38,15 +37,9 @@ test('record batches kafkajs encodes carry the native CRC-32C, and it is the rig
 
 test('the pipeline and the harvester package give kafkajs the native CRC-32C whatever is imported next', () => {
   // A fresh process, as the pipeline CLI and the benchmarks start: the pipeline loads kafkajs itself.
-  const pipeline = fileURLToPath(new URL('../../../../packages/pipeline/src/index.ts', import.meta.url));
-  const harvester = fileURLToPath(new URL('../index.ts', import.meta.url));
-  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e',
-    `await import(${JSON.stringify(pipeline)}); const h = await import(${JSON.stringify(harvester)}); console.log(JSON.stringify(h.kafkaCrc32c()));`], { encoding: 'utf8' });
-  assert.equal(r.status, 0, r.stderr);
-  assert.deepEqual(JSON.parse(r.stdout.trim().split('\n').pop()!), { impl: 'native', reason: '', batches: 0 });
+  assert.deepEqual(lastJsonOfFreshProcess(`await import(${JSON.stringify(PIPELINE_ENTRY)}); const h = await import(${JSON.stringify(HARVESTER_ENTRY)}); console.log(JSON.stringify(h.kafkaCrc32c()));`),
+    { impl: 'native', reason: '', batches: 0 });
   // And the fallback says why: kafkajs, having loaded its record-batch code first, keeps its own.
-  const first = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e',
-    `import { createRequire } from 'node:module'; createRequire(process.cwd() + '/')('kafkajs/src/protocol/recordBatch/v0/index.js'); const h = await import(${JSON.stringify(harvester)}); console.log(JSON.stringify(h.kafkaCrc32c()));`], { encoding: 'utf8', cwd: fileURLToPath(new URL('.', import.meta.url)) });
-  assert.equal(first.status, 0, first.stderr);
-  assert.deepEqual(JSON.parse(first.stdout.trim().split('\n').pop()!), { impl: 'kafkajs', reason: 'kafkajs had loaded its record-batch code before the harvester could give it the native CRC-32C', batches: 0 });
+  assert.deepEqual(lastJsonOfFreshProcess(`import { createRequire } from 'node:module'; createRequire(process.cwd() + '/')('kafkajs/src/protocol/recordBatch/v0/index.js'); const h = await import(${JSON.stringify(HARVESTER_ENTRY)}); console.log(JSON.stringify(h.kafkaCrc32c()));`),
+    { impl: 'kafkajs', reason: 'kafkajs had loaded its record-batch code before the harvester could give it the native CRC-32C', batches: 0 });
 });

@@ -5,10 +5,10 @@
  */
 import { kafkaEncoder, LARGE_BYTES } from './kafka-encoder.ts'; // first, as in main.ts
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { HARVESTER_ENTRY, lastJsonOfFreshProcess, PIPELINE_ENTRY } from './fresh-process.test-support.ts';
 
 const require = createRequire(import.meta.url);
 
@@ -129,10 +129,7 @@ console.log(JSON.stringify({ out, enc: globalThis.kafkaEncoderModule.kafkaEncode
 
 function runProduceScript(env: NodeJS.ProcessEnv): { out: string[]; enc: { impl: string; bytesReferenced: number } } {
   const encoder = fileURLToPath(new URL('./kafka-encoder.ts', import.meta.url));
-  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', `globalThis.kafkaEncoderModule = await import(${JSON.stringify(encoder)});\n${PRODUCE_SCRIPT}`],
-    { encoding: 'utf8', env: { ...process.env, ...env }, cwd: fileURLToPath(new URL('.', import.meta.url)) });
-  assert.equal(r.status, 0, r.stderr);
-  return JSON.parse(r.stdout.trim().split('\n').pop()!) as { out: string[]; enc: { impl: string; bytesReferenced: number } };
+  return lastJsonOfFreshProcess(`globalThis.kafkaEncoderModule = await import(${JSON.stringify(encoder)});\n${PRODUCE_SCRIPT}`, env);
 }
 
 test('produce requests (v3 and v7, records up to 1 MB) are the same bytes with either encoder', () => {
@@ -149,14 +146,8 @@ test('produce requests (v3 and v7, records up to 1 MB) are the same bytes with e
 });
 
 test('the pipeline gives kafkajs the chunked encoder; loaded too late, kafkajs keeps its own and says why', () => {
-  const pipeline = fileURLToPath(new URL('../../../../packages/pipeline/src/index.ts', import.meta.url));
-  const harvester = fileURLToPath(new URL('../index.ts', import.meta.url));
-  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e',
-    `await import(${JSON.stringify(pipeline)}); const h = await import(${JSON.stringify(harvester)}); console.log(JSON.stringify(h.kafkaEncoder()));`], { encoding: 'utf8' });
-  assert.equal(r.status, 0, r.stderr);
-  assert.deepEqual(JSON.parse(r.stdout.trim().split('\n').pop()!), { impl: 'chunked', reason: '', bytesReferenced: 0 });
-  const late = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e',
-    `import 'kafkajs'; const h = await import(${JSON.stringify(harvester)}); console.log(JSON.stringify(h.kafkaEncoder()));`], { encoding: 'utf8', cwd: fileURLToPath(new URL('.', import.meta.url)) });
-  assert.equal(late.status, 0, late.stderr);
-  assert.deepEqual(JSON.parse(late.stdout.trim().split('\n').pop()!), { impl: 'kafkajs', reason: 'kafkajs had loaded its encoder before the harvester could replace it', bytesReferenced: 0 });
+  assert.deepEqual(lastJsonOfFreshProcess(`await import(${JSON.stringify(PIPELINE_ENTRY)}); const h = await import(${JSON.stringify(HARVESTER_ENTRY)}); console.log(JSON.stringify(h.kafkaEncoder()));`),
+    { impl: 'chunked', reason: '', bytesReferenced: 0 });
+  assert.deepEqual(lastJsonOfFreshProcess(`import 'kafkajs'; const h = await import(${JSON.stringify(HARVESTER_ENTRY)}); console.log(JSON.stringify(h.kafkaEncoder()));`),
+    { impl: 'kafkajs', reason: 'kafkajs had loaded its encoder before the harvester could replace it', bytesReferenced: 0 });
 });

@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
-import { CkptError } from './errors.ts';
+import { CkptError, errorMessage } from './errors.ts';
 
 export interface MetricsServer {
   readonly port: number;
@@ -53,6 +53,6 @@ export async function startCommandMetricsServer(code: string, registry: Registry
   try {
     return await startMetricsServer(registry, port, ready);
   } catch (err) {
-    throw new CkptError(code, `cannot serve /metrics on port ${port}: ${(err as Error).message}; choose another --metrics-port (0 = any free port, -1 = off)`, { cause: err });
+    throw new CkptError(code, `cannot serve /metrics on port ${port}: ${errorMessage(err)}; choose another --metrics-port (0 = any free port, -1 = off)`, { cause: err });
   }
 }

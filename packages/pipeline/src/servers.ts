@@ -12,7 +12,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { Kafka, logLevel, type Admin } from 'kafkajs';
-import { parseBrokers, redactUrl } from '@ckpt/common';
+import { errorMessage, parseBrokers, redactUrl } from '@ckpt/common';
 import { KafkaMock, killWithParent, RedisServer } from '@ckpt/embedded';
 import { StandbyStore } from '@ckpt/standby';
 
@@ -82,7 +82,7 @@ async function deleteRunKeys(url: string, prefix: string, warn: boolean): Promis
     await redis.connect();
     await new StandbyStore(redis, prefix).deleteAll();
   } catch (err) {
-    if (warn) process.stderr.write(`warning: could not delete this run's Redis keys ${prefix}:*: ${(err as Error).message}\n`);
+    if (warn) process.stderr.write(`warning: could not delete this run's Redis keys ${prefix}:*: ${errorMessage(err)}\n`);
   } finally {
     redis.disconnect();
   }

@@ -13,6 +13,7 @@
  * code: slower, equally correct, and said by kafkaCrc32c().
  */
 import { Module } from 'node:module';
+import { errorMessage } from '@ckpt/common';
 import { crc32c } from '@ckpt/kvm-native';
 import { kafkajsRequire as require, unloadedKafkajsModule } from './kafkajs-module.ts';
 
@@ -45,7 +46,7 @@ function install(): { path: string } | { reason: string } {
     // Loads the helper too (throws when it is not built).
     if (crc32c(Buffer.from('123456789')) !== CHECK_VALUE) return { reason: 'the native CRC-32C failed its check value' };
   } catch (err) {
-    return { reason: err instanceof Error ? err.message : String(err) };
+    return { reason: errorMessage(err) };
   }
   const m = new Module(path);
   m.filename = path;

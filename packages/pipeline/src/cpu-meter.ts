@@ -43,17 +43,18 @@ function ownCpuMs(): number {
   return (u.user + u.system) / 1000;
 }
 
+function procCpu(pid: number | undefined): ProcCpu | null {
+  const ms = pid === undefined ? null : processCpuMs(pid);
+  return ms === null ? null : { pid: pid!, ms };
+}
+
 export function sampleCpu(servers: Servers, pool: ReplicatorPool): Sample {
   const replicators = new Map<number, number>();
   for (const m of pool.members) {
-    const ms = m.pid === undefined ? null : processCpuMs(m.pid);
-    if (ms !== null) replicators.set(m.pid!, ms);
+    const c = procCpu(m.pid);
+    if (c) replicators.set(c.pid, c.ms);
   }
-  const of = (pid: number | undefined): ProcCpu | null => {
-    const ms = pid === undefined ? null : processCpuMs(pid);
-    return ms === null ? null : { pid: pid!, ms };
-  };
-  return { atMs: performance.now(), self: ownCpuMs(), replicators, redis: of(servers.redis?.pid), broker: of(servers.kafka?.pid) };
+  return { atMs: performance.now(), self: ownCpuMs(), replicators, redis: procCpu(servers.redis?.pid), broker: procCpu(servers.kafka?.pid) };
 }
 
 export function cpuBetween(a: Sample, b: Sample, bytes: number): PipelineCpu {

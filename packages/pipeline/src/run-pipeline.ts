@@ -6,7 +6,7 @@
 // The harvester first: kafkajs must find its native CRC-32C and chunked encoder when it loads (harvester kafka-crc32c.ts, kafka-encoder.ts).
 import {
   ControlListener, createHarvesterMetrics, DEFAULT_MAX_REQUEST_BYTES, KafkaPublisher, kafkaCrc32c, kafkaEncoder, LogStartOffsets, reportKafkajsSpeedups, openSource, runHarvest, ShadowVerifier, stoppedGuest,
-  type DirtySource, type EpochCommit, type EpochSink, type HarvestSummary,
+  type DirtySource, type EpochCommit, type EpochSink, type HarvestSummary, type KafkajsSpeedups,
 } from '@ckpt/harvester';
 import type { Redis } from 'ioredis';
 import { Kafka, logLevel, type Producer } from 'kafkajs';
@@ -78,9 +78,9 @@ export interface PipelineResult {
   source: string;
   sourceNote?: string;
   /** Which CRC-32C kafkajs checksummed the harvesters' record batches with: "native" or "kafkajs" (slower). */
-  kafkaCrc32c: 'native' | 'kafkajs';
+  kafkaCrc32c: KafkajsSpeedups['kafkaCrc32c'];
   /** Which encoder kafkajs built the harvesters' requests with: "chunked" (large buffers by reference) or "kafkajs" (slower). */
-  kafkaEncoder: 'chunked' | 'kafkajs';
+  kafkaEncoder: KafkajsSpeedups['kafkaEncoder'];
   vms: number;
   epochsCommitted: number;
   epochsApplied: number;

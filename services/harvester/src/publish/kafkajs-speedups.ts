@@ -3,13 +3,13 @@
  * reported together: importing this module first installs both, and reportKafkajsSpeedups() warns about
  * either that kafkajs did not take.
  */
-import { kafkaCrc32c } from './kafka-crc32c.ts';
-import { kafkaEncoder } from './kafka-encoder.ts';
+import { kafkaCrc32c, type KafkaCrcStatus } from './kafka-crc32c.ts';
+import { kafkaEncoder, type KafkaEncoderStatus } from './kafka-encoder.ts';
 import type { Logger } from '@ckpt/common';
 
 export interface KafkajsSpeedups {
-  kafkaCrc32c: 'native' | 'kafkajs';
-  kafkaEncoder: 'chunked' | 'kafkajs';
+  kafkaCrc32c: KafkaCrcStatus['impl'];
+  kafkaEncoder: KafkaEncoderStatus['impl'];
 }
 
 /** Which CRC-32C and encoder kafkajs uses; a warning (with `fields`) for each that is kafkajs's own, slower one. */

@@ -226,6 +226,11 @@ test('argument mistakes are TypeError/RangeError naming the argument', async (t)
     assert.throws(() => vm.drain(new Int32Array(4) as never, new Uint32Array(4)), { name: 'TypeError', message: /^slots must be a Uint32Array/ });
     assert.throws(() => vm.drain(new Uint32Array(4), new Uint32Array(8), 5), { name: 'RangeError', message: /^at \(5\) exceeds the arrays' length \(4\)/ });
     assert.throws(() => vm.drain(new Uint32Array(4), new Uint32Array(4), 0, 1 as never), { name: 'TypeError', message: /^thenReset must be a boolean/ });
+    assert.throws(() => vm.drain(new Uint32Array(4), [0, 0] as never), { name: 'TypeError', message: /^offsets must be a Uint32Array/ });
+    assert.throws(() => vm.drain(new Uint32Array(4), new Uint32Array(4), '1' as never), { name: 'TypeError', message: /^at must be a number/ });
+    assert.throws(() => vm.drain(new Uint32Array(4), new Uint32Array(4), 1.5), { name: 'RangeError', message: /^at must be an integer/ });
+    assert.throws(() => vm.drain(new Uint32Array(4), new Uint32Array(4), Number.NaN), { name: 'RangeError', message: /^at must be an integer/ });
+    assert.throws(() => vm.drain(new Uint32Array(4), new Uint32Array(4), 0, null as never), { name: 'TypeError', message: /^thenReset must be a boolean/ });
     assert.throws(() => vm.readPages(Uint32Array.of(5), Uint32Array.of(0), 1, new Uint8Array(4096)), { name: 'RangeError', message: /slot 5 out of range/ });
     assert.throws(() => vm.readPages(Uint32Array.of(0), Uint32Array.of(1 << 20), 1, new Uint8Array(4096)), { name: 'RangeError', message: /outside slot 0/ });
     assert.throws(() => vm.readPages(Uint32Array.of(0), Uint32Array.of(0), 1, new Uint8Array(100)), { name: 'RangeError', message: /out holds 100 bytes/ });

@@ -115,9 +115,13 @@ function call<T>(fn: () => T, devPath: string): T {
   try {
     return fn();
   } catch (err) {
-    if (err instanceof TypeError || err instanceof RangeError) throw err;
-    throw toKvmError(err, devPath);
+    throw thrownByNative(err, devPath);
   }
+}
+
+/** What the binding threw, as callers see it: argument mistakes as they are, the rest as KvmError. */
+function thrownByNative(err: unknown, devPath: string): unknown {
+  return err instanceof TypeError || err instanceof RangeError ? err : toKvmError(err, devPath);
 }
 
 /** Capabilities of the host's KVM, or a typed error. */
@@ -374,7 +378,12 @@ export class KvmVm {
    * means all drained, and then, with `thenReset`, the rings were also reset.
    */
   drain(slots: Uint32Array, offsets: Uint32Array, at = 0, thenReset = false): number {
-    return this.call(() => this.native.drain(this.handle, slots, offsets, at, thenReset));
+    // Inside the checkpoint pause: no closure per call (as this.call() makes); 1-2 us at 100 pages.
+    try {
+      return this.native.drain(this.handle, slots, offsets, at, thenReset);
+    } catch (err) {
+      throw thrownByNative(err, this.devPath);
+    }
   }
   reset(): number { return this.call(() => this.native.reset(this.handle)); }
   readPages(slots: Uint32Array, offsets: Uint32Array, count: number, out: Uint8Array): void {

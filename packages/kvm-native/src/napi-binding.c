@@ -155,7 +155,6 @@ static bool get_u32(napi_env env, napi_value v, const char *name, uint32_t *out)
   return true;
 }
 
-
 static bool get_bool(napi_env env, napi_value v, const char *name, bool *out) {
   napi_status st = napi_get_value_bool(env, v, out);
   if (st == napi_boolean_expected) {

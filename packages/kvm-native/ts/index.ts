@@ -378,7 +378,8 @@ export class KvmVm {
    * means all drained, and then, with `thenReset`, the rings were also reset.
    */
   drain(slots: Uint32Array, offsets: Uint32Array, at = 0, thenReset = false): number {
-    // Inside the checkpoint pause: no closure per call (as this.call() makes); 1-2 us at 100 pages.
+    // Inside the checkpoint pause: no closure per call (as this.call() makes); 0.9-2.7 us less at 100
+    // pages in an A/B within one process.
     try {
       return this.native.drain(this.handle, slots, offsets, at, thenReset);
     } catch (err) {

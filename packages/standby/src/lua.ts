@@ -29,21 +29,28 @@ local batches = redis.call('HLEN', sbkey)
 if batches ~= tonumber(ARGV[6]) then return 'CONFLICT ' .. batches .. ' of ' .. ARGV[6] .. ' batches are staged' end
 local pre, spre = ARGV[4], ARGV[5]
 local sh = redis.call('HGETALL', shkey)
+-- Each staged key is built once, and EXISTS counts them 4000 at a time (an EXISTS per page made the
+-- script 0-15% slower); only a failed count looks for the missing page, to name it.
+local staged, set, del = {}, {}, {}
 for i = 1, #sh, 2 do
-  if sh[i + 1] ~= '' and redis.call('EXISTS', spre .. sh[i]) == 0 then return 'CONFLICT page ' .. sh[i] .. ' is not staged' end
-end
-local set, del = {}, {}
-for i = 1, #sh, 2 do
-  local f = sh[i]
   if sh[i + 1] == '' then
-    redis.call('DEL', pre .. f, spre .. f)
-    del[#del + 1] = f
+    del[#del + 1] = sh[i]
   else
-    redis.call('RENAME', spre .. f, pre .. f)
-    set[#set + 1] = f
+    staged[#staged + 1] = spre .. sh[i]
+    set[#set + 1] = sh[i]
     set[#set + 1] = sh[i + 1]
   end
 end
+local present = 0
+for i = 1, #staged, 4000 do present = present + redis.call('EXISTS', unpack(staged, i, math.min(i + 3999, #staged))) end
+if present ~= #staged then
+  for i = 1, #staged do
+    if redis.call('EXISTS', staged[i]) == 0 then return 'CONFLICT page ' .. set[2 * i - 1] .. ' is not staged' end
+  end
+  return 'CONFLICT ' .. (#staged - present) .. ' staged pages are missing'
+end
+for i = 1, #del do redis.call('DEL', pre .. del[i], spre .. del[i]) end
+for i = 1, #staged do redis.call('RENAME', staged[i], pre .. set[2 * i - 1]) end
 -- Page hashes in a few large HSET/HDEL calls (each call is one command in the AOF, not one per page).
 for i = 1, #set, 4000 do redis.call('HSET', hkey, unpack(set, i, math.min(i + 3999, #set))) end
 for i = 1, #del, 4000 do redis.call('HDEL', hkey, unpack(del, i, math.min(i + 3999, #del))) end

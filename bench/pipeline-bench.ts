@@ -12,6 +12,7 @@
  *    (target < 100 ms).
  */
 import { execFileSync } from 'node:child_process';
+import { availableParallelism } from 'node:os';
 import { RedisServer } from '@ckpt/embedded';
 import { kvmAvailability } from '@ckpt/kvm-native';
 import { runPipeline, type PipelineOptions, type PipelineResult } from '@ckpt/pipeline';
@@ -59,7 +60,8 @@ async function main(): Promise<void> {
   // The embedded Redis runs with appendfsync always (every acknowledged write is on disk): compare with that.
   const ratioToRedisIngest = t.steadyThroughputMBps / ceiling.always;
   say(`    ${t.steadyThroughputMBps} MB/s end to end in delta epochs (${t.throughputMBps} MB/s over the whole run with its baselines; ${t.epochsCommitted} epochs, ${(t.bytesHarvested / 1e6).toFixed(0)} MB); redis-benchmark SET ${ceiling.always.toFixed(0)} MB/s with fsync always, ${ceiling.everysec.toFixed(0)} MB/s with everysec; ratio ${ratioToRedisIngest.toFixed(3)} (target >= 200 MB/s); record CRC-32C: ${t.kafkaCrc32c}, kafkajs encoder: ${t.kafkaEncoder}`);
-  say(`    CPU ${t.cpu.msPerMB} ms per MB harvested, ${t.cpu.cores} cores busy: harvesters and simulated guests ${t.cpu.harvestersMs} ms, replicator ${t.cpu.replicatorsMs} ms, redis-server ${t.cpu.redisMs} ms, broker ${t.cpu.brokerMs} ms (a steadier figure than MB/s on a shared machine)${t.cpu.incomplete.length ? `; incomplete: ${t.cpu.incomplete.join('; ')}` : ''}`);
+  say(`    CPU ${t.cpu.msPerMB} ms per MB harvested, ${t.cpu.cores} cores busy: harvesters' process ${t.cpu.harvestersMs} ms (of it the simulated guests ${t.cpu.simulatedGuestsMs ?? '?'} ms, the run's shadow images ${t.cpu.shadowImagesMs ?? '?'} ms), replicator ${t.cpu.replicatorsMs} ms, redis-server ${t.cpu.redisMs} ms, broker ${t.cpu.brokerMs} ms (a steadier figure than MB/s on a shared machine)${t.cpu.incomplete.length ? `; incomplete: ${t.cpu.incomplete.join('; ')}` : ''}`);
+  say(`    the product's own CPU (without the simulated guests and shadow images): ${t.cpu.productMsPerMB ?? '?'} ms per MB; 200 MB/s on this machine's ${availableParallelism()} cores needs at most ${(availableParallelism() * 1000 / 200).toFixed(0)} ms per MB`);
 
   say('2/3 bytes on the wire for a zero-page-heavy guest (idle, 256 MiB)');
   const z = await runPipeline({ ...base, workload: 'idle', rate: 0, durationS: quick ? 2 : 4 });
@@ -87,6 +89,7 @@ async function main(): Promise<void> {
       throughputMBps: t.steadyThroughputMBps, throughputWithBaselinesMBps: t.throughputMBps, redisIngestMBps: Number(ceiling.always.toFixed(1)), redisIngestEverysecMBps: Number(ceiling.everysec.toFixed(1)),
       ratioToRedisIngest: Number(ratioToRedisIngest.toFixed(3)), kafkaCrc32c: t.kafkaCrc32c, kafkaEncoder: t.kafkaEncoder,
       cpuMsPerMB: t.cpu.msPerMB, cpuCores: t.cpu.cores, cpuByProcessMs: { harvesters: t.cpu.harvestersMs, replicators: t.cpu.replicatorsMs, redis: t.cpu.redisMs, broker: t.cpu.brokerMs },
+      cpuSimulatedGuestsMs: t.cpu.simulatedGuestsMs, cpuShadowImagesMs: t.cpu.shadowImagesMs, productCpuMsPerMB: t.cpu.productMsPerMB,
       zeroPageWireRatio: Number(zeroPageWireRatio.toFixed(5)), zeroPageBytesOnWire: z.bytesOnWire,
       lagP50Ms: l.lagSamples ? l.lagP50Ms : null, lagP99Ms: l.lagSamples ? l.lagP99Ms : null, lagSamples: l.lagSamples, lagSource: l.source, lagEpochsPerS: Number(epochsPerS.toFixed(1)), lagPagesPerEpoch: Math.round(pagesPerEpoch),
       lagP99Ms100Pages: light.lagP99Ms, lagP50Ms100Pages: light.lagP50Ms, lagEpochsPerS100Pages: Number(lightEps.toFixed(1)),

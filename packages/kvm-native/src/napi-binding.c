@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "crc32c.h"
 #include "kvm-vm.h"
@@ -493,6 +494,17 @@ static napi_value js_crc32c(napi_env env, napi_callback_info info) {
   return number(env, (double)(table_only ? crc32c_sw(0, data, len) : crc32c(0, data, len)));
 }
 
+/* threadCpuMs(): the CPU time of the calling thread, in milliseconds (CLOCK_THREAD_CPUTIME_ID). */
+static napi_value js_thread_cpu_ms(napi_env env, napi_callback_info info) {
+  (void)info;
+  struct timespec ts;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) {
+    napi_throw_error(env, "CKPT_ERR_KVM_SYSCALL", strerror(errno));
+    return NULL;
+  }
+  return number(env, (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6);
+}
+
 static napi_value js_parse_ring(napi_env env, napi_callback_info info) {
   napi_value argv[6];
   void *ring, *slot_pages_d, *out_slots, *out_offsets;
@@ -763,6 +775,7 @@ NAPI_MODULE_INIT() {
       {"destroy", NULL, js_destroy, NULL, NULL, NULL, napi_enumerable, NULL},
       {"parseRing", NULL, js_parse_ring, NULL, NULL, NULL, napi_enumerable, NULL},
       {"crc32c", NULL, js_crc32c, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"threadCpuMs", NULL, js_thread_cpu_ms, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_OK(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   napi_value layout = guest_layout(env);

@@ -2,12 +2,13 @@
  * The native CRC-32C that replaces kafkajs's JavaScript one for record batches: a wrong value would
  * pass every test against the embedded broker (neither it nor kafkajs's consumer checks it) and be
  * refused by a real broker (CORRUPT_MESSAGE), so it is checked here against kafkajs's own code.
+ * Also the helper's other function that needs no /dev/kvm: the thread CPU clock.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { test } from 'node:test';
-import { crc32c, crc32cImpl } from '../ts/index.ts';
+import { crc32c, crc32cImpl, threadCpuMs } from '../ts/index.ts';
 
 // kafkajs's byte-at-a-time CRC-32C (its inner module: the one the harvester never replaces).
 const kafkajsCrc = createRequire(import.meta.url)('kafkajs/src/protocol/recordBatch/crc32C/crc32C.js') as (b: Buffer) => number;
@@ -43,4 +44,18 @@ test('crc32c: the check value, and kafkajs\'s result on every length and alignme
 test('crc32c: arguments other than a Uint8Array are refused with a TypeError', () => {
   assert.throws(() => crc32c('abc' as unknown as Uint8Array), { name: 'TypeError', message: /data must be/ });
   assert.throws(() => crc32c(new Uint32Array(4) as unknown as Uint8Array), TypeError);
+});
+
+test('threadCpuMs() counts this thread\'s CPU: it moves with work, not while the thread sleeps', () => {
+  const sleep = new Int32Array(new SharedArrayBuffer(4));
+  const a = threadCpuMs();
+  Atomics.wait(sleep, 0, 0, 60);
+  const b = threadCpuMs();
+  let x = 0;
+  const until = performance.now() + 60;
+  while (performance.now() < until) x += Math.sqrt(x + 1);
+  const c = threadCpuMs();
+  assert.ok(b - a < 20, `asleep 60 ms, the clock moved ${b - a} ms`);
+  // Wall time is 60 ms; on a busy shared machine the thread may get less of it, but not nothing.
+  assert.ok(c - b > 15 && c - b < 200, `busy 60 ms, the clock moved ${c - b} ms (${x > 0})`);
 });

@@ -157,6 +157,14 @@ export function crc32cImpl(): 'sse4.2' | 'table' {
   return loadNative().crc32cImpl;
 }
 
+/**
+ * CPU time of the calling thread in milliseconds (CLOCK_THREAD_CPUTIME_ID; Node 20 has no
+ * process.threadCpuUsage()). Throws like crc32c() without the helper.
+ */
+export function threadCpuMs(): number {
+  return loadNative().threadCpuMs();
+}
+
 /** Whether real KVM can be used here, and if not why. Never throws. */
 export function kvmAvailability(devPath = '/dev/kvm'): KvmAvailability {
   try {

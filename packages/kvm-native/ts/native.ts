@@ -158,4 +158,5 @@ export interface NativeBinding {
     outSlots: Uint32Array, outOffsets: Uint32Array): [number, number, number];
   /** CRC-32C (Castagnoli) of `data`, as Kafka record batches carry it; `tableOnly` skips the crc32 instruction. */
   crc32c(data: Uint8Array, tableOnly: boolean): number;
+  threadCpuMs(): number;
 }

@@ -44,7 +44,9 @@ async function main(): Promise<number> {
   say(`  epochs committed ${r.epochsCommitted}, applied ${r.epochsApplied}, new generations ${r.resyncs}`);
   say(`  pages shipped ${r.pagesShipped}, page data ${(r.bytesHarvested / 1e6).toFixed(1)} MB, on the wire ${(r.bytesOnWire / 1e6).toFixed(1)} MB, ${r.throughputMBps} MB/s`);
   const c = r.cpu;
-  say(`  CPU ${c.msPerMB} ms per MB (${c.cores} cores): harvesters ${c.harvestersMs} ms, replicators ${c.replicatorsMs} ms, Redis ${c.redisMs ?? 'not measured (REDIS_URL)'}${c.redisMs === null ? '' : ' ms'}, broker ${c.brokerMs ?? 'not measured (KAFKA_BROKERS)'}${c.brokerMs === null ? '' : ' ms'}${c.incomplete.length ? ` (incomplete: ${c.incomplete.join('; ')})` : ''}`);
+  const runOwn = [c.simulatedGuestsMs === null ? '' : `the simulated guests ${c.simulatedGuestsMs} ms`, c.shadowImagesMs === null ? '' : `the shadow images ${c.shadowImagesMs} ms`].filter(Boolean);
+  const product = c.productMsPerMB === null ? '' : `; the product's own ${c.productMsPerMB} ms per MB`;
+  say(`  CPU ${c.msPerMB} ms per MB (${c.cores} cores${product}): harvesters ${c.harvestersMs} ms${runOwn.length ? ` (of it ${runOwn.join(', ')})` : ''}, replicators ${c.replicatorsMs} ms, Redis ${c.redisMs ?? 'not measured (REDIS_URL)'}${c.redisMs === null ? '' : ' ms'}, broker ${c.brokerMs ?? 'not measured (KAFKA_BROKERS)'}${c.brokerMs === null ? '' : ' ms'}${c.incomplete.length ? ` (incomplete: ${c.incomplete.join('; ')})` : ''}`);
   say(r.lagSamples > 0
     ? `  replication lag p50 ${r.lagP50Ms} ms, p99 ${r.lagP99Ms} ms over ${r.lagSamples} epochs`
     : '  replication lag not measurable: no epoch was seen applied while the guests ran');

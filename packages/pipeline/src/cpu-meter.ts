@@ -10,6 +10,16 @@ import type { ReplicatorPool, Servers } from './servers.ts';
 export interface PipelineCpu {
   /** This process: the harvesters, their guests when simulated, and the run's own checks (the shadow images). */
   harvestersMs: number;
+  /**
+   * Of harvestersMs, what the simulated guests spent writing pages (CPU time of the thread they run on,
+   * counted by the simulator). Null when it is not known: with real KVM guests (their vCPU threads'
+   * CPU stays in harvestersMs) or without the native helper that reads the thread's clock.
+   */
+  simulatedGuestsMs: number | null;
+  /** Of harvestersMs, what the run's shadow images (its own check of the standby) cost; null without the native helper. */
+  shadowImagesMs: number | null;
+  /** msPerMB without the simulated guests and the shadow images: what the product itself needs per MB (null when simulatedGuestsMs is). */
+  productMsPerMB: number | null;
   /** The replicator processes (one that was replaced counts from its start; one killed meanwhile is missing). */
   replicatorsMs: number;
   /** The embedded redis-server with its AOF rewrites; null against REDIS_URL. */
@@ -30,9 +40,16 @@ interface ProcCpu {
   ms: number;
 }
 
+/** CPU this process spent on work of the run rather than of the product, by kind (thread CPU ms, running totals). */
+export interface RunOwnCpu {
+  simulatedGuestsMs: number | null;
+  shadowImagesMs: number | null;
+}
+
 interface Sample {
   atMs: number;
   self: number;
+  own: RunOwnCpu;
   replicators: Map<number, number>;
   redis: ProcCpu | null;
   broker: ProcCpu | null;
@@ -48,13 +65,13 @@ function procCpu(pid: number | undefined): ProcCpu | null {
   return ms === null ? null : { pid: pid!, ms };
 }
 
-export function sampleCpu(servers: Servers, pool: ReplicatorPool): Sample {
+export function sampleCpu(servers: Servers, pool: ReplicatorPool, own: RunOwnCpu): Sample {
   const replicators = new Map<number, number>();
   for (const m of pool.members) {
     const c = procCpu(m.pid);
     if (c) replicators.set(c.pid, c.ms);
   }
-  return { atMs: performance.now(), self: ownCpuMs(), replicators, redis: procCpu(servers.redis?.pid), broker: procCpu(servers.kafka?.pid) };
+  return { atMs: performance.now(), self: ownCpuMs(), own: { ...own }, replicators, redis: procCpu(servers.redis?.pid), broker: procCpu(servers.kafka?.pid) };
 }
 
 export function cpuBetween(a: Sample, b: Sample, bytes: number): PipelineCpu {
@@ -74,10 +91,16 @@ export function cpuBetween(a: Sample, b: Sample, bytes: number): PipelineCpu {
   const brokerMs = diff('the broker', a.broker, b.broker);
   const harvestersMs = b.self - a.self;
   const total = harvestersMs + replicatorsMs + (redisMs ?? 0) + (brokerMs ?? 0);
+  const simulatedGuestsMs = a.own.simulatedGuestsMs === null || b.own.simulatedGuestsMs === null ? null : b.own.simulatedGuestsMs - a.own.simulatedGuestsMs;
+  const shadowImagesMs = a.own.shadowImagesMs === null || b.own.shadowImagesMs === null ? null : b.own.shadowImagesMs - a.own.shadowImagesMs;
+  const product = simulatedGuestsMs === null || shadowImagesMs === null ? null : total - simulatedGuestsMs - shadowImagesMs;
   const r = (x: number): number => Math.round(x);
+  const perMB = (x: number): number => (bytes > 0 ? Number((x / (bytes / 1e6)).toFixed(1)) : 0);
   return {
-    harvestersMs: r(harvestersMs), replicatorsMs: r(replicatorsMs), redisMs: redisMs === null ? null : r(redisMs), brokerMs: brokerMs === null ? null : r(brokerMs),
-    msPerMB: bytes > 0 ? Number((total / (bytes / 1e6)).toFixed(1)) : 0,
+    harvestersMs: r(harvestersMs), simulatedGuestsMs: simulatedGuestsMs === null ? null : r(simulatedGuestsMs), shadowImagesMs: shadowImagesMs === null ? null : r(shadowImagesMs),
+    productMsPerMB: product === null ? null : perMB(product),
+    replicatorsMs: r(replicatorsMs), redisMs: redisMs === null ? null : r(redisMs), brokerMs: brokerMs === null ? null : r(brokerMs),
+    msPerMB: perMB(total),
     cores: Number((total / Math.max(1, b.atMs - a.atMs)).toFixed(2)),
     incomplete,
   };

@@ -5,16 +5,17 @@
  */
 // The harvester first: kafkajs must find its native CRC-32C and chunked encoder when it loads (harvester kafka-crc32c.ts, kafka-encoder.ts).
 import {
-  ControlListener, createHarvesterMetrics, DEFAULT_MAX_REQUEST_BYTES, KafkaPublisher, kafkaCrc32c, kafkaEncoder, LogStartOffsets, reportKafkajsSpeedups, openSource, runHarvest, ShadowVerifier, stoppedGuest,
+  ControlListener, createHarvesterMetrics, DEFAULT_MAX_REQUEST_BYTES, KafkaPublisher, kafkaCrc32c, kafkaEncoder, LogStartOffsets, reportKafkajsSpeedups, openSource, runHarvest, ShadowVerifier, SimSource, stoppedGuest,
   type DirtySource, type EpochCommit, type EpochSink, type HarvestSummary, type KafkajsSpeedups,
 } from '@ckpt/harvester';
 import type { Redis } from 'ioredis';
 import { Kafka, logLevel, type Producer } from 'kafkajs';
-import { percentile, silentLogger, type Logger } from '@ckpt/common';
+import { errorMessage, percentile, silentLogger, type Logger } from '@ckpt/common';
+import { threadCpuMs } from '@ckpt/kvm-native';
 import type { Compression } from '@ckpt/proto';
 import { partitionOfVm } from '@ckpt/replicator';
 import { StandbyStore } from '@ckpt/standby';
-import { cpuBetween, sampleCpu, type PipelineCpu } from './cpu-meter.ts';
+import { cpuBetween, sampleCpu, type PipelineCpu, type RunOwnCpu } from './cpu-meter.ts';
 import { connectRedis, ReplicatorPool, startServers, type Servers } from './servers.ts';
 import { verifyStandby, type StandbyCheck } from './verify-standby.ts';
 
@@ -121,6 +122,17 @@ interface VmRun {
   stopped: boolean;
 }
 
+/** kvm-native's thread CPU clock, or undefined (said in the log) when the native helper is missing. */
+function threadClock(log: Logger): (() => number) | undefined {
+  try {
+    threadCpuMs();
+    return threadCpuMs;
+  } catch (err) {
+    log.warn(`the CPU of the simulated guests and shadow images cannot be told apart from the harvesters': ${errorMessage(err)}`);
+    return undefined;
+  }
+}
+
 export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
   const log = o.log ?? silentLogger;
   const phase = o.onPhase ?? (() => undefined);
@@ -130,6 +142,16 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
   phase(`using ${servers.description}`);
   let pool: ReplicatorPool | null = null;
   const runs: VmRun[] = [];
+  // The CPU this process spends on the simulated guests and the shadow images, to report the product's own.
+  const cpuClock = threadClock(log);
+  let shadowCpuMs = 0;
+  const runOwnCpu = (): RunOwnCpu => ({
+    simulatedGuestsMs: !cpuClock ? null : runs.reduce<number | null>((n, r) => {
+      const g = r.source instanceof SimSource ? r.source.guestCpuMs : null;
+      return n === null || g === null ? null : n + g;
+    }, 0),
+    shadowImagesMs: cpuClock ? shadowCpuMs : null,
+  });
   let producer: Producer | null = null;
   let listener: ControlListener | null = null;
   let logStart: LogStartOffsets | null = null;
@@ -175,7 +197,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
       const opened = openSource({
         source: o.source, devPath: '/dev/kvm', memMib: o.memMib, slots: 1, vcpus: o.vcpus, workload: o.workload, rate: o.rate, seed: v + 1,
         hotPages: 256, hotPercent: 90, fill: o.fill, ringEntries: 65536,
-      });
+      }, cpuClock ? { simCpuClockMs: cpuClock } : {});
       sourceKind = opened.source.kind;
       sourceNote = opened.fallbackReason;
       const publisher = new KafkaPublisher({
@@ -211,7 +233,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     }, 5);
     timers.push(poll);
     const t0 = performance.now();
-    const cpuAtStart = sampleCpu(servers, pool);
+    const cpuAtStart = sampleCpu(servers, pool, runOwnCpu());
     const injuries: string[] = [];
     const chaosDone = runChaos(o.chaos, o.durationS * 1000, servers, pool, injuries, t0);
     const timer = setTimeout(() => stop.abort(), o.durationS * 1000);
@@ -222,7 +244,12 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
       // The shadow must hold only committed epochs: segments are held back until the commit.
       const pendingSegments: Parameters<EpochSink['segment']>[] = [];
       const shadowSink: EpochSink = {
-        begin: () => { pendingSegments.length = 0; r.shadow.begin(); },
+        begin: () => {
+          pendingSegments.length = 0;
+          const c0 = cpuClock?.() ?? 0;
+          r.shadow.begin();
+          if (cpuClock) shadowCpuMs += cpuClock() - c0;
+        },
         segment: (h, seg) => { pendingSegments.push([h, seg]); },
         commit: () => undefined,
       };
@@ -232,7 +259,9 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
         takeResyncRequest: () => listener!.takeResyncRequest(r.vm),
         onEpoch: (c) => {
           // The publisher's commit has been acknowledged by the broker: the epoch is committed.
+          const c0 = cpuClock?.() ?? 0;
           for (const [h, seg] of pendingSegments) r.shadow.segment(h, seg);
+          if (cpuClock) shadowCpuMs += cpuClock() - c0;
           pendingSegments.length = 0;
           r.last = c;
           r.committed++;
@@ -248,7 +277,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     clearTimeout(timer);
     await chaosDone;
     const tEnd = performance.now();
-    const cpuAtEnd = sampleCpu(servers, pool);
+    const cpuAtEnd = sampleCpu(servers, pool, runOwnCpu());
     const harvestS = (tEnd - t0) / 1000;
     const steady = runs.filter((r) => r.deltaStartMs > 0);
     const steadyMBps = steady.reduce((n, r) => n + r.deltaBytes / ((tEnd - r.deltaStartMs) / 1000), 0) / 1e6;

@@ -33,7 +33,10 @@ export function slotSizes(memMib: number, slots: number): number[] {
 }
 
 /** Opens the configured dirty source; `auto` falls back to the simulator and says why. */
-export function openSource(cfg: GuestConfig, extra: { maxWritesPerVcpu?: number; tickUs?: number } = {}): OpenedSource {
+/** Options for tests and benchmarks: a write budget, the guest's tick, a CPU clock for the simulator (SimSourceOptions.cpuClockMs). */
+export interface OpenSourceExtra { maxWritesPerVcpu?: number; tickUs?: number; simCpuClockMs?: () => number }
+
+export function openSource(cfg: GuestConfig, extra: OpenSourceExtra = {}): OpenedSource {
   const slotBytes = slotSizes(cfg.memMib, cfg.slots);
   if (cfg.ringEntries !== 0 && cfg.ringEntries < 1024) throw new ConfigError([`--ring-entries ${cfg.ringEntries}: 0 (bitmap mode) or a power of two >= 1024`]);
   try {
@@ -50,7 +53,7 @@ export function openSource(cfg: GuestConfig, extra: { maxWritesPerVcpu?: number;
   }
 }
 
-function open(cfg: GuestConfig, slotBytes: number[], extra: { maxWritesPerVcpu?: number; tickUs?: number }): OpenedSource {
+function open(cfg: GuestConfig, slotBytes: number[], extra: OpenSourceExtra): OpenedSource {
   const common = {
     slotBytes,
     vcpus: cfg.vcpus,
@@ -79,7 +82,7 @@ function open(cfg: GuestConfig, slotBytes: number[], extra: { maxWritesPerVcpu?:
     };
   }
   if (cfg.ringEntries === 0) throw new ConfigError(['--ring-entries 0 (bitmap mode) needs --source kvm: the simulator models the dirty ring only']);
-  const result: OpenedSource = { source: new SimSource({ ...common, ringEntries: cfg.ringEntries }) };
+  const result: OpenedSource = { source: new SimSource({ ...common, ringEntries: cfg.ringEntries, ...(extra.simCpuClockMs ? { cpuClockMs: extra.simCpuClockMs } : {}) }) };
   if (fallbackReason !== undefined) result.fallbackReason = fallbackReason;
   return result;
 }

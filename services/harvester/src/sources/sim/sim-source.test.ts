@@ -111,3 +111,23 @@ test('a 16 TiB sparse guest costs memory only for written pages; the workload wr
   assert.ok(got.every(([slot, g]) => slot === 0 || g < (1024 * MiB) / 4096), 'and stay within the first 4 GiB');
   assert.ok(s.memory.populatedCount <= 2002 + 2);
 });
+
+test('guestCpuMs adds up the CPU clock around the guest\'s writes only, and is null without a clock', () => {
+  const c = fakeClock();
+  // A clock that moves 2 ms on every read: the source reads it before and after a call's writes.
+  let reads = 0;
+  const s = sim({ cpuClockMs: () => 2 * reads++ }, c);
+  const counters = new Float64Array(2);
+  s.start();
+  s.guestCounters(counters); // no time has passed: nothing is due and the clock is not read
+  assert.deepEqual([reads, s.guestCpuMs], [0, 0]);
+  c.advance(20);
+  s.guestCounters(counters);
+  assert.ok(counters[1]! > 0, 'the guest wrote pages');
+  assert.deepEqual([reads, s.guestCpuMs], [2, 2]);
+  s.pause();
+  c.advance(20);
+  s.guestCounters(counters); // a paused guest writes nothing
+  assert.deepEqual([reads, s.guestCpuMs], [2, 2]);
+  assert.equal(sim({}, c).guestCpuMs, null);
+});

@@ -22,6 +22,12 @@ export interface SimSourceOptions {
   pageSize?: number;
   /** Monotonic milliseconds; tests pass a fake clock. */
   clock?: () => number;
+  /**
+   * The CPU time of the calling thread in milliseconds (kvm-native's threadCpuMs()). Given, the source
+   * counts the CPU its simulated guest spends writing pages (guestCpuMs): on a real host that work is
+   * the guest's, on its own vCPU threads, and a benchmark can take it out of the harvester's figure.
+   */
+  cpuClockMs?: () => number;
 }
 
 /** "As fast as possible" in the model: writes per second per vCPU. */
@@ -72,6 +78,7 @@ export class SimSource implements DirtySource {
   private closed = false;
   private lastTick = 0;
   private runMs = 0;
+  private guestCpu = 0;
   private readonly st: SourceStats = {
     ringFullExits: 0, invalidEntries: 0, entriesHarvested: 0, entriesMarkedReset: 0, resetReturnedTotal: 0, vcpusStalledRingFull: 0, ringEntriesLost: 0,
   };
@@ -283,6 +290,11 @@ export class SimSource implements DirtySource {
     return pushed;
   }
 
+  /** CPU milliseconds the simulated guest has spent writing pages, or null without options.cpuClockMs. */
+  get guestCpuMs(): number | null {
+    return this.opts.cpuClockMs ? this.guestCpu : null;
+  }
+
   private vcpu(index: number): SimVcpu {
     const v = this.vcpus[index];
     if (!v) throw new RangeError(`vCPU index ${index} out of range 0..${this.vcpuCount - 1}`);
@@ -304,6 +316,8 @@ export class SimSource implements DirtySource {
     const target = Math.floor((this.rate * this.runMs) / 1000);
     const burstCap = Math.max(1, Math.floor(this.rate / 100));
     const ticks = Math.max(1, Math.floor((dt * 1000) / Math.max(1, this.opts.tickUs)));
+    const cpuClock = this.opts.cpuClockMs;
+    const cpu0 = cpuClock ? cpuClock() : 0;
     for (let i = 0; i < this.vcpus.length; i++) {
       const v = this.vcpus[i]!;
       if (v.stalled) continue;
@@ -327,6 +341,7 @@ export class SimSource implements DirtySource {
       v.loops += 1;
       this.writeStatus(i, v);
     }
+    if (cpuClock) this.guestCpu += cpuClock() - cpu0;
   }
 
   private writePage(index: number, v: SimVcpu): void {

@@ -326,3 +326,33 @@ test('automatic live rounds stop when they do not converge (the guest dirties as
     source.close();
   }
 });
+
+test('cuts run one at a time: a second cut() while one runs is refused, and the next one after it works', async () => {
+  const source = sim({ workload: 'sequential', fillPages: true });
+  source.start();
+  const cycle = new CheckpointCycle(source);
+  let release: () => void = () => undefined;
+  const held = new Promise<void>((r) => { release = r; });
+  const pausedPages: Uint8Array[] = [];
+  const sink: EpochSink = {
+    begin: () => undefined,
+    // A sink that keeps the pause's pages past the cut must copy them (PageSegment's lifetime).
+    segment: (_h, seg) => { if (seg.phase === 'paused') pausedPages.push(seg.data.slice()); },
+    commit: async (h) => { if (h.epoch === 1) await held; },
+  };
+  try {
+    await cycle.cut(sink); // the baseline
+    await sleep(20);
+    const first = cycle.cut(sink);
+    await sleep(5);
+    await assert.rejects(cycle.cut(sink), (e: Error & { code?: string }) => e.code === 'CKPT_ERR_HARVEST_CONCURRENT_CUT');
+    release();
+    assert.equal((await first).epoch, 1);
+    await sleep(20);
+    assert.equal((await cycle.cut(sink)).epoch, 2);
+    assert.equal(pausedPages.length, 3, 'one pause per epoch (the baseline has one too, after its live copy)');
+    assert.ok(pausedPages.slice(1).every((d) => d.byteLength > 0), 'the guest dirtied pages in epochs 1 and 2');
+  } finally {
+    source.close();
+  }
+});

@@ -83,9 +83,11 @@ export class CheckpointCycle {
   private readonly compactRanges = new RangeList(1024);
   /**
    * Where the paused copy lands: reused across epochs so the pause does not pay for faulting in and
-   * zeroing a fresh buffer; finalize() moves the pages out after the guest resumed.
+   * zeroing a fresh buffer. The pause's segment is a view of it, valid until the next cut() (PageSegment).
    */
   private staging = new Uint8Array(0);
+  /** A cut() is running: another would overwrite the staging buffer its sinks may still read. */
+  private cutting = false;
   /** The source's lost-entry count when the current epoch's harvest began. */
   private lostAtStart: number;
 
@@ -142,8 +144,21 @@ export class CheckpointCycle {
     this.compactAt = Math.max(this.opts.pendingCompactEntries, 2 * this.pending.length);
   }
 
-  /** Cuts the next epoch and hands it to `sink`. */
+  /**
+   * Cuts the next epoch and hands it to `sink`. One at a time: the segments of a cut are valid until the
+   * next one begins (PageSegment).
+   */
   async cut(sink: EpochSink): Promise<EpochCommit> {
+    if (this.cutting) throw new CkptError('CKPT_ERR_HARVEST_CONCURRENT_CUT', 'cut() called while another cut() of the same cycle is running: epochs are cut one at a time');
+    this.cutting = true;
+    try {
+      return await this.cutOne(sink);
+    } finally {
+      this.cutting = false;
+    }
+  }
+
+  private async cutOne(sink: EpochSink): Promise<EpochCommit> {
     const header: EpochHeader = {
       generation: this.generation,
       epoch: this.epoch,
@@ -242,7 +257,7 @@ export class CheckpointCycle {
     }
 
     const finish = async (): Promise<EpochCommit> => {
-      await emit(this.finalize(copied.ranges, copied.data, 'paused', copied.data.buffer === this.staging.buffer));
+      await emit(this.finalize(copied.ranges, copied.data, 'paused'));
       const commit: EpochCommit = {
         generation: this.generation,
         epoch: header.epoch,
@@ -316,7 +331,7 @@ export class CheckpointCycle {
 
   /**
    * Coalesces the pending GFNs and copies their pages; clears the pending buffer. `staged`: copy into
-   * the reusable staging buffer (the pause), which finalize() must then copy out of.
+   * the reusable staging buffer (the pause).
    */
   private copyPending(staged = false): { ranges: RangeList; data: Uint8Array } {
     this.ranges.clear();
@@ -342,7 +357,7 @@ export class CheckpointCycle {
    * Turns copied pages into a segment: zero pages become marks and leave the buffer (the rest is
    * compacted in place), and every page's hash goes into the image digest.
    */
-  private finalize(src: RangeList, data: Uint8Array, phase: PageSegment['phase'], fromStaging = false, out = new RangeList(src.length + 4)): PageSegment {
+  private finalize(src: RangeList, data: Uint8Array, phase: PageSegment['phase'], out = new RangeList(src.length + 4)): PageSegment {
     const ps = this.source.pageSize;
     const pw = this.pageWords;
     const words = new Uint32Array(data.buffer, data.byteOffset, data.byteLength >>> 2);
@@ -365,8 +380,8 @@ export class CheckpointCycle {
         write++;
       }
     }
-    // Pages in the staging buffer are overwritten by the next pause: the segment gets its own copy.
-    return { ranges: out, data: fromStaging ? data.slice(0, write * ps) : data.subarray(0, write * ps), phase };
+    // A view: for the pause's copy, of the staging buffer, which the next pause overwrites (PageSegment's lifetime).
+    return { ranges: out, data: data.subarray(0, write * ps), phase };
   }
 
   /** The baseline's live full copy, in chunks; sparse sources are read only where they hold data. */

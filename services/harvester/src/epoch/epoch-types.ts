@@ -16,8 +16,13 @@ export interface EpochHeader {
 /**
  * Pages of an epoch, in the order they must be applied (a later segment of the same epoch may carry a
  * newer copy of a page sent earlier, e.g. after a pre-copy round). Zero ranges are marks: their pages
- * are not in `data`. `data` holds the data ranges' pages back to back in range order. Segments are
- * freshly allocated: a sink may keep them.
+ * are not in `data`. `data` holds the data ranges' pages back to back in range order.
+ *
+ * Lifetime: `ranges` and `data` stay valid until the cycle's next cut() begins, not longer. The pause's
+ * segment (phase 'paused') lies in a staging buffer that the next pause fills again (a fresh buffer
+ * per epoch cost a page fault per 4 KiB and V8 collections driven by the external memory). cut() awaits
+ * every sink's segment() and commit() and the harvest loop's onEpoch runs before the next cut, so a sink
+ * that is done with the pages by then needs no copy; one that keeps them longer copies them.
  */
 export interface PageSegment {
   ranges: RangeList;

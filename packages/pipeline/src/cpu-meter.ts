@@ -18,7 +18,11 @@ export interface PipelineCpu {
   simulatedGuestsMs: number | null;
   /** Of harvestersMs, what the run's shadow images (its own check of the standby) cost; null without the native helper. */
   shadowImagesMs: number | null;
-  /** msPerMB without the simulated guests and the shadow images: what the product itself needs per MB (null when simulatedGuestsMs is). */
+  /**
+   * msPerMB without the simulated guests and the shadow images: what the product itself needs per MB, as
+   * an upper bound (it still holds the run's lag poller, an HMGET per VM every 5 ms, and collections that
+   * the guests' and shadows' memory causes on V8's helper threads). Null when simulatedGuestsMs is.
+   */
   productMsPerMB: number | null;
   /** The replicator processes (one that was replaced counts from its start; one killed meanwhile is missing). */
   replicatorsMs: number;

@@ -19,10 +19,11 @@ export interface EpochHeader {
  * are not in `data`. `data` holds the data ranges' pages back to back in range order.
  *
  * Lifetime: `ranges` and `data` stay valid until the cycle's next cut() begins, not longer. The pause's
- * segment (phase 'paused') lies in a staging buffer that the next pause fills again (a fresh buffer
- * per epoch cost a page fault per 4 KiB and V8 collections driven by the external memory). cut() awaits
- * every sink's segment() and commit() and the harvest loop's onEpoch runs before the next cut, so a sink
- * that is done with the pages by then needs no copy; one that keeps them longer copies them.
+ * segment (phase 'paused') lies in a staging buffer that the next pause fills again: a fresh buffer per
+ * epoch cost a page fault per 4 KiB and V8 collections driven by the external memory. (A pause of more
+ * than 64 MiB copies into a buffer of its own; the rule is the same.) cut() awaits every sink's
+ * segment() and commit() and the harvest loop's onEpoch runs before the next cut, so a sink that is
+ * done with the pages by then needs no copy; one that keeps them longer copies them.
  */
 export interface PageSegment {
   ranges: RangeList;

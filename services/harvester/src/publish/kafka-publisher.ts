@@ -77,10 +77,14 @@ function isTooLarge(err: unknown): boolean {
 
 const TOO_LARGE = Symbol('too large');
 
+/** Which epoch a queued record belongs to. */
+interface EpochAt { generation: number; epoch: number }
+
 export class KafkaPublisher implements EpochSink {
   readonly window = new ReplicationWindow();
   /** Records waiting for the sender, in order. One sender per VM keeps them in order on the partition. */
-  private queue: { value: Buffer; rec: EpochRecord; pending: Pending; n: number }[] = [];
+  /** Records encoded and not yet acknowledged; `at` names the epoch (not the record: its pages may be a view of the cycle's staging buffer). */
+  private queue: { value: Buffer; at: EpochAt; pending: Pending; n: number }[] = [];
   private queuedBytes = 0;
   /** Records queued so far, and how many of them must go out without waiting for more (see flush()). */
   private queuedCount = 0;
@@ -216,7 +220,7 @@ export class KafkaPublisher implements EpochSink {
     const waitedMs = performance.now() - t1;
     if (waitedMs > 1) this.o.metrics?.backpressureSeconds.inc({ cause: 'in-flight' }, waitedMs / 1000);
     const pending = this.window.produced(rec.generation, rec.epoch, part, size);
-    this.queue.push({ value, rec, pending, n: ++this.queuedCount });
+    this.queue.push({ value, at: { generation: rec.generation, epoch: rec.epoch }, pending, n: ++this.queuedCount });
     this.queuedBytes += size;
     this.o.metrics?.inFlightBytes.set(this.queuedBytes);
     if (rec.kind === 'commit') this.flush();
@@ -284,9 +288,9 @@ export class KafkaPublisher implements EpochSink {
    * and returns TOO_LARGE (nothing was stored: the caller sends them again in smaller requests); a
    * single record refused so is a configuration error no new generation can mend.
    */
-  private async sendWithRetry(batch: { value: Buffer; rec: EpochRecord }[], bytes: number): Promise<{ partition: number; baseOffset: bigint } | null | typeof TOO_LARGE> {
+  private async sendWithRetry(batch: { value: Buffer; at: EpochAt }[], bytes: number): Promise<{ partition: number; baseOffset: bigint } | null | typeof TOO_LARGE> {
     const deadline = Date.now() + this.o.publishTimeoutMs;
-    const first = batch[0]!.rec;
+    const first = batch[0]!.at;
     for (let attempt = 0; ; attempt++) {
       const t = performance.now();
       try {

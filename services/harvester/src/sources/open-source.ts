@@ -32,10 +32,10 @@ export function slotSizes(memMib: number, slots: number): number[] {
   return sizes.map((u) => u * SLOT_ALIGN_BYTES);
 }
 
-/** Opens the configured dirty source; `auto` falls back to the simulator and says why. */
 /** Options for tests and benchmarks: a write budget, the guest's tick, a CPU clock for the simulator (SimSourceOptions.cpuClockMs). */
 export interface OpenSourceExtra { maxWritesPerVcpu?: number; tickUs?: number; simCpuClockMs?: () => number }
 
+/** Opens the configured dirty source; `auto` falls back to the simulator and says why. */
 export function openSource(cfg: GuestConfig, extra: OpenSourceExtra = {}): OpenedSource {
   const slotBytes = slotSizes(cfg.memMib, cfg.slots);
   if (cfg.ringEntries !== 0 && cfg.ringEntries < 1024) throw new ConfigError([`--ring-entries ${cfg.ringEntries}: 0 (bitmap mode) or a power of two >= 1024`]);

@@ -316,8 +316,9 @@ export class SimSource implements DirtySource {
     const target = Math.floor((this.rate * this.runMs) / 1000);
     const burstCap = Math.max(1, Math.floor(this.rate / 100));
     const ticks = Math.max(1, Math.floor((dt * 1000) / Math.max(1, this.opts.tickUs)));
+    // The guest's CPU clock is read only around calls that write pages (it is a system call).
     const cpuClock = this.opts.cpuClockMs;
-    const cpu0 = cpuClock ? cpuClock() : 0;
+    let cpu0 = -1;
     for (let i = 0; i < this.vcpus.length; i++) {
       const v = this.vcpus[i]!;
       if (v.stalled) continue;
@@ -329,6 +330,7 @@ export class SimSource implements DirtySource {
       // A backlog beyond one burst cap is dropped, as the real host's pacing does after a stall.
       if (target - v.issued > burstCap * ticks) v.issued = target - burstCap * ticks;
       const budget = Math.min(target - v.issued, v.allowance);
+      if (cpuClock && cpu0 < 0 && budget > 0 && !v.stalled) cpu0 = cpuClock();
       let done = 0;
       while (done < budget && !v.stalled) {
         this.writePage(i, v);
@@ -341,7 +343,7 @@ export class SimSource implements DirtySource {
       v.loops += 1;
       this.writeStatus(i, v);
     }
-    if (cpuClock) this.guestCpu += cpuClock() - cpu0;
+    if (cpuClock && cpu0 >= 0) this.guestCpu += cpuClock() - cpu0;
   }
 
   private writePage(index: number, v: SimVcpu): void {

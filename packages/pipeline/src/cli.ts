@@ -41,7 +41,7 @@ async function main(): Promise<number> {
     onPhase: (p) => say(`pipeline: ${p}`),
   });
   say(`pipeline: source ${r.source}${r.sourceNote ? ` (${r.sourceNote})` : ''}, ${r.vms} VM(s), ${r.durationS} s`);
-  say(`  epochs committed ${r.epochsCommitted}, applied ${r.epochsApplied}, new generations ${r.resyncs}`);
+  say(`  epochs committed ${r.epochsCommitted} (${r.steadyEpochsPerS} per second per VM after the baseline), applied ${r.epochsApplied}, new generations ${r.resyncs}`);
   say(`  pages shipped ${r.pagesShipped}, page data ${(r.bytesHarvested / 1e6).toFixed(1)} MB, on the wire ${(r.bytesOnWire / 1e6).toFixed(1)} MB, ${r.throughputMBps} MB/s`);
   const c = r.cpu;
   const runOwn = [c.simulatedGuestsMs === null ? '' : `the simulated guests ${c.simulatedGuestsMs} ms`, c.shadowImagesMs === null ? '' : `the shadow images ${c.shadowImagesMs} ms`].filter(Boolean);

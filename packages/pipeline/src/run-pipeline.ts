@@ -92,6 +92,8 @@ export interface PipelineResult {
   throughputMBps: number;
   /** Page bytes of delta epochs per second, from the first delta epoch on (the baselines excluded). */
   steadyThroughputMBps: number;
+  /** Delta epochs per second per VM, from the first delta epoch on (mean over the VMs): the cadence once the baseline is through. */
+  steadyEpochsPerS: number;
   /** CPU time of the pipeline's processes over the harvest phase, and per MB harvested (cpu-meter.ts). */
   cpu: PipelineCpu;
   lagP50Ms: number;
@@ -115,8 +117,9 @@ interface VmRun {
   commits: Map<string, number>;
   last: EpochCommit | null;
   committed: number;
-  /** Delta epochs: page bytes and when the first one started. */
+  /** Delta epochs: page bytes and count after the first one, and when the first one was committed. */
   deltaBytes: number;
+  deltaEpochs: number;
   deltaStartMs: number;
   /** The guest was stopped (the drain phase). */
   stopped: boolean;
@@ -207,7 +210,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
         publishTimeoutMs: 30_000, log, signal: drainDeadline.signal,
       });
       listener.register(vm, (m) => publisher.window.marker(m));
-      runs.push({ vm, source: opened.source, shadow: new ShadowVerifier(opened.source), publisher, commits: new Map(), last: null, committed: 0, deltaBytes: 0, deltaStartMs: 0, stopped: false });
+      runs.push({ vm, source: opened.source, shadow: new ShadowVerifier(opened.source), publisher, commits: new Map(), last: null, committed: 0, deltaBytes: 0, deltaEpochs: 0, deltaStartMs: 0, stopped: false });
     }
     await listener.start();
     phase('harvesting');
@@ -267,7 +270,10 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
           r.committed++;
           if (!c.baseline) {
             if (r.deltaStartMs === 0) r.deltaStartMs = performance.now();
-            else if (!r.stopped) r.deltaBytes += c.bytes;
+            else if (!r.stopped) {
+              r.deltaBytes += c.bytes;
+              r.deltaEpochs++;
+            }
           }
           r.commits.set(`${c.generation}/${c.epoch}`, c.committedAtMs);
         },
@@ -281,6 +287,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
     const harvestS = (tEnd - t0) / 1000;
     const steady = runs.filter((r) => r.deltaStartMs > 0);
     const steadyMBps = steady.reduce((n, r) => n + r.deltaBytes / ((tEnd - r.deltaStartMs) / 1000), 0) / 1e6;
+    const steadyEps = steady.length ? steady.reduce((n, r) => n + r.deltaEpochs / ((tEnd - r.deltaStartMs) / 1000), 0) / steady.length : 0;
     for (const r of runs) r.source.pause();
     phase('draining replicators');
     // The guests no longer run, but their harvesters still answer: a replicator that lost continuity
@@ -331,6 +338,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
       bytesOnWire: runs.reduce((n, r) => n + r.publisher.bytesOnWire, 0),
       throughputMBps: Number((bytesHarvested / harvestS / 1e6).toFixed(1)),
       steadyThroughputMBps: Number(steadyMBps.toFixed(1)),
+      steadyEpochsPerS: Number(steadyEps.toFixed(1)),
       cpu: cpuBetween(cpuAtStart, cpuAtEnd, bytesHarvested),
       lagP50Ms: percentile(lags, 50), lagP99Ms: percentile(lags, 99), lagSamples: lags.length,
       resyncs: summaries.reduce((n, s) => n + s.resyncs, 0) + drainBaselines,

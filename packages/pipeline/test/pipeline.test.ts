@@ -40,6 +40,8 @@ test('sim: two VMs, each standby equals its last committed epoch; gzip shrinks z
   // (An AOF rewrite counts when Redis reaps it, so a little over the core count is possible.)
   assert.ok(c.cores > 0 && c.cores <= availableParallelism() + 1, JSON.stringify(c));
   assert.deepEqual(c.incomplete, []);
+  // Epochs every 50 ms: after the baseline, close to 20 a second per VM and never more.
+  assert.ok(r.steadyEpochsPerS > 10 && r.steadyEpochsPerS <= 20.5, `steadyEpochsPerS ${r.steadyEpochsPerS}`);
   // The simulated guests wrote pages and the shadow images took segments, both inside the harvesters' process.
   assert.ok(c.simulatedGuestsMs !== null && c.simulatedGuestsMs > 0 && c.shadowImagesMs !== null && c.shadowImagesMs > 0, JSON.stringify(c));
   assert.ok(c.simulatedGuestsMs + c.shadowImagesMs < c.harvestersMs, JSON.stringify(c));

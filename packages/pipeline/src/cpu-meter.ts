@@ -75,7 +75,7 @@ export function sampleCpu(servers: Servers, pool: ReplicatorPool, own: RunOwnCpu
     const c = procCpu(m.pid);
     if (c) replicators.set(c.pid, c.ms);
   }
-  return { atMs: performance.now(), self: ownCpuMs(), own: { ...own }, replicators, redis: procCpu(servers.redis?.pid), broker: procCpu(servers.kafka?.pid) };
+  return { atMs: performance.now(), self: ownCpuMs(), own, replicators, redis: procCpu(servers.redis?.pid), broker: procCpu(servers.kafka?.pid) };
 }
 
 export function cpuBetween(a: Sample, b: Sample, bytes: number): PipelineCpu {
@@ -95,15 +95,17 @@ export function cpuBetween(a: Sample, b: Sample, bytes: number): PipelineCpu {
   const brokerMs = diff('the broker', a.broker, b.broker);
   const harvestersMs = b.self - a.self;
   const total = harvestersMs + replicatorsMs + (redisMs ?? 0) + (brokerMs ?? 0);
-  const simulatedGuestsMs = a.own.simulatedGuestsMs === null || b.own.simulatedGuestsMs === null ? null : b.own.simulatedGuestsMs - a.own.simulatedGuestsMs;
-  const shadowImagesMs = a.own.shadowImagesMs === null || b.own.shadowImagesMs === null ? null : b.own.shadowImagesMs - a.own.shadowImagesMs;
+  const since = (x: number | null, y: number | null): number | null => (x === null || y === null ? null : y - x);
+  const simulatedGuestsMs = since(a.own.simulatedGuestsMs, b.own.simulatedGuestsMs);
+  const shadowImagesMs = since(a.own.shadowImagesMs, b.own.shadowImagesMs);
   const product = simulatedGuestsMs === null || shadowImagesMs === null ? null : total - simulatedGuestsMs - shadowImagesMs;
   const r = (x: number): number => Math.round(x);
+  const rn = (x: number | null): number | null => (x === null ? null : r(x));
   const perMB = (x: number): number => (bytes > 0 ? Number((x / (bytes / 1e6)).toFixed(1)) : 0);
   return {
-    harvestersMs: r(harvestersMs), simulatedGuestsMs: simulatedGuestsMs === null ? null : r(simulatedGuestsMs), shadowImagesMs: shadowImagesMs === null ? null : r(shadowImagesMs),
+    harvestersMs: r(harvestersMs), simulatedGuestsMs: rn(simulatedGuestsMs), shadowImagesMs: rn(shadowImagesMs),
     productMsPerMB: product === null ? null : perMB(product),
-    replicatorsMs: r(replicatorsMs), redisMs: redisMs === null ? null : r(redisMs), brokerMs: brokerMs === null ? null : r(brokerMs),
+    replicatorsMs: r(replicatorsMs), redisMs: rn(redisMs), brokerMs: rn(brokerMs),
     msPerMB: perMB(total),
     cores: Number((total / Math.max(1, b.atMs - a.atMs)).toFixed(2)),
     incomplete,

@@ -148,6 +148,12 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
   // The CPU this process spends on the simulated guests and the shadow images, to report the product's own.
   const cpuClock = threadClock(log);
   let shadowCpuMs = 0;
+  /** Runs work on a shadow image, counting its CPU into shadowCpuMs. */
+  const onShadow = (work: () => void): void => {
+    const c0 = cpuClock?.() ?? 0;
+    work();
+    if (cpuClock) shadowCpuMs += cpuClock() - c0;
+  };
   const runOwnCpu = (): RunOwnCpu => ({
     simulatedGuestsMs: !cpuClock ? null : runs.reduce<number | null>((n, r) => {
       const g = r.source instanceof SimSource ? r.source.guestCpuMs : null;
@@ -249,9 +255,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
       const shadowSink: EpochSink = {
         begin: () => {
           pendingSegments.length = 0;
-          const c0 = cpuClock?.() ?? 0;
-          r.shadow.begin();
-          if (cpuClock) shadowCpuMs += cpuClock() - c0;
+          onShadow(() => r.shadow.begin());
         },
         segment: (h, seg) => { pendingSegments.push([h, seg]); },
         commit: () => undefined,
@@ -262,9 +266,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
         takeResyncRequest: () => listener!.takeResyncRequest(r.vm),
         onEpoch: (c) => {
           // The publisher's commit has been acknowledged by the broker: the epoch is committed.
-          const c0 = cpuClock?.() ?? 0;
-          for (const [h, seg] of pendingSegments) r.shadow.segment(h, seg);
-          if (cpuClock) shadowCpuMs += cpuClock() - c0;
+          onShadow(() => { for (const [h, seg] of pendingSegments) r.shadow.segment(h, seg); });
           pendingSegments.length = 0;
           r.last = c;
           r.committed++;

@@ -2,8 +2,9 @@
  * `npm run bench:harvest [-- --json] [-- --quick]`: the harvester's costs on real KVM.
  *
  * 1. Per-page harvest cost (drain + reset) through the Node path, against the plain C loop
- *    (packages/kvm-native build/Release/kvm-harvest-baseline) doing the same on the same kind of guest,
- *    measured in this run: `nodeVsCRatio` (target <= 1.25).
+ *    (packages/kvm-native src/harvest-rounds.c) doing the same on the same guest, from the same thread,
+ *    in alternating blocks of rounds: `nodeVsCRatio` (target <= 1.25). Also against the same loop in
+ *    a process and guest of its own (build/Release/kvm-harvest-baseline): `nodeVsCProcessRatio`.
  * 2. Ring vs bitmap harvest time on 1 GiB and 8 GiB guests with 100, 1000 and 30000 dirty pages
  *    (`ringVsBitmap8GiB100` = bitmap time / ring time; expect >= 10).
  * 3. Checkpoint pause p50/p99 with 1000 dirty pages per epoch on a 256 MiB guest (target p99 <= 2 ms).
@@ -20,7 +21,8 @@ import { kvmAvailability, KvmVm } from '@ckpt/kvm-native';
 const HELP = `npm run bench:harvest -- [--json] [--quick] [--only 1,2,3]
 
 The harvester's costs on real KVM (needs /dev/kvm and the native build):
-  1  per-page drain+reset, Node path vs a plain C loop (nodeVsCRatio, target <= 1.25)
+  1  per-page drain+reset, Node path vs a plain C loop on the same guest (nodeVsCRatio, target <= 1.25)
+     and vs the C loop in a process of its own (nodeVsCProcessRatio)
   2  ring vs bitmap harvest time, 1 and 8 GiB guests, 100/1000/30000 pages (ringVsBitmap8GiB100, expect >= 10)
   3  checkpoint pause p50/p99, 1000 dirty pages per epoch, 256 MiB guest (pauseP99Us, target <= 2000)
 
@@ -137,6 +139,59 @@ function nodeHarvest(memBytes: number, pages: number, rounds: number, ringEntrie
   return times.map((t, i) => ({ us: median(t), seen: seen[i]! }));
 }
 
+/**
+ * Per-entry drain+reset cost (ns, median over rounds) of the Node path and of the plain C loop
+ * (src/harvest-rounds.c through harvestRoundsInC) on one guest, from this thread, in alternating blocks
+ * of rounds: the same guest, threads and caches for both, so only the path differs.
+ */
+function sameGuestHarvest(memBytes: number, pages: number, rounds: number, ringEntries: number): { nodeNs: number; cNs: number; seen: number } {
+  const BLOCK = 5;
+  const vm = KvmVm.create({ slotBytes: [memBytes], vcpus: 1, ringEntries, workload: SEQUENTIAL, ratePagesPerSec: 0, seed: 1, maxWritesPerVcpu: 1 });
+  const slots = new Uint32Array(Math.max(pages * 2, 1024));
+  const offsets = new Uint32Array(slots.length);
+  const counters = new Float64Array(2);
+  const node: number[] = [];
+  const c: number[] = [];
+  let written = 1;
+  let seen = 0;
+  const nodeRound = (timed: boolean): void => {
+    vm.grantWrites(pages);
+    written += pages;
+    waitWritten(vm, written, counters);
+    vm.pause();
+    const t0 = process.hrtime.bigint();
+    const n = drainAndReset(vm, slots, offsets);
+    const t1 = process.hrtime.bigint();
+    vm.resume();
+    if (timed) {
+      node.push(Number(t1 - t0) / n);
+      seen = n;
+    }
+  };
+  const cRounds = (n: number, timed: boolean): void => {
+    const r = vm.harvestRoundsInC(pages, n, slots, offsets);
+    written += n * pages;
+    if (timed) for (let i = 0; i < n; i++) c.push((r.us[i]! * 1000) / r.seen[i]!);
+  };
+  try {
+    vm.start();
+    waitWritten(vm, 1, counters);
+    vm.pause();
+    drainAndReset(vm, slots, offsets);
+    vm.resume();
+    for (let r = 0; r < 2; r++) nodeRound(false);
+    cRounds(2, false);
+    for (let done = 0, turn = 0; done < rounds; done += BLOCK, turn++) {
+      const n = Math.min(BLOCK, rounds - done);
+      const runNode = (): void => { for (let r = 0; r < n; r++) nodeRound(true); };
+      if (turn % 2 === 0) { runNode(); cRounds(n, true); } else { cRounds(n, true); runNode(); }
+    }
+  } finally {
+    vm.destroy();
+  }
+  return { nodeNs: median(node), cNs: median(c), seen };
+}
+
 interface CBaseline { drainResetUsMedian: number; perPageNs: number; pagesPerRoundSeen: number }
 
 function cHarvest(memBytes: number, pages: number, rounds: number, mode: 'ring' | 'bitmap', ringEntries: number): CBaseline {
@@ -218,28 +273,33 @@ async function main(): Promise<void> {
   let entriesPerPage = 0;
   if (only.has(1) || only.has(2)) {
     say('1/3 per-page drain+reset: Node path vs plain C loop (1 GiB guest, 1000 pages/round)');
-    // Node and C alternate in blocks, so drift on this shared machine reaches both; each side's
-    // figure is the median of its blocks' medians.
+    // The issue's comparison: the C loop on the same guest from the same thread, alternating blocks.
+    const same = sameGuestHarvest(GiB, 1000, quick ? 20 : 60, ring);
+    const nodeVsCRatio = same.nodeNs / same.cNs;
+    const seen = same.seen;
+    say(`    same guest: node ${same.nodeNs.toFixed(1)} ns/page (${seen} entries/round), C ${same.cNs.toFixed(1)} ns/page: ratio ${nodeVsCRatio.toFixed(2)} (target <= 1.25)`);
+    // The C loop in a process and guest of its own; Node and C alternate in blocks, so drift on this
+    // shared machine reaches both; each side's figure is the median of its blocks' medians. Where the
+    // scheduler puts each process's threads moves this one (docs/harvester.md).
     const blocks = quick ? 2 : 3;
     const nodeNs: number[] = [];
     const cNs: number[] = [];
-    let seen = 0;
     for (let b = 0; b < blocks; b++) {
       const [node1000] = nodeHarvest(GiB, 1000, rounds, [ring]);
-      seen = node1000!.seen;
-      nodeNs.push((node1000!.us * 1000) / seen);
+      nodeNs.push((node1000!.us * 1000) / node1000!.seen);
       cNs.push(cHarvest(GiB, 1000, rounds, 'ring', ring).perPageNs);
     }
     const nodePerPageNs = median(nodeNs);
     const cPerPageNs = median(cNs);
-    const nodeVsCRatio = nodePerPageNs / cPerPageNs;
-    say(`    node ${nodePerPageNs.toFixed(1)} ns/page (${seen} entries/round), C ${cPerPageNs.toFixed(1)} ns/page: ratio ${nodeVsCRatio.toFixed(2)} (target <= 1.25; ${blocks} alternating blocks: node ${nodeNs.map((x) => x.toFixed(1)).join(', ')}; C ${cNs.map((x) => x.toFixed(1)).join(', ')})`);
+    const nodeVsCProcessRatio = nodePerPageNs / cPerPageNs;
+    say(`    C in its own process: node ${nodePerPageNs.toFixed(1)} ns/page, C ${cPerPageNs.toFixed(1)} ns/page: ratio ${nodeVsCProcessRatio.toFixed(2)} (${blocks} alternating blocks: node ${nodeNs.map((x) => x.toFixed(1)).join(', ')}; C ${cNs.map((x) => x.toFixed(1)).join(', ')})`);
     // Entries the host logs per page the guest writes (1 under the kernel's once-per-arm rule; more
     // on hosts that log every store, such as kvm-pvm). A round must fit in the ring's soft limit.
     entriesPerPage = seen / 1000;
     Object.assign(out, {
       entriesPerPage: Number(entriesPerPage.toFixed(2)),
-      nodeVsCRatio: Number(nodeVsCRatio.toFixed(3)), nodePerPageNs: Number(nodePerPageNs.toFixed(1)), cPerPageNs: Number(cPerPageNs.toFixed(1)),
+      nodeVsCRatio: Number(nodeVsCRatio.toFixed(3)), nodePerPageNs: Number(same.nodeNs.toFixed(1)), cPerPageNs: Number(same.cNs.toFixed(1)),
+      nodeVsCProcessRatio: Number(nodeVsCProcessRatio.toFixed(3)), nodeProcessPerPageNs: Number(nodePerPageNs.toFixed(1)), cProcessPerPageNs: Number(cPerPageNs.toFixed(1)),
     });
   }
 

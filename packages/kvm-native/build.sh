@@ -54,7 +54,7 @@ bash guest/bin-to-header.sh "$out_guest/guest.bin" "$out_guest/guest-blob.h"
 
 # ---- the addon and the baseline tool share the VM core.
 HOST_CFLAGS=(-std=gnu11 -O2 -fPIC -pthread -Wall -Wextra -Werror -Isrc -Iguest -I"$out_guest")
-CORE=(src/kvm-vm.c src/vcpu-thread.c src/dirty-harvest.c)
+CORE=(src/kvm-vm.c src/vcpu-thread.c src/dirty-harvest.c src/harvest-rounds.c)
 
 "$CC" "${HOST_CFLAGS[@]}" -I"$NODE_INCLUDE_DIR" -shared -fvisibility=hidden \
   -o "$out_rel/kvm_native.node.tmp" "${CORE[@]}" src/crc32c.c src/napi-binding.c -lm

@@ -145,6 +145,17 @@ struct ring_parse_result {
 void ring_parse(void *ring, uint32_t entries, uint32_t fetch, const uint64_t *slot_pages, uint32_t nslots,
                 uint32_t *out_slots, uint32_t *out_offsets, uint32_t cap, struct ring_parse_result *res);
 
+/*
+ * harvest-rounds.c: the plain C harvest loop of bench:harvest (also run by tools/harvest-baseline.c).
+ * vm_wait_written: waits until the guest's vCPUs have written `target` pages in all.
+ * vm_harvest_rounds: `rounds` times, grants `pages` writes to every vCPU (for a guest created with a
+ * write allowance), waits until they are written, pauses, drains into the arrays (`cap` entries; a full
+ * drain is repeated) and resets, resumes. us[r] is round r's drain+reset time in microseconds, seen[r]
+ * its entries.
+ */
+int vm_wait_written(struct vm *vm, double target, uint64_t timeout_ms, struct vm_error *err);
+int vm_harvest_rounds(struct vm *vm, uint32_t pages, uint32_t rounds, uint32_t *slots, uint32_t *offsets,
+                      uint32_t cap, double *us, double *seen, struct vm_error *err);
 /* kvm-vm.c: memory and vCPU state */
 int vm_read_pages(struct vm *vm, const uint32_t *slots, const uint32_t *offsets, uint32_t count, uint8_t *out,
                   size_t out_len, struct vm_error *err);

@@ -482,6 +482,40 @@ static napi_value js_reset(napi_env env, napi_callback_info info) {
   return number(env, (double)n);
 }
 
+/*
+ * harvestRounds(vm, pages, rounds, slots, offsets, us, seen): the benchmark's plain C loop
+ * (harvest-rounds.c) on this guest, from this thread; us[r] and seen[r] (Float64Arrays of at least
+ * `rounds`) get each round's drain+reset microseconds and entries.
+ */
+static napi_value js_harvest_rounds(napi_env env, napi_callback_info info) {
+  napi_value argv[7];
+  struct vm *vm;
+  uint32_t pages, rounds;
+  void *slots, *offsets, *us, *seen;
+  size_t ns, no, nu, nseen;
+  if (!get_args(env, info, 7, argv, "harvestRounds") || !get_vm(env, argv[0], &vm) ||
+      !get_u32(env, argv[1], "pages", &pages) || !get_u32(env, argv[2], "rounds", &rounds) ||
+      !get_typed(env, argv[3], "slots", napi_uint32_array, &slots, &ns) ||
+      !get_typed(env, argv[4], "offsets", napi_uint32_array, &offsets, &no) ||
+      !get_typed(env, argv[5], "us", napi_float64_array, &us, &nu) ||
+      !get_typed(env, argv[6], "seen", napi_float64_array, &seen, &nseen))
+    return NULL;
+  if (nu < rounds || nseen < rounds) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "us and seen must hold %u rounds, they hold %zu and %zu", rounds, nu, nseen);
+    napi_throw_range_error(env, NULL, msg);
+    return NULL;
+  }
+  size_t cap = ns < no ? ns : no;
+  if (cap > UINT32_MAX) cap = UINT32_MAX;
+  struct vm_error e;
+  if (vm_harvest_rounds(vm, pages, rounds, slots, offsets, (uint32_t)cap, us, seen, &e) < 0) {
+    throw_vm_error(env, &e);
+    return NULL;
+  }
+  return undefined(env);
+}
+
 /* crc32c(data: Uint8Array, tableOnly: boolean): the CRC-32C of data (tableOnly: without the crc32 instruction). */
 static napi_value js_crc32c(napi_env env, napi_callback_info info) {
   napi_value argv[2];
@@ -776,6 +810,7 @@ NAPI_MODULE_INIT() {
       {"parseRing", NULL, js_parse_ring, NULL, NULL, NULL, napi_enumerable, NULL},
       {"crc32c", NULL, js_crc32c, NULL, NULL, NULL, napi_enumerable, NULL},
       {"threadCpuMs", NULL, js_thread_cpu_ms, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"harvestRounds", NULL, js_harvest_rounds, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_OK(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   napi_value layout = guest_layout(env);

@@ -120,6 +120,50 @@ test('ring mode: drain(at, thenReset) fills from at, and resets in the same call
   });
 });
 
+test('harvestRoundsInC (the bench\'s plain C loop) harvests exactly the granted pages of the same guest, round after round', async (t) => {
+  if (!needKvm(t)) return;
+  const K = 300;
+  const vcpus = 2;
+  await withVm({
+    slotBytes: [MEM], vcpus, ringEntries: 16384, workload: 'sequential', ratePagesPerSec: 0, maxWritesPerVcpu: K, tickUs: 2000,
+  }, async (vm) => {
+    vm.start();
+    await waitWritten(vm, K);
+    vm.pause();
+    drainAll(vm);
+    vm.reset();
+    vm.resume();
+    const slots = new Uint32Array(4096);
+    const offsets = new Uint32Array(4096);
+    const { us, seen } = vm.harvestRoundsInC(K, 3, slots, offsets);
+    assert.equal(us.length, 3);
+    for (let r = 0; r < 3; r++) {
+      assert.ok(us[r]! > 0, `round ${r} took ${us[r]} us`);
+      // Every vCPU's K pages, plus the few status and stack pages the guest writes every loop.
+      assert.ok(seen[r]! >= vcpus * K && seen[r]! < vcpus * K + 64, `round ${r} saw ${seen[r]} entries for ${vcpus * K} pages`);
+    }
+    // The arrays hold the last round: exactly the pages granted last.
+    const region = new Set(Array.from(offsets.subarray(0, seen[2])).filter((x) => x >= REGION_FIRST_PAGE).map((x) => x - REGION_FIRST_PAGE));
+    const expected = new Set<number>();
+    for (let v = 0; v < vcpus; v++) for (const p of expectedPages('sequential', REGION_PAGES, vcpus, v, 1, K, K * 3)) expected.add(p);
+    assert.ok(sortedEqual(region, expected), `last round: region pages differ (${region.size} vs ${expected.size})`);
+    const st = vm.stats();
+    assert.equal(st.entriesMarkedReset, st.resetReturnedTotal, 'every round reset what it drained');
+    // The guest was resumed and has written everything granted; nothing is left un-harvested.
+    const c = vm.guestCounters();
+    for (let v = 0; v < vcpus; v++) assert.equal(c[2 * v + 1], 4 * K);
+    vm.pause();
+    assert.ok(drainAll(vm).offsets.every((x) => x < REGION_FIRST_PAGE), 'no region page left in the rings');
+    assert.throws(() => vm.harvestRoundsInC(K, 4, slots.subarray(0, 0), offsets), /at least one entry/);
+    assert.equal(vm.lastError(), null);
+  });
+  await withVm({ slotBytes: [MEM], workload: 'sequential', ratePagesPerSec: 0, maxWritesPerVcpu: 1 }, (vm) => {
+    const small = new Uint32Array(16);
+    assert.throws(() => loadNative().harvestRounds((vm as unknown as { handle: never }).handle, 1, 4, small, small, new Float64Array(2), new Float64Array(4)),
+      (e: Error) => e instanceof RangeError && /hold 4 rounds/.test(e.message));
+  });
+});
+
 test('readPages returns the stamps and fill words of docs/guest-program.md', async (t) => {
   if (!needKvm(t)) return;
   const K = 24;

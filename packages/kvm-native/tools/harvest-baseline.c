@@ -5,22 +5,18 @@
  *
  *   kvm-harvest-baseline --mem-mib 1024 --pages 100 --rounds 20 --mode ring --ring-entries 4096
  *
- * One vCPU runs the sequential workload with a write allowance. Each round: grant K writes, wait
- * (polling the guest's status page) until the guest has written them, pause, then time only
- * drain-into-arrays + reset, and resume. Prints one JSON line.
+ * One vCPU runs the sequential workload with a write allowance; the rounds are src/harvest-rounds.c
+ * (grant K writes, wait until the guest has written them, pause, time only drain-into-arrays + reset,
+ * resume), which the addon's harvestRounds() also runs. Prints one JSON line.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "kvm-vm.h"
 #include "layout.h"
-
-#define POLL_NS 50000L
-#define WAIT_TIMEOUT_NS (20 * 1000000000ULL)
 
 struct args {
   const char *dev;
@@ -91,31 +87,18 @@ static void die(const char *what, const struct vm_error *e) {
   exit(1);
 }
 
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
-/*
- * Waits until the guest has written `target` pages: it publishes pagesWritten after a burst's stamps,
- * so a published count means those stamps are in memory.
- */
-static void wait_written(struct vm *vm, double target) {
-  double c[2];
-  uint64_t deadline = now_ns() + WAIT_TIMEOUT_NS;
-  struct timespec poll = {0, POLL_NS};
+/* The first harvest of a guest, not timed: it also holds the stack and status pages. */
+static void warm_up(struct vm *vm, uint32_t pages, uint32_t *slots, uint32_t *offsets, uint32_t cap) {
+  struct vm_error e;
+  if (vm_wait_written(vm, pages, 20000, &e) < 0) die("warm up", &e);
+  if (vm_pause(vm, &e) < 0) die("pause", &e);
   for (;;) {
-    vm_guest_counters(vm, c);
-    if (c[1] >= target) return;
-    if (now_ns() > deadline) {
-      char buf[256];
-      if (vm_last_error(vm, buf, sizeof buf)) fprintf(stderr, "kvm-harvest-baseline: guest error: %s\n", buf);
-      fprintf(stderr, "kvm-harvest-baseline: the guest wrote %.0f of %.0f pages in 20 s\n", c[1], target);
-      exit(1);
-    }
-    nanosleep(&poll, NULL);
+    int64_t n = vm_drain(vm, slots, offsets, cap, &e);
+    if (n < 0) die("drain", &e);
+    if ((uint32_t)n < cap) break;
   }
+  if (vm_reset(vm, &e) < 0) die("reset", &e);
+  vm_resume(vm);
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -126,20 +109,6 @@ static int cmp_double(const void *a, const void *b) {
 static double percentile(double *sorted, uint32_t n, double p) {
   uint32_t i = (uint32_t)(p * (n - 1) + 0.5);
   return sorted[i < n ? i : n - 1];
-}
-
-/* The measured span: drain everything into the arrays, then reset. */
-static uint32_t drain_and_reset(struct vm *vm, uint32_t *slots, uint32_t *offsets, uint32_t cap) {
-  struct vm_error e;
-  uint32_t total = 0;
-  for (;;) {
-    int64_t n = vm_drain(vm, slots, offsets, cap, &e);
-    if (n < 0) die("drain", &e);
-    total += (uint32_t)n;
-    if ((uint32_t)n < cap) break;
-  }
-  if (vm_reset(vm, &e) < 0) die("reset", &e);
-  return total;
 }
 
 int main(int argc, char **argv) {
@@ -171,23 +140,8 @@ int main(int argc, char **argv) {
   if (!slots || !offsets || !us || !seen) die("allocate arrays", NULL);
 
   if (vm_start(vm, &e) < 0) die("start", &e);
-  /* Warm-up round, not timed: the first harvest also holds the stack and status pages. */
-  wait_written(vm, a.pages);
-  if (vm_pause(vm, &e) < 0) die("pause", &e);
-  drain_and_reset(vm, slots, offsets, cap);
-  vm_resume(vm);
-
-  for (uint32_t r = 0; r < a.rounds; r++) {
-    vm_grant_writes(vm, a.pages);
-    wait_written(vm, (double)a.pages * (r + 2));
-    if (vm_pause(vm, &e) < 0) die("pause", &e);
-    uint64_t t0 = now_ns();
-    uint32_t n = drain_and_reset(vm, slots, offsets, cap);
-    uint64_t t1 = now_ns();
-    vm_resume(vm);
-    us[r] = (double)(t1 - t0) / 1000.0;
-    seen[r] = n;
-  }
+  warm_up(vm, a.pages, slots, offsets, cap);
+  if (vm_harvest_rounds(vm, a.pages, a.rounds, slots, offsets, cap, us, seen, &e) < 0) die("harvest", &e);
   char err[256];
   if (vm_last_error(vm, err, sizeof err)) {
     fprintf(stderr, "kvm-harvest-baseline: guest error: %s\n", err);

@@ -408,6 +408,18 @@ export class KvmVm {
   getVcpuState(index: number, out: Uint8Array): number { return this.call(() => this.native.getVcpuState(this.handle, index, out)); }
   setVcpuState(index: number, src: Uint8Array): void { this.call(() => this.native.setVcpuState(this.handle, index, src)); }
   grantWrites(n: number): void { this.call(() => this.native.grantWrites(this.handle, n)); }
+  /**
+   * Benchmark reference, not a harvest path: runs `rounds` rounds of the plain C harvest loop on this
+   * guest (grant `pages` writes to every vCPU, wait for them, pause, drain + reset timed in C, resume),
+   * so bench:harvest can set the Node path against C on the same guest and threads. The guest must
+   * have been created with a write allowance (maxWritesPerVcpu) and be started.
+   */
+  harvestRoundsInC(pages: number, rounds: number, slots: Uint32Array, offsets: Uint32Array): { us: Float64Array; seen: Float64Array } {
+    const us = new Float64Array(rounds);
+    const seen = new Float64Array(rounds);
+    this.call(() => this.native.harvestRounds(this.handle, pages, rounds, slots, offsets, us, seen));
+    return { us, seen };
+  }
   /** Per vCPU [loops, pagesWritten] at out[2i], out[2i+1]; allocates `out` when omitted. */
   guestCounters(out: Float64Array = new Float64Array(2 * this.vcpus)): Float64Array {
     this.call(() => this.native.guestCounters(this.handle, out));

@@ -159,4 +159,10 @@ export interface NativeBinding {
   /** CRC-32C (Castagnoli) of `data`, as Kafka record batches carry it; `tableOnly` skips the crc32 instruction. */
   crc32c(data: Uint8Array, tableOnly: boolean): number;
   threadCpuMs(): number;
+  /**
+   * The benchmark's plain C harvest loop on this guest (src/harvest-rounds.c): `rounds` times, grants
+   * `pages` writes to every vCPU, waits until they are written, pauses, drains into the arrays and
+   * resets, resumes; us[r] and seen[r] get round r's drain+reset microseconds and entries.
+   */
+  harvestRounds(vm: NativeVm, pages: number, rounds: number, slots: Uint32Array, offsets: Uint32Array, us: Float64Array, seen: Float64Array): void;
 }

@@ -59,9 +59,9 @@ export function hostDashboard(): Dashboard {
     .withRow(row('Dirty rings'))
     .withPanel(timeseries({
       title: 'Dirty rate',
-      description: 'Dirty pages each harvester collects per second (valid ring entries or bitmap bits): each guest\'s write load. The busiest guests have the largest epochs and longest drains.',
+      description: 'Valid dirty-ring entries (or bitmap bits) each harvester drains per second: each guest\'s write load. The busiest guests have the largest epochs and longest drains. Entries, not pages: a host that logs every store (kvm-pvm) logs a page once per write, so entries can exceed pages many times over; the pages copied are on the VM dashboard.',
       queries: [{ expr: rate('ckpt_harvester_ring_entries_harvested_total', I, EACH), legend: LEGEND }],
-      unit: UNIT.perSecond('pages'), min: 0, legendTable: true,
+      unit: UNIT.perSecond('entries'), min: 0, legendTable: true,
     }))
     .withPanel(timeseries({
       title: 'Ring-full exits and reliefs',

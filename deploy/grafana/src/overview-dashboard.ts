@@ -257,7 +257,7 @@ export function overviewDashboard(): Dashboard {
     .withRow(row('Restores'))
     .withPanel(stat({
       title: 'Restores by outcome (range)',
-      description: `Failover restores in the selected range by outcome: refused-stale and refused-digest protected a guest from a bad image; error needs the restorer logs. ${RESTORES_SEEN}`,
+      description: `Failover restores in the selected range by outcome: refused-stale and refused-digest protected a guest from a bad image; error needs the restorer logs. A restore that ended before its restorer's first scrape is not counted (increase() needs a sample before it); "Last successful restore" and the restorer's log still show it. ${RESTORES_SEEN}`,
       queries: [{ expr: 'sum by (outcome) (increase(ckpt_restorer_restores_total[$__range]))', legend: '{{outcome}}', instant: true }],
       unit: UNIT.count, steps: NEUTRAL, decimals: 0, noValue: 'none', width: 6,
     }))
@@ -269,7 +269,7 @@ export function overviewDashboard(): Dashboard {
     }))
     .withPanel(stat({
       title: 'Restore duration p99',
-      description: `Time to read, verify and hand over an image (fence to release), 99th percentile of the failover restores over the selected range: the restore part of the RTO. ${RESTORES_SEEN}`,
+      description: `Time to read, verify and hand over an image (fence to release), 99th percentile of the failover restores over the selected range: the restore part of the RTO. Like the outcomes, it misses a restore that ended before its restorer's first scrape; the restorer's log has its duration. ${RESTORES_SEEN}`,
       queries: [{ expr: 'histogram_quantile(0.99, sum by (le) (rate(ckpt_restorer_duration_seconds_bucket[$__range])))', instant: true }],
       unit: UNIT.seconds, steps: NEUTRAL, noValue: 'no restores', width: 6,
     }))

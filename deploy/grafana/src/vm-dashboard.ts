@@ -35,7 +35,7 @@ export function vmDashboard(): Dashboard {
     }))
     .withPanel(stat({
       title: 'Epochs behind',
-      description: 'Epochs of this VM on the topic that the standby has not applied yet. More than a few: the replicator cannot keep up with this VM.',
+      description: 'Epochs of this VM on the topic that the standby has not applied yet. More than a few: the replicator cannot keep up with this VM. Yellow from 3 and red from 20 are early warnings for this screen; the alert CkptReplicationLagHigh pages at 200 (docs/alerts.md).',
       queries: [{ expr: lagEpochs(VM) }],
       unit: UNIT.count, steps: below(3, 20), decimals: 0,
     }))
@@ -122,9 +122,12 @@ export function vmDashboard(): Dashboard {
     }))
     .withPanel(timeseries({
       title: 'Dirty rate',
-      description: 'Dirty pages the harvester collects per second (valid ring entries or bitmap bits): the guest\'s write load, which sets the epoch size and the drain time.',
-      queries: [{ expr: rate('ckpt_harvester_ring_entries_harvested_total', VM), legend: 'dirty pages' }],
-      unit: UNIT.perSecond('pages'), min: 0,
+      description: 'The guest\'s write load: pages copied into epochs per second (baselines included, so a baseline shows as a spike) and valid dirty-ring entries (or bitmap bits) drained per second, which set the drain time. On a host that logs every store (kvm-pvm) a page is logged once per write, so entries can exceed pages many times over.',
+      queries: [
+        { expr: rate('ckpt_harvester_pages_harvested_total', VM), legend: 'pages copied' },
+        { expr: rate('ckpt_harvester_ring_entries_harvested_total', VM), legend: 'ring entries' },
+      ],
+      unit: UNIT.perSecond('events'), min: 0,
     }))
     .withPanel(timeseries({
       title: 'Bytes harvested and published',

@@ -35,6 +35,8 @@ export const EPOCH_KINDS = ['baseline', 'delta'] as const;
 export const BACKPRESSURE_CAUSES = ['in-flight', 'replication-window'] as const;
 
 const LATENCY_BUCKETS = [50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1];
+/** Produce latency reaches the publish timeout (30 s) when Kafka is in trouble: the buckets go that far. */
+const PRODUCE_BUCKETS = [1e-3, 2e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1, 2.5, 5, 10, 30];
 const BYTE_BUCKETS = [4096, 65536, 262144, 1 << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20, 1 << 30];
 
 /**
@@ -71,7 +73,7 @@ export function createHarvesterMetrics(options: { defaultMetrics?: boolean; vm?:
     epochBytes: new Histogram({ name: 'ckpt_harvester_epoch_bytes', help: 'Page data bytes per epoch (zero pages excluded)', buckets: BYTE_BUCKETS, registers }),
     verifyMismatches: new Counter({ name: 'ckpt_harvester_verify_mismatches_total', help: 'Pages found wrong by --verify (content, missed writes, digest)', registers }),
     bytesPublished: new Counter({ name: 'ckpt_harvester_published_bytes_total', help: 'Bytes of epoch records acknowledged by Kafka (record values, after compression)', registers }),
-    produceSeconds: new Histogram({ name: 'ckpt_harvester_produce_seconds', help: 'Kafka produce latency per record (send to acks=all acknowledgement)', buckets: LATENCY_BUCKETS, registers }),
+    produceSeconds: new Histogram({ name: 'ckpt_harvester_produce_seconds', help: 'Kafka produce latency per record (send to acks=all acknowledgement)', buckets: PRODUCE_BUCKETS, registers }),
     produceErrors: new Counter({ name: 'ckpt_harvester_produce_errors_total', help: 'Failed produce attempts (each is retried until the publish timeout)', registers }),
     inFlightBytes: new Gauge({ name: 'ckpt_harvester_in_flight_bytes', help: 'Bytes queued for Kafka or sent and not yet acknowledged', registers }),
     backpressureSeconds,

@@ -8,11 +8,9 @@
 import type { Logger } from '@ckpt/common';
 import { batchPages, decodeEpochRecord, WireError, type EpochBegin, type EpochRecord, type PageBatch } from '@ckpt/proto';
 import { validVmId, type Assembly, type StandbyMeta, type StandbyStore } from '@ckpt/standby';
-import type { ReplicatorMetrics } from './metrics.ts';
+import type { DeadLetterReason, GapReason, ReplicatorMetrics } from './metrics.ts';
 
-export type DeadLetterReason =
-  | 'malformed' | 'schema-version' | 'invalid' | 'oversize' | 'bad-vm-id' | 'key-mismatch'
-  | 'layout-mismatch' | 'old-generation' | 'duplicate' | 'out-of-order' | 'unknown-epoch';
+export type { DeadLetterReason } from './metrics.ts';
 
 export interface ReplicaHooks {
   /** Parks the record being handled on the dead-letter topic. */
@@ -364,7 +362,7 @@ export class Applier {
    * another member moved the VM on meanwhile, nothing is marked and StaleCache makes the caller reload
    * and handle the record again.
    */
-  private async breakContinuity(r: VmReplica, reason: string, detail: string): Promise<void> {
+  private async breakContinuity(r: VmReplica, reason: GapReason, detail: string): Promise<void> {
     if (!await this.store.markStale(r.vm, `${reason}: ${detail}`, { meta: r.meta, asm: r.asm })) {
       throw new StaleCache(`state of ${r.vm} changed under this replicator`);
     }

@@ -1,5 +1,9 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
+/** The values of `outcome` on ckpt_restorer_restores_total. */
+export const RESTORE_OUTCOMES = ['ok', 'ok-stale', 'refused-stale', 'refused-digest', 'error'] as const;
+export type RestoreOutcome = typeof RESTORE_OUTCOMES[number];
+
 /** Every metric the restorer exports (`ckpt_restorer_*`). */
 export interface RestorerMetrics {
   registry: Registry;
@@ -14,11 +18,14 @@ export function createRestorerMetrics(options: { defaultMetrics?: boolean } = {}
   const registry = new Registry();
   if (options.defaultMetrics) collectDefaultMetrics({ register: registry });
   const registers = [registry];
+  // Every outcome exists at 0 from the start, so a restore that ends after the first scrape counts in increase().
+  const restores = new Counter({ name: 'ckpt_restorer_restores_total', help: 'Restores by outcome: ok, ok-stale, refused-stale, refused-digest, error', labelNames: ['outcome'], registers });
+  for (const outcome of RESTORE_OUTCOMES) restores.inc({ outcome }, 0);
   return {
     registry,
     durationSeconds: new Histogram({ name: 'ckpt_restorer_duration_seconds', help: 'Time to read, verify and hand over one image (fence to release)', buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120], registers }),
     bytes: new Counter({ name: 'ckpt_restorer_bytes_total', help: 'Guest memory bytes restored and verified', registers }),
-    restores: new Counter({ name: 'ckpt_restorer_restores_total', help: 'Restores by outcome: ok, ok-stale, refused-stale, refused-digest, error', labelNames: ['outcome'], registers }),
+    restores,
     throughput: new Gauge({ name: 'ckpt_restorer_throughput_bytes_per_second', help: 'Guest memory bytes per second of the last successful restore (read, verify, hand over)', registers }),
     lastSuccess: new Gauge({ name: 'ckpt_restorer_last_success_timestamp_seconds', help: 'Unix time the last successful restore finished', registers }),
   };

@@ -10,7 +10,7 @@ import { hostname } from 'node:os';
 import { CkptError, silentLogger, type Logger } from '@ckpt/common';
 import type { SlotInfo } from '@ckpt/proto';
 import { CHUNK_PAGES, ChunkDigest, type StandbyMeta, type StandbyStore } from '@ckpt/standby';
-import type { RestorerMetrics } from './metrics.ts';
+import type { RestoreOutcome, RestorerMetrics } from './metrics.ts';
 
 /** The image's layout, given to a target before any page. */
 export interface ImageLayout {
@@ -86,7 +86,7 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
   const ttl = opts.fenceTtlMs ?? 10_000;
   // Says who holds the fence, for whoever has to wait for it (see fenceHolder()).
   const token = `restore-${hostname()}-${process.pid}-${randomBytes(6).toString('hex')}`;
-  let outcome = 'error';
+  let outcome: RestoreOutcome = 'error';
   let fenced = false;
   let refresher: NodeJS.Timeout | undefined;
   let fenceLost = false;

@@ -84,6 +84,18 @@ function drainAndReset(vm: KvmVm, slots: Uint32Array, offsets: Uint32Array): num
   return n;
 }
 
+/** One Node-path round: grant `pages` writes, wait until `target` are written, pause, time drain+reset (ns), resume. */
+function timedRound(vm: KvmVm, pages: number, target: number, slots: Uint32Array, offsets: Uint32Array, counters: Float64Array): { ns: number; n: number } {
+  vm.grantWrites(pages);
+  waitWritten(vm, target, counters);
+  vm.pause();
+  const t0 = process.hrtime.bigint();
+  const n = drainAndReset(vm, slots, offsets);
+  const t1 = process.hrtime.bigint();
+  vm.resume();
+  return { ns: Number(t1 - t0), n };
+}
+
 /**
  * Median drain+reset time (us) per round of `pages` fresh dirty pages through the Node path, for
  * each of the given guests (ring sizes; 0 = bitmap). The guests exist side by side and take turns
@@ -112,17 +124,10 @@ function nodeHarvest(memBytes: number, pages: number, rounds: number, ringEntrie
       vm.resume();
     }
     const round = (i: number, timed: boolean): void => {
-      const vm = vms[i]!;
-      vm.grantWrites(pages);
       written[i]! += pages;
-      waitWritten(vm, written[i]!, counters);
-      vm.pause();
-      const t0 = process.hrtime.bigint();
-      const n = drainAndReset(vm, slots, offsets);
-      const t1 = process.hrtime.bigint();
-      vm.resume();
+      const { ns, n } = timedRound(vms[i]!, pages, written[i]!, slots, offsets, counters);
       if (timed) {
-        times[i]!.push(Number(t1 - t0) / 1000);
+        times[i]!.push(ns / 1000);
         seen[i] = n;
       }
     };
@@ -155,16 +160,10 @@ function sameGuestHarvest(memBytes: number, pages: number, rounds: number, ringE
   let written = 1;
   let seen = 0;
   const nodeRound = (timed: boolean): void => {
-    vm.grantWrites(pages);
     written += pages;
-    waitWritten(vm, written, counters);
-    vm.pause();
-    const t0 = process.hrtime.bigint();
-    const n = drainAndReset(vm, slots, offsets);
-    const t1 = process.hrtime.bigint();
-    vm.resume();
+    const { ns, n } = timedRound(vm, pages, written, slots, offsets, counters);
     if (timed) {
-      node.push(Number(t1 - t0) / n);
+      node.push(ns / n);
       seen = n;
     }
   };

@@ -57,18 +57,27 @@ async function pausedRounds(vm: KvmVm, K: number, rounds: number, fn: (round: nu
   }
 }
 
+/** A sequential guest whose vCPUs each write `k` pages per grant, with room in its rings for a round. */
+function grantedGuest(vcpus: number, k: number): Parameters<typeof withVm>[0] {
+  return { slotBytes: [MEM], vcpus, ringEntries: 16384, workload: 'sequential', ratePagesPerSec: 0, maxWritesPerVcpu: k, tickUs: 2000 };
+}
+
+/** The region pages such a guest writes in its grant number `round` (0-based). */
+function grantedPages(vcpus: number, k: number, round: number): Set<number> {
+  const expected = new Set<number>();
+  for (let v = 0; v < vcpus; v++) for (const p of expectedPages('sequential', REGION_PAGES, vcpus, v, 1, k, k * round)) expected.add(p);
+  return expected;
+}
+
 test('ring mode: drain returns exactly the pages the guest wrote, round after round', async (t) => {
   if (!needKvm(t)) return;
   const K = 300;
   const vcpus = 2;
-  await withVm({
-    slotBytes: [MEM], vcpus, ringEntries: 16384, workload: 'sequential', ratePagesPerSec: 0, maxWritesPerVcpu: K, tickUs: 2000,
-  }, async (vm) => {
+  await withVm(grantedGuest(vcpus, K), async (vm) => {
     await pausedRounds(vm, K, 3, (round) => {
       const h = drainAll(vm, 1000); // a small array: several drain() calls per harvest
       const { region, reserved } = splitRegion(h);
-      const expected = new Set<number>();
-      for (let v = 0; v < vcpus; v++) for (const p of expectedPages('sequential', REGION_PAGES, vcpus, v, 1, K, K * round)) expected.add(p);
+      const expected = grantedPages(vcpus, K, round);
       assert.ok(sortedEqual(region, expected), `round ${round}: region pages differ (${region.size} vs ${expected.size})`);
       for (const p of reserved) assert.ok(p < REGION_FIRST_PAGE);
       // The status pages are written every loop.
@@ -124,9 +133,7 @@ test('harvestRoundsInC (the bench\'s plain C loop) harvests exactly the granted 
   if (!needKvm(t)) return;
   const K = 300;
   const vcpus = 2;
-  await withVm({
-    slotBytes: [MEM], vcpus, ringEntries: 16384, workload: 'sequential', ratePagesPerSec: 0, maxWritesPerVcpu: K, tickUs: 2000,
-  }, async (vm) => {
+  await withVm(grantedGuest(vcpus, K), async (vm) => {
     vm.start();
     await waitWritten(vm, K);
     vm.pause();
@@ -144,8 +151,7 @@ test('harvestRoundsInC (the bench\'s plain C loop) harvests exactly the granted 
     }
     // The arrays hold the last round: exactly the pages granted last.
     const region = new Set(Array.from(offsets.subarray(0, seen[2])).filter((x) => x >= REGION_FIRST_PAGE).map((x) => x - REGION_FIRST_PAGE));
-    const expected = new Set<number>();
-    for (let v = 0; v < vcpus; v++) for (const p of expectedPages('sequential', REGION_PAGES, vcpus, v, 1, K, K * 3)) expected.add(p);
+    const expected = grantedPages(vcpus, K, 3);
     assert.ok(sortedEqual(region, expected), `last round: region pages differ (${region.size} vs ${expected.size})`);
     const st = vm.stats();
     assert.equal(st.entriesMarkedReset, st.resetReturnedTotal, 'every round reset what it drained');

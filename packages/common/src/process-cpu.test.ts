@@ -12,12 +12,17 @@ test('processCpuMs follows a busy process and agrees with its own count; a gone 
   const fromProc = processCpuMs(process.pid);
   assert.ok(fromProc !== null);
   assert.ok(Math.abs(fromProc - (own.user + own.system) / 1000) < 50, `/proc ${fromProc} ms, cpuUsage ${(own.user + own.system) / 1000} ms`);
-  // Another process, busy for about 400 ms of CPU: it shows, and an idle wait does not add to it.
-  const child = spawn(process.execPath, ['-e', 'const e = Date.now() + 400; let x = 0; while (Date.now() < e) x += Math.sqrt(x + 1); setTimeout(() => {}, 60_000);']);
+  // Another process, busy until its own count says 400 ms of CPU (on a loaded machine that takes
+  // longer than 400 ms): it shows, and an idle wait does not add to it.
+  const child = spawn(process.execPath, ['-e',
+    'let x = 0; for (;;) { const u = process.cpuUsage(); if (u.user + u.system >= 400e3) break; for (let i = 0; i < 1e5; i++) x += Math.sqrt(x + 1); } process.stdout.write("busy done\\n"); setTimeout(() => {}, 60_000);']);
   try {
-    await new Promise((r) => setTimeout(r, 900));
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('the child did not finish 400 ms of CPU in 30 s')), 30_000);
+      child.stdout.on('data', (d: Buffer) => { if (d.toString().includes('busy done')) { clearTimeout(timer); resolve(); } });
+    });
     const busy = processCpuMs(child.pid!);
-    assert.ok(busy !== null && busy >= 300, `child used ${busy} ms`);
+    assert.ok(busy !== null && busy >= 380, `child used ${busy} ms`);
     await new Promise((r) => setTimeout(r, 300));
     const idle = processCpuMs(child.pid!)! - busy;
     assert.ok(idle < 100, `an idle child used ${idle} ms`);

@@ -42,13 +42,16 @@
 
 /*
  * Workload region: page i at GUEST_REGION_GPA + i * 4096, ending at the end of guest memory or at
- * 4 GiB, whichever comes first: regionPages = min(totalPages, 1048576) - 1024 (docs/guest-program.md;
- * the simulator uses the same formula). Memory above 4 GiB is mapped, logged and harvested, but the
- * workload does not write it.
+ * GUEST_REGION_END_GPA, whichever comes first: regionPages = min(totalPages, 1043456) - 1024
+ * (docs/guest-program.md; the simulator uses the same formula). GUEST_REGION_END_GPA is the bottom of
+ * x86's APIC window (IOAPIC at 0xfec00000, local APIC at 0xfee00000): KVM turns a guest write there
+ * into an MMIO exit even where a memslot maps the page, so a workload reaching it stopped its vCPU.
+ * Memory from there up is mapped, logged and harvested, but the workload does not write it.
  */
 #define GUEST_REGION_GPA 0x400000ULL
 #define GUEST_RESERVED_PAGES (GUEST_REGION_GPA / GUEST_PAGE_SIZE)
-#define GUEST_REGION_END_MAX_PAGES 1048576ULL
+#define GUEST_REGION_END_GPA 0xFEC00000ULL
+#define GUEST_REGION_END_MAX_PAGES (GUEST_REGION_END_GPA / GUEST_PAGE_SIZE)
 
 #ifndef __ASSEMBLER__
 /* The workload region's size in pages for a guest of `total_pages` pages. */

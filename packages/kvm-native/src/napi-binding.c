@@ -781,6 +781,7 @@ static napi_value guest_layout(napi_env env) {
   set_number_prop(env, o, "stacksGpa", (double)GUEST_STACKS_GPA);
   set_number_prop(env, o, "stackBytes", (double)GUEST_STACK_BYTES);
   set_number_prop(env, o, "regionGpa", (double)GUEST_REGION_GPA);
+  set_number_prop(env, o, "regionEndGpa", (double)GUEST_REGION_END_GPA);
   set_number_prop(env, o, "probeGpa", (double)GUEST_PROBE_GPA);
   set_number_prop(env, o, "maxVcpus", GUEST_MAX_VCPUS);
   set_number_prop(env, o, "stampMagic", GUEST_STAMP_MAGIC);

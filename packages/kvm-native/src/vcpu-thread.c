@@ -202,7 +202,7 @@ static int handle_exit(struct vcpu *v, uint32_t reason) {
     vcpu_fatal(v, "KVM_EXIT_INTERNAL_ERROR: suberror %u", run->internal.suberror);
     return -1;
   case KVM_EXIT_MMIO:
-    vcpu_fatal(v, "KVM_EXIT_MMIO: %s of %u bytes at GPA 0x%llx, outside guest memory",
+    vcpu_fatal(v, "KVM_EXIT_MMIO: %s of %u bytes at GPA 0x%llx, which KVM does not treat as guest RAM (outside the memslots, or x86's APIC window 0xfec00000-0xfeffffff)",
                run->mmio.is_write ? "write" : "read", run->mmio.len, (unsigned long long)run->mmio.phys_addr);
     return -1;
   case KVM_EXIT_HLT:

@@ -347,8 +347,9 @@ export class KvmVm {
     checkRing(ringEntries, probe, devPath);
     const workload = resolveWorkload(opts.workload ?? KVM_VM_DEFAULTS.workload);
     const totalPages = slotBytes.reduce((a, b) => a + b, 0) / probe.pageSize;
-    // docs/guest-program.md: regionPages = min(totalPages, 1048576) - 1024.
-    const regionPages = Math.max(1, Math.min(Math.floor(totalPages), 1048576) - 1024);
+    // docs/guest-program.md: regionPages = min(totalPages, regionEndGpa / 4096) - 1024.
+    const layout = native.guestLayout;
+    const regionPages = Math.max(1, Math.min(Math.floor(totalPages), layout.regionEndGpa / probe.pageSize) - layout.regionGpa / probe.pageSize);
     const options: NativeVmOptions = {
       devPath,
       slotBytes,

@@ -101,6 +101,8 @@ export interface NativeBinding {
     stacksGpa: number;
     stackBytes: number;
     regionGpa: number;
+    /** The workload region ends here at the latest (x86's APIC window starts here). */
+    regionEndGpa: number;
     probeGpa: number;
     maxVcpus: number;
     stampMagic: number;

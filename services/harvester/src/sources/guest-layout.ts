@@ -11,14 +11,16 @@ export const GUEST_LAYOUT = Object.freeze({
   stacksGpa: 0x110000,
   stackBytes: 0x4000,
   regionGpa: 0x400000,
+  /** The workload region ends here at the latest: x86's APIC window, where KVM turns writes into MMIO exits. */
+  regionEndGpa: 0xfec00000,
   /** The host makes KVM log this page to prove a ring seen full (the guest never touches it). */
   probeGpa: 0xff000,
   maxVcpus: 64,
   stampMagic: 0x4b43,
 });
 
-/** The workload region ends at 4 GiB of guest-physical memory, so page indexes stay 32-bit (in 4 KiB pages). */
-export const GUEST_REACH_PAGES = (4 * 1024 * 1024 * 1024) / 4096;
+/** The workload region ends below x86's APIC window, so it stays under 4 GiB and page indexes stay 32-bit (in 4 KiB pages). */
+export const GUEST_REACH_PAGES = GUEST_LAYOUT.regionEndGpa / 4096;
 
 /** Smallest slot 0 the guest program fits in. */
 export const MIN_SLOT0_BYTES = 8 * 1024 * 1024;

@@ -100,7 +100,7 @@ export class SimSource implements DirtySource {
       return s;
     });
     this.regionFirstPage = GUEST_LAYOUT.regionGpa / this.pageSize;
-    // The workload region ends at 4 GiB (docs/guest-program.md).
+    // The workload region ends below x86's APIC window at 0xfec00000 (docs/guest-program.md).
     const regionPages = Math.min(firstPage, GUEST_REACH_PAGES) - this.regionFirstPage;
     if (regionPages <= 0) throw new RangeError('guest memory is smaller than the reserved area');
     if (options.workload === 'hotset' && (options.hotPages < 1 || options.hotPages > regionPages)) {

@@ -25,15 +25,28 @@ Fails over a running guest and proves nothing committed was lost. Starts the Kaf
 harvester; kills the primary (-9) at a random moment; restores the standby from Redis, resumes it on a
 fresh KVM VM, and checks every byte against the last committed epoch. Reports RPO and RTO.`;
 
+/** How long Ctrl-C waits for the scenario's clean-up before exiting anyway. */
+const CLEANUP_DEADLINE_MS = 20_000;
+
 async function main(): Promise<number> {
   const cfg = commandConfig('drill', SCHEMA, USAGE, process.argv.slice(2));
   if (typeof cfg === 'number') return cfg;
   const say = (s: string): void => void process.stderr.write(s + '\n');
   let interrupted = false;
   const onSignal = (sig: string): void => {
-    if (interrupted) return;
+    // A second Ctrl-C, or a clean-up that hangs, still ends the drill (the servers it started were
+    // killed at the first signal by the child registry; a clean-up cut short can leave a data directory).
+    if (interrupted) {
+      say(`drill: ${sig} again: exiting without finishing the clean-up`);
+      process.exit(130);
+    }
     interrupted = true;
-    say(`drill: ${sig}: stopping and cleaning up`);
+    say(`drill: ${sig}: stopping and cleaning up (again to exit at once)`);
+    const deadline = setTimeout(() => {
+      say(`drill: the clean-up took more than ${CLEANUP_DEADLINE_MS / 1000} s: exiting without it`);
+      process.exit(130);
+    }, CLEANUP_DEADLINE_MS);
+    deadline.unref();
     void Promise.all([...running].map((c) => c().catch(() => undefined))).finally(() => process.exit(130));
   };
   process.on('SIGINT', () => onSignal('SIGINT'));

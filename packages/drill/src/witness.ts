@@ -143,11 +143,17 @@ export class Witness {
     }).finally(() => { this.replacing = false; });
   }
 
-  async stop(): Promise<void> {
+  /**
+   * Disconnects, waiting at most `waitMs` for kafkajs: with the broker gone (Ctrl-C kills it first),
+   * its fetch loop retries for up to RETRY's 1000 attempts and disconnect() waits for that loop.
+   */
+  async stop(waitMs = 3000): Promise<void> {
     this.stopped = true;
     if (this.watchdog) clearInterval(this.watchdog);
-    await this.consumer.disconnect().catch(() => undefined);
-    await this.admin?.disconnect().catch(() => undefined);
+    const done = Promise.all([this.consumer.disconnect(), this.admin?.disconnect()]).catch(() => undefined);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([done, new Promise<void>((r) => { timer = setTimeout(r, waitMs); })]);
+    clearTimeout(timer);
   }
 
   /** Takes one record of the VM (public for tests). */

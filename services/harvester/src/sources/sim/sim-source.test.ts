@@ -101,6 +101,14 @@ test('hostile entries are dropped and counted, valid ones still come through', (
   assert.equal(s.reset(), got.length + 8, 'the kernel resets the dropped entries too');
 });
 
+test('a slot of 2^32 pages or more is refused with a clear error (its page numbers would not fit 32 bits; it hung)', () => {
+  const TiB = 2 ** 40;
+  assert.throws(() => sim({ slotBytes: [32 * TiB] }),
+    (e: Error) => e instanceof RangeError && /slot 0 would hold 8589934592 pages.*--slots/.test(e.message));
+  // Split over slots, the same guest is fine.
+  assert.deepEqual(sim({ slotBytes: [8 * TiB, 8 * TiB, 8 * TiB, 8 * TiB] }).slots.map((x) => x.pages), [2 ** 31, 2 ** 31, 2 ** 31, 2 ** 31]);
+});
+
 test('a 16 TiB sparse guest costs memory only for written pages; the workload writes below 4 GiB', () => {
   const c = fakeClock();
   const s = sim({ slotBytes: [3 * 1024 * MiB, 16 * 1024 * 1024 * MiB - 3 * 1024 * MiB], vcpus: 2, workload: 'random', ratePagesPerSec: 10000 }, c);

@@ -1,6 +1,9 @@
 import { SparseImage } from '@ckpt/common';
 import type { DirtySource, SlotInfo, SourceStats } from '../dirty-source.ts';
 import { GUEST_LAYOUT, GUEST_REACH_PAGES } from '../guest-layout.ts';
+
+/** Page offsets within a slot are 32-bit (Uint32Array), as in KVM's dirty-ring entries' use here. */
+const MAX_SLOT_PAGES = 2 ** 32 - 1;
 import { F_DIRTY, parseRing, type ParseResult } from '../ring-parse.ts';
 import { SimRing } from './sim-ring.ts';
 import { WorkloadCursor, writeStamp, type WorkloadName } from '@ckpt/common';
@@ -93,6 +96,10 @@ export class SimSource implements DirtySource {
     this.slotFirstPage = [];
     this.slots = options.slotBytes.map((bytes, id) => {
       const pages = Math.floor(bytes / this.pageSize);
+      // Ring entries and harvested offsets are 32-bit page numbers within a slot, as KVM's are.
+      if (pages > MAX_SLOT_PAGES) {
+        throw new RangeError(`slot ${id} would hold ${pages} pages, more than the ${MAX_SLOT_PAGES} (2^32 - 1) whose numbers fit in a ring entry's 32-bit offset here (just under ${Math.round((2 ** 32 * this.pageSize) / 2 ** 40)} TiB of ${this.pageSize}-byte pages): split the guest with --slots`);
+      }
       const s = { id, pages, gpa: firstPage * this.pageSize };
       this.slotPages.push(pages);
       this.slotFirstPage.push(firstPage);

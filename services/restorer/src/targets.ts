@@ -3,8 +3,8 @@
  * larger than RAM), raw files per slot plus the vCPU state as JSON, or a fresh KVM VM with that memory
  * and vCPU state, ready to resume.
  */
-import { closeSync, ftruncateSync, mkdirSync, openSync, renameSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, renameSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { CkptError, isZeroPage, SparseImage } from '@ckpt/common';
 import { KvmVm } from '@ckpt/kvm-native';
 import type { ImageLayout, RestoredImage, RestoreTarget } from './restore-image.ts';
@@ -62,6 +62,20 @@ export interface VcpuStateFile {
 }
 
 /**
+ * mkdir -p without Node's recursive mkdirSync, which loops for good under /proc (mkdirSync('/proc/x',
+ * { recursive: true }) never returns on Linux): creates the missing directories from the nearest
+ * existing one down, so a path that cannot be made fails with that mkdir's error.
+ */
+function makeDirs(dir: string): void {
+  const missing: string[] = [];
+  for (let d = resolve(dir); !existsSync(d); d = dirname(d)) {
+    missing.push(d);
+    if (dirname(d) === d) break;
+  }
+  for (const d of missing.reverse()) mkdirSync(d);
+}
+
+/**
  * Raw, sparse memory images `<vm>.slot<id>.raw` and `<vm>.vcpus.json` in `dir`. Written under
  * `.partial` names and renamed into place only once the image verified.
  */
@@ -75,7 +89,7 @@ export class FileTarget implements RestoreTarget {
   open(l: ImageLayout): void {
     this.pageSize = l.pageSize;
     try {
-      mkdirSync(this.dir, { recursive: true });
+      makeDirs(this.dir);
     } catch (err) {
       throw new CkptError('CKPT_ERR_RESTORE_OUTPUT', `cannot create the output directory ${this.dir}: ${(err as Error).message}`, { cause: err });
     }

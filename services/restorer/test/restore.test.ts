@@ -421,3 +421,20 @@ test('NEGATIVE: npm run restore --resume-ms on a host without that KVM device: a
   const help = restoreCli(['--help']);
   for (const flag of ['--dev-path', '--out']) assert.ok(String(help.stdout).includes(flag), `the hint names an option restore has: ${flag}`);
 });
+
+test('an output directory that cannot be made is a clear CKPT_ERR_RESTORE_OUTPUT at once (under /proc, Node\'s recursive mkdir looped for good)', () => {
+  // In a child with a deadline: a regression loops synchronously, which no in-process timeout stops.
+  const code = `
+    import { FileTarget } from '${fileURLToPath(new URL('../src/index.ts', import.meta.url))}';
+    const layout = { vm: 'vm-a', pageSize: 4096, slots: [{ id: 0, pages: 1 }], vcpus: 1 };
+    for (const dir of ['/proc/nope', '/proc/nope/deeper']) {
+      try { new FileTarget(dir).open(layout); console.log('opened ' + dir); } catch (e) { console.log(e.code + ' ' + e.message); }
+    }`;
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.signal, null, `the check did not finish in 30 s: ${r.stderr}`);
+  const lines = r.stdout.trim().split('\n');
+  assert.equal(lines.length, 2, r.stdout + r.stderr);
+  for (const [i, dir] of ['/proc/nope', '/proc/nope/deeper'].entries()) {
+    assert.ok(lines[i]!.startsWith('CKPT_ERR_RESTORE_OUTPUT ') && lines[i]!.includes(dir), lines[i]);
+  }
+});

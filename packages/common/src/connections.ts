@@ -108,6 +108,25 @@ export function commandRedisOptions(name: string, s: RedisSettings, url: string)
   }
 }
 
+/**
+ * connect() of a lazyConnect ioredis client. After its retries ioredis rejects with "Connection is
+ * closed.", which hides why; this rejects with the connection's own last error instead (ECONNREFUSED,
+ * ENOTFOUND, WRONGPASS, ...), the original as its cause.
+ */
+export async function connectWithCause(client: { connect(): Promise<unknown>; on(ev: 'error', f: (e: Error) => void): unknown; off(ev: 'error', f: (e: Error) => void): unknown }): Promise<void> {
+  let last: Error | null = null;
+  const onError = (e: Error): void => { last = e; };
+  client.on('error', onError);
+  try {
+    await client.connect();
+  } catch (err) {
+    const cause = last as Error | null;
+    throw new Error(cause?.message || (err as Error).message, { cause: err });
+  } finally {
+    client.off('error', onError);
+  }
+}
+
 /** One kafkajs log entry, as kafkajs hands it to a logCreator. */
 interface KafkaLogEntry { namespace: string; level: number; label?: string; log: { message: string; timestamp?: string; stack?: string; [k: string]: unknown } }
 

@@ -6,7 +6,7 @@
  * cannot be done, 2 on bad options.
  */
 import { Redis } from 'ioredis';
-import { commandConfig, commandRedisOptions, REDIS_SCHEMA, redactUrl, vmIdProblem, type Schema } from '@ckpt/common';
+import { commandConfig, commandRedisOptions, connectWithCause, REDIS_SCHEMA, redactUrl, vmIdProblem, type Schema } from '@ckpt/common';
 import { StandbyStore } from './standby-store.ts';
 
 const SCHEMA = {
@@ -44,7 +44,7 @@ async function main(argv: string[]): Promise<number> {
   const say = (s: string): void => void process.stderr.write(s + '\n');
   try {
     try {
-      await redis.connect();
+      await connectWithCause(redis);
     } catch (err) {
       say(`standby: cannot connect to Redis at ${redactUrl(redisOpts.url)}: ${(err as Error).message}`);
       return 1;
@@ -54,8 +54,10 @@ async function main(argv: string[]): Promise<number> {
       const now = Date.now();
       const vms = (await store.listImages()).map(({ vm, meta: m }) => (
         { vm, generation: m.generation, epoch: m.epoch, state: m.state, ageS: Math.max(0, (now - m.committedAtMs) / 1000), committedAt: new Date(m.committedAtMs).toISOString() }));
+      // The list is the answer: on stdout, so it can be piped, unless --json puts its JSON there.
+      const out = cfg.json ? say : (s: string): void => void process.stdout.write(s + '\n');
       say(`standby: ${vms.length} standby image${vms.length === 1 ? '' : 's'} under ${cfg.redisPrefix}: in ${redactUrl(redisOpts.url)}`);
-      for (const v of vms) say(`  ${v.vm}  epoch ${v.generation}/${v.epoch}  ${v.state === 'ok' ? 'fresh' : 'STALE'}  ${v.ageS.toFixed(1)} s old (committed ${v.committedAt})`);
+      for (const v of vms) out(`  ${v.vm}  epoch ${v.generation}/${v.epoch}  ${v.state === 'ok' ? 'ok' : 'STALE'}  ${v.ageS.toFixed(1)} s old (committed ${v.committedAt})`);
       if (cfg.json) process.stdout.write(JSON.stringify({ vms: vms.map((v) => ({ ...v, ageS: Number(v.ageS.toFixed(3)) })) }) + '\n');
       return 0;
     }

@@ -38,6 +38,13 @@ test('list shows every VM with a standby, its epoch, state and age', async () =>
   assert.ok(out.vms[1]!.ageS >= 60);
   assert.match(r.stderr, /2 standby images under l1:/);
   assert.match(r.stderr, /vm-b {2}epoch 7\/9 {2}STALE/);
+  // Without --json the list itself is on stdout (pipe it to grep), the heading on stderr.
+  const text = run('list', '--redis-prefix', 'l1');
+  assert.equal(text.status, 0, text.stderr);
+  assert.match(text.stdout, /^ {2}vm-a {2}epoch 7\/5 {2}ok {2}/m);
+  assert.match(text.stdout, /^ {2}vm-b {2}epoch 7\/9 {2}STALE {2}/m);
+  assert.doesNotMatch(text.stdout, /standby images under/);
+  assert.match(text.stderr, /2 standby images under l1:/);
 });
 
 test('forget deletes one VM\'s keys and nothing else; refuses while fenced; says when there is nothing', async () => {
@@ -86,4 +93,10 @@ test('bad options exit 2 and name the problem; --help exits 0', () => {
   r = run('--help');
   assert.equal(r.status, 0);
   assert.match(r.stdout, /npm run standby -- forget --vm ID/);
+});
+
+test('a Redis nobody listens on: exit 1 naming the connection\'s own error, not ioredis\'s "Connection is closed."', () => {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', CLI, 'list', '--redis-url', 'redis://127.0.0.1:1'], { encoding: 'utf8' });
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /standby: cannot connect to Redis at redis:\/\/127\.0\.0\.1:1: connect ECONNREFUSED 127\.0\.0\.1:1/);
 });

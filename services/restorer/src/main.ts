@@ -9,7 +9,7 @@
  */
 import { renameSync, writeFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
-import { CkptError, commandConfig, commandRedisOptions, createLogger, KvmError, redactUrl, startCommandMetricsServer, vmIdProblem, type MetricsServer } from '@ckpt/common';
+import { CkptError, commandConfig, commandRedisOptions, connectWithCause, createLogger, KvmError, redactUrl, startCommandMetricsServer, vmIdProblem, type MetricsServer } from '@ckpt/common';
 import { KVM_ERROR_CODES } from '@ckpt/kvm-native';
 import { StandbyStore } from '@ckpt/standby';
 import { createRestorerMetrics } from './metrics.ts';
@@ -81,7 +81,7 @@ async function main(): Promise<number> {
   try {
     if (cfg.metricsPort >= 0) server = await startCommandMetricsServer('CKPT_ERR_RESTORE_METRICS_PORT', metrics.registry, cfg.metricsPort, () => (phase === 'running' ? null : phase));
     try {
-      await redis.connect();
+      await connectWithCause(redis);
     } catch (err) {
       throw new CkptError('CKPT_ERR_REDIS_UNREACHABLE', `cannot connect to Redis at ${redactUrl(redisOpts.url)}: ${(err as Error).message}`);
     }

@@ -387,6 +387,12 @@ test('npm run restore with a malformed VM id: exit 2, a configuration error, bef
   }
 });
 
+test('npm run restore against a Redis nobody listens on names the connection\'s own error (it said only "Connection is closed.")', () => {
+  const r = restoreCli(['--vm', 'vm-a', '--redis-url', 'redis://127.0.0.1:1', '--out', tmpdir()], {});
+  assert.equal(r.status, 1, String(r.stderr));
+  assert.match(String(r.stderr), /cannot connect to Redis at redis:\/\/127\.0\.0\.1:1: connect ECONNREFUSED 127\.0\.0\.1:1/);
+});
+
 test('NEGATIVE: npm run restore --json when the restore fails: one JSON object with code and message, nulls for what is unknown', async () => {
   await buildImage('vm-cf', 2);
   const port = await new Promise<{ port: number; close: () => void }>((resolve) => {

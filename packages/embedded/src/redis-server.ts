@@ -4,7 +4,7 @@ import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CkptError } from '@ckpt/common';
-import { track } from './child-registry.ts';
+import { onExitSync, track } from './child-registry.ts';
 
 /** A free TCP port on 127.0.0.1 (bound then released; a tiny race with other processes remains). */
 export function freePort(): Promise<number> {
@@ -52,7 +52,12 @@ export class RedisServer {
   private child: ChildProcess | null = null;
   private log = '';
 
-  private constructor(readonly port: number, readonly dir: string, private readonly ownDir: boolean, private readonly opts: RedisServerOptions) {}
+  /** Removes the temp directory if this process ends (Ctrl-C included) before stop() does. */
+  private readonly forgetDir: () => void;
+
+  private constructor(readonly port: number, readonly dir: string, private readonly ownDir: boolean, private readonly opts: RedisServerOptions) {
+    this.forgetDir = ownDir ? onExitSync(() => rmSync(dir, { recursive: true, force: true })) : () => undefined;
+  }
 
   static async start(opts: RedisServerOptions = {}): Promise<RedisServer> {
     const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'ckpt-redis-'));
@@ -114,6 +119,7 @@ export class RedisServer {
     await this.crash();
     this.child = null;
     if (this.ownDir) rmSync(this.dir, { recursive: true, force: true });
+    this.forgetDir();
   }
 }
 

@@ -3,7 +3,10 @@
  * and the fault switches do what they say.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { Kafka, logLevel } from 'kafkajs';
 import { KafkaApi, KafkaErr, KafkaMock, RedisServer } from '../src/index.ts';
@@ -92,4 +95,24 @@ test('the mock keeps the newest 4 MiB of a partition with 1 MB record batches, a
     await producer.disconnect().catch(() => undefined);
     await mock.stop();
   }
+});
+
+test('Ctrl-C on a command without a signal handler of its own: the embedded redis-server dies and its temp directory goes (npm run pipeline left it)', async () => {
+  const server = fileURLToPath(new URL('../src/redis-server.ts', import.meta.url));
+  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e',
+    `import { RedisServer } from '${server}'; const s = await RedisServer.start(); console.log(s.dir + ' ' + s.pid); setInterval(() => {}, 1000);`],
+  { stdio: ['ignore', 'pipe', 'pipe'] });
+  const line = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => { out += d.toString(); if (out.includes('\n')) resolve(out.trim()); });
+    child.once('exit', (c) => reject(new Error(`exited early (${c})`)));
+  });
+  const [dir, pid] = line.split(' ');
+  assert.ok(existsSync(dir!), `${dir} exists while the server runs`);
+  child.kill('SIGINT');
+  const signal = await new Promise<NodeJS.Signals | null>((r) => child.once('exit', (_c, s) => r(s)));
+  assert.equal(signal, 'SIGINT', 'the default action still ends the process');
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z '), false, 'redis-server is gone');
+  assert.equal(existsSync(dir!), false, `${dir} was removed`);
 });

@@ -5,16 +5,17 @@
  * broker speaks neither TLS nor SASL, so the kafkajs options are checked here, as built.)
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { ConfigError } from './errors.ts';
 import { parseConfig } from './config.ts';
 import { silentLogger } from './logger.ts';
 import { KAFKA_SCHEMA, kafkaClientConfig, kafkaLogCreator, parseBrokers, redactUrl, REDIS_SCHEMA, redisClientOptions, type KafkaSettings, type RedisSettings } from './connections.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'ckpt-conn-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
 const file = (name: string, text: string): string => {
   const p = join(dir, name);
   writeFileSync(p, text);

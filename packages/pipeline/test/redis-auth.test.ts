@@ -3,7 +3,7 @@
  * from REPLICATOR_REDIS_PASSWORD_FILE and applies an epoch, and a client without it that is refused.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -19,7 +19,8 @@ test('a replicator reads the Redis password from its file and applies epochs to 
   const servers = await startServers({ partitions: 1 });
   const admin = new Redis(servers.redisUrl);
   const password = `pw-${process.pid}-${Date.now()}`;
-  const pwFile = join(mkdtempSync(join(tmpdir(), 'ckpt-auth-')), 'redis-password');
+  const pwDir = mkdtempSync(join(tmpdir(), 'ckpt-auth-'));
+  const pwFile = join(pwDir, 'redis-password');
   writeFileSync(pwFile, `${password}\n`);
   // Existing connections stay authenticated; every new one must AUTH.
   await admin.config('SET', 'requirepass', password);
@@ -52,6 +53,7 @@ test('a replicator reads the Redis password from its file and applies epochs to 
     await stopChild(replicator);
     admin.disconnect();
     await servers.stop();
+    rmSync(pwDir, { recursive: true, force: true });
   }
 });
 

@@ -35,6 +35,18 @@ out_guest="guest/out"
 out_rel="build/Release"
 mkdir -p "$out_guest" "$out_rel"
 
+# Skip the build when nothing it reads changed since the last one (every `npm run drill` and `npm test`
+# runs it): the sources, this script, the compiler, Node and its headers. CKPT_FORCE_BUILD=1 rebuilds.
+stamp="$out_rel/.inputs.sha256"
+inputs="$( (find src guest tools -path guest/out -prune -o -type f -print | LC_ALL=C sort | xargs sha256sum
+  sha256sum build.sh "$NODE_INCLUDE_DIR/node_api.h"; "$CC" --version | head -1; node --version) | sha256sum | cut -d' ' -f1)"
+outputs=("$out_rel/kvm_native.node" "$out_rel/kvm-harvest-baseline" "$out_rel/deny-kvm-cap" "$out_guest/guest.bin")
+if [[ "${CKPT_FORCE_BUILD:-0}" != 1 && -f "$stamp" && "$(cat "$stamp")" == "$inputs" ]] && ls "${outputs[@]}" >/dev/null 2>&1; then
+  echo "kvm-native build: up to date (CKPT_FORCE_BUILD=1 rebuilds)"
+  exit 0
+fi
+rm -f "$stamp"
+
 # ---- the guest: 64-bit, freestanding, general-purpose registers only (CR4.OSFXSR is clear).
 GUEST_CFLAGS=(-m64 -ffreestanding -fno-pic -fno-pie -mno-red-zone -mgeneral-regs-only -nostdlib -static -O2
   -fno-stack-protector -fcf-protection=none -fno-asynchronous-unwind-tables -Wall -Wextra -Werror -Iguest)
@@ -65,4 +77,5 @@ mv "$out_rel/kvm_native.node.tmp" "$out_rel/kvm_native.node"
 # ---- runs a program as on a kernel without given KVM capabilities (tests of the "no dirty ring" path).
 "$CC" -std=gnu11 -O2 -Wall -Wextra -Werror -o "$out_rel/deny-kvm-cap" tools/deny-kvm-cap.c
 
+echo "$inputs" > "$stamp"
 echo "kvm-native build: $out_rel/kvm_native.node, $out_rel/kvm-harvest-baseline, $out_rel/deny-kvm-cap (guest $(wc -c < "$out_guest/guest.bin") bytes)"

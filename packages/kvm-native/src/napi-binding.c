@@ -784,6 +784,7 @@ static napi_value guest_layout(napi_env env) {
   set_number_prop(env, o, "regionEndGpa", (double)GUEST_REGION_END_GPA);
   set_number_prop(env, o, "probeGpa", (double)GUEST_PROBE_GPA);
   set_number_prop(env, o, "maxVcpus", GUEST_MAX_VCPUS);
+  set_number_prop(env, o, "maxGib", (double)GUEST_MAX_GIB);
   set_number_prop(env, o, "stampMagic", GUEST_STAMP_MAGIC);
   NAPI_OK(env, napi_object_freeze(env, o));
   return o;

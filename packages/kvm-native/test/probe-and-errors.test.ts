@@ -42,7 +42,7 @@ test('the exported layout and state size match docs/guest-program.md', () => {
   const n = loadNative();
   assert.deepEqual({ ...n.guestLayout }, {
     pageTablesGpa: 0x1000, controlGpa: 0x80000, statusGpa: 0x81000, statusStride: 0x1000, codeGpa: 0x100000,
-    stacksGpa: 0x110000, stackBytes: 0x4000, regionGpa: 0x400000, regionEndGpa: 0xfec00000, probeGpa: 0xff000, maxVcpus: 64, stampMagic: 0x4b43,
+    stacksGpa: 0x110000, stackBytes: 0x4000, regionGpa: 0x400000, regionEndGpa: 0xfec00000, probeGpa: 0xff000, maxVcpus: 64, maxGib: 125, stampMagic: 0x4b43,
   });
   assert.ok(Object.isFrozen(n.guestLayout));
   // struct kvm_regs (144 bytes) + struct kvm_sregs (312 bytes) on x86-64.

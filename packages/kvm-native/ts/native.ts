@@ -105,6 +105,8 @@ export interface NativeBinding {
     regionEndGpa: number;
     probeGpa: number;
     maxVcpus: number;
+    /** Largest guest (all slots) the guest's page tables map, in GiB. */
+    maxGib: number;
     stampMagic: number;
   };
   probe(devPath: string): NativeProbe;

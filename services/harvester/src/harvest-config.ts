@@ -5,7 +5,7 @@ import { WORKLOADS } from '@ckpt/common';
 export const HARVEST_SCHEMA = {
   source: { type: 'enum', values: ['auto', 'kvm', 'sim'], default: 'auto', help: 'where dirty pages come from: real KVM, the simulator, or KVM when /dev/kvm is usable' },
   devPath: { type: 'string', default: '/dev/kvm', help: 'KVM device' },
-  memMib: { type: 'int', default: 256, min: 8, max: 64 * 1024 * 1024, help: 'guest memory in MiB (the simulator handles sizes far beyond RAM)' },
+  memMib: { type: 'int', default: 256, min: 8, max: 64 * 1024 * 1024, help: 'guest memory in MiB (KVM: up to 128000; the simulator handles sizes far beyond RAM)' },
   slots: { type: 'int', default: 1, min: 1, max: 32, help: 'number of memslots the guest memory is split into' },
   vcpus: { type: 'int', default: 2, min: 1, max: 64, help: 'guest vCPUs' },
   workload: { type: 'enum', values: WORKLOADS, default: 'random', help: 'guest write pattern' },

@@ -45,6 +45,18 @@ test('bad options: every problem listed, exit 2', () => {
   assert.match(r.stderr, /unknown option --bogus/);
 });
 
+test('guest sizes the chosen source cannot take: exit 2 naming the option, before any VM is made', () => {
+  // KVM: the test guest's page tables map 125 GiB (it said 'options.slotBytes[0] is above ...').
+  let r = harvest(['--source', 'kvm', '--mem-mib', '1000000', '--epochs', '1']);
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /--mem-mib 1000000 is above the KVM test guest's 125 GiB \(128000 MiB\)/);
+  assert.doesNotMatch(r.stderr, /slotBytes/);
+  // The simulator: one slot of 2^32 pages or more (it spun for good).
+  r = harvest(['--source', 'sim', '--mem-mib', String(32 * 1024 * 1024), '--epochs', '1']);
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /slot 0 would hold 8589934592 pages.*split the guest with --slots/);
+});
+
 test('a missing KVM device is a clear error, not a crash', () => {
   const r = harvest(['--source', 'kvm', '--dev-path', '/nonexistent/kvm', '--epochs', '1']);
   assert.equal(r.code, 1);

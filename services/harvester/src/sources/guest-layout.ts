@@ -16,6 +16,8 @@ export const GUEST_LAYOUT = Object.freeze({
   /** The host makes KVM log this page to prove a ring seen full (the guest never touches it). */
   probeGpa: 0xff000,
   maxVcpus: 64,
+  /** Largest KVM guest the guest program's page tables map (all slots), in GiB. */
+  maxGib: 125,
   stampMagic: 0x4b43,
 });
 

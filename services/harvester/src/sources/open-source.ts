@@ -2,7 +2,7 @@ import { ConfigError, KvmError } from '@ckpt/common';
 import { kvmAvailability } from '@ckpt/kvm-native';
 import type { HarvestConfig } from '../harvest-config.ts';
 import type { DirtySource } from './dirty-source.ts';
-import { MIN_SLOT0_BYTES, SLOT_ALIGN_BYTES } from './guest-layout.ts';
+import { GUEST_LAYOUT, MIN_SLOT0_BYTES, SLOT_ALIGN_BYTES } from './guest-layout.ts';
 import { KvmSource } from './kvm-source.ts';
 import { SimSource } from './sim/sim-source.ts';
 import { WORKLOAD_ID } from '@ckpt/common';
@@ -77,6 +77,9 @@ function open(cfg: GuestConfig, slotBytes: number[], extra: OpenSourceExtra): Op
     }
   }
   if (kind === 'kvm') {
+    if (cfg.memMib > GUEST_LAYOUT.maxGib * 1024) {
+      throw new ConfigError([`--mem-mib ${cfg.memMib} is above the KVM test guest's ${GUEST_LAYOUT.maxGib} GiB (${GUEST_LAYOUT.maxGib * 1024} MiB), all slots together; the simulator (--source sim) takes more (the service: HARVESTER_MEM_MIB, HARVESTER_SOURCE)`]);
+    }
     return {
       source: new KvmSource({ ...common, devPath: cfg.devPath, ringEntries: cfg.ringEntries, workload: WORKLOAD_ID[cfg.workload] }),
     };

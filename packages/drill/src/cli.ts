@@ -62,7 +62,9 @@ async function main(): Promise<number> {
   say(`drill report: primary guest on ${r.source === 'kvm' ? 'real KVM' : 'the simulator'}${r.sourceNote ? ` (${r.sourceNote})` : ''}, ${cfg.memMib} MiB, ${cfg.vcpus} vCPU, ${cfg.intervalMs} ms epochs`);
   for (const s of r.scenarios) {
     say(`  ${s.verified ? 'PASS' : 'FAIL'} ${s.name}${s.injury !== 'none' ? ` (injury: ${s.injury})` : ''}`);
-    say(`       restored epoch ${s.restoredEpoch || '-'} = last committed ${s.lastCommittedEpoch || '-'}; ${s.pagesCompared} pages compared with the witness; ${s.epochsCommitted} epochs committed`);
+    say(s.restoredEpoch
+      ? `       restored epoch ${s.restoredEpoch} = last committed ${s.lastCommittedEpoch || '-'}; ${s.pagesCompared} pages compared with the witness; ${s.epochsCommitted} epochs committed`
+      : `       nothing restored (last committed epoch ${s.lastCommittedEpoch || 'unknown'}; ${s.epochsCommitted} epochs committed)`);
     const v = (x: number | null, unit: string): string => (x === null ? '-' : `${x} ${unit}`);
     say(`       RPO ${v(s.rpoMs, 'ms')} (${v(s.rpoEpochs, 'epochs')})  RTO ${v(s.rtoMs, 'ms')}  restore ${v(s.restoreMBps, 'MB/s')}  resumed: ${s.resumed ? 'yes' : 'no'} (${s.resumeDetail || '-'})`);
     for (const p of s.problems) say(`       problem: ${p}`);

@@ -145,7 +145,11 @@ async function runScenario(name: ScenarioName, source: 'kvm' | 'sim', o: DrillOp
         if (stopTicker) break;
         const p = await store.readPosition(VM).catch(() => null);
         const w = witness.last;
-        const lag = p && w && p.generation === w.generation ? `${Math.max(0, w.epoch - p.epoch)} epoch(s) behind` : 'no image yet';
+        // The witness is the drill's own reader of the topic: 'committed' counts what it has read.
+        const lag = !p ? 'no image yet'
+          : !w ? 'the witness has read no commit yet'
+            : p.generation !== w.generation ? `standby on generation ${p.generation}, the newest commit read is of ${w.generation}`
+              : `${Math.max(0, w.epoch - p.epoch)} epoch(s) behind`;
         const note = witness.lastRejection ? `; witness: ${witness.records} records, ${witness.restarts} consumer restarts, last rejected ${witness.lastRejection}` : '';
         phase(`  epochs committed ${witness.committed}, standby at ${p ? `${p.generation}/${p.epoch}` : '-'} (${lag})${note}`);
       }

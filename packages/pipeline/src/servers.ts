@@ -48,6 +48,11 @@ async function createRunTopics(brokers: string[], topics: Topics, partitions: nu
   const admin = runAdmin(brokers, 3);
   try {
     await admin.connect();
+  } catch (err) {
+    await admin.disconnect().catch(() => undefined);
+    throw new Error(`cannot connect to Kafka at ${brokers.join(',')} (KAFKA_BROKERS): ${(err as Error).message}`, { cause: err });
+  }
+  try {
     await admin.createTopics({
       waitForLeaders: true,
       topics: [

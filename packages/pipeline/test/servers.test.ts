@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
-import { KafkaMock, RedisServer } from '@ckpt/embedded';
+import { freePort, KafkaMock, RedisServer } from '@ckpt/embedded';
 import { startServers } from '../src/index.ts';
 
 test('against KAFKA_BROKERS and REDIS_URL a run keeps to its own topics, group and keys, and deletes its keys after', async () => {
@@ -55,6 +55,12 @@ test('a run that cannot create its own topics says so and names the way out', as
   } finally {
     await kafka.stop();
   }
+});
+
+test('a Kafka that cannot be reached is named as such, not as missing rights to create topics', async () => {
+  const port = await freePort(); // nothing listens there
+  await assert.rejects(startServers({ partitions: 1, env: { KAFKA_BROKERS: `127.0.0.1:${port}`, REDIS_URL: 'redis://127.0.0.1:1' } }),
+    (err: Error) => /^cannot connect to Kafka at 127\.0\.0\.1:\d+ \(KAFKA_BROKERS\): .*ECONNREFUSED/s.test(err.message) && !/create/.test(err.message));
 });
 
 test('npm run pipeline --json against a Redis it cannot reach: exit 1, named, and the last line is one JSON object saying so', () => {

@@ -215,7 +215,7 @@ describe('generated dashboards', () => {
   });
 
   test('the restore panels ignore the 0 a restorer reports before a success, and say that drills do not show there', () => {
-    const restores = ['Restores by outcome (range)', 'Last successful restore', 'Restore duration p99', 'Last restore throughput']
+    const restores = ['Restores by outcome (range)', 'Last successful restore', 'Slowest restore (range)', 'Last restore throughput']
       .map((t) => contentPanels(byUid('ckpt-overview')).find((p) => p.title === t)!);
     for (const p of restores) {
       assert.match(p.description ?? '', /failover/, p.title);

@@ -257,8 +257,8 @@ export function overviewDashboard(): Dashboard {
     .withRow(row('Restores'))
     .withPanel(stat({
       title: 'Restores by outcome (range)',
-      description: `Failover restores in the selected range by outcome: refused-stale and refused-digest protected a guest from a bad image; error needs the restorer logs. A restore that ended before its restorer's first scrape is not counted (increase() needs a sample before it); "Last successful restore" and the restorer's log still show it. ${RESTORES_SEEN}`,
-      queries: [{ expr: 'sum by (outcome) (increase(ckpt_restorer_restores_total[$__range]))', legend: '{{outcome}}', instant: true }],
+      description: `Failover restores that ended in the selected range, by outcome: refused-stale and refused-digest protected a guest from a bad image; error needs the restorer logs. Counted from each restorer's end-of-restore time, so a restore that ended before the pod's first scrape counts too; a pod restarted after an error counts once. ${RESTORES_SEEN}`,
+      queries: [{ expr: 'count by (outcome) (max_over_time(ckpt_restorer_last_restore_end_timestamp_seconds[$__range]) >= time() - $__range_s)', legend: '{{outcome}}', instant: true }],
       unit: UNIT.count, steps: NEUTRAL, decimals: 0, noValue: 'none', width: 6,
     }))
     .withPanel(stat({
@@ -268,9 +268,9 @@ export function overviewDashboard(): Dashboard {
       unit: UNIT.seconds, steps: NEUTRAL, noValue: 'none in range', width: 6,
     }))
     .withPanel(stat({
-      title: 'Restore duration p99',
-      description: `Time to read, verify and hand over an image (fence to release), 99th percentile of the failover restores over the selected range: the restore part of the RTO. Like the outcomes, it misses a restore that ended before its restorer's first scrape; the restorer's log has its duration. ${RESTORES_SEEN}`,
-      queries: [{ expr: 'histogram_quantile(0.99, sum by (le) (rate(ckpt_restorer_duration_seconds_bucket[$__range])))', instant: true }],
+      title: 'Slowest restore (range)',
+      description: `Time to read, verify and hand over an image (fence to release) of the slowest failover restore that ended in the selected range: the restore part of the RTO. Taken from each restorer's last-restore gauges, so a restore that ended before the pod's first scrape shows too. ${RESTORES_SEEN}`,
+      queries: [{ expr: 'max(max_over_time(ckpt_restorer_last_restore_duration_seconds[$__range]) and max without (outcome) (max_over_time(ckpt_restorer_last_restore_end_timestamp_seconds[$__range])) >= time() - $__range_s)', instant: true }],
       unit: UNIT.seconds, steps: NEUTRAL, noValue: 'no restores', width: 6,
     }))
     .withPanel(stat({

@@ -161,8 +161,10 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
   } finally {
     if (refresher) clearInterval(refresher);
     if (fenced) await store.releaseFence(vm, token).catch((err: unknown) => log.warn('cannot release the fence; it expires by itself', { vm, err }));
-    end?.();
+    const seconds = end?.();
     opts.metrics?.restores.inc({ outcome });
+    if (seconds !== undefined) opts.metrics?.lastDurationSeconds.set(seconds);
+    opts.metrics?.lastEnd.set({ outcome }, Date.now() / 1000);
   }
 }
 

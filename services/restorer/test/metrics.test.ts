@@ -11,6 +11,8 @@ test('a fresh restorer registry exports every restore outcome at 0', async () =>
   const lines = (await m.registry.metrics()).split('\n').filter((l) => l.startsWith('ckpt_restorer_restores_total{')).sort();
   assert.deepEqual(RESTORE_OUTCOMES, ['ok', 'ok-stale', 'refused-stale', 'refused-digest', 'error']);
   assert.deepEqual(lines, RESTORE_OUTCOMES.map((o) => `ckpt_restorer_restores_total{outcome="${o}"} 0`).sort());
+  assert.deepEqual((await m.registry.metrics()).split('\n').filter((l) => l.startsWith('ckpt_restorer_last_restore_end_timestamp_seconds{')).sort(),
+    RESTORE_OUTCOMES.map((o) => `ckpt_restorer_last_restore_end_timestamp_seconds{outcome="${o}"} 0`).sort());
   m.restores.inc({ outcome: 'ok' });
   assert.ok((await m.registry.metrics()).includes('ckpt_restorer_restores_total{outcome="ok"} 1'));
 });

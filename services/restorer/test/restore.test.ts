@@ -79,6 +79,11 @@ test('an applied image comes back byte for byte, with its epoch, vCPU state and 
   const text = await metrics.registry.metrics();
   assert.match(text, /ckpt_restorer_restores_total\{outcome="ok"\} 1/);
   assert.match(text, new RegExp(`ckpt_restorer_bytes_total ${SLOT_PAGES * PAGE}`));
+  // The gauges the dashboards read (a failover restore usually ends before the first scrape).
+  const endedAt = Number(/^ckpt_restorer_last_restore_end_timestamp_seconds\{outcome="ok"\} (\S+)$/m.exec(text)?.[1]);
+  assert.ok(Math.abs(endedAt - Date.now() / 1000) < 60, `ended at ${endedAt}`);
+  assert.match(text, /^ckpt_restorer_last_restore_end_timestamp_seconds\{outcome="error"\} 0$/m);
+  assert.ok(Number(/^ckpt_restorer_last_restore_duration_seconds (\S+)$/m.exec(text)?.[1]) > 0);
 });
 
 test('raw slot files and the vCPU state JSON, written only once verified', async () => {
@@ -130,7 +135,9 @@ test('NEGATIVE: an image corrupted behind the replicator\'s back is refused, and
     const err = await rejects(restoreImage(store, 'vm-c', new FileTarget(dir), { metrics }), 'CKPT_ERR_RESTORE_DIGEST');
     assert.match(err.message, /does not verify.*epoch 5\/1.*refusing/);
     assert.deepEqual(readdirSync(dir), [], 'nothing written survives a refused restore');
-    assert.match(await metrics.registry.metrics(), /ckpt_restorer_restores_total\{outcome="refused-digest"\} 1/);
+    const text = await metrics.registry.metrics();
+    assert.match(text, /ckpt_restorer_restores_total\{outcome="refused-digest"\} 1/);
+    assert.doesNotMatch(text, /^ckpt_restorer_last_restore_end_timestamp_seconds\{outcome="refused-digest"\} 0$/m, 'a refused restore has an end time too');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

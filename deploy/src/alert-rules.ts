@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { PrometheusRule, type IPrometheusRule } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule';
 import { parse, stringify } from 'yaml';
 import type { CheckResult } from './check-result.ts';
-import { knownSeriesNames } from './known-metrics.ts';
+import { knownSeriesNames, selectorLabelProblems } from './known-metrics.ts';
 import { parsePromQL } from './promql.ts';
 import { asArray, isObject, type JsonObject } from './json-shape.ts';
 
@@ -165,6 +165,7 @@ function checkRules(files: RuleFile[], anchors: Map<string, string> | null, runb
       const parsed = parsePromQL(r.expr);
       if (parsed.errors.length) out.invalid.push(`${at}: PromQL does not parse (${parsed.errors.join('; ')}): ${r.expr}`);
       for (const m of parsed.metrics) if (!known.has(m)) out.unknownMetricRefs.push(`${at}: ${m}`);
+      for (const p of selectorLabelProblems(parsed.selectors)) out.invalid.push(`${at}: ${p}: ${r.expr}`);
       if (!r.alert) continue;
       const other = alertsSeen.get(r.alert);
       if (other) out.invalid.push(`${at}: alert ${r.alert} is also defined in ${other}; give each alert one name (its runbook section is named after it)`);

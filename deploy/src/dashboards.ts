@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { DASHBOARDS, DASHBOARDS_FOLDER, SIDECAR_LABEL, renderDashboard, type DashboardEntry } from '../grafana/src/catalog.ts';
 import type { CheckResult } from './check-result.ts';
-import { knownSeriesNames } from './known-metrics.ts';
+import { knownSeriesNames, selectorLabelProblems } from './known-metrics.ts';
 import { parsePromQL, substituteGrafanaVariables } from './promql.ts';
 import { asArray, isObject, type JsonObject } from './json-shape.ts';
 
@@ -120,6 +120,7 @@ function checkDashboard(file: string, dashboard: unknown, known: Set<string>, ou
       continue;
     }
     for (const m of parsed.metrics) if (!known.has(m)) out.unknownMetricRefs.push(`${file} ${q.where}: ${m}`);
+    for (const p of selectorLabelProblems(parsed.selectors)) out.invalid.push(`${file}: ${q.where}: ${p}: ${q.expr}`);
   }
 }
 

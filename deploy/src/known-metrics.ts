@@ -55,3 +55,37 @@ export function knownSeriesNames(): Set<string> {
   }
   return names;
 }
+
+/** Labels Prometheus (and the Prometheus Operator's PodMonitors) put on every series of a target. */
+export const TARGET_LABELS = ['job', 'instance', 'namespace', 'pod', 'container', 'endpoint', 'service'] as const;
+
+/**
+ * Label names a selector may match on for a series name: its family's labels, the target's, and `le`
+ * on histogram buckets (`quantile` on summaries). Null for a name that is not a known series.
+ */
+export function seriesLabels(series: string): Set<string> | null {
+  if ((SCRAPE_SERIES as readonly string[]).includes(series)) return new Set(TARGET_LABELS);
+  for (const m of knownMetrics()) {
+    const suffix = series === m.name ? '' : series.startsWith(m.name) ? series.slice(m.name.length) : null;
+    if (suffix === null) continue;
+    const ok = suffix === '' || (m.type === 'histogram' && ['_bucket', '_sum', '_count'].includes(suffix)) || (m.type === 'summary' && ['_sum', '_count'].includes(suffix));
+    if (!ok) continue;
+    const labels = new Set<string>([...m.labels, ...TARGET_LABELS]);
+    if (suffix === '_bucket') labels.add('le');
+    if (m.type === 'summary' && suffix === '') labels.add('quantile');
+    return labels;
+  }
+  return null;
+}
+
+/** "<metric> has no label <x>" for each selector label the metric does not carry (unknown metrics are reported elsewhere). */
+export function selectorLabelProblems(selectors: { metric: string | null; labels: string[] }[]): string[] {
+  const out: string[] = [];
+  for (const s of selectors) {
+    if (!s.metric) continue;
+    const allowed = seriesLabels(s.metric);
+    if (!allowed) continue;
+    for (const l of s.labels) if (!allowed.has(l)) out.push(`${s.metric} has no label ${l} (it has ${[...allowed].sort().join(', ')})`);
+  }
+  return out;
+}

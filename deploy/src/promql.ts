@@ -28,15 +28,33 @@ export interface ParsedQuery {
    * matcher whose alternatives are all plain names (any other regex selects no name this can check).
    */
   metrics: string[];
+  /** Each vector selector's metric name (null when it names none this can read) and the labels it matches on. */
+  selectors: { metric: string | null; labels: string[] }[];
 }
 
 export function parsePromQL(expr: string): ParsedQuery {
   const errors: string[] = [];
   const metrics = new Set<string>();
-  if (expr.trim() === '') return { errors: ['empty query'], metrics: [] };
+  if (expr.trim() === '') return { errors: ['empty query'], metrics: [], selectors: [] };
+  const selectors: ParsedQuery['selectors'] = [];
   const tree = parser.parse(expr);
   tree.iterate({
     enter: (node) => {
+      if (node.name === 'VectorSelector') {
+        let metric: string | null = null;
+        const labels: string[] = [];
+        const id = node.node.getChild('Identifier');
+        if (id) metric = expr.slice(id.from, id.to);
+        for (const m of node.node.getChild('LabelMatchers')?.getChildren('UnquotedLabelMatcher') ?? []) {
+          const nameNode = m.getChild('LabelName');
+          if (!nameNode) continue;
+          const label = expr.slice(nameNode.from, nameNode.to);
+          const byName = /^__name__\s*=\s*"([^"]+)"$/.exec(expr.slice(m.from, m.to));
+          if (byName) metric = byName[1]!;
+          else if (label !== '__name__') labels.push(label);
+        }
+        selectors.push({ metric, labels });
+      }
       if (node.type.isError) {
         errors.push(`syntax error at ${node.from}: "${expr.slice(Math.max(0, node.from - 20), node.from)}⚠${expr.slice(node.from, node.from + 20)}"`);
         return false;
@@ -52,5 +70,5 @@ export function parsePromQL(expr: string): ParsedQuery {
       return undefined;
     },
   });
-  return { errors, metrics: [...metrics] };
+  return { errors, metrics: [...metrics], selectors };
 }

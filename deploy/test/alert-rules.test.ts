@@ -101,6 +101,15 @@ test('a metric no service defines is reported', async () => {
   });
 });
 
+test('a selector on a label its metric does not carry is reported (such an alert can never fire)', async () => {
+  await withCopy(async (c) => {
+    await c.edit('rules/ckpt-harvester.yaml', 'rate(ckpt_harvester_ring_full_exits_total[5m])', 'rate(ckpt_harvester_ring_full_exits_total{vm_id="a"}[5m])');
+    const r = await validateAlertRules(c);
+    assert.deepEqual(r.unknownMetricRefs, []);
+    assert.ok(r.invalid.some((m) => /ckpt-harvester\/CkptRingFullStorm: ckpt_harvester_ring_full_exits_total has no label vm_id \(it has .*\bvm\b/.test(m)), r.invalid.join('\n'));
+  });
+});
+
 test('a unit test expecting the wrong thing fails in promtool test rules', async () => {
   await withCopy(async (c) => {
     // The RPO alert fires for vm-a at 5m; expect it for vm-b instead.

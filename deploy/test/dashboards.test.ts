@@ -318,6 +318,29 @@ describe('validateDashboards on a broken copy', () => {
     assert.equal(r.unknownMetricRefs[1], 'ckpt-vm.json variable vm: ckpt_replicator_standby_age');
   });
 
+  test('a selector on a label its metric does not carry is reported (a typo there matches nothing and the panel shows no data)', async () => {
+    const root = await copy();
+    await edit(root, 'ckpt-vm.json', (d) => {
+      panel(d, 'Dirty rate').targets[0]!.expr = 'sum(rate(ckpt_harvester_pages_harvested_total{vmid="$vm"}[$__rate_interval]))';
+    });
+    await edit(root, 'ckpt-overview.json', (d) => {
+      // The replicator's counter has no vm label; le belongs to buckets only.
+      panel(d, 'VMs at risk').targets[0]!.expr = 'sum(rate(ckpt_replicator_gaps_total{vm="a"}[$__rate_interval])) + sum(ckpt_replicator_apply_seconds_count{le="1"})';
+    });
+    const r = await validateDashboards({ dir: root });
+    assert.deepEqual(r.unknownMetricRefs, []);
+    for (const re of [/^ckpt-vm\.json: panel "Dirty rate" .*: ckpt_harvester_pages_harvested_total has no label vmid \(it has .*\bvm\b/,
+      /^ckpt-overview\.json: panel "VMs at risk" .*: ckpt_replicator_gaps_total has no label vm /, /ckpt_replicator_apply_seconds_count has no label le /]) {
+      assert.ok(r.invalid.some((m) => re.test(m)), `${re}:\n${r.invalid.join('\n')}`);
+    }
+    // Labels that exist pass: le on a bucket, vm on the harvester's series, the target's own labels.
+    await edit(root, 'ckpt-vm.json', (d) => {
+      panel(d, 'Dirty rate').targets[0]!.expr = 'sum(rate(ckpt_replicator_apply_seconds_bucket{le="1", job="x", pod="p"}[$__rate_interval])) + sum(ckpt_harvester_last_epoch{vm="$vm"})';
+    });
+    await edit(root, 'ckpt-overview.json', (d) => { panel(d, 'VMs at risk').targets[0]!.expr = 'sum(up{job="ckpt-replicator"})'; });
+    assert.deepEqual((await validateDashboards({ dir: root })).invalid.filter((m) => !/: stale, differs/.test(m)), []);
+  });
+
   test('a panel, a query or a variable on another datasource than ${datasource} is reported', async () => {
     const root = await copy();
     await edit(root, 'ckpt-host.json', (d) => {

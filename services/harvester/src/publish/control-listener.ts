@@ -1,8 +1,14 @@
 /**
  * Listens on the control topic for the VMs of this harvester process: applied markers move each
  * publisher's replication window, resync requests are kept until the VM's harvest loop takes them (it
- * then starts a new generation). Each harvester process reads the whole control topic in its own
- * consumer group and ignores VMs it does not run.
+ * then starts a new generation). Each harvester process reads the control topic in its own consumer
+ * group, from where the topic ended when it started, and ignores VMs it does not run.
+ *
+ * Not from the beginning: a new process starts a new generation, so older markers and requests are of
+ * no use to it, and replaying them held its window shut after a restart for as long as the replay took
+ * (10 s with 10 000 records on the test broker, 141 s with 65 000; the topic keeps an hour of markers
+ * of every VM). The end is read before start() returns, so before this process produces anything: no
+ * marker answering its own records can fall before it.
  */
 import { randomUUID } from 'node:crypto';
 import type { Consumer, Kafka } from 'kafkajs';
@@ -13,7 +19,7 @@ export class ControlListener {
   private consumer: Consumer;
   private readonly vms = new Map<string, { onMarker: (m: AppliedMarker) => void; resync: string | null }>();
 
-  constructor(kafka: Kafka, private readonly topic: string, private readonly log: Logger, private readonly startedAtMs = Date.now()) {
+  constructor(private readonly kafka: Kafka, private readonly topic: string, private readonly log: Logger, private readonly startedAtMs = Date.now()) {
     this.consumer = kafka.consumer({ groupId: `ckpt-harvester-${randomUUID()}`, sessionTimeout: 30_000, heartbeatInterval: 3000, maxWaitTimeInMs: 2 });
   }
 
@@ -23,8 +29,10 @@ export class ControlListener {
   }
 
   async start(): Promise<void> {
+    const ends = await this.topicEnds();
     await this.consumer.connect();
-    // From the beginning: markers are small and a fresh group has no offsets; old records are filtered by time below.
+    // A fresh group has no offsets; the seeks below move each partition to where the topic ended. Should
+    // one not take, the partition is read from the beginning (slow, but nothing is missed).
     await this.consumer.subscribe({ topic: this.topic, fromBeginning: true });
     await this.consumer.run({
       eachMessage: ({ message }) => {
@@ -44,6 +52,19 @@ export class ControlListener {
         return Promise.resolve();
       },
     });
+    // kafkajs keeps the seeks and applies them when the partitions are assigned.
+    for (const { partition, offset } of ends) this.consumer.seek({ topic: this.topic, partition, offset });
+  }
+
+  /** Each partition's end offset (the next record's offset) now. */
+  private async topicEnds(): Promise<{ partition: number; offset: string }[]> {
+    const admin = this.kafka.admin();
+    try {
+      await admin.connect();
+      return (await admin.fetchTopicOffsets(this.topic)).map((p) => ({ partition: p.partition, offset: p.offset }));
+    } finally {
+      await admin.disconnect().catch(() => undefined);
+    }
   }
 
   /** The VM's pending resync request's reason, once. */

@@ -239,3 +239,49 @@ test('the services refuse bad configuration with exit code 2 and name every prob
   assert.equal(h.status, 2, h.stderr);
   assert.match(h.stderr, /HARVESTER_VM_ID/);
 });
+
+test('dead letters from partitions consumed at once each carry their own record, key and source offset', async () => {
+  // Two partitions handled concurrently, each with the first records of many VMs: a batch without its
+  // begin is parked only after its VM's state is read from Redis, so the partitions interleave there.
+  // The record being handled was one field for all partitions: a dead letter could carry another VM's
+  // record, or none at all.
+  const servers = await startServers({ partitions: 2 });
+  const replicator = spawnReplicator(servers);
+  let log = '';
+  replicator.stderr?.on('data', (d: Buffer) => { log = (log + d.toString()).slice(-5000); });
+  const kafka = new Kafka({ clientId: 'dead-letter-concurrent-test', brokers: servers.brokers, logLevel: logLevel.NOTHING });
+  const producer = kafka.producer({ idempotent: false, allowAutoTopicCreation: false });
+  const consumer = kafka.consumer({ groupId: `dead-letter-reader-${process.pid}-2`, maxWaitTimeInMs: 50 });
+  const N = 40;
+  const sent = new Map<string, Buffer>();
+  try {
+    const dead: KafkaMessage[] = [];
+    await consumer.connect();
+    await consumer.subscribe({ topic: servers.topics.deadLetter, fromBeginning: true });
+    await consumer.run({ eachMessage: ({ message }) => { dead.push(message); return Promise.resolve(); } });
+    await producer.connect();
+    const messages = [0, 1].flatMap((p) => Array.from({ length: N }, (_, i) => {
+      const vm = `vm-p${p}-${i}`;
+      const batch = new FakeHarvester(vm, 7).epochRecords(new Map([[1, 1]]))[1]!; // a batch without its begin
+      sent.set(`${p}@${i}`, batch);
+      return { key: vm, partition: p, value: batch };
+    }));
+    await producer.send({ topic: servers.topics.pages, acks: -1, messages });
+    const deadline = Date.now() + 60_000;
+    while (dead.length < 2 * N && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(dead.length, 2 * N, `dead letters: ${dead.length}; replicator log: ${log}`);
+    for (const m of dead) {
+      const where = `${m.headers?.['source-partition']?.toString()}@${m.headers?.['source-offset']?.toString()}`;
+      assert.equal(m.headers?.reason?.toString(), 'unknown-epoch', where);
+      const want = sent.get(where);
+      assert.ok(want, `a dead letter names source ${where}, which was not sent (key ${m.key?.toString()})`);
+      assert.ok(m.value && Buffer.compare(m.value, want) === 0, `the record at ${where} (key ${m.key?.toString()})`);
+      assert.equal(m.key?.toString(), `vm-p${where.replace('@', '-')}`, `key of ${where}`);
+    }
+  } finally {
+    await consumer.disconnect().catch(() => undefined);
+    await producer.disconnect().catch(() => undefined);
+    await stopChild(replicator);
+    await servers.stop();
+  }
+});

@@ -99,7 +99,12 @@ export class Replicator {
   private markerTimer: NodeJS.Timeout | null = null;
   private deletedTimer: NodeJS.Timeout | null = null;
   private checkingDeleted = false;
-  private current: { topic: string; partition: number; offset: string; raw: Buffer } | null = null;
+  /**
+   * The record being handled, by its key (a VM's records all go to one partition, which one batch at a
+   * time consumes), for dead letters to carry. One field shared by all partitions was overwritten by
+   * the partitions consumed concurrently: dead letters carried another VM's record or none.
+   */
+  private readonly current = new Map<string, { topic: string; partition: number; offset: string; raw: Buffer }>();
   private running = false;
   /** Where each VM's records come from, and the partitions with a lag series, to drop them when they move. */
   private readonly vmPartitions = new Map<string, number>();
@@ -312,7 +317,7 @@ export class Replicator {
         } catch (err) {
           failed = (await settle(true)) ?? { index: i, err: err instanceof Error ? err : new Error(String(err)) };
         }
-        this.current = null;
+        this.current.delete(keyOf(m) ?? '');
       }
       if (failed) {
         // Handle again from the first record whose effect is not durable, alone (after a failure, on
@@ -372,14 +377,14 @@ export class Replicator {
       if (!payload.isRunning()) return false;
       await payload.heartbeat();
     }
-    this.current = null;
+    this.current.delete(key ?? '');
     return true;
   }
 
   /** Notes the record being handled (dead letters carry it); returns its value. */
   private handling(payload: EachBatchPayload, m: KafkaMessage): Buffer {
     const raw = m.value ?? Buffer.alloc(0);
-    this.current = { topic: payload.batch.topic, partition: payload.batch.partition, offset: m.offset, raw };
+    this.current.set(keyOf(m) ?? '', { topic: payload.batch.topic, partition: payload.batch.partition, offset: m.offset, raw });
     return raw;
   }
 
@@ -428,7 +433,7 @@ export class Replicator {
   }
 
   private async deadLetter(vm: string | null, reason: DeadLetterReason, detail: string): Promise<void> {
-    const c = this.current;
+    const c = this.current.get(vm ?? '');
     this.o.metrics.deadLetters.inc({ reason });
     this.o.log.warn('record parked on the dead-letter topic', { vm, reason, detail, topic: c?.topic, partition: c?.partition, offset: c?.offset });
     await this.producer.send({

@@ -264,6 +264,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
         epochs, intervalMs: o.intervalMs, signal, sinks: [r.publisher, shadowSink],
         cycle: { generation }, logger: log, metrics: createHarvesterMetrics(),
         takeResyncRequest: () => listener!.takeResyncRequest(r.vm),
+        generationFloor: () => listener!.generationFloor(r.vm),
         onEpoch: (c) => {
           // The publisher's commit has been acknowledged by the broker: the epoch is committed.
           onShadow(() => { for (const [h, seg] of pendingSegments) r.shadow.segment(h, seg); });
@@ -308,7 +309,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
           log.warn('the guest is stopped; answering a resync request with a baseline of its final memory', { vm: r.vm, reason: why });
           // Counted in `resyncs` (with any generation it had to start itself); its pages are not part
           // of the run's throughput.
-          const s = await harvest(r, stopped, 1, r.last.generation + 1, drainDeadline.signal);
+          const s = await harvest(r, stopped, 1, Math.max(r.last.generation, listener!.generationFloor(r.vm)) + 1, drainDeadline.signal);
           drainBaselines += 1 + s.resyncs;
           continue;
         }

@@ -28,6 +28,8 @@ export interface HarvestRunOptions {
    * generation with a baseline.
    */
   takeResyncRequest?: () => string | null;
+  /** A new generation is above this one too (the image generation a resync request named). */
+  generationFloor?: () => number;
 }
 
 /** Errors after which the current generation cannot go on, but a new one (with a baseline) can. */
@@ -131,10 +133,11 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
   let cutStart = 0;
   let lastCutStart = -1;
   const newGeneration = (why: string, err?: unknown): void => {
-    log.warn('starting a new generation', { reason: why, err, generation: cycle.generation + 1 });
+    const generation = Math.max(cycle.generation, options.generationFloor?.() ?? 0) + 1;
+    log.warn('starting a new generation', { reason: why, ...(err === undefined ? {} : { err }), generation });
     resyncs++;
     m?.resyncs.inc();
-    cycle = new CheckpointCycle(source, { ...cycleOptions, generation: cycle.generation + 1 });
+    cycle = new CheckpointCycle(source, { ...cycleOptions, generation });
     deadline = performance.now();
   };
   try {

@@ -74,6 +74,7 @@ async function main(): Promise<number> {
       epochs: cfg.epochs, intervalMs: cfg.intervalMs, verify: cfg.verify, metrics, logger: log.child({ component: 'harvest' }),
       signal: abort.signal, sinks, cycle: { precopyRounds: cfg.precopyRounds, precopyAboveEntries: cfg.precopyAboveEntries, generation: Date.now() },
       takeResyncRequest: listener ? () => listener.takeResyncRequest(cfg.vmId) : undefined,
+      generationFloor: listener ? () => listener.generationFloor(cfg.vmId) : undefined,
     });
     log.info('stopped', { component: 'main', ...summary });
     return summary.mismatches > 0 || summary.vcpuError ? 1 : 0;

@@ -36,6 +36,9 @@ export interface InFlight {
 const toError = (err: unknown): Error => (err instanceof Error ? err : new Error(String(err)));
 
 /** What the replicator knows of one VM (loaded from Redis on first sight). */
+/** Epochs in a row of one older generation after which its harvester is asked for a new one (see olderGeneration()). */
+const BEHIND_EPOCHS = 3;
+
 export interface VmReplica {
   vm: string;
   meta: StandbyMeta | null;
@@ -44,6 +47,8 @@ export interface VmReplica {
   lastResyncAtMs: number;
   /** Highest epoch seen in the newest generation seen. */
   seen: { generation: number; epoch: number };
+  /** An older generation than the image's whose epochs keep coming (see olderGeneration()). */
+  behind?: { generation: number; epoch: number; count: number };
 }
 
 /**
@@ -201,8 +206,12 @@ export class Applier {
         await this.hooks.deadLetter(r.vm, 'old-generation', `baseline of generation ${g} while generation ${r.asm.generation} is being assembled`);
         return;
       }
-      if (g <= imageGen) {
-        await this.hooks.deadLetter(r.vm, g === imageGen ? 'duplicate' : 'old-generation', `baseline of generation ${g}; the image is at generation ${imageGen}`);
+      if (g === imageGen) {
+        await this.hooks.deadLetter(r.vm, 'duplicate', `baseline of generation ${g}; the image is at generation ${imageGen}`);
+        return;
+      }
+      if (g < imageGen) {
+        await this.olderGeneration(r, g, e, `baseline of generation ${g}; the image is at generation ${imageGen}`);
         return;
       }
       await this.startAssembly(r, { generation: g, epoch: 0, baseline: true, begin, nextSeq: 0, stagedBytes: 0, maxWritten: {} });
@@ -210,14 +219,14 @@ export class Applier {
     }
     // A delta epoch.
     if (r.stale || !r.meta) {
-      if (r.meta && g < r.meta.generation) await this.hooks.deadLetter(r.vm, 'old-generation', `epoch ${g}/${e} of a generation older than the image's (${r.meta.generation})`);
+      if (r.meta && g < r.meta.generation) await this.olderGeneration(r, g, e, `epoch ${g}/${e} of a generation older than the image's (${r.meta.generation})`);
       else if (!r.meta) await this.breakContinuity(r, 'no-image', `epoch ${g}/${e} arrived but there is no image to apply it to`);
       else this.metrics.skippedWhileStale.inc(); // waiting for a baseline
       return;
     }
     const m = r.meta;
     if (g < m.generation) {
-      await this.hooks.deadLetter(r.vm, 'old-generation', `epoch ${g}/${e} of a generation older than the image's (${m.generation})`);
+      await this.olderGeneration(r, g, e, `epoch ${g}/${e} of a generation older than the image's (${m.generation})`);
       return;
     }
     if (g > m.generation) {
@@ -377,6 +386,23 @@ export class Applier {
     r.stale = true;
     r.lastResyncAtMs = 0;
     await this.maybeResync(r, `${reason}: ${detail}`);
+  }
+
+  /**
+   * The begin of an epoch of a generation older than the image's: parked. A few epochs of the
+   * generation before a restart are stragglers; an older generation whose epochs keep coming is a live
+   * harvester that started below the image's generation (its clock went back: generations start at
+   * its wall-clock millisecond) and would be parked for good while the standby ages. After
+   * BEHIND_EPOCHS such epochs in a row it is asked for a baseline; the request carries the image's
+   * generation, above which the harvester starts its next one.
+   */
+  private async olderGeneration(r: VmReplica, g: number, e: number, detail: string): Promise<void> {
+    await this.hooks.deadLetter(r.vm, 'old-generation', detail);
+    const b = r.behind;
+    r.behind = b && b.generation === g && e > b.epoch ? { generation: g, epoch: e, count: b.count + 1 } : { generation: g, epoch: e, count: 1 };
+    if (r.behind.count < BEHIND_EPOCHS) return;
+    this.log.warn('a harvester publishes a generation older than the image\'s: asking it for a baseline above the image\'s generation (did its clock go back?)', { vm: r.vm, generation: g, epoch: e, imageGeneration: r.meta?.generation });
+    await this.maybeResync(r, `generation ${g} is older than the image's (${r.meta?.generation ?? 0}); start the next one above it`);
   }
 
   private async maybeResync(r: VmReplica, reason: string): Promise<void> {

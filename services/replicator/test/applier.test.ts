@@ -57,6 +57,28 @@ test('epochs apply in order; the image equals the model after each commit; redel
   assert.equal(t.resyncs.length, 0);
 });
 
+test('a live harvester on a generation older than the image\'s (its clock went back) is asked for a baseline above the image\'s generation; a few stragglers are not', async () => {
+  const t = setup('vm-gb');
+  const current = new FakeHarvester('vm-gb', 5000);
+  await t.feed(current.epochRecords(pages([[1, 1]])));
+  await t.feed(current.epochRecords(pages([[2, 2]])));
+  // Stragglers of an older process: two epochs of generation 4000, parked, no request.
+  const straggler = new FakeHarvester('vm-gb', 4000);
+  straggler.epoch = 3;
+  await t.feed(straggler.epochRecords(pages([[3, 3]])));
+  await t.feed(straggler.epochRecords(pages([[3, 4]])));
+  assert.deepEqual(t.resyncs, []);
+  // A restarted harvester whose clock is behind: generation 4500 < 5000, a baseline and epochs that keep coming.
+  const behind = new FakeHarvester('vm-gb', 4500);
+  for (let e = 0; e < 4; e++) await t.feed(behind.epochRecords(pages([[e + 1, 20 + e]])));
+  assert.ok(t.dead.filter((d) => d.reason === 'old-generation').length >= 6, JSON.stringify(t.dead.map((d) => d.reason)));
+  assert.equal(t.resyncs.length, 1, `one request, then the retry period: ${JSON.stringify(t.resyncs)}`);
+  assert.match(t.resyncs[0]!, /^vm-gb: generation 4500 is older than the image's \(5000\)/);
+  // The image is untouched: still the current generation's last epoch.
+  assert.deepEqual([(await t.image()).epoch, (await t.image()).state], [1, 'ok']);
+  assert.equal((await t.store.readMeta('vm-gb'))!.generation, 5000);
+});
+
 test('the standby age (live RPO) grows while nothing is applied and drops when an epoch lands', async () => {
   const t = setup('vm-age');
   const h = new FakeHarvester('vm-age', 100);

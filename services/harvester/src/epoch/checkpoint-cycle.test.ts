@@ -34,6 +34,21 @@ class RecordingSink implements EpochSink {
   }
 }
 
+test('a resync request starts the next generation above the image generation it names (a harvester whose clock went back)', async () => {
+  const source = sim({ workload: 'random' });
+  const rec = new RecordingSink();
+  let asked = false;
+  const s = await runHarvest(source, {
+    epochs: 4, intervalMs: 10, sinks: [rec], cycle: { generation: 1000 },
+    // After epoch 2 a replicator asks for a baseline: its image is at generation 5000.
+    takeResyncRequest: () => (!asked && rec.commits.length === 3 ? ((asked = true), 'generation 1000 is older than the image\'s (5000)') : null),
+    generationFloor: () => (asked ? 5000 : 0),
+  });
+  source.close();
+  assert.equal(s.resyncs, 1);
+  assert.deepEqual(rec.headers.map((h) => [h.generation, h.epoch, h.baseline]), [[1000, 0, true], [1000, 1, false], [1000, 2, false], [5001, 0, true], [5001, 1, false]]);
+});
+
 for (const workload of ['sequential', 'random', 'hotset', 'idle'] as const) {
   test(`verified epochs on the simulator: ${workload}`, async () => {
     const source = sim({ workload, fillPages: workload === 'hotset' });

@@ -17,15 +17,15 @@ import { decodeControlRecord, type AppliedMarker } from '@ckpt/proto';
 
 export class ControlListener {
   private consumer: Consumer;
-  private readonly vms = new Map<string, { onMarker: (m: AppliedMarker) => void; resync: string | null }>();
+  private readonly vms = new Map<string, { onMarker: (m: AppliedMarker) => void; resync: string | null; floor: number }>();
 
-  constructor(private readonly kafka: Kafka, private readonly topic: string, private readonly log: Logger, private readonly startedAtMs = Date.now()) {
+  constructor(private readonly kafka: Kafka, private readonly topic: string, private readonly log: Logger) {
     this.consumer = kafka.consumer({ groupId: `ckpt-harvester-${randomUUID()}`, sessionTimeout: 30_000, heartbeatInterval: 3000, maxWaitTimeInMs: 2 });
   }
 
   /** Routes this VM's markers to `onMarker` and keeps its resync requests. */
   register(vm: string, onMarker: (m: AppliedMarker) => void): void {
-    this.vms.set(vm, { onMarker, resync: null });
+    this.vms.set(vm, { onMarker, resync: null, floor: 0 });
   }
 
   async start(): Promise<void> {
@@ -42,9 +42,12 @@ export class ControlListener {
           const rec = decodeControlRecord(message.value);
           if (rec.vm !== message.key!.toString()) return Promise.resolve();
           if (rec.kind === 'applied') entry.onMarker(rec.applied);
-          else if (rec.resync.requestedAtMs >= this.startedAtMs) {
-            this.log.warn('resync requested', { vm: rec.vm, reason: rec.resync.reason });
+          else {
+            // Every request read was made after this process started (see the class comment), whatever
+            // the clocks say.
+            this.log.warn('resync requested', { vm: rec.vm, reason: rec.resync.reason, imageGeneration: rec.resync.generation });
             entry.resync = rec.resync.reason;
+            entry.floor = Math.max(entry.floor, rec.resync.generation);
           }
         } catch (err) {
           this.log.warn('ignoring a bad control record', { offset: message.offset, err });
@@ -74,6 +77,14 @@ export class ControlListener {
     const r = e.resync;
     e.resync = null;
     return r;
+  }
+
+  /**
+   * The newest image generation a resync request of the VM named: its next generation must be above
+   * it, or the replicator parks it as old (a harvester whose clock went back starts below the image).
+   */
+  generationFloor(vm: string): number {
+    return this.vms.get(vm)?.floor ?? 0;
   }
 
   async stop(): Promise<void> {

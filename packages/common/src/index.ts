@@ -11,3 +11,4 @@ export * from './guest-workload.ts';
 export * from './connections.ts';
 export * from './vm-id.ts';
 export * from './process-cpu.ts';
+export * from './waits.ts';

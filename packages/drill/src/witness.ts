@@ -5,7 +5,7 @@
  * must equal byte for byte. It shares only the wire decoder with the replicator.
  */
 import { Kafka, logLevel, type Admin, type Consumer } from 'kafkajs';
-import { SparseImage } from '@ckpt/common';
+import { settleWithin, SparseImage } from '@ckpt/common';
 import { batchPages, decodeEpochRecord, type EpochBegin, type EpochCommit, type PageBatch } from '@ckpt/proto';
 
 export interface WitnessedEpoch {
@@ -150,10 +150,7 @@ export class Witness {
   async stop(waitMs = 3000): Promise<void> {
     this.stopped = true;
     if (this.watchdog) clearInterval(this.watchdog);
-    const done = Promise.all([this.consumer.disconnect(), this.admin?.disconnect()]).catch(() => undefined);
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([done, new Promise<void>((r) => { timer = setTimeout(r, waitMs); })]);
-    clearTimeout(timer);
+    await settleWithin(Promise.all([this.consumer.disconnect(), this.admin?.disconnect()]), waitMs);
   }
 
   /** Takes one record of the VM (public for tests). */

@@ -13,7 +13,7 @@ import { freePort, KafkaApi, KafkaErr } from '@ckpt/embedded';
 import { StandbyStore } from '@ckpt/standby';
 import { pollMeta } from './poll-meta.ts';
 import { FakeHarvester } from '../../../services/replicator/test/fake-harvester.ts';
-import { spawnReplicator, startServers, stopChild } from '../src/index.ts';
+import { spawnHarvester, spawnReplicator, startServers, stopChild } from '../src/index.ts';
 
 const HARVESTER_MAIN = fileURLToPath(new URL('../../../services/harvester/src/main.ts', import.meta.url));
 const REPLICATOR_MAIN = fileURLToPath(new URL('../../../services/replicator/src/main.ts', import.meta.url));
@@ -282,6 +282,33 @@ test('dead letters from partitions consumed at once each carry their own record,
     await consumer.disconnect().catch(() => undefined);
     await producer.disconnect().catch(() => undefined);
     await stopChild(replicator);
+    await servers.stop();
+  }
+});
+
+test('SIGTERM ends a harvester promptly while it waits for a replicator that is away (it waited up to 60 s, past the pod\'s 30 s grace)', async () => {
+  const servers = await startServers({ partitions: 1 });
+  let log = '';
+  // No replicator: the 64 MiB baseline fills the 1 MiB window and the harvester waits for markers.
+  const harvester = spawnHarvester(servers, {
+    HARVESTER_VM_ID: 'term-vm', HARVESTER_SOURCE: 'sim', HARVESTER_MEM_MIB: '64', HARVESTER_WORKLOAD: 'random', HARVESTER_RATE: '2000',
+    HARVESTER_WINDOW_BYTES: String(1 << 20), LOG_LEVEL: 'debug',
+  }, (line) => { log = (log + line + '\n').slice(-8000); });
+  try {
+    const deadline = Date.now() + 30_000;
+    while (!/waiting for the replicator/.test(log) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    assert.match(log, /waiting for the replicator/, 'the window is full');
+    await new Promise((r) => setTimeout(r, 500));
+    const t0 = Date.now();
+    const exited = new Promise<number | null>((r) => harvester.once('exit', (code) => r(code)));
+    harvester.kill('SIGTERM');
+    const code = await exited;
+    const ms = Date.now() - t0;
+    assert.ok(ms < 8000, `exited ${ms} ms after SIGTERM; log: ${log.slice(-2000)}`);
+    assert.equal(code, 0, `a stop is not a failure; log: ${log.slice(-2000)}`);
+    assert.match(log, /"msg":"stopped"|stopped/);
+  } finally {
+    if (harvester.exitCode === null) harvester.kill('SIGKILL');
     await servers.stop();
   }
 });

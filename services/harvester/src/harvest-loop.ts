@@ -164,6 +164,8 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
       try {
         commit = await cycle.cut(sink);
       } catch (err) {
+        // Stopping while a sink waited (the replicator, the broker): the epoch is abandoned, not failed.
+        if (err instanceof CkptError && err.code === 'CKPT_ERR_ABORTED' && options.signal?.aborted) break;
         if (!(err instanceof CkptError) || !NEW_GENERATION_CODES.has(err.code)) throw err;
         // Continuity is broken: the uncommitted epoch is dropped and a new generation starts with a baseline.
         newGeneration(err.code, err);

@@ -8,7 +8,7 @@
 import { reportKafkajsSpeedups } from './publish/kafkajs-speedups.ts';
 import { Kafka, logLevel } from 'kafkajs';
 import {
-  ConfigError, CkptError, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, startMetricsServer, vmIdProblem, wantsHelp,
+  ConfigError, CkptError, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, settleWithin, startMetricsServer, vmIdProblem, wantsHelp,
 } from '@ckpt/common';
 import { runHarvest } from './harvest-loop.ts';
 import { HARVESTER_ENV_PREFIX, HARVESTER_SERVICE_SCHEMA } from './service-config.ts';
@@ -64,6 +64,8 @@ async function main(): Promise<number> {
       const publisher = new KafkaPublisher({
         producer, topic: cfg.pagesTopic, vm: cfg.vmId, maxRecordBytes: cfg.maxRecordBytes, maxRequestBytes: cfg.maxRequestBytes, compression: cfg.compression,
         maxInFlightBytes: cfg.maxInFlightBytes, windowBytes: cfg.windowBytes, publishTimeoutMs: cfg.publishTimeoutMs, logStartOffset: logStart?.of, metrics, log: log.child({ component: 'publish' }),
+        // SIGTERM ends the waits for the replicator and the broker too (the pod's grace period is 30 s).
+        signal: abort.signal,
       });
       listener.register(cfg.vmId, (m) => publisher.window.marker(m));
       await listener.start();
@@ -82,7 +84,7 @@ async function main(): Promise<number> {
     source.close();
     await listener?.stop();
     await logStart?.close();
-    await producer?.disconnect().catch(() => undefined);
+    if (producer) await settleWithin(producer.disconnect(), 3000);
     await server?.close();
   }
 }

@@ -12,7 +12,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Consumer, Kafka } from 'kafkajs';
-import type { Logger } from '@ckpt/common';
+import { settleWithin, type Logger } from '@ckpt/common';
 import { decodeControlRecord, type AppliedMarker } from '@ckpt/proto';
 
 export class ControlListener {
@@ -87,7 +87,8 @@ export class ControlListener {
     return this.vms.get(vm)?.floor ?? 0;
   }
 
+  /** Disconnects, waiting at most 3 s: with the broker gone kafkajs's disconnect() waits out its retries. */
   async stop(): Promise<void> {
-    await this.consumer.disconnect().catch(() => undefined);
+    await settleWithin(this.consumer.disconnect(), 3000);
   }
 }

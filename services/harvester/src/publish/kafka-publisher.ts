@@ -11,7 +11,7 @@
  * new generation with a baseline (the replicator sees the torn epoch and discards it).
  */
 import type { Producer } from 'kafkajs';
-import { CkptError, type Logger } from '@ckpt/common';
+import { CkptError, unlessAborted, type Logger } from '@ckpt/common';
 import {
   compressPages, encodeEpochRecord, PART_BEGIN, PART_COMMIT, partOfBatch, splitIntoBatches, type Compression, type EpochRecord,
 } from '@ckpt/proto';
@@ -55,7 +55,7 @@ export interface PublisherOptions {
    * still frees its full dirty rings), so past this the window is cleared anyway.
    */
   windowMaxWaitMs?: number;
-  /** Aborts waits for the replicator (the run is stopping). */
+  /** Aborts waits for the replicator and for the broker (the run is stopping): CKPT_ERR_ABORTED, the epoch in progress abandoned. */
   signal?: AbortSignal;
   metrics?: HarvesterMetrics;
   log: Logger;
@@ -141,8 +141,13 @@ export class KafkaPublisher implements EpochSink {
   /** Waits for every record published so far to be acknowledged; throws the first failure. */
   async drain(): Promise<void> {
     this.flush();
-    while (this.sending) await this.sending;
+    while (this.sending) await this.unlessStopped(this.sending);
     this.throwIfFailed();
+  }
+
+  /** A wait that ends when the publisher's `signal` aborts (the harvester is stopping): CKPT_ERR_ABORTED. */
+  private unlessStopped<T>(p: Promise<T>): Promise<T> {
+    return unlessAborted(p, this.o.signal, () => new CkptError('CKPT_ERR_ABORTED', `stopped while publishing ${this.o.vm}: the epoch in progress is abandoned`));
   }
 
   private throwIfFailed(): void {
@@ -214,7 +219,7 @@ export class KafkaPublisher implements EpochSink {
     const t1 = performance.now();
     while (this.queuedBytes > 0 && this.queuedBytes + size > this.o.maxInFlightBytes) {
       this.flush();
-      await this.nextProgress();
+      await this.unlessStopped(this.nextProgress());
       this.throwIfFailed();
     }
     const waitedMs = performance.now() - t1;
@@ -310,6 +315,7 @@ export class KafkaPublisher implements EpochSink {
           this.o.log.warn('the broker refused a produce request as too large: sending smaller requests (raise the topic\'s max.message.bytes, or set maxRequestBytes below it)', { vm: this.o.vm, topic: this.o.topic, requestBytes: bytes, records: batch.length, newLimit: this.requestLimit });
           return TOO_LARGE;
         }
+        if (this.o.signal?.aborted) throw new CkptError('CKPT_ERR_ABORTED', `stopped while publishing epoch ${first.generation}/${first.epoch} of ${this.o.vm}: ${(err as Error).message}`);
         if (Date.now() >= deadline) {
           throw new CkptError('CKPT_ERR_PUBLISH_FAILED', `cannot publish epoch ${first.generation}/${first.epoch} of ${this.o.vm} for ${this.o.publishTimeoutMs} ms: ${(err as Error).message}`,
             { retriable: true, context: { vm: this.o.vm, generation: first.generation, epoch: first.epoch } });

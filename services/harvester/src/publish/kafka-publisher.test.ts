@@ -105,6 +105,19 @@ test('a replicator that never reports progress stalls the window only for window
   assert.equal(sent.length, 4, 'begin and three batches');
 });
 
+test('the time held back by the window counts while the wait lasts, not only when it ends (a dashboard must see a stall)', async () => {
+  const metrics = createHarvesterMetrics();
+  const p = new KafkaPublisher({ producer: fakeProducer([]), topic: 't', vm: 'vm', maxRecordBytes: 3 * PAGE + 1024, compression: 'none', maxInFlightBytes: 1 << 20, windowBytes: 4 * PAGE, publishTimeoutMs: 1000, windowStallMs: 1500, metrics, log: silentLogger });
+  const seconds = async (): Promise<number> => (await metrics.backpressureSeconds.get()).values.find((v) => v.labels.cause === 'replication-window')!.value;
+  await p.begin(header);
+  const waiting = p.segment(header, segment(9)); // no replicator: waits until the stall (1.5 s) clears the window
+  await new Promise((r) => setTimeout(r, 800));
+  const during = await seconds();
+  assert.ok(during >= 0.4, `${during} s counted 800 ms into the wait`);
+  await waiting;
+  assert.ok((await seconds()) >= 1.4, 'and all of it once it ended');
+});
+
 /** A producer that answers with where the records landed (partition 0, consecutive offsets), as a broker does. */
 function offsetProducer(sent: Buffer[]): Producer {
   return {

@@ -189,6 +189,13 @@ export class KafkaPublisher implements EpochSink {
     if (this.o.windowBytes > 0) {
       let waited = false;
       let probedAt = 0;
+      // Counted as it passes, not when the wait ends: a dashboard must show a stall while it lasts.
+      let countedTo = t0;
+      const count = (): void => {
+        const now = performance.now();
+        this.o.metrics?.backpressureSeconds.inc({ cause: 'replication-window' }, (now - countedTo) / 1000);
+        countedTo = now;
+      };
       while (this.window.unappliedBytes > 0 && this.window.unappliedBytes + size > this.o.windowBytes) {
         this.flush();
         if (!waited) this.o.log.debug('waiting for the replicator', { unapplied: this.window.unappliedBytes, window: this.o.windowBytes });
@@ -197,6 +204,7 @@ export class KafkaPublisher implements EpochSink {
           throw new CkptError('CKPT_ERR_ABORTED', `stopped while waiting for the replicator to apply ${this.window.unappliedBytes} bytes of ${this.o.vm} (window ${this.o.windowBytes}); last marker: ${JSON.stringify(this.window.lastMarker)}`);
         }
         await this.window.changed(250);
+        count();
         this.throwIfFailed();
         const stall = this.o.windowStallMs ?? 10_000;
         if (stall > 0 && performance.now() - Math.max(t0, this.window.lastChangeMs, probedAt) > stall) {
@@ -204,26 +212,27 @@ export class KafkaPublisher implements EpochSink {
           if (performance.now() - Math.max(t0, this.window.lastChangeMs) < maxWait && await this.recordsStillOnBroker()) {
             // The replicator is away (restarting, rebalancing), not behind lost records: keep waiting.
             probedAt = performance.now();
-            this.o.log.warn('the replicator reports no progress; the records it has not processed are still on the broker: waiting for it', { vm: this.o.vm, unapplied: this.window.unappliedBytes, stalledMs: stall, lastMarker: this.window.lastMarker });
+            this.o.log.warn('the replicator reports no progress; the records it has not processed are still on the broker: waiting for it', { vm: this.o.vm, unapplied: this.window.unappliedBytes, stalledMs: Math.round(performance.now() - Math.max(t0, this.window.lastChangeMs)), lastMarker: this.window.lastMarker });
             continue;
           }
-          this.o.log.warn('the replicator reports no progress: resuming without the replication window', { vm: this.o.vm, unapplied: this.window.unappliedBytes, stalledMs: stall, lastMarker: this.window.lastMarker });
+          this.o.log.warn('the replicator reports no progress: resuming without the replication window', { vm: this.o.vm, unapplied: this.window.unappliedBytes, stalledMs: Math.round(performance.now() - Math.max(t0, this.window.lastChangeMs)), lastMarker: this.window.lastMarker });
           this.o.metrics?.windowStalls.inc();
           this.window.clear();
           break;
         }
       }
-      if (waited) this.o.metrics?.backpressureSeconds.inc({ cause: 'replication-window' }, (performance.now() - t0) / 1000);
+      if (waited) count();
     }
     // The in-flight cap: bytes queued or being sent.
-    const t1 = performance.now();
+    let t1 = performance.now();
     while (this.queuedBytes > 0 && this.queuedBytes + size > this.o.maxInFlightBytes) {
       this.flush();
       await this.unlessStopped(this.nextProgress());
+      const now = performance.now();
+      this.o.metrics?.backpressureSeconds.inc({ cause: 'in-flight' }, (now - t1) / 1000);
+      t1 = now;
       this.throwIfFailed();
     }
-    const waitedMs = performance.now() - t1;
-    if (waitedMs > 1) this.o.metrics?.backpressureSeconds.inc({ cause: 'in-flight' }, waitedMs / 1000);
     const pending = this.window.produced(rec.generation, rec.epoch, part, size);
     this.queue.push({ value, at: { generation: rec.generation, epoch: rec.epoch }, pending, n: ++this.queuedCount });
     this.queuedBytes += size;

@@ -330,6 +330,11 @@ export class StandbyStore {
     return (await this.redis.set(this.keys(vm).fence, token, 'PX', ttlMs, 'NX')) === 'OK';
   }
 
+  /** Whether someone holds the VM's fence (a restore reading it, `standby forget` deleting it). */
+  async isFenced(vm: string): Promise<boolean> {
+    return (await this.redis.exists(this.keys(vm).fence)) === 1;
+  }
+
   /** Extends a fence this token holds; false if it is no longer held (expired or taken). */
   async refreshFence(vm: string, token: string, ttlMs: number): Promise<boolean> {
     return Number(await this.redis.eval(FENCE_REFRESH_LUA, 1, this.keys(vm).fence, token, String(ttlMs))) === 1;

@@ -343,6 +343,14 @@ export class Applier {
         return 'done';
       }
       case 'digest-mismatch':
+        // The digest is computed before the apply script checks the fence: a standby being deleted
+        // under it (`npm run standby -- forget` of a VM whose harvester runs) reads as a mismatch
+        // without any page being wrong. Wait for the fence, then judge again on fresh state.
+        if (await this.store.isFenced(r.vm)) {
+          this.metrics.fencedWaits.inc();
+          return 'retry';
+        }
+        await this.ensureFresh(r);
         // Counted only once the mark landed: a digest computed while another member applied is no mismatch.
         await this.breakContinuity(r, 'digest-mismatch', `epoch ${a.generation}/${a.epoch} would give digest ${out.computed}, its commit says ${out.expected}: not applied`);
         this.metrics.digestMismatches.inc();

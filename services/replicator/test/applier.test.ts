@@ -79,6 +79,25 @@ test('a live harvester on a generation older than the image\'s (its clock went b
   assert.equal((await t.store.readMeta('vm-gb'))!.generation, 5000);
 });
 
+test('a standby deleted under the fence while an epoch is assembled (standby forget of a running VM) is a gap, not a digest mismatch', async () => {
+  const t = setup('vm-fg');
+  const h = new FakeHarvester('vm-fg', 600);
+  await t.feed(h.epochRecords(pages([[1, 1], [2, 2], [3, 3]])));
+  const e1 = h.epochRecords(pages([[2, 5], [4, 6]]));
+  await t.feed(e1.slice(0, -1)); // staged, waiting for its commit
+  // `standby forget` holds the fence while it deletes; here it has deleted the page hashes so far.
+  assert.equal(await t.store.acquireFence('vm-fg', 'forget-1', 60_000), true);
+  await db.redis.del(t.store.keys('vm-fg').hashes(600));
+  assert.equal(await t.applier.handle(e1.at(-1)!, 'vm-fg'), 'retry', 'wait for the fence');
+  await t.store.deleteVm('vm-fg');
+  await t.store.releaseFence('vm-fg', 'forget-1');
+  assert.equal(await t.applier.handle(e1.at(-1)!, 'vm-fg'), 'done');
+  const mismatches = (await t.metrics.digestMismatches.get()).values[0]?.value ?? 0;
+  assert.equal(mismatches, 0, 'no digest mismatch (CkptDigestMismatch would page)');
+  assert.ok(!t.dead.some((d) => d.detail.includes('digest')), JSON.stringify(t.dead));
+  assert.ok(t.resyncs.length >= 1, `a baseline is asked for: ${JSON.stringify(t.resyncs)}`);
+});
+
 test('the standby age (live RPO) grows while nothing is applied and drops when an epoch lands', async () => {
   const t = setup('vm-age');
   const h = new FakeHarvester('vm-age', 100);

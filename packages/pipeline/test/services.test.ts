@@ -312,3 +312,51 @@ test('SIGTERM ends a harvester promptly while it waits for a replicator that is 
     await servers.stop();
   }
 });
+
+test('the replicator\'s /readyz tells the truth: 503 within seconds for a Redis that holds the connection but does not answer, and for a broker that went away', async () => {
+  const servers = await startServers({ partitions: 1 });
+  const port = await freePort();
+  const replicator = spawnReplicator(servers, { REPLICATOR_METRICS_PORT: String(port) });
+  const readyz = async (): Promise<{ status: number; body: string; ms: number }> => {
+    const t0 = Date.now();
+    try {
+      const r = await fetch(`http://127.0.0.1:${port}/readyz`, { signal: AbortSignal.timeout(5000) });
+      return { status: r.status, body: await r.text(), ms: Date.now() - t0 };
+    } catch (err) {
+      return { status: 0, body: (err as Error).message, ms: Date.now() - t0 };
+    }
+  };
+  const until = async (what: string, ok: (r: { status: number; body: string }) => boolean, ms: number): Promise<{ status: number; body: string; ms: number }> => {
+    const deadline = Date.now() + ms;
+    let r = await readyz();
+    while (!ok(r) && Date.now() < deadline) {
+      await new Promise((res) => setTimeout(res, 250));
+      r = await readyz();
+    }
+    assert.ok(ok(r), `${what}: /readyz answered ${r.status} ${r.body}`);
+    return r;
+  };
+  try {
+    await until('ready once it joined the group', (r) => r.status === 200, 30_000);
+    // A Redis that is stopped keeps the connection open and never answers: the probe answered nothing.
+    process.kill(servers.redis!.pid!, 'SIGSTOP');
+    try {
+      const r = await readyz();
+      assert.equal(r.status, 503, r.body);
+      assert.match(r.body, /redis: no answer to PING within 2 s/);
+      assert.ok(r.ms < 4000, `answered after ${r.ms} ms`);
+    } finally {
+      process.kill(servers.redis!.pid!, 'SIGCONT');
+    }
+    await until('ready again', (r) => r.status === 200, 30_000);
+    // A broker that went away: not ready once the coordinator stops answering heartbeats (it was
+    // ready for about 20 s, until kafkajs gave up on the consumer).
+    await servers.kafka!.brokerDown();
+    await until('not ready without the broker', (r) => r.status === 503 && /kafka|retrying/.test(r.body), 30_000);
+    await servers.kafka!.brokerUp();
+    await until('ready again with the broker', (r) => r.status === 200, 60_000);
+  } finally {
+    await stopChild(replicator);
+    await servers.stop();
+  }
+});

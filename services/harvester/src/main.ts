@@ -42,7 +42,9 @@ async function main(): Promise<number> {
   const abort = new AbortController();
   let ready = false;
   // -1 = no metrics server (the schema's "off").
-  const server = cfg.metricsPort >= 0 ? await startMetricsServer(metrics.registry, cfg.metricsPort, () => (ready ? null : 'guest not started or Kafka not connected')) : null;
+  let publisher: KafkaPublisher | null = null;
+  // Ready once the guest runs and Kafka is connected, and while the broker takes its records.
+  const server = cfg.metricsPort >= 0 ? await startMetricsServer(metrics.registry, cfg.metricsPort, () => (ready ? publisher?.problem() ?? null : 'guest not started or Kafka not connected')) : null;
   log.info('started', { component: 'main', source: source.kind, mode: source.mode, metricsPort: server?.port ?? 'off', kafkaCrc32c: speedups?.kafkaCrc32c ?? 'off', kafkaEncoder: speedups?.kafkaEncoder ?? 'off' });
   const stop = (signal: string): void => {
     log.info('stopping', { component: 'main', signal });
@@ -61,15 +63,16 @@ async function main(): Promise<number> {
       } catch (err) {
         throw new CkptError('CKPT_ERR_KAFKA_UNREACHABLE', `cannot connect to Kafka at ${cfg.kafkaBrokers}: ${(err as Error).message}`, { cause: err });
       }
-      const publisher = new KafkaPublisher({
+      const pub = new KafkaPublisher({
         producer, topic: cfg.pagesTopic, vm: cfg.vmId, maxRecordBytes: cfg.maxRecordBytes, maxRequestBytes: cfg.maxRequestBytes, compression: cfg.compression,
         maxInFlightBytes: cfg.maxInFlightBytes, windowBytes: cfg.windowBytes, publishTimeoutMs: cfg.publishTimeoutMs, logStartOffset: logStart?.of, metrics, log: log.child({ component: 'publish' }),
         // SIGTERM ends the waits for the replicator and the broker too (the pod's grace period is 30 s).
         signal: abort.signal,
       });
-      listener.register(cfg.vmId, (m) => publisher.window.marker(m));
+      publisher = pub;
+      listener.register(cfg.vmId, (m) => pub.window.marker(m));
       await listener.start();
-      sinks.push(publisher);
+      sinks.push(pub);
     }
     ready = true;
     const summary = await runHarvest(source, {

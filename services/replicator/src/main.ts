@@ -5,7 +5,7 @@
  */
 import { Redis } from 'ioredis';
 import {
-  ConfigError, createLogger, helpText, kafkaClientConfig, parseBrokers, parseConfig, redactUrl, redisClientOptions, startMetricsServer, wantsHelp, type MetricsServer,
+  ConfigError, createLogger, helpText, kafkaClientConfig, parseBrokers, parseConfig, redactUrl, redisClientOptions, settleWithin, startMetricsServer, wantsHelp, type MetricsServer,
 } from '@ckpt/common';
 import { createReplicatorMetrics } from './metrics.ts';
 import { REPLICATOR_ENV_PREFIX, REPLICATOR_SCHEMA } from './replicator-config.ts';
@@ -67,12 +67,10 @@ async function main(): Promise<number> {
       server = await startMetricsServer(metrics.registry, cfg.metricsPort, async () => {
         const r = rep.ready();
         if (r) return r;
-        try {
-          await redis.ping();
-          return null;
-        } catch (err) {
-          return `redis: ${(err as Error).message}`;
-        }
+        // Bounded: a Redis that holds the connection but does not answer (stopped, swapping) left the
+        // probe without any answer.
+        const pong = redis.ping().then(() => null, (err: unknown) => `redis: ${(err as Error).message}`);
+        return (await settleWithin(pong, 2000)) ? pong : 'redis: no answer to PING within 2 s';
       });
     }
   } catch (err) {

@@ -109,9 +109,14 @@ export class Replicator {
   /** Where each VM's records come from, and the partitions with a lag series, to drop them when they move. */
   private readonly vmPartitions = new Map<string, number>();
   private readonly lagPartitions = new Set<number>();
+  /** The last record's failure, cleared when a record is handled. */
   private lastError: string | null = null;
+  /** The consumer's last crash, cleared once the group coordinator answers again (it stayed set until a record came). */
+  private consumerError: string | null = null;
   private crashTimes: number[] = [];
   private rejoinTimer: NodeJS.Timeout | null = null;
+  /** When the group coordinator last answered (a heartbeat, a join): 0 until the first join. */
+  private lastHeartbeatMs = 0;
   /** Group joins so far: a newer one supersedes what an older one was still doing. */
   private joins = 0;
   /** The partitions of the pages topic this instance owns since its last join. */
@@ -143,7 +148,13 @@ export class Replicator {
   async start(): Promise<void> {
     await this.producer.connect();
     await this.consumer.connect();
+    this.consumer.on(this.consumer.events.HEARTBEAT, () => {
+      this.lastHeartbeatMs = Date.now();
+      this.consumerError = null;
+    });
     this.consumer.on(this.consumer.events.GROUP_JOIN, (e) => {
+      this.lastHeartbeatMs = Date.now();
+      this.consumerError = null;
       // Partitions may have moved: what other instances did is in Redis, not in our cache.
       this.applier.forget();
       // Per-VM and per-partition series of partitions now owned by another instance would freeze (and
@@ -165,9 +176,11 @@ export class Replicator {
     });
     this.consumer.on(this.consumer.events.CRASH, (e) => {
       const { error, restart } = e.payload as { error: Error; restart: boolean };
-      this.lastError = error.message;
-      if (restart) this.o.log.warn('consumer crashed; kafkajs starts it again', { err: error });
-      else this.rejoin(error);
+      this.consumerError = error.message;
+      if (restart) {
+        this.o.metrics.consumerRestarts.inc();
+        this.o.log.warn('consumer crashed; kafkajs starts it again', { err: error });
+      } else this.rejoin(error);
     });
     await this.consumer.subscribe({ topic: this.o.topics.pages, fromBeginning: true });
     this.running = true;
@@ -414,10 +427,19 @@ export class Replicator {
     }
   }
 
-  /** Null when serving, else why not. */
+  /**
+   * Null when serving, else why not. Kafka counts as reachable while the group coordinator answers
+   * heartbeats (every member sends them, with partitions or without): a broker that went away showed
+   * ready for about 20 s, until kafkajs gave up on the consumer.
+   */
   ready(): string | null {
     if (!this.running) return 'not started';
-    return this.lastError ? `retrying: ${this.lastError}` : null;
+    const err = this.lastError ?? this.consumerError;
+    if (err) return `retrying: ${err}`;
+    if (this.lastHeartbeatMs === 0) return 'joining the consumer group';
+    const silentMs = Date.now() - this.lastHeartbeatMs;
+    const limitMs = Math.max(15_000, 2 * this.o.sessionTimeoutMs);
+    return silentMs > limitMs ? `kafka: no heartbeat answered by the group coordinator for ${Math.round(silentMs / 1000)} s` : null;
   }
 
   async stop(): Promise<void> {

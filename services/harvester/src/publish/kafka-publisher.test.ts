@@ -269,3 +269,24 @@ test('a broker that never accepts ends the generation: CKPT_ERR_PUBLISH_FAILED a
   await p.drain();
   assert.equal(decodeEpochRecord(sent[0]!).generation, 6);
 });
+
+test('problem() says why the broker is not taking records while sends fail, and clears with the next acknowledged send (the harvester\'s /readyz)', async () => {
+  let failures = 3;
+  const sent: Buffer[] = [];
+  const producer = {
+    send: (r: { messages: { value: Buffer }[] }) => {
+      if (failures-- > 0) return Promise.reject(Object.assign(new Error('Connection error: ECONNREFUSED'), { name: 'KafkaJSConnectionError' }));
+      for (const m of r.messages) sent.push(m.value);
+      return Promise.resolve([]);
+    },
+  } as unknown as Producer;
+  const p = new KafkaPublisher({ producer, topic: 't', vm: 'vm', maxRecordBytes: 3 * PAGE + 1024, compression: 'none', maxInFlightBytes: 1 << 20, windowBytes: 0, publishTimeoutMs: 10_000, log: silentLogger });
+  assert.equal(p.problem(), null);
+  await p.begin(header);
+  const drained = p.drain();
+  await new Promise((r) => setTimeout(r, 60));
+  assert.match(p.problem() ?? '', /^cannot publish to Kafka for \d+ s: Connection error: ECONNREFUSED/);
+  await drained;
+  assert.equal(p.problem(), null, 'cleared once the broker acknowledged');
+  assert.equal(sent.length, 1);
+});

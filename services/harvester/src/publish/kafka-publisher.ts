@@ -86,6 +86,8 @@ export class KafkaPublisher implements EpochSink {
   /** Records encoded and not yet acknowledged; `at` names the epoch (not the record: its pages may be a view of the cycle's staging buffer). */
   private queue: { value: Buffer; at: EpochAt; pending: Pending; n: number }[] = [];
   private queuedBytes = 0;
+  /** Set while sends fail (since when, the last error); cleared by the next acknowledged send. */
+  private sendProblem: { sinceMs: number; message: string } | null = null;
   /** Records queued so far, and how many of them must go out without waiting for more (see flush()). */
   private queuedCount = 0;
   private flushThrough = 0;
@@ -143,6 +145,12 @@ export class KafkaPublisher implements EpochSink {
     this.flush();
     while (this.sending) await this.unlessStopped(this.sending);
     this.throwIfFailed();
+  }
+
+  /** Why the broker is not taking records right now (a send is failing and retrying), or null. */
+  problem(): string | null {
+    const p = this.sendProblem;
+    return p ? `cannot publish to Kafka for ${Math.round((Date.now() - p.sinceMs) / 1000)} s: ${p.message}` : null;
   }
 
   /** A wait that ends when the publisher's `signal` aborts (the harvester is stopping): CKPT_ERR_ABORTED. */
@@ -309,12 +317,14 @@ export class KafkaPublisher implements EpochSink {
       const t = performance.now();
       try {
         const meta = await this.o.producer.send({ topic: this.o.topic, acks: -1, messages: batch.map((b) => ({ key: this.o.vm, value: b.value })) });
+        this.sendProblem = null;
         this.o.metrics?.produceSeconds.observe((performance.now() - t) / 1000);
         // Where the records landed (one partition: they share the VM's key).
         const m = Array.isArray(meta) ? meta[0] : undefined;
         return m?.baseOffset !== undefined && /^\d+$/.test(m.baseOffset) ? { partition: m.partition, baseOffset: BigInt(m.baseOffset) } : null;
       } catch (err) {
         this.o.metrics?.produceErrors.inc();
+        this.sendProblem = { sinceMs: this.sendProblem?.sinceMs ?? Date.now(), message: (err as Error).message };
         if (isTooLarge(err)) {
           if (batch.length === 1) {
             throw new CkptError('CKPT_ERR_RECORD_TOO_LARGE', `the broker refuses a ${bytes}-byte record of ${this.o.vm} on ${this.o.topic} as larger than the topic's max.message.bytes: set the harvester's maxRecordBytes (HARVESTER_MAX_RECORD_BYTES) below that limit, or raise the limit`,

@@ -20,7 +20,10 @@ export class ControlListener {
   private readonly vms = new Map<string, { onMarker: (m: AppliedMarker) => void; resync: string | null; floor: number }>();
 
   constructor(private readonly kafka: Kafka, private readonly topic: string, private readonly log: Logger) {
-    this.consumer = kafka.consumer({ groupId: `ckpt-harvester-${randomUUID()}`, sessionTimeout: 30_000, heartbeatInterval: 3000, maxWaitTimeInMs: 2 });
+    // Short retries: while this consumer backs off, markers do not reach the window and the harvester
+    // waits. kafkajs's default backoff (up to 30 s) kept windows shut 30-50 s after a broker came back.
+    this.consumer = kafka.consumer({ groupId: `ckpt-harvester-${randomUUID()}`, sessionTimeout: 30_000, heartbeatInterval: 3000, maxWaitTimeInMs: 2,
+      retry: { retries: 1000, initialRetryTime: 100, maxRetryTime: 2000 } });
   }
 
   /** Routes this VM's markers to `onMarker` and keeps its resync requests. */

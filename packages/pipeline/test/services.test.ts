@@ -360,3 +360,34 @@ test('the replicator\'s /readyz tells the truth: 503 within seconds for a Redis 
     await servers.stop();
   }
 });
+
+test('SIGTERM ends a replicator whose Redis holds the connection but does not answer: it exits after --stop-timeout-ms, code 1', async () => {
+  const servers = await startServers({ partitions: 1 });
+  let log = '';
+  const replicator = spawnReplicator(servers, { REPLICATOR_STOP_TIMEOUT_MS: '2000' }, (line) => { log = (log + line + '\n').slice(-6000); });
+  const kafka = new Kafka({ clientId: 'stop-timeout-test', brokers: servers.brokers, logLevel: logLevel.NOTHING });
+  const producer = kafka.producer({ idempotent: false, allowAutoTopicCreation: false });
+  const redisPid = servers.redis!.pid!;
+  try {
+    const deadline = Date.now() + 30_000;
+    while (!/joined the consumer group/.test(log) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    await producer.connect();
+    process.kill(redisPid, 'SIGSTOP');
+    // A record the replicator now waits on Redis for.
+    await producer.send({ topic: servers.topics.pages, acks: -1, messages: [{ key: 'stop-vm', value: new FakeHarvester('stop-vm', 3).epochRecords(new Map([[1, 1]]))[0]! }] });
+    await new Promise((r) => setTimeout(r, 1000));
+    const t0 = Date.now();
+    const exited = new Promise<number | null>((r) => replicator.once('exit', (code) => r(code)));
+    replicator.kill('SIGTERM');
+    const code = await Promise.race([exited, new Promise<'hung'>((r) => setTimeout(() => r('hung'), 15_000))]);
+    assert.notEqual(code, 'hung', `still running 15 s after SIGTERM; log: ${log.slice(-1500)}`);
+    assert.equal(code, 1);
+    assert.ok(Date.now() - t0 < 8000);
+    assert.match(log, /still stopping after 2000 ms \(Redis or Kafka does not answer\): exiting/);
+  } finally {
+    process.kill(redisPid, 'SIGCONT');
+    if (replicator.exitCode === null) replicator.kill('SIGKILL');
+    await producer.disconnect().catch(() => undefined);
+    await servers.stop();
+  }
+});

@@ -83,6 +83,12 @@ async function main(): Promise<number> {
     if (stopping) return;
     stopping = true;
     log.info('stopping');
+    // A record waiting on a Redis that holds the connection but does not answer (stopped, swapping)
+    // kept the process past the pod's grace period. Its offset is not committed: it comes again.
+    setTimeout(() => {
+      log.error(`still stopping after ${cfg.stopTimeoutMs} ms (Redis or Kafka does not answer): exiting`);
+      process.exit(1);
+    }, cfg.stopTimeoutMs).unref();
     await rep.stop();
     await server?.close();
     redis.disconnect();

@@ -10,6 +10,7 @@ export const REPLICATOR_SCHEMA = {
   maxRecordBytes: { type: 'int', default: 1_000_000, min: 8192, max: 64 << 20, help: 'largest record accepted from the pages topic (bigger ones are dead-lettered)' },
   markerIntervalMs: { type: 'int', default: 50, min: 5, max: 60_000, help: 'how often applied markers are published on the control topic' },
   resyncRetryMs: { type: 'int', default: 2000, min: 100, max: 600_000, help: 'while a VM is stale, repeat its resync request this often' },
+  stopTimeoutMs: { type: 'int', default: 20_000, min: 1000, max: 600_000, help: 'on SIGTERM, exit (code 1) after this long even if Redis or Kafka does not answer; records not acknowledged are delivered again' },
   sessionTimeoutMs: { type: 'int', default: 10_000, min: 1000, max: 300_000, help: 'consumer-group session timeout: how long a dead replicator keeps its partitions' },
   fetchMaxWaitMs: { type: 'int', default: 100, min: 1, max: 30_000, help: 'longest a Kafka fetch waits for new records' },
   assignDelayMs: { type: 'int', default: 0, min: 0, max: 10_000, help: 'the group leader waits this long before handing out partitions (librdkafka\'s mock broker needs it; 0 for real Kafka)' },

@@ -70,21 +70,35 @@ test('harvester and replicator services: the standby of a running guest is a con
   }
 });
 
-test('a live replicator parks bad records on the dead-letter topic, with why and where, and keeps applying', async () => {
-  const servers = await startServers({ partitions: 1 });
+/** Servers, a live replicator, a producer to the pages topic and a reader of the dead-letter topic. */
+async function deadLetterRig(partitions: number, name: string) {
+  const servers = await startServers({ partitions });
   const replicator = spawnReplicator(servers);
   let log = '';
   replicator.stderr?.on('data', (d: Buffer) => { log = (log + d.toString()).slice(-5000); });
-  const kafka = new Kafka({ clientId: 'dead-letter-test', brokers: servers.brokers, logLevel: logLevel.NOTHING });
+  const kafka = new Kafka({ clientId: name, brokers: servers.brokers, logLevel: logLevel.NOTHING });
   const producer = kafka.producer({ idempotent: false, allowAutoTopicCreation: false });
-  const consumer = kafka.consumer({ groupId: `dead-letter-reader-${process.pid}`, maxWaitTimeInMs: 50 });
+  const consumer = kafka.consumer({ groupId: `${name}-reader-${process.pid}`, maxWaitTimeInMs: 50 });
+  const dead: KafkaMessage[] = [];
+  await consumer.connect();
+  await consumer.subscribe({ topic: servers.topics.deadLetter, fromBeginning: true });
+  await consumer.run({ eachMessage: ({ message }) => { dead.push(message); return Promise.resolve(); } });
+  await producer.connect();
+  return {
+    servers, replicator, producer, dead, log: () => log,
+    close: async (): Promise<void> => {
+      await consumer.disconnect().catch(() => undefined);
+      await producer.disconnect().catch(() => undefined);
+      await stopChild(replicator);
+      await servers.stop();
+    },
+  };
+}
+
+test('a live replicator parks bad records on the dead-letter topic, with why and where, and keeps applying', async () => {
+  const { servers, replicator, producer, dead, log, close } = await deadLetterRig(1, 'dead-letter-test');
   const redis = new Redis(servers.redisUrl);
   try {
-    const dead: KafkaMessage[] = [];
-    await consumer.connect();
-    await consumer.subscribe({ topic: servers.topics.deadLetter, fromBeginning: true });
-    await consumer.run({ eachMessage: ({ message }) => { dead.push(message); return Promise.resolve(); } });
-    await producer.connect();
     const garbage = Buffer.from('not a protobuf record at all');
     const h = new FakeHarvester('dl-vm', 7);
     const epoch = h.epochRecords(new Map([[1, 1], [2, 2]]));
@@ -100,7 +114,7 @@ test('a live replicator parks bad records on the dead-letter topic, with why and
     const store = new StandbyStore(redis, servers.redisPrefix);
     const meta = await pollMeta(store, 'dl-vm', (m) => m !== null && dead.length >= 2, 60_000);
     const reasons = dead.map((m) => m.headers?.reason?.toString());
-    assert.deepEqual(reasons, ['malformed', 'key-mismatch'], `dead letters: ${JSON.stringify(reasons)}; replicator log: ${log}`);
+    assert.deepEqual(reasons, ['malformed', 'key-mismatch'], `dead letters: ${JSON.stringify(reasons)}; replicator log: ${log()}`);
     assert.deepEqual(dead[0]!.value, garbage, 'the parked record is the original bytes');
     assert.deepEqual(dead[1]!.value, foreign);
     assert.equal(dead[0]!.key?.toString(), 'dl-vm');
@@ -109,17 +123,14 @@ test('a live replicator parks bad records on the dead-letter topic, with why and
     assert.equal(dead[1]!.headers?.['source-offset']?.toString(), '1');
     assert.match(dead[1]!.headers?.detail?.toString() ?? '', /record of VM other-vm arrived with key dl-vm/);
     // The records after them still apply: the baseline of dl-vm is the image.
-    assert.ok(meta, `no standby for dl-vm; replicator log: ${log}`);
+    assert.ok(meta, `no standby for dl-vm; replicator log: ${log()}`);
     assert.equal(meta.state, 'ok');
     assert.equal(meta.generation, 7);
     assert.equal(meta.digest, h.model.digest().toHex());
     assert.equal(replicator.exitCode, null, 'the replicator is still running');
   } finally {
-    await consumer.disconnect().catch(() => undefined);
-    await producer.disconnect().catch(() => undefined);
-    await stopChild(replicator);
     redis.disconnect();
-    await servers.stop();
+    await close();
   }
 });
 
@@ -245,21 +256,10 @@ test('dead letters from partitions consumed at once each carry their own record,
   // begin is parked only after its VM's state is read from Redis, so the partitions interleave there.
   // The record being handled was one field for all partitions: a dead letter could carry another VM's
   // record, or none at all.
-  const servers = await startServers({ partitions: 2 });
-  const replicator = spawnReplicator(servers);
-  let log = '';
-  replicator.stderr?.on('data', (d: Buffer) => { log = (log + d.toString()).slice(-5000); });
-  const kafka = new Kafka({ clientId: 'dead-letter-concurrent-test', brokers: servers.brokers, logLevel: logLevel.NOTHING });
-  const producer = kafka.producer({ idempotent: false, allowAutoTopicCreation: false });
-  const consumer = kafka.consumer({ groupId: `dead-letter-reader-${process.pid}-2`, maxWaitTimeInMs: 50 });
+  const { servers, producer, dead, log, close } = await deadLetterRig(2, 'dead-letter-concurrent-test');
   const N = 40;
   const sent = new Map<string, Buffer>();
   try {
-    const dead: KafkaMessage[] = [];
-    await consumer.connect();
-    await consumer.subscribe({ topic: servers.topics.deadLetter, fromBeginning: true });
-    await consumer.run({ eachMessage: ({ message }) => { dead.push(message); return Promise.resolve(); } });
-    await producer.connect();
     const messages = [0, 1].flatMap((p) => Array.from({ length: N }, (_, i) => {
       const vm = `vm-p${p}-${i}`;
       const batch = new FakeHarvester(vm, 7).epochRecords(new Map([[1, 1]]))[1]!; // a batch without its begin
@@ -269,7 +269,7 @@ test('dead letters from partitions consumed at once each carry their own record,
     await producer.send({ topic: servers.topics.pages, acks: -1, messages });
     const deadline = Date.now() + 60_000;
     while (dead.length < 2 * N && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-    assert.equal(dead.length, 2 * N, `dead letters: ${dead.length}; replicator log: ${log}`);
+    assert.equal(dead.length, 2 * N, `dead letters: ${dead.length}; replicator log: ${log()}`);
     for (const m of dead) {
       const where = `${m.headers?.['source-partition']?.toString()}@${m.headers?.['source-offset']?.toString()}`;
       assert.equal(m.headers?.reason?.toString(), 'unknown-epoch', where);
@@ -279,10 +279,7 @@ test('dead letters from partitions consumed at once each carry their own record,
       assert.equal(m.key?.toString(), `vm-p${where.replace('@', '-')}`, `key of ${where}`);
     }
   } finally {
-    await consumer.disconnect().catch(() => undefined);
-    await producer.disconnect().catch(() => undefined);
-    await stopChild(replicator);
-    await servers.stop();
+    await close();
   }
 });
 

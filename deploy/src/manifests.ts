@@ -85,6 +85,7 @@ const RECORD_OVERHEAD_BYTES = 64 << 10;
 
 type Obj = JsonObject;
 const objs = (v: unknown): Obj[] => asArray(v).filter(isObject);
+const obj = (v: unknown): Obj => (isObject(v) ? v : {});
 const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
 const describe = (o: K8sObject): string => `${o.kind} ${o.metadata.namespace ? o.metadata.namespace + '/' : ''}${o.metadata.name}`;
 
@@ -764,6 +765,33 @@ function checkKafka(ov: Overlay, uses: KafkaUse[], report: (o: K8sObject, msg: s
 // Putting it together
 
 /** Every problem in one overlay's rendered objects, as `<overlay>: <Kind ns/name>: <problem>`. */
+/** A Kubernetes memory quantity in bytes (`768Mi`, `5Gi`, `500M`, `1073741824`), or null. */
+export function memoryBytes(q: unknown): number | null {
+  const m = typeof q === 'string' || typeof q === 'number' ? /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$/.exec(String(q)) : null;
+  if (!m) return null;
+  const unit: Record<string, number> = { '': 1, Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, k: 1e3, M: 1e6, G: 1e9, T: 1e12 };
+  return Number(m[1]) * unit[m[2] ?? '']!;
+}
+
+/**
+ * Headroom the harvester needs above its guest: Node.js (about 150 MiB), the 256 MB initial heap it
+ * fills before its first full collection, rings and records in flight. Measured 2026-11-25: 668-679 MB
+ * resident with a 256 MiB guest, so about 420 MiB over the guest; the rule keeps some margin.
+ */
+export const HARVESTER_HEADROOM_MIB = 512;
+
+/** The harvester's memory limit must hold its guest plus HARVESTER_HEADROOM_MIB (else the kernel kills it, and its guest with it). */
+function checkGuestMemory(cc: ContainerConfig, c: Obj): string[] {
+  if (cc.service !== 'harvester' || typeof cc.config.memMib !== 'number') return [];
+  const limit = memoryBytes(obj(obj(c.resources).limits).memory);
+  const needMib = cc.config.memMib + HARVESTER_HEADROOM_MIB;
+  if (limit === null) return [`no memory limit: give it at least the guest (HARVESTER_MEM_MIB ${cc.config.memMib}) plus ${HARVESTER_HEADROOM_MIB} MiB`];
+  if (limit < needMib * 2 ** 20) {
+    return [`memory limit ${String(obj(obj(c.resources).limits).memory)} is below the guest (HARVESTER_MEM_MIB ${cc.config.memMib} MiB) plus ${HARVESTER_HEADROOM_MIB} MiB for Node.js and its 256 MB initial heap: ${needMib} MiB; the kernel would kill the harvester and its guest`];
+  }
+  return [];
+}
+
 export function checkObjects(overlayName: string, objects: readonly K8sObject[]): string[] {
   const ov = new Overlay(overlayName, objects);
   const problems: string[] = [];
@@ -782,6 +810,7 @@ export function checkObjects(overlayName: string, objects: readonly K8sObject[])
       const cc = checkServiceEnv(service, c, p.namespace, ov, local);
       checkFileSettings(cc, c, p.spec, p.namespace, ov, local);
       checkPortsAndProbes(p.owner, cc, c, local);
+      local.push(...checkGuestMemory(cc, c));
       for (const msg of local) report(p.owner, `container ${String(c.name)} (${service}): ${msg}`);
       if (service !== 'restorer' && (cc.config.kafkaBrokers || cc.opaque.has('kafkaBrokers'))) kafkaUses.push({ owner: p.owner, service, config: cc.config });
     }

@@ -191,6 +191,19 @@ describe('the validator catches', () => {
     expectSome(found, /ckpt-replicator.*REPLICATOR_KAFKA_SASL_MECHANISM: "scram-sha-1"/);
   });
 
+  test('a harvester memory limit that does not hold its guest plus Node.js and its initial heap (production had about 90 MiB of headroom)', () => {
+    expectOne(problems((o) => {
+      node(node(container(find(o, 'DaemonSet', 'ckpt-harvester')), 'resources'), 'limits').memory = '700Mi'; // guest 256 MiB + 512 needed
+    }), /ckpt-harvester: container harvester \(harvester\): memory limit 700Mi is below the guest \(HARVESTER_MEM_MIB 256 MiB\) plus 512 MiB .*: 768 MiB/);
+    assert.deepEqual(problems((o) => {
+      node(node(container(find(o, 'DaemonSet', 'ckpt-harvester')), 'resources'), 'limits').memory = '700Mi';
+      envOf(container(find(o, 'DaemonSet', 'ckpt-harvester')), 'HARVESTER_MEM_MIB').value = '128';
+    }), [], 'a smaller guest fits the same limit');
+    expectOne(problems((o) => {
+      envOf(container(find(o, 'DaemonSet', 'ckpt-harvester')), 'HARVESTER_MEM_MIB').value = '1024';
+    }), /memory limit 1Gi is below the guest \(HARVESTER_MEM_MIB 1024 MiB\)/);
+  });
+
   test('a required setting missing', () => {
     expectOne(problems((o) => {
       const c = container(find(o, 'Deployment', 'ckpt-restorer-failover'));

@@ -8,6 +8,16 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
+/**
+ * Starts `metric` (a labelled counter or gauge) with a series at 0 for each of `values` of `label`, and
+ * returns it. prom-client exports a labelled series only once it exists: a series born at 1 hides its
+ * first event from increase() and rate(), and one never born cannot show an alert that it stays flat.
+ */
+export function withZeroSeries<L extends string, M extends { inc(labels: Partial<Record<L, string>>, value: number): void }>(metric: M, label: L, values: readonly string[]): M {
+  for (const v of values) metric.inc({ [label]: v } as Partial<Record<L, string>>, 0);
+  return metric;
+}
+
 /** Readiness check: resolves with null when ready, or a reason. */
 export type ReadyCheck = () => Promise<string | null> | string | null;
 

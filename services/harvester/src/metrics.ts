@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { withZeroSeries } from '@ckpt/common';
 
 /** Every metric the harvester exports (`ckpt_harvester_*`). One registry per harvester instance. */
 export interface HarvesterMetrics {
@@ -52,10 +53,8 @@ export function createHarvesterMetrics(options: { defaultMetrics?: boolean; vm?:
   if (options.vm !== undefined) registry.setDefaultLabels({ vm: options.vm });
   if (options.defaultMetrics) collectDefaultMetrics({ register: registry });
   const registers = [registry];
-  const epochs = new Counter({ name: 'ckpt_harvester_epochs_total', help: 'Epochs cut, by kind (baseline or delta)', labelNames: ['kind'], registers });
-  for (const kind of EPOCH_KINDS) epochs.inc({ kind }, 0);
-  const backpressureSeconds = new Counter({ name: 'ckpt_harvester_backpressure_seconds_total', help: 'Time the harvester waited before producing, by cause (in-flight cap, replication window)', labelNames: ['cause'], registers });
-  for (const cause of BACKPRESSURE_CAUSES) backpressureSeconds.inc({ cause }, 0);
+  const epochs = withZeroSeries(new Counter({ name: 'ckpt_harvester_epochs_total', help: 'Epochs cut, by kind (baseline or delta)', labelNames: ['kind'], registers }), 'kind', EPOCH_KINDS);
+  const backpressureSeconds = withZeroSeries(new Counter({ name: 'ckpt_harvester_backpressure_seconds_total', help: 'Time the harvester waited before producing, by cause (in-flight cap, replication window)', labelNames: ['cause'], registers }), 'cause', BACKPRESSURE_CAUSES);
   return {
     registry,
     pagesHarvested: new Counter({ name: 'ckpt_harvester_pages_harvested_total', help: 'Guest pages copied into epochs (zero pages included)', registers }),

@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { withZeroSeries } from '@ckpt/common';
 
 /** The values of `kind` on ckpt_replicator_records_total. */
 export const RECORD_KINDS = ['begin', 'batch', 'commit', 'bad'] as const;
@@ -64,15 +65,10 @@ export function createReplicatorMetrics(options: { defaultMetrics?: boolean } = 
       for (const [vm, at] of committedAt) this.set({ vm }, Math.max(0, now - at) / 1000);
     },
   });
-  // Labelled counters start with every value at 0: a series born at 1 hides its first event from increase().
-  const labelled = <L extends string>(c: Counter<L>, label: L, values: readonly string[]): Counter<L> => {
-    for (const v of values) c.inc({ [label]: v } as Partial<Record<L, string>>, 0);
-    return c;
-  };
   return {
     registry,
-    records: labelled(new Counter({ name: 'ckpt_replicator_records_total', help: 'Records consumed from the pages topic, by kind (begin, batch, commit, bad)', labelNames: ['kind'], registers }), 'kind', RECORD_KINDS),
-    epochsApplied: labelled(new Counter({ name: 'ckpt_replicator_epochs_applied_total', help: 'Epochs applied to the standby image, by kind (baseline or delta)', labelNames: ['kind'], registers }), 'kind', APPLIED_KINDS),
+    records: withZeroSeries(new Counter({ name: 'ckpt_replicator_records_total', help: 'Records consumed from the pages topic, by kind (begin, batch, commit, bad)', labelNames: ['kind'], registers }), 'kind', RECORD_KINDS),
+    epochsApplied: withZeroSeries(new Counter({ name: 'ckpt_replicator_epochs_applied_total', help: 'Epochs applied to the standby image, by kind (baseline or delta)', labelNames: ['kind'], registers }), 'kind', APPLIED_KINDS),
     bytesApplied: new Counter({ name: 'ckpt_replicator_bytes_applied_total', help: 'Page bytes of applied epochs (zero pages excluded)', registers }),
     applySeconds: new Histogram({ name: 'ckpt_replicator_apply_seconds', help: 'Time to verify and apply one epoch at its commit record', buckets: [1e-3, 2e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1, 5], registers }),
     replicationLagSeconds: new Histogram({ name: 'ckpt_replicator_replication_lag_seconds', help: 'From the harvester committing an epoch to the replicator applying it', buckets: [5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1, 2.5, 5, 10], registers }),
@@ -80,11 +76,11 @@ export function createReplicatorMetrics(options: { defaultMetrics?: boolean } = 
     lagSeconds: new Gauge({ name: 'ckpt_replicator_lag_seconds', help: 'Harvester commit to apply of the last applied epoch, per VM', labelNames: ['vm'], registers }),
     staleVms: new Gauge({ name: 'ckpt_replicator_stale_vms', help: 'VMs whose standby image is stale (waiting for a baseline)', registers }),
     vmStale: new Gauge({ name: 'ckpt_replicator_vm_stale', help: '1 when this VM\'s standby image is stale', labelNames: ['vm'], registers }),
-    gaps: labelled(new Counter({ name: 'ckpt_replicator_gaps_total', help: 'Continuity breaks detected, by reason (missing-epoch, missing-batch, new-generation, no-image, digest-mismatch)', labelNames: ['reason'], registers }), 'reason', GAP_REASONS),
+    gaps: withZeroSeries(new Counter({ name: 'ckpt_replicator_gaps_total', help: 'Continuity breaks detected, by reason (missing-epoch, missing-batch, new-generation, no-image, digest-mismatch)', labelNames: ['reason'], registers }), 'reason', GAP_REASONS),
     digestMismatches: new Counter({ name: 'ckpt_replicator_digest_mismatches_total', help: 'Epochs refused because the standby digest would not equal the commit record\'s', registers }),
     consumerRestarts: new Counter({ name: 'ckpt_replicator_consumer_restarts_total', help: 'Kafka consumer crashes after which the replicator joined the group again in-process', registers }),
     resyncRequests: new Counter({ name: 'ckpt_replicator_resync_requests_total', help: 'Baselines requested from harvesters on the control topic', registers }),
-    deadLetters: labelled(new Counter({ name: 'ckpt_replicator_dead_letters_total', help: 'Records parked on the dead-letter topic, by reason', labelNames: ['reason'], registers }), 'reason', DEAD_LETTER_REASONS),
+    deadLetters: withZeroSeries(new Counter({ name: 'ckpt_replicator_dead_letters_total', help: 'Records parked on the dead-letter topic, by reason', labelNames: ['reason'], registers }), 'reason', DEAD_LETTER_REASONS),
     fencedWaits: new Counter({ name: 'ckpt_replicator_fenced_waits_total', help: 'Applies deferred because a restorer holds the VM\'s fence', registers }),
     skippedWhileStale: new Counter({ name: 'ckpt_replicator_skipped_records_total', help: 'Records of epochs after a gap, skipped while their VM waits for a baseline', registers }),
     consumerLagRecords: new Gauge({ name: 'ckpt_replicator_consumer_lag_records', help: 'Records on the pages topic after the last one handled, per partition this instance consumes', labelNames: ['partition'], registers }),

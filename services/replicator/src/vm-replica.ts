@@ -35,10 +35,10 @@ export interface InFlight {
 
 const toError = (err: unknown): Error => (err instanceof Error ? err : new Error(String(err)));
 
-/** What the replicator knows of one VM (loaded from Redis on first sight). */
 /** Epochs in a row of one older generation after which its harvester is asked for a new one (see olderGeneration()). */
 const BEHIND_EPOCHS = 3;
 
+/** What the replicator knows of one VM (loaded from Redis on first sight). */
 export interface VmReplica {
   vm: string;
   meta: StandbyMeta | null;

@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { withZeroSeries } from '@ckpt/common';
 
 /** The values of `outcome` on ckpt_restorer_restores_total. */
 export const RESTORE_OUTCOMES = ['ok', 'ok-stale', 'refused-stale', 'refused-digest', 'error'] as const;
@@ -21,19 +22,15 @@ export function createRestorerMetrics(options: { defaultMetrics?: boolean } = {}
   const registry = new Registry();
   if (options.defaultMetrics) collectDefaultMetrics({ register: registry });
   const registers = [registry];
-  // Every outcome exists at 0 from the start, so a restore that ends after the first scrape counts in increase().
-  const restores = new Counter({ name: 'ckpt_restorer_restores_total', help: 'Restores by outcome: ok, ok-stale, refused-stale, refused-digest, error', labelNames: ['outcome'], registers });
-  for (const outcome of RESTORE_OUTCOMES) restores.inc({ outcome }, 0);
-  // The counter and the histogram miss a restore that ends before the first scrape (increase() and
-  // rate() need a sample before it), which is the usual failover: these gauges keep it.
-  const lastEnd = new Gauge({ name: 'ckpt_restorer_last_restore_end_timestamp_seconds', help: 'Unix time the last restore with this outcome ended (0: none yet)', labelNames: ['outcome'], registers });
-  for (const outcome of RESTORE_OUTCOMES) lastEnd.set({ outcome }, 0);
   return {
     registry,
     durationSeconds: new Histogram({ name: 'ckpt_restorer_duration_seconds', help: 'Time to read, verify and hand over one image (fence to release)', buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120], registers }),
     bytes: new Counter({ name: 'ckpt_restorer_bytes_total', help: 'Guest memory bytes restored and verified', registers }),
-    restores,
-    lastEnd,
+    // Every outcome exists at 0 from the start, so a restore that ends after the first scrape counts in increase().
+    restores: withZeroSeries(new Counter({ name: 'ckpt_restorer_restores_total', help: 'Restores by outcome: ok, ok-stale, refused-stale, refused-digest, error', labelNames: ['outcome'], registers }), 'outcome', RESTORE_OUTCOMES),
+    // The counter and the histogram miss a restore that ends before the first scrape (increase() and
+    // rate() need a sample before it), which is the usual failover: these gauges keep it.
+    lastEnd: withZeroSeries(new Gauge({ name: 'ckpt_restorer_last_restore_end_timestamp_seconds', help: 'Unix time the last restore with this outcome ended (0: none yet)', labelNames: ['outcome'], registers }), 'outcome', RESTORE_OUTCOMES),
     lastDurationSeconds: new Gauge({ name: 'ckpt_restorer_last_restore_duration_seconds', help: 'Duration of the last restore, any outcome (fence to release; 0: none yet)', registers }),
     throughput: new Gauge({ name: 'ckpt_restorer_throughput_bytes_per_second', help: 'Guest memory bytes per second of the last successful restore (read, verify, hand over)', registers }),
     lastSuccess: new Gauge({ name: 'ckpt_restorer_last_success_timestamp_seconds', help: 'Unix time the last successful restore finished', registers }),

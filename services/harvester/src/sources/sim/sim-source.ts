@@ -1,12 +1,12 @@
 import { SparseImage } from '@ckpt/common';
 import type { DirtySource, SlotInfo, SourceStats } from '../dirty-source.ts';
 import { GUEST_LAYOUT, GUEST_REACH_PAGES } from '../guest-layout.ts';
-
-/** Page offsets within a slot are 32-bit (Uint32Array), as in KVM's dirty-ring entries' use here. */
-const MAX_SLOT_PAGES = 2 ** 32 - 1;
 import { F_DIRTY, parseRing, type ParseResult } from '../ring-parse.ts';
 import { SimRing } from './sim-ring.ts';
 import { WorkloadCursor, writeStamp, type WorkloadName } from '@ckpt/common';
+
+/** Page offsets within a slot are 32-bit (Uint32Array), as in KVM's dirty-ring entries' use here. */
+const MAX_SLOT_PAGES = 2 ** 32 - 1;
 
 export interface SimSourceOptions {
   slotBytes: readonly number[];

@@ -6,3 +6,6 @@ export const isObject = (v: unknown): v is JsonObject => v !== null && typeof v 
 
 /** The list, or an empty one for anything else (absent fields included). */
 export const asArray = (v: unknown): unknown[] => (Array.isArray(v) ? v : []);
+
+/** The mappings in a list (anything else, absent fields included: none). */
+export const asObjects = (v: unknown): JsonObject[] => asArray(v).filter(isObject);

@@ -59,7 +59,9 @@ import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import type { CheckResult } from './check-result.ts';
 import { imageDeclarations as dockerfileDeclarations, type Service as ServiceName } from './dockerfiles.ts';
 import { parseImage, podSpecReferences, podSpecsOf, renderWithSources, type K8sObject } from './kustomize.ts';
-import { asArray, isObject, type JsonObject } from './json-shape.ts';
+import { asArray, asObjects, isObject, type JsonObject } from './json-shape.ts';
+import { NetworkPolicies, type Peer, type PodEndpoint } from './network-policies.ts';
+import { selectorMatches } from './selectors.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 /** Every directory here is an overlay that must render and validate. */
@@ -84,7 +86,7 @@ export const OPERATOR_SECRETS: readonly { name: string; namespace: string; keys:
 const RECORD_OVERHEAD_BYTES = 64 << 10;
 
 type Obj = JsonObject;
-const objs = (v: unknown): Obj[] => asArray(v).filter(isObject);
+const objs = asObjects;
 const obj = (v: unknown): Obj => (isObject(v) ? v : {});
 const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
 const describe = (o: K8sObject): string => `${o.kind} ${o.metadata.namespace ? o.metadata.namespace + '/' : ''}${o.metadata.name}`;
@@ -529,26 +531,6 @@ function podTemplates(ov: Overlay): PodTemplate[] {
   return out;
 }
 
-/** A Kubernetes label selector (matchLabels and matchExpressions) against labels. */
-export function selectorMatches(sel: unknown, labels: Record<string, string>): boolean {
-  if (!isObject(sel)) return false;
-  const ml = isObject(sel.matchLabels) ? sel.matchLabels : {};
-  for (const [k, v] of Object.entries(ml)) if (labels[k] !== v) return false;
-  for (const e of objs(sel.matchExpressions)) {
-    const key = str(e.key) ?? '';
-    const values = asArray(e.values).map(String);
-    const has = key in labels;
-    switch (e.operator) {
-      case 'In': if (!has || !values.includes(labels[key]!)) return false; break;
-      case 'NotIn': if (has && values.includes(labels[key]!)) return false; break;
-      case 'Exists': if (!has) return false; break;
-      case 'DoesNotExist': if (has) return false; break;
-      default: return false;
-    }
-  }
-  return true;
-}
-
 const portNamesOf = (ps: Obj): string[] => [...objs(ps.containers), ...objs(ps.initContainers)].flatMap((c) => objs(c.ports).map((p) => str(p.name) ?? ''));
 
 function checkMonitorsAndServices(ov: Overlay, pods: PodTemplate[], report: (o: K8sObject, msg: string) => void): void {
@@ -762,9 +744,110 @@ function checkKafka(ov: Overlay, uses: KafkaUse[], report: (o: K8sObject, msg: s
 }
 
 // ---------------------------------------------------------------------------------------------
+// 7. Network policies: the connections each service opens, and its metrics port, are allowed
+
+interface ServiceUse {
+  pod: PodTemplate;
+  service: ServiceName;
+  config: Record<string, unknown>;
+}
+
+const endpointOf = (p: PodTemplate): PodEndpoint => ({
+  namespace: p.namespace ?? 'default',
+  labels: p.labels,
+  ports: [...objs(p.spec.containers), ...objs(p.spec.initContainers)].flatMap((c) => objs(c.ports).map((q) => ({
+    name: str(q.name), containerPort: Number(q.containerPort), protocol: str(q.protocol) ?? 'TCP',
+  }))),
+});
+const labelText = (labels: Record<string, string>): string => Object.entries(labels).map(([k, v]) => `${k}=${v}`).join(',');
+
+/** One connection a service opens, resolved to its far end: rendered pods, a Kafka's brokers, or outside (null). */
+interface Connection { what: string; peer: Peer | null; owner: K8sObject | null; port: number }
+
+/** Strimzi's broker pods of the Kafka an address names (`<name>-kafka-bootstrap...`), by the labels Strimzi gives them. */
+function kafkaConnection(ov: Overlay, address: string): Connection {
+  const [host = '', port = ''] = address.split(':');
+  const kafka = ov.kind('Kafka').find((k) => host.startsWith(`${k.metadata.name}-kafka-bootstrap`));
+  const peer = kafka ? {
+    namespace: kafka.metadata.namespace ?? 'default',
+    labels: { 'strimzi.io/cluster': kafka.metadata.name, 'strimzi.io/kind': 'Kafka', 'strimzi.io/name': `${kafka.metadata.name}-kafka`, 'strimzi.io/broker-role': 'true' },
+  } : null;
+  return { what: `Kafka ${address}`, peer, owner: kafka ?? null, port: Number(port) };
+}
+
+/**
+ * The Redis pods a URL names through a rendered Service (`<service>[.<namespace>...]`), and the
+ * container port its Service port leads to (policies see the pod's port, not the Service's).
+ */
+function redisConnection(ov: Overlay, pods: PodTemplate[], from: PodTemplate, url: string, report: (msg: string) => void): Connection | null {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return null; // reported by the settings check
+  }
+  const [name = '', ns = from.namespace ?? 'default'] = u.hostname.split('.');
+  const port = Number(u.port || 6379);
+  const svc = ov.find('Service', ns, name);
+  if (!svc) return { what: `Redis ${u.host}`, peer: null, owner: null, port };
+  const svcSpec = obj(svc.spec);
+  const entry = objs(svcSpec.ports).find((p) => p.port === port);
+  if (!entry) {
+    report(`REDIS_URL ${u.host}: the Service ${ns}/${name} has no port ${port} (it has ${objs(svcSpec.ports).map((p) => String(p.port)).join(', ')})`);
+    return null;
+  }
+  const target = pods.find((p) => (p.namespace ?? 'default') === ns && selectorMatches(svcSpec.selector !== undefined ? { matchLabels: svcSpec.selector } : undefined, p.labels));
+  if (!target) return { what: `Redis ${u.host}`, peer: null, owner: null, port };
+  const peer = endpointOf(target);
+  const tp = entry.targetPort ?? entry.port;
+  const containerPort = typeof tp === 'string' ? peer.ports.find((c) => c.name === tp)?.containerPort : Number(tp);
+  if (containerPort === undefined) {
+    report(`REDIS_URL ${u.host}: the Service ${ns}/${name}'s targetPort ${String(tp)} names no container port of ${describe(target.owner)}`);
+    return null;
+  }
+  return { what: `Redis ${u.host} (${describe(target.owner)}, port ${containerPort})`, peer, owner: target.owner, port: containerPort };
+}
+
+/**
+ * Every connection a service's pods open (Kafka, Redis, and DNS to find them) must be allowed out of the
+ * client by the policies that select it and into a rendered server by those that select the server;
+ * its metrics port must be open to some scraper. (Kafka's own ingress comes from Strimzi: checkListener.)
+ */
+function checkNetworkPolicies(ov: Overlay, pods: PodTemplate[], uses: ServiceUse[], report: (o: K8sObject, msg: string) => void): void {
+  const policies = new NetworkPolicies(ov.objects);
+  const refused = (names: string[], direction: string, whose: string): string => `the NetworkPolicies that select ${whose} for ${direction} (${[...names].sort().join(', ')}) allow no such flow`;
+  for (const { pod, service, config } of uses) {
+    const at = (msg: string): void => report(pod.owner, `${service}: ${msg}`);
+    const client = endpointOf(pod);
+    const connections: Connection[] = [];
+    if (service !== 'restorer' && typeof config.kafkaBrokers === 'string') {
+      for (const address of config.kafkaBrokers.split(',').map((a) => a.trim()).filter(Boolean)) connections.push(kafkaConnection(ov, address));
+    }
+    if (service !== 'harvester' && typeof config.redisUrl === 'string' && config.redisUrl) {
+      const c = redisConnection(ov, pods, pod, config.redisUrl, at);
+      if (c) connections.push(c);
+    }
+    if (connections.length > 0) connections.push({ what: 'DNS (UDP 53), to resolve those names', peer: null, owner: null, port: 53 });
+    for (const c of connections) {
+      const protocol = c.port === 53 && c.peer === null && c.what.startsWith('DNS') ? 'UDP' : 'TCP';
+      const out = policies.egressRefused(client, { peer: c.peer, port: c.port, protocol });
+      if (out) at(`no egress to ${c.what}: ${refused(out, 'egress', `its pods (${labelText(pod.labels)})`)}`);
+      if (c.owner && c.peer?.ports) {
+        const into = policies.ingressRefused(c.peer, { peer: client, port: c.port, protocol });
+        if (into) report(c.owner, `no ingress from the ${service} (${describe(pod.owner)}) on port ${c.port}: ${refused(into, 'ingress', 'its pods')}`);
+      }
+    }
+    const metrics = client.ports.find((p) => p.name === 'metrics');
+    if (metrics) {
+      const into = policies.ingressRefused(client, { peer: null, port: metrics.containerPort, protocol: 'TCP' });
+      if (into) at(`nothing can scrape its metrics port ${metrics.containerPort}: ${refused(into, 'ingress', `its pods (${labelText(pod.labels)})`)}`);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Putting it together
 
-/** Every problem in one overlay's rendered objects, as `<overlay>: <Kind ns/name>: <problem>`. */
 /** A Kubernetes memory quantity in bytes (`768Mi`, `5Gi`, `500M`, `1073741824`), or null. */
 export function memoryBytes(q: unknown): number | null {
   const m = typeof q === 'string' || typeof q === 'number' ? /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$/.exec(String(q)) : null;
@@ -792,6 +875,7 @@ function checkGuestMemory(cc: ContainerConfig, c: Obj): string[] {
   return [];
 }
 
+/** Every problem in one overlay's rendered objects, as `<overlay>: <Kind ns/name>: <problem>`. */
 export function checkObjects(overlayName: string, objects: readonly K8sObject[]): string[] {
   const ov = new Overlay(overlayName, objects);
   const problems: string[] = [];
@@ -800,6 +884,7 @@ export function checkObjects(overlayName: string, objects: readonly K8sObject[])
 
   const pods = podTemplates(ov);
   const kafkaUses: KafkaUse[] = [];
+  const uses: ServiceUse[] = [];
   for (const p of pods) {
     for (const msg of checkSecurity(p, ov)) report(p.owner, msg);
     for (const msg of checkReferences(p, ov)) report(p.owner, msg);
@@ -813,10 +898,12 @@ export function checkObjects(overlayName: string, objects: readonly K8sObject[])
       local.push(...checkGuestMemory(cc, c));
       for (const msg of local) report(p.owner, `container ${String(c.name)} (${service}): ${msg}`);
       if (service !== 'restorer' && (cc.config.kafkaBrokers || cc.opaque.has('kafkaBrokers'))) kafkaUses.push({ owner: p.owner, service, config: cc.config });
+      uses.push({ pod: p, service, config: cc.config });
     }
   }
   checkMonitorsAndServices(ov, pods, report);
   checkKafka(ov, kafkaUses, report);
+  checkNetworkPolicies(ov, pods, uses, report);
   return problems;
 }
 

@@ -322,6 +322,47 @@ describe('the validator catches', () => {
     }), /HARVESTER_KAFKA_BROKERS ckpt-kafka-bootstrap\.ckpt\.svc:9093: the Kafka ckpt has no listener on port 9093 \(it has 9094\)/);
   });
 
+  test('NetworkPolicies: each service\'s connections (Kafka, Redis, DNS) and its metrics port are allowed', () => {
+    const policy = (o: Node[], name: string): Node => find(o, 'NetworkPolicy', name);
+    // The replicator's egress to Redis on a port Redis does not listen on.
+    expectOne(problems((o) => {
+      nodes(nodes(node(policy(o, 'ckpt-replicator-egress'), 'spec'), 'egress')[1]!, 'ports')[0]!.port = 6380;
+    }), /Deployment ckpt\/ckpt-replicator: replicator: no egress to Redis ckpt-redis\.ckpt\.svc:6379 \(StatefulSet ckpt\/ckpt-redis, port 6379\): the NetworkPolicies that select its pods \(app\.kubernetes\.io\/name=ckpt-replicator.*\) for egress \(allow-dns, ckpt-replicator-egress, default-deny-all\) allow no such flow/);
+    // The same rule by the port's name on the Redis pods is fine; a name the pods do not have is not.
+    assert.deepEqual(problems((o) => {
+      nodes(nodes(node(policy(o, 'ckpt-replicator-egress'), 'spec'), 'egress')[1]!, 'ports')[0]!.port = 'redis';
+    }), []);
+    expectOne(problems((o) => {
+      nodes(nodes(node(policy(o, 'ckpt-replicator-egress'), 'spec'), 'egress')[1]!, 'ports')[0]!.port = 'resp';
+    }), /ckpt-replicator: replicator: no egress to Redis/);
+    // The harvester's egress to the brokers on the plain listener's port, not the TLS one it uses.
+    expectOne(problems((o) => {
+      nodes(nodes(node(policy(o, 'ckpt-harvester-egress'), 'spec'), 'egress')[0]!, 'ports')[0]!.port = 9092;
+    }), /DaemonSet ckpt\/ckpt-harvester: harvester: no egress to Kafka ckpt-kafka-bootstrap\.ckpt\.svc:9093/);
+    // Redis's ingress without the restorer: both restorers are refused, reported on Redis.
+    const ingress = problems((o) => {
+      node(nodes(nodes(node(policy(o, 'ckpt-redis-ingress'), 'spec'), 'ingress')[0]!, 'from')[0]!, 'podSelector.matchExpressions.0').values = ['ckpt-replicator'];
+    });
+    assert.deepEqual(ingress.map((p) => p.replace(/:.*/, '')), ['dev', 'dev'], ingress.join('\n'));
+    for (const owner of ['CronJob ckpt/ckpt-restore-drill', 'Deployment ckpt/ckpt-restorer-failover']) {
+      expectSome(ingress, new RegExp(`StatefulSet ckpt/ckpt-redis: no ingress from the restorer \\(${owner}\\) on port 6379: the NetworkPolicies that select its pods for ingress \\(ckpt-redis-ingress, default-deny-all\\)`));
+    }
+    // No DNS: every service that connects by name is cut off.
+    const dns = problems((o) => o.splice(o.indexOf(policy(o, 'allow-dns')), 1));
+    assert.equal(dns.length, 4, dns.join('\n'));
+    for (const p of dns) assert.match(p, /no egress to DNS \(UDP 53\), to resolve those names/);
+    // The scrape rule on a port the services do not name.
+    const scrape = problems((o) => {
+      nodes(nodes(node(policy(o, 'allow-metrics-from-prometheus'), 'spec'), 'ingress')[0]!, 'ports')[0]!.port = 'prometheus';
+    });
+    expectSome(scrape, /DaemonSet ckpt\/ckpt-harvester: harvester: nothing can scrape its metrics port 9464/);
+    expectSome(scrape, /Deployment ckpt\/ckpt-replicator: replicator: nothing can scrape its metrics port 9465/);
+    // A Redis URL on a port its Service does not have.
+    expectOne(problems((o) => {
+      node(find(o, 'ConfigMap', 'ckpt-redis-client'), 'data').REDIS_URL = 'redis://ckpt-redis.ckpt.svc:6380';
+    }).filter((p) => /ckpt-replicator/.test(p)), /REDIS_URL ckpt-redis\.ckpt\.svc:6380: the Service ckpt\/ckpt-redis has no port 6380 \(it has 6379\)/);
+  });
+
   test('an unknown kind', () => {
     expectOne(problems((o) => {
       o.push({ apiVersion: 'cert-manager.io/v1', kind: 'Certificate', metadata: { name: 'ckpt-redis', namespace: 'ckpt' }, spec: {} });

@@ -743,6 +743,66 @@ function checkKafka(ov: Overlay, uses: KafkaUse[], report: (o: K8sObject, msg: s
   }
 }
 
+/** Kafka's default segment.bytes: a partition holds up to retention.bytes plus its open segment. */
+const KAFKA_SEGMENT_BYTES = 1 << 30;
+/** Share of a broker volume the retained topics may fill (Kafka stops when its disk is full). */
+const KAFKA_DISK_FILL = 0.9;
+const GIB = 2 ** 30;
+
+/**
+ * Each broker's volumes must hold its share of what the byte-capped topics retain: partitions ×
+ * replicas × (retention.bytes + segment.bytes) ÷ brokers, with KAFKA_DISK_FILL to spare. Topics capped
+ * only by time (ckpt.control: a few small records per epoch) are not counted.
+ */
+function checkKafkaDisks(ov: Overlay, report: (o: K8sObject, msg: string) => void): void {
+  for (const kafka of ov.kind('Kafka')) {
+    const ns = kafka.metadata.namespace;
+    const inCluster = (o: K8sObject): boolean => o.metadata.namespace === ns && o.metadata.labels?.['strimzi.io/cluster'] === kafka.metadata.name;
+    const pools = ov.kind('KafkaNodePool').filter((p) => inCluster(p) && asArray(obj(p.spec).roles).includes('broker'));
+    const brokers = pools.reduce((n, p) => n + Number(obj(p.spec).replicas ?? 0), 0);
+    if (brokers === 0) continue;
+    let need = 0;
+    const parts: string[] = [];
+    for (const t of ov.kind('KafkaTopic').filter(inCluster)) {
+      const cfg = topicConfig(t);
+      const retention = Number(cfg['retention.bytes'] ?? -1);
+      if (!(retention > 0)) continue;
+      const partitions = Number(obj(t.spec).partitions ?? 1);
+      const replicas = Math.min(Number(obj(t.spec).replicas ?? 1), brokers);
+      const perBroker = (partitions * replicas * (retention + Number(cfg['segment.bytes'] ?? KAFKA_SEGMENT_BYTES))) / brokers;
+      need += perBroker;
+      parts.push(`${str(obj(t.spec).topicName) ?? t.metadata.name} ${(perBroker / GIB).toFixed(1)} GiB`);
+    }
+    for (const pool of pools) {
+      const storage = obj(obj(pool.spec).storage);
+      const volumes = storage.type === 'jbod' ? objs(storage.volumes) : [storage];
+      if (volumes.some((v) => v.type !== 'persistent-claim')) continue; // ephemeral: sized by the node, not here
+      const size = volumes.reduce((n, v) => n + (memoryBytes(v.size) ?? 0), 0);
+      if (size * KAFKA_DISK_FILL < need) {
+        report(pool, `its volumes (${(size / GIB).toFixed(1)} GiB per broker) do not hold what the topics retain per broker with ${Math.round((1 - KAFKA_DISK_FILL) * 100)}% to spare: ${(need / GIB).toFixed(1)} GiB (${parts.join(', ')}; partitions × replicas × (retention.bytes + segment.bytes) ÷ brokers (${brokers})); a full disk stops the broker`);
+      }
+    }
+  }
+}
+
+/** A PVC a restorer writes its image to must hold the largest guest's memory (the image files are that long). */
+function checkRestoreVolumes(ov: Overlay, uses: ServiceUse[], report: (o: K8sObject, msg: string) => void): void {
+  const guests = uses.filter((u) => u.service === 'harvester' && typeof u.config.memMib === 'number');
+  if (guests.length === 0) return;
+  const largest = Math.max(...guests.map((u) => u.config.memMib as number));
+  for (const u of uses.filter((x) => x.service === 'restorer')) {
+    for (const v of objs(u.pod.spec.volumes)) {
+      const claim = str(obj(v.persistentVolumeClaim).claimName);
+      const pvc = claim ? ov.find('PersistentVolumeClaim', u.pod.namespace, claim) : undefined;
+      if (!pvc) continue;
+      const size = memoryBytes(obj(obj(obj(pvc.spec).resources).requests).storage);
+      if (size !== null && size < largest * 2 ** 20) {
+        report(pvc, `requests ${String(obj(obj(obj(pvc.spec).resources).requests).storage)} but the restorer (${describe(u.pod.owner)}) writes images of up to ${largest} MiB there (the largest HARVESTER_MEM_MIB)`);
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Network policies: the connections each service opens, and its metrics port, are allowed
 
@@ -904,6 +964,8 @@ export function checkObjects(overlayName: string, objects: readonly K8sObject[])
   checkMonitorsAndServices(ov, pods, report);
   checkKafka(ov, kafkaUses, report);
   checkNetworkPolicies(ov, pods, uses, report);
+  checkKafkaDisks(ov, report);
+  checkRestoreVolumes(ov, uses, report);
   return problems;
 }
 

@@ -363,6 +363,26 @@ describe('the validator catches', () => {
     }).filter((p) => /ckpt-replicator/.test(p)), /REDIS_URL ckpt-redis\.ckpt\.svc:6380: the Service ckpt\/ckpt-redis has no port 6380 \(it has 6379\)/);
   });
 
+  test('disks: a Kafka volume that cannot hold the retained topics, a restore volume smaller than the guest', () => {
+    // ckpt.dead's 10 GiB cap alone outgrew the dev brokers' 10 GiB volume (found by this check).
+    expectOne(problems((o) => {
+      nodes(node(find(o, 'KafkaNodePool', 'dual'), 'spec.storage'), 'volumes')[0]!.size = '10Gi';
+    }), /KafkaNodePool ckpt\/dual: its volumes \(10\.0 GiB per broker\) do not hold what the topics retain per broker with 10% to spare: 14\.8 GiB \(ckpt\.dead 11\.0 GiB, ckpt\.pages 3\.8 GiB; .*÷ brokers \(1\)\)/);
+    // More brokers share the partitions; the same topics then fit.
+    assert.deepEqual(problems((o) => {
+      const pool = find(o, 'KafkaNodePool', 'dual');
+      nodes(node(pool, 'spec.storage'), 'volumes')[0]!.size = '10Gi';
+      node(pool, 'spec').replicas = 3;
+    }), []);
+    expectOne(problems((o) => {
+      node(find(o, 'KafkaTopic', 'ckpt-pages'), 'spec.config')['retention.bytes'] = 8 * 2 ** 30;
+    }), /do not hold .*: 35\.8 GiB \(ckpt\.dead 11\.0 GiB, ckpt\.pages 24\.8 GiB/);
+    expectOne(problems((o) => {
+      envOf(container(find(o, 'DaemonSet', 'ckpt-harvester')), 'HARVESTER_MEM_MIB').value = '4096';
+      node(node(container(find(o, 'DaemonSet', 'ckpt-harvester')), 'resources'), 'limits').memory = '5Gi';
+    }), /PersistentVolumeClaim ckpt\/ckpt-restore: requests 2Gi but the restorer \(CronJob ckpt\/ckpt-restore-drill\) writes images of up to 4096 MiB there/);
+  });
+
   test('an unknown kind', () => {
     expectOne(problems((o) => {
       o.push({ apiVersion: 'cert-manager.io/v1', kind: 'Certificate', metadata: { name: 'ckpt-redis', namespace: 'ckpt' }, spec: {} });

@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import type { ConnectionOptions } from 'node:tls';
-import { ConfigError } from './errors.ts';
+import { CkptError, ConfigError } from './errors.ts';
 import type { ConfigOf, Schema } from './config.ts';
 import type { Logger } from './logger.ts';
 
@@ -124,6 +124,40 @@ export async function connectWithCause(client: { connect(): Promise<unknown>; on
     throw new Error(cause?.message || (err as Error).message, { cause: err });
   } finally {
     client.off('error', onError);
+  }
+}
+
+/** kafkajs errors that mean the brokers did not answer (as opposed to answering with a refusal). */
+function isConnectionError(err: unknown): boolean {
+  const e = err as { name?: string; cause?: { name?: string } } | null;
+  const silent = (name: string | undefined): boolean => name === 'KafkaJSConnectionError' || name === 'KafkaJSRequestTimeoutError' || name === 'KafkaJSConnectionClosedError';
+  return silent(e?.name) || (e?.name === 'KafkaJSNumberOfRetriesExceeded' && silent(e.cause?.name));
+}
+
+/**
+ * connect() of a kafkajs producer. An idempotent producer first asks a broker for a producer id, which
+ * a broker older than Kafka 0.11, a user without IdempotentWrite on the cluster, or the embedded test
+ * broker refuses, and kafkajs then fails with whatever went wrong last ("Broker 0 not found in the
+ * cached metadata" against the embedded one), as if the brokers could not be reached. When they did
+ * answer (an admin client connects), this rejects with CKPT_ERR_KAFKA_IDEMPOTENT naming the cause and
+ * `turnOff`, the setting that turns the idempotent producer off; otherwise with the producer's error.
+ */
+export async function connectProducer(
+  kafka: { admin(): { connect(): Promise<void>; disconnect(): Promise<void> } },
+  producer: { connect(): Promise<void> },
+  idempotent: boolean,
+  turnOff: string,
+): Promise<void> {
+  try {
+    await producer.connect();
+  } catch (err) {
+    if (!idempotent || isConnectionError(err)) throw err;
+    const admin = kafka.admin();
+    const answered = await admin.connect().then(() => true, () => false);
+    await admin.disconnect().catch(() => undefined);
+    if (!answered) throw err;
+    throw new CkptError('CKPT_ERR_KAFKA_IDEMPOTENT', `the Kafka brokers answer but gave the idempotent producer no producer id (${(err as Error).message}): `
+      + `a broker older than Kafka 0.11, a user without IdempotentWrite on the cluster, or the embedded test broker refuses one; grant IdempotentWrite, or turn it off with ${turnOff}`, { cause: err });
   }
 }
 

@@ -251,6 +251,36 @@ test('the services refuse bad configuration with exit code 2 and name every prob
   assert.match(h.stderr, /HARVESTER_VM_ID/);
 });
 
+test('an idempotent producer the broker gives no producer id: both services say so and how to turn it off, not that Kafka is unreachable (exit 1)', async () => {
+  const servers = await startServers({ partitions: 1 });
+  try {
+    const run = async (main: string, env: Record<string, string>): Promise<{ code: number | null; stderr: string }> => {
+      const child = spawn(process.execPath, ['--import', 'tsx', main], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+      const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+      return { code, stderr };
+    };
+    // The embedded broker cannot give producer ids; the idempotent producer is the services' default.
+    const h = await run(HARVESTER_MAIN, {
+      HARVESTER_SOURCE: 'sim', HARVESTER_MEM_MIB: '32', HARVESTER_METRICS_PORT: '-1', HARVESTER_VM_ID: 'idem-vm', HARVESTER_KAFKA_BROKERS: servers.brokers.join(','),
+      HARVESTER_PAGES_TOPIC: servers.topics.pages, HARVESTER_CONTROL_TOPIC: servers.topics.control,
+    });
+    assert.equal(h.code, 1, h.stderr);
+    assert.match(h.stderr, /"code":"CKPT_ERR_KAFKA_IDEMPOTENT"/);
+    assert.match(h.stderr, /the Kafka brokers answer but gave the idempotent producer no producer id \(.+\): .* or turn it off with HARVESTER_KAFKA_IDEMPOTENT=false \(--no-kafka-idempotent\)/);
+    assert.doesNotMatch(h.stderr, /cannot connect to Kafka/);
+    const r = await run(REPLICATOR_MAIN, {
+      REPLICATOR_KAFKA_BROKERS: servers.brokers.join(','), REPLICATOR_REDIS_URL: servers.redisUrl, REPLICATOR_METRICS_PORT: '-1',
+      REPLICATOR_PAGES_TOPIC: servers.topics.pages, REPLICATOR_CONTROL_TOPIC: servers.topics.control, REPLICATOR_DEAD_LETTER_TOPIC: servers.topics.deadLetter,
+    });
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /replicator: the Kafka brokers answer but gave the idempotent producer no producer id .* REPLICATOR_KAFKA_IDEMPOTENT=false \(--no-kafka-idempotent\)/);
+  } finally {
+    await servers.stop();
+  }
+});
+
 test('dead letters from partitions consumed at once each carry their own record, key and source offset', async () => {
   // Two partitions handled concurrently, each with the first records of many VMs: a batch without its
   // begin is parked only after its VM's state is read from Redis, so the partitions interleave there.

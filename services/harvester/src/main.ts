@@ -8,7 +8,7 @@
 import { reportKafkajsSpeedups } from './publish/kafkajs-speedups.ts';
 import { Kafka, logLevel } from 'kafkajs';
 import {
-  ConfigError, CkptError, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, settleWithin, startMetricsServer, vmIdProblem, wantsHelp,
+  ConfigError, CkptError, connectProducer, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, settleWithin, startMetricsServer, vmIdProblem, wantsHelp,
 } from '@ckpt/common';
 import { runHarvest } from './harvest-loop.ts';
 import { HARVESTER_ENV_PREFIX, HARVESTER_SERVICE_SCHEMA } from './service-config.ts';
@@ -59,8 +59,9 @@ async function main(): Promise<number> {
     const sinks: EpochSink[] = [];
     if (producer && listener) {
       try {
-        await producer.connect();
+        await connectProducer(kafka!, producer, cfg.kafkaIdempotent, 'HARVESTER_KAFKA_IDEMPOTENT=false (--no-kafka-idempotent)');
       } catch (err) {
+        if (err instanceof CkptError) throw err;
         throw new CkptError('CKPT_ERR_KAFKA_UNREACHABLE', `cannot connect to Kafka at ${cfg.kafkaBrokers}: ${(err as Error).message}`, { cause: err });
       }
       const pub = new KafkaPublisher({

@@ -5,7 +5,7 @@
  */
 import { Redis } from 'ioredis';
 import {
-  ConfigError, createLogger, helpText, kafkaClientConfig, parseBrokers, parseConfig, redactUrl, redisClientOptions, settleWithin, startMetricsServer, wantsHelp, type MetricsServer,
+  CkptError, ConfigError, createLogger, helpText, kafkaClientConfig, parseBrokers, parseConfig, redactUrl, redisClientOptions, settleWithin, startMetricsServer, wantsHelp, type MetricsServer,
 } from '@ckpt/common';
 import { createReplicatorMetrics } from './metrics.ts';
 import { REPLICATOR_ENV_PREFIX, REPLICATOR_SCHEMA } from './replicator-config.ts';
@@ -98,8 +98,9 @@ async function main(): Promise<number> {
   try {
     await rep.start();
   } catch (err) {
-    log.error('cannot start: Kafka is not reachable', { brokers: cfg.kafkaBrokers, err });
-    process.stderr.write(`replicator: cannot connect to Kafka at ${cfg.kafkaBrokers}: ${(err as Error).message}\n`);
+    const refused = err instanceof CkptError && err.code === 'CKPT_ERR_KAFKA_IDEMPOTENT';
+    log.error(refused ? 'cannot start: the brokers refuse an idempotent producer' : 'cannot start: Kafka is not reachable', { brokers: cfg.kafkaBrokers, err });
+    process.stderr.write(`replicator: ${refused ? '' : `cannot connect to Kafka at ${cfg.kafkaBrokers}: `}${(err as Error).message}\n`);
     await rep.stop().catch(() => undefined);
     await server?.close();
     redis.disconnect();

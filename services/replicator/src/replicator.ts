@@ -10,7 +10,7 @@
 import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
 import { Kafka, logLevel, PartitionAssigners, Partitioners, type Consumer, type EachBatchPayload, type KafkaConfig, type KafkaMessage, type PartitionAssigner, type Producer } from 'kafkajs';
-import { CkptError, kafkaLogCreator, type Logger } from '@ckpt/common';
+import { CkptError, connectProducer, kafkaLogCreator, type Logger } from '@ckpt/common';
 import { encodeControlRecord, PART_BEGIN, PART_COMMIT, partOfBatch, type AppliedMarker, type EpochRecord } from '@ckpt/proto';
 import { StandbyStore } from '@ckpt/standby';
 import type { ReplicatorMetrics } from './metrics.ts';
@@ -146,7 +146,7 @@ export class Replicator {
   }
 
   async start(): Promise<void> {
-    await this.producer.connect();
+    await connectProducer(this.kafka, this.producer, this.o.idempotent, 'REPLICATOR_KAFKA_IDEMPOTENT=false (--no-kafka-idempotent)');
     await this.consumer.connect();
     this.consumer.on(this.consumer.events.HEARTBEAT, () => {
       this.lastHeartbeatMs = Date.now();

@@ -64,6 +64,8 @@ export interface EpochCommit {
   pauseUs: number;
   startedAtMs: number;
   committedAtMs: number;
+  /** When the pause that captured the epoch began (decoded as committedAtMs from older harvesters, which do not send it). */
+  pausedAtMs: number;
 }
 
 interface RecordHead { vm: string; generation: number; epoch: number }
@@ -197,6 +199,7 @@ export function decodeEpochRecord(buf: Uint8Array): EpochRecord {
           dataBytes: safeInt(c.dataBytes, 'commit.dataBytes'), digest, vcpuStates: c.vcpuStates as Uint8Array[],
           guestCounters: c.guestCounters as number[], pauseUs: u32(c.pauseUs, 'commit.pauseUs'),
           startedAtMs: safeInt(c.startedAtMs, 'commit.startedAtMs'), committedAtMs: safeInt(c.committedAtMs, 'commit.committedAtMs'),
+          pausedAtMs: safeInt(c.pausedAtMs ?? 0, 'commit.pausedAtMs') || safeInt(c.committedAtMs, 'commit.committedAtMs'),
         },
       };
     }

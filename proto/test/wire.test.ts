@@ -25,7 +25,7 @@ test('begin, batch and commit records round-trip', () => {
   }
   const commit: EpochRecord = { ...head, kind: 'commit', commit: {
     batches: 5, pages: 7, zeroPages: 5, dataBytes: 8192, digest: '00ff00ff00ff00ff', vcpuStates: [Uint8Array.of(1, 2, 3)], guestCounters: [5, 10],
-    pauseUs: 812, startedAtMs: 1, committedAtMs: 2,
+    pauseUs: 812, startedAtMs: 1, committedAtMs: 3, pausedAtMs: 2,
   } };
   const back = decodeEpochRecord(encodeEpochRecord(commit));
   assert.equal(back.kind, 'commit');
@@ -33,7 +33,12 @@ test('begin, batch and commit records round-trip', () => {
     assert.equal(back.commit.digest, '00ff00ff00ff00ff');
     assert.deepEqual([...back.commit.vcpuStates[0]!], [1, 2, 3]);
     assert.deepEqual(back.commit.guestCounters, [5, 10]);
+    assert.deepEqual([back.commit.startedAtMs, back.commit.pausedAtMs, back.commit.committedAtMs], [1, 2, 3]);
   }
+  // A commit from a harvester that does not send the pause time: the commit time stands in for it.
+  const { pausedAtMs: _, ...older } = commit.commit;
+  const olderBack = decodeEpochRecord(encodeEpochRecord({ ...head, kind: 'commit', commit: older as typeof older & { pausedAtMs: number } }));
+  assert.equal(olderBack.kind === 'commit' && olderBack.commit.pausedAtMs, 3);
   const ctl = { vm: 'vm-1', kind: 'applied' as const, applied: { generation: 3, epoch: 6, part: 3, imageGeneration: 3, imageEpoch: 5, stale: false, atMs: 5 } };
   assert.deepEqual(decodeControlRecord(encodeControlRecord(ctl)), ctl);
 });
@@ -69,7 +74,7 @@ test('bad records are rejected with a code that says why', () => {
   assert.equal(code(encodeEpochRecord({ ...head, kind: 'begin', begin: { pageSize: 3000, slots: [{ id: 0, pages: 1 }], vcpus: 1, baseline: false, startedAtMs: 0 } })), 'CKPT_ERR_WIRE_INVALID');
   assert.equal(code(encodeEpochRecord({ ...head, vm: '', kind: 'begin', begin: { pageSize: PAGE, slots: [{ id: 0, pages: 1 }], vcpus: 1, baseline: false, startedAtMs: 0 } })), 'CKPT_ERR_WIRE_INVALID');
   assert.equal(code(encodeEpochRecord({ ...head, kind: 'commit', commit: {
-    batches: 0, pages: 0, zeroPages: 0, dataBytes: 0, digest: 'nothex', vcpuStates: [], guestCounters: [], pauseUs: 0, startedAtMs: 0, committedAtMs: 0,
+    batches: 0, pages: 0, zeroPages: 0, dataBytes: 0, digest: 'nothex', vcpuStates: [], guestCounters: [], pauseUs: 0, startedAtMs: 0, committedAtMs: 0, pausedAtMs: 0,
   } })), 'CKPT_ERR_WIRE_INVALID');
 });
 

@@ -23,7 +23,7 @@ export function vmDashboard(): Dashboard {
     .withRow(row('Standby image'))
     .withPanel(stat({
       title: 'Standby age (RPO now)',
-      description: `Time since the harvester committed the epoch this VM's standby holds: what a failover now would lose. Orange from 1 s, red from ${FRESH_STANDBY_SECONDS} s.`,
+      description: `Time since the harvester paused the guest for the epoch this VM's standby holds: the guest time a failover now would lose. Orange from 1 s, red from ${FRESH_STANDBY_SECONDS} s.`,
       queries: [{ expr: standbyAge(VM) }],
       unit: UNIT.seconds, steps: below(1, FRESH_STANDBY_SECONDS), noValue: 'no standby',
     }))

@@ -180,7 +180,9 @@ async function runScenario(name: ScenarioName, source: 'kvm' | 'sim', o: DrillOp
     const last = witness.last!;
     res.epochsCommitted = witness.committed;
     res.lastCommittedEpoch = `${last.generation}/${last.epoch}`;
-    res.rpoMs = Math.max(0, killedAt - last.committedAtMs);
+    // The guest time lost: from the pause that captured the last committed epoch (its commit can come
+    // much later, after a wait for the replication window) to the kill.
+    res.rpoMs = Math.max(0, killedAt - last.pausedAtMs);
     res.rpoEpochs = Number((res.rpoMs / o.intervalMs).toFixed(2));
     await until(`the standby to reach epoch ${res.lastCommittedEpoch}`, 60_000, async () => {
       const p = await store.readPosition(VM);

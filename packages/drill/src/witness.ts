@@ -12,6 +12,8 @@ export interface WitnessedEpoch {
   generation: number;
   epoch: number;
   digest: string;
+  /** When the harvester paused the guest for this epoch: the guest time it holds. */
+  pausedAtMs: number;
   committedAtMs: number;
   guestCounters: number[];
 }
@@ -208,7 +210,7 @@ export class Witness {
         }
       }
     }
-    this.last = { generation: p.generation, epoch: p.epoch, digest: c.digest, committedAtMs: c.committedAtMs, guestCounters: c.guestCounters };
+    this.last = { generation: p.generation, epoch: p.epoch, digest: c.digest, pausedAtMs: c.pausedAtMs, committedAtMs: c.committedAtMs, guestCounters: c.guestCounters };
     this.committed++;
   }
 }

@@ -53,11 +53,11 @@ async function main(argv: string[]): Promise<number> {
     if (sub === 'list') {
       const now = Date.now();
       const vms = (await store.listImages()).map(({ vm, meta: m }) => (
-        { vm, generation: m.generation, epoch: m.epoch, state: m.state, ageS: Math.max(0, (now - m.committedAtMs) / 1000), committedAt: new Date(m.committedAtMs).toISOString() }));
+        { vm, generation: m.generation, epoch: m.epoch, state: m.state, ageS: Math.max(0, (now - m.pausedAtMs) / 1000), pausedAt: new Date(m.pausedAtMs).toISOString(), committedAt: new Date(m.committedAtMs).toISOString() }));
       // The list is the answer: on stdout, so it can be piped, unless --json puts its JSON there.
       const out = cfg.json ? say : (s: string): void => void process.stdout.write(s + '\n');
       say(`standby: ${vms.length} standby image${vms.length === 1 ? '' : 's'} under ${cfg.redisPrefix}: in ${redactUrl(redisOpts.url)}`);
-      for (const v of vms) out(`  ${v.vm}  epoch ${v.generation}/${v.epoch}  ${v.state === 'ok' ? 'ok' : 'STALE'}  ${v.ageS.toFixed(1)} s old (committed ${v.committedAt})`);
+      for (const v of vms) out(`  ${v.vm}  epoch ${v.generation}/${v.epoch}  ${v.state === 'ok' ? 'ok' : 'STALE'}  ${v.ageS.toFixed(1)} s old (guest paused ${v.pausedAt}, committed ${v.committedAt})`);
       if (cfg.json) process.stdout.write(JSON.stringify({ vms: vms.map((v) => ({ ...v, ageS: Number(v.ageS.toFixed(3)) })) }) + '\n');
       return 0;
     }

@@ -24,7 +24,12 @@ export interface StandbyMeta {
   vcpus: number;
   vcpuStates: Buffer[];
   guestCounters: number[];
-  /** When the harvester committed the epoch (its clock) and when it was applied here. */
+  /**
+   * The harvester's clock: when the pause that captured the epoch began (the guest time the image
+   * holds; images applied before 2026-11-25 have the commit time here) and when it committed the
+   * epoch; then when it was applied here.
+   */
+  pausedAtMs: number;
   committedAtMs: number;
   appliedAtMs: number;
 }
@@ -80,7 +85,7 @@ export class StandbyStore {
       generation: num(h.generation), epoch: num(h.epoch, -1), digest: h.digest?.toString() ?? '', state: h.state?.toString() === 'ok' ? 'ok' : 'stale',
       staleReason: h.staleReason?.toString() ?? '', pageSize: num(h.pageSize), slots: h.slots ? (JSON.parse(h.slots.toString()) as SlotInfo[]) : [],
       vcpus, vcpuStates, guestCounters: h.guestCounters ? (JSON.parse(h.guestCounters.toString()) as number[]) : [],
-      committedAtMs: num(h.committedAtMs), appliedAtMs: num(h.appliedAtMs),
+      pausedAtMs: num(h.pausedAtMs) || num(h.committedAtMs), committedAtMs: num(h.committedAtMs), appliedAtMs: num(h.appliedAtMs),
     };
   }
 
@@ -535,7 +540,7 @@ function metaFields(asm: Assembly, c: EpochCommit): (string | Buffer)[] {
   const f: (string | Buffer)[] = [
     'generation', String(asm.generation), 'epoch', String(asm.epoch), 'digest', c.digest, 'state', 'ok',
     'pageSize', String(asm.begin.pageSize), 'slots', JSON.stringify(asm.begin.slots), 'vcpus', String(c.vcpuStates.length),
-    'guestCounters', JSON.stringify(c.guestCounters), 'committedAtMs', String(c.committedAtMs), 'appliedAtMs', String(Date.now()),
+    'guestCounters', JSON.stringify(c.guestCounters), 'pausedAtMs', String(c.pausedAtMs), 'committedAtMs', String(c.committedAtMs), 'appliedAtMs', String(Date.now()),
     'pauseUs', String(c.pauseUs),
   ];
   c.vcpuStates.forEach((s, i) => f.push(`vcpu:${i}`, Buffer.from(s.buffer, s.byteOffset, s.byteLength)));

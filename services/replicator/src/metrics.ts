@@ -53,16 +53,16 @@ export function createReplicatorMetrics(options: { defaultMetrics?: boolean } = 
   const registry = new Registry();
   if (options.defaultMetrics) collectDefaultMetrics({ register: registry });
   const registers = [registry];
-  const committedAt = new Map<string, number>();
+  const pausedAt = new Map<string, number>();
   // Computed at scrape time, so it keeps growing while nothing is applied: the live RPO.
   const standbyAgeSeconds = new Gauge({
     name: 'ckpt_replicator_standby_age_seconds',
-    help: 'Time since the harvester committed the epoch the standby image holds, per VM: what a failover now would lose',
+    help: 'Time since the harvester paused the guest for the epoch the standby image holds, per VM: the guest time a failover now would lose',
     labelNames: ['vm'],
     registers,
     collect() {
       const now = Date.now();
-      for (const [vm, at] of committedAt) this.set({ vm }, Math.max(0, now - at) / 1000);
+      for (const [vm, at] of pausedAt) this.set({ vm }, Math.max(0, now - at) / 1000);
     },
   });
   return {
@@ -86,16 +86,16 @@ export function createReplicatorMetrics(options: { defaultMetrics?: boolean } = 
     consumerLagRecords: new Gauge({ name: 'ckpt_replicator_consumer_lag_records', help: 'Records on the pages topic after the last one handled, per partition this instance consumes', labelNames: ['partition'], registers }),
     lastAppliedEpoch: new Gauge({ name: 'ckpt_replicator_last_applied_epoch', help: 'Number of the epoch the standby image holds, per VM', labelNames: ['vm'], registers }),
     standbyAgeSeconds,
-    noteStandbyEpoch(vm: string, epoch: number, committedAtMs: number): void {
-      committedAt.set(vm, committedAtMs);
+    noteStandbyEpoch(vm: string, epoch: number, pausedAtMs: number): void {
+      pausedAt.set(vm, pausedAtMs);
       this.lastAppliedEpoch.set({ vm }, epoch);
     },
     forgetVm(vm: string): void {
-      committedAt.delete(vm);
+      pausedAt.delete(vm);
       for (const g of [this.lastAppliedEpoch, this.standbyAgeSeconds, this.lagEpochs, this.lagSeconds, this.vmStale]) g.remove({ vm });
     },
     reportedVms(): string[] {
-      return [...committedAt.keys()];
+      return [...pausedAt.keys()];
     },
   };
 }

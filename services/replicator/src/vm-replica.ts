@@ -88,7 +88,7 @@ export class Applier {
       if (loaded) return loaded;
       r = { vm, meta, asm, stale: meta?.state === 'stale', lastResyncAtMs: 0, seen: { generation: meta?.generation ?? 0, epoch: meta?.epoch ?? -1 } };
       this.replicas.set(vm, r);
-      if (meta) this.metrics.noteStandbyEpoch(vm, meta.epoch, meta.committedAtMs);
+      if (meta) this.metrics.noteStandbyEpoch(vm, meta.epoch, meta.pausedAtMs);
       this.updateGauges(r);
     }
     return r;
@@ -338,7 +338,7 @@ export class Applier {
         r.asm = null;
         r.meta = await this.store.readMeta(r.vm);
         r.stale = r.meta?.state === 'stale';
-        if (r.meta) this.metrics.noteStandbyEpoch(r.vm, r.meta.epoch, r.meta.committedAtMs);
+        if (r.meta) this.metrics.noteStandbyEpoch(r.vm, r.meta.epoch, r.meta.pausedAtMs);
         if (a.baseline && !r.stale) this.log.info('baseline applied', { vm: r.vm, generation: a.generation, pages: c.pages });
         return 'done';
       }

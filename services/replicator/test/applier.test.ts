@@ -116,6 +116,13 @@ test('the standby age (live RPO) grows while nothing is applied and drops when a
   assert.equal(await sample('ckpt_replicator_last_applied_epoch'), 1);
   const a2 = await sample('ckpt_replicator_standby_age_seconds');
   assert.ok(a2 < a1 - 0.3, `age drops once epoch 1 is applied: ${a1} -> ${a2}`);
+  // An epoch committed 5 s after its pause (held by the replication window) holds the guest as it was
+  // at the pause: the age counts from there, and so does a replicator that loads the image afresh.
+  h.commitDelayMs = 5000;
+  await t.feed(h.epochRecords(pages([[3, 9]])));
+  const a3 = await sample('ckpt_replicator_standby_age_seconds');
+  assert.ok(a3 >= 5 && a3 < 6, `age of an epoch paused 5 s before its commit: ${a3}`);
+  assert.ok(Date.now() - (await t.store.readMeta('vm-age'))!.pausedAtMs >= 5000, 'the image records the pause time');
   // Its partition moved to another replicator: this one stops reporting the VM instead of freezing it.
   t.metrics.forgetVm('vm-age');
   assert.doesNotMatch(await t.metrics.registry.metrics(), /vm="vm-age"/);

@@ -12,6 +12,8 @@ export const SLOT_PAGES = 1024;
 export class FakeHarvester {
   readonly model = new SparseImage(PAGE, [SLOT_PAGES]);
   epoch = 0;
+  /** How long before its commit each epoch's pause began (a commit held back by the replication window: seconds). */
+  commitDelayMs = 0;
   constructor(readonly vm: string, public generation: number) {}
 
   /** One epoch writing `pages` (gfn -> fill byte, 0 = zero page); returns its records. */
@@ -41,7 +43,7 @@ export class FakeHarvester {
     }
     recs.push({ ...head, kind: 'commit', commit: {
       batches: seq, pages: gfns.length, zeroPages: 0, dataBytes: 0, digest: this.model.digest().toHex(), vcpuStates: [Uint8Array.of(1, 2, 3)],
-      guestCounters: [1, 2], pauseUs: 100, startedAtMs: Date.now(), committedAtMs: Date.now(),
+      guestCounters: [1, 2], pauseUs: 100, startedAtMs: Date.now(), committedAtMs: Date.now(), pausedAtMs: Date.now() - this.commitDelayMs,
     } });
     this.epoch++;
     return recs.map((r) => Buffer.from(encodeEpochRecord(r)));

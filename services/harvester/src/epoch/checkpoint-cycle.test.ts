@@ -252,6 +252,26 @@ test('an epoch waiting on its sinks (broker or replicator away) frees full rings
   }
 });
 
+test('an epoch whose commit waits on its sinks carries the time of its pause: what the standby will hold, not when it was sent', async () => {
+  const source = sim({ workload: 'random' });
+  const cycle = new CheckpointCycle(source);
+  // A sink that holds each epoch's last segment for 300 ms, as a full replication window does.
+  const slow: EpochSink = { begin: () => {}, segment: () => sleep(300), commit: () => {} };
+  try {
+    source.start();
+    await cycle.cut(slow);
+    await sleep(20);
+    const before = Date.now();
+    const c = await cycle.cut(slow);
+    const after = Date.now();
+    assert.ok(c.pausedAtMs >= before && c.pausedAtMs <= before + 100, `paused at +${c.pausedAtMs - before} ms`);
+    assert.ok(c.committedAtMs - c.pausedAtMs >= 290, `committed ${c.committedAtMs - c.pausedAtMs} ms after the pause`);
+    assert.ok(c.committedAtMs <= after);
+  } finally {
+    source.close();
+  }
+});
+
 test('folding pending GFNs loses none: a guest writing each page once, relieved for 400 ms, equals its epochs', async () => {
   const source = sim({ slotBytes: [256 * MiB], vcpus: 1, workload: 'sequential', ratePagesPerSec: 50_000, ringEntries: 256, maxWritesPerVcpu: 12_000 });
   const verifier = new ShadowVerifier(source);

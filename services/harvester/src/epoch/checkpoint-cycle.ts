@@ -235,6 +235,7 @@ export class CheckpointCycle {
 
     // The pause: the guest's only stop. Keep this block synchronous and allocation-free.
     const t0 = now();
+    const pausedAtMs = Date.now();
     this.source.pause();
     this.guestPaused = true;
     const entries = this.pending.drainFrom(this.source, true); // drain and reset in one native call
@@ -274,6 +275,7 @@ export class CheckpointCycle {
         entriesHarvested: this.harvestedThisEpoch,
         precopyRounds: rounds,
         precopyPages,
+        pausedAtMs,
         committedAtMs: Date.now(),
       };
       await sink.commit(header, commit);

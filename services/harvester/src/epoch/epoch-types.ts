@@ -56,6 +56,9 @@ export interface EpochCommit {
   entriesHarvested: number;
   precopyRounds: number;
   precopyPages: number;
+  /** Wall-clock time the pause began: the guest time this epoch holds (RPO counts from here). */
+  pausedAtMs: number;
+  /** Wall-clock time the epoch was committed: after its pages were handed to the sinks, which may wait (the replication window). */
   committedAtMs: number;
 }
 

@@ -21,7 +21,7 @@ function fakeProducer(sent: Buffer[]): Producer {
   return { send: (r: { messages: { value: Buffer }[] }) => { for (const m of r.messages) sent.push(m.value); return Promise.resolve([]); } } as unknown as Producer;
 }
 
-const commitOf = (pages: number) => ({ generation: 5, epoch: 1, baseline: false, pages, zeroPages: 0, bytes: pages * PAGE, digest: '0000000000000000', vcpuStates: [], guestCounters: [], pauseUs: 1, drainUs: 0, copyUs: 0, entriesHarvested: pages, precopyRounds: 0, precopyPages: 0, committedAtMs: 0 });
+const commitOf = (pages: number) => ({ generation: 5, epoch: 1, baseline: false, pages, zeroPages: 0, bytes: pages * PAGE, digest: '0000000000000000', vcpuStates: [], guestCounters: [], pauseUs: 1, drainUs: 0, copyUs: 0, entriesHarvested: pages, precopyRounds: 0, precopyPages: 0, pausedAtMs: 0, committedAtMs: 0 });
 
 // kafkajs's error classes are spread into its CommonJS exports, which ESM cannot name.
 const { KafkaJSNonRetriableError, KafkaJSProtocolError } = kafkajs;

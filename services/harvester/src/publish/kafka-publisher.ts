@@ -133,7 +133,7 @@ export class KafkaPublisher implements EpochSink {
       vm: this.o.vm, generation: h.generation, epoch: h.epoch, kind: 'commit',
       commit: {
         batches: this.seq, pages: c.pages, zeroPages: c.zeroPages, dataBytes: c.bytes, digest: c.digest, vcpuStates: c.vcpuStates,
-        guestCounters: c.guestCounters, pauseUs: c.pauseUs, startedAtMs: h.startedAtMs, committedAtMs: c.committedAtMs,
+        guestCounters: c.guestCounters, pauseUs: c.pauseUs, startedAtMs: h.startedAtMs, committedAtMs: c.committedAtMs, pausedAtMs: c.pausedAtMs,
       },
     }, PART_COMMIT);
     // An epoch counts as committed once the broker has all of it.

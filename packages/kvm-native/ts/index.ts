@@ -161,6 +161,11 @@ export function crc32cImpl(): 'sse4.2' | 'table' {
  * CPU time of the calling thread in milliseconds (CLOCK_THREAD_CPUTIME_ID; Node 20 has no
  * process.threadCpuUsage()). Throws like crc32c() without the helper.
  */
+/** Bytes of one vCPU's state as getVcpuState() saves and setVcpuState() loads it on this build. */
+export function vcpuStateBytes(): number {
+  return loadNative().vcpuStateBytes;
+}
+
 export function threadCpuMs(): number {
   return loadNative().threadCpuMs();
 }

@@ -1,7 +1,8 @@
 /**
  * `npm run standby -- list [--json]` lists the VMs that have a standby image in Redis: committed epoch,
  * state and age. `npm run standby -- forget --vm ID` deletes one VM's standby (retiring the VM: the
- * replicators otherwise keep reporting its growing age). Redis settings as for the other commands
+ * replicators otherwise keep reporting its growing age). `npm run standby -- unfence --vm ID` removes a
+ * fence whose holder is gone (a restorer killed with kill -9). Redis settings as for the other commands
  * (--redis-url or REDIS_URL, AUTH and TLS files, --redis-prefix). Exit 0 on success, 1 when the command
  * cannot be done, 2 on bad options.
  */
@@ -10,26 +11,32 @@ import { commandConfig, commandRedisOptions, connectWithCause, REDIS_SCHEMA, red
 import { StandbyStore } from './standby-store.ts';
 
 const SCHEMA = {
-  vm: { type: 'string', default: '', help: 'forget: the VM whose standby is deleted' },
+  vm: { type: 'string', default: '', help: 'forget, unfence: the VM' },
   ...REDIS_SCHEMA,
   json: { type: 'bool', default: false, help: 'print one JSON object as the last line' },
 } as const satisfies Schema;
 
 const USAGE = `usage: npm run standby -- list [--json] [--redis-url URL]
        npm run standby -- forget --vm ID [--json] [--redis-url URL]
+       npm run standby -- unfence --vm ID [--json] [--redis-url URL]
 
 list: the VMs with a standby image in Redis, with their committed epoch, state and age.
 forget: deletes one VM's standby image and everything staged for it. Do it once the VM is retired and
 its harvester stopped: a running harvester's next epoch would find no image and ask for a baseline.
 The replicator reporting the VM drops its series within REPLICATOR_DELETED_CHECK_MS (30 s).
+unfence: removes the VM's fence, naming its holder and how long it had left. While a fence is held
+the replicator applies nothing to that VM; a restorer that dies (kill -9) stops refreshing its fence,
+which then expires by itself within its TTL (10 s by default, at most 120 s). Remove it only when its
+holder is certainly gone: a live restore would then read an image the replicator may change under it
+(its digest check would refuse the torn image).
 REDIS_URL is read when --redis-url is not given.`;
 
 async function main(argv: string[]): Promise<number> {
   const sub = argv[0] && !argv[0].startsWith('-') ? argv[0] : '';
   const cfg = commandConfig('standby', SCHEMA, USAGE, sub ? argv.slice(1) : argv, (c) => {
     const problems: string[] = [];
-    if (sub !== 'list' && sub !== 'forget') problems.push(sub ? `unknown command "${sub}": use list or forget` : 'say what to do: list or forget');
-    if (sub === 'forget' && !c.vm) problems.push('forget needs --vm ID');
+    if (sub !== 'list' && sub !== 'forget' && sub !== 'unfence') problems.push(sub ? `unknown command "${sub}": use list, forget or unfence` : 'say what to do: list, forget or unfence');
+    if ((sub === 'forget' || sub === 'unfence') && !c.vm) problems.push(`${sub} needs --vm ID`);
     const bad = c.vm ? vmIdProblem('--vm', c.vm) : null;
     if (bad) problems.push(bad);
     if (sub === 'list' && c.vm) problems.push('list takes no --vm');
@@ -61,10 +68,21 @@ async function main(argv: string[]): Promise<number> {
       if (cfg.json) process.stdout.write(JSON.stringify({ vms: vms.map((v) => ({ ...v, ageS: Number(v.ageS.toFixed(3)) })) }) + '\n');
       return 0;
     }
+    const fenceKey = store.keys(cfg.vm).fence;
+    if (sub === 'unfence') {
+      const [holder, ttl] = await Promise.all([redis.get(fenceKey), redis.pttl(fenceKey)]);
+      const removed = holder === null ? 0 : await redis.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0", 1, fenceKey, holder) as number;
+      say(removed ? `standby: removed ${cfg.vm}'s fence, held by ${holder}${ttl >= 0 ? ` for ${(ttl / 1000).toFixed(1)} s more` : ''}`
+        : `standby: ${cfg.vm} has no fence (nothing removed)`);
+      if (cfg.json) process.stdout.write(JSON.stringify({ vm: cfg.vm, removed: removed === 1, holder, ttlMs: removed && ttl >= 0 ? ttl : null }) + '\n');
+      return 0;
+    }
     // Under the VM's own fence: no restore reads, and no replicator applies, while the keys go.
     const token = `forget-${process.pid}-${Date.now()}`;
     if (!await store.acquireFence(cfg.vm, token, 60_000)) {
-      say(`standby: ${cfg.vm} is fenced (a restore is reading its image): not deleted; try again when it is done`);
+      const [holder, ttl] = await Promise.all([redis.get(fenceKey), redis.pttl(fenceKey)]);
+      say(`standby: ${cfg.vm} is fenced by ${holder ?? 'another holder'}${ttl >= 0 ? ` for ${(ttl / 1000).toFixed(1)} s more` : ''} (a restore is reading its image): not deleted; try again when it is done `
+        + `(a holder that died stops refreshing the fence, which then expires; \`npm run standby -- unfence --vm ${cfg.vm}\` removes it now)`);
       return 1;
     }
     let meta;

@@ -54,7 +54,7 @@ test('forget deletes one VM\'s keys and nothing else; refuses while fenced; says
   assert.equal(await store.acquireFence('vm-x', 'restore-1', 60_000), true);
   let r = run('forget', '--vm', 'vm-x', '--redis-prefix', 'f1');
   assert.equal(r.status, 1);
-  assert.match(r.stderr, /vm-x is fenced \(a restore is reading its image\): not deleted/);
+  assert.match(r.stderr, /vm-x is fenced by restore-1 for (59|60)\.\d s more \(a restore is reading its image\): not deleted; .*npm run standby -- unfence --vm vm-x/);
   assert.notEqual(await store.readMeta('vm-x'), null);
   await store.releaseFence('vm-x', 'restore-1');
   r = run('forget', '--vm', 'vm-x', '--redis-prefix', 'f1', '--json');
@@ -77,10 +77,30 @@ test('forget under a prefix with glob characters deletes only that prefix\'s key
   assert.equal((await db.redis.keys('gx:{vm-z}:*')).length, 4);
 });
 
+test('unfence removes a fence its holder left behind (a restorer killed with kill -9), naming the holder; nothing else changes', async () => {
+  await image('u1', 'vm-u', 2, 'ok', Date.now());
+  const store = new StandbyStore(db.redis, 'u1');
+  assert.equal(await store.acquireFence('vm-u', 'restore-host-4242-dead', 300_000), true);
+  let r = run('unfence', '--vm', 'vm-u', '--redis-prefix', 'u1', '--json');
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /removed vm-u's fence, held by restore-host-4242-dead for (299|300)\.\d s more/);
+  const out = JSON.parse(r.stdout.trim()) as { removed: boolean; holder: string; ttlMs: number };
+  assert.equal(out.removed, true);
+  assert.equal(out.holder, 'restore-host-4242-dead');
+  assert.ok(out.ttlMs > 290_000 && out.ttlMs <= 300_000, String(out.ttlMs));
+  assert.equal(await db.redis.exists('u1:{vm-u}:fence'), 0);
+  assert.notEqual(await store.readMeta('vm-u'), null, 'the image stays');
+  // A fence that is gone is not an error.
+  r = run('unfence', '--vm', 'vm-u', '--redis-prefix', 'u1');
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /vm-u has no fence \(nothing removed\)/);
+  assert.equal(run('unfence', '--redis-prefix', 'u1').status, 2);
+});
+
 test('bad options exit 2 and name the problem; --help exits 0', () => {
   let r = run();
   assert.equal(r.status, 2);
-  assert.match(r.stderr, /say what to do: list or forget/);
+  assert.match(r.stderr, /say what to do: list, forget or unfence/);
   r = run('forget');
   assert.equal(r.status, 2);
   assert.match(r.stderr, /forget needs --vm ID/);

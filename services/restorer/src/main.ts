@@ -5,7 +5,7 @@
  * make progress (--keep-running then leaves it running until SIGTERM: the failover Deployment).
  * Options also come from RESTORER_<KEY> environment variables; --metrics-port serves /metrics,
  * /healthz and /readyz (ready once the guest runs). Exit 0 on success, 1 when the image is refused or
- * the restore fails, 2 on bad options.
+ * the restore fails, 2 on bad options, 130/143 when SIGINT/SIGTERM stopped it (fence released, no files kept).
  */
 import { renameSync, writeFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
@@ -41,7 +41,8 @@ async function main(): Promise<number> {
   const redisOpts = commandRedisOptions('restore', cfg, cfg.redisUrl || process.env.REDIS_URL!);
   if (typeof redisOpts === 'number') return redisOpts;
   const log = createLogger({ service: 'restorer', vm: cfg.vm }, { level: 'warn' });
-  const redis = new Redis(redisOpts.url, { ...redisOpts.options, maxRetriesPerRequest: 3, lazyConnect: true });
+  // A Redis that stops answering (SIGSTOP, a network partition) fails the restore after redisTimeoutMs instead of hanging it.
+  const redis = new Redis(redisOpts.url, { ...redisOpts.options, maxRetriesPerRequest: 3, lazyConnect: true, commandTimeout: cfg.redisTimeoutMs });
   redis.on('error', () => undefined);
   const say = (s: string): void => void process.stderr.write(s + '\n');
   // The --json line has the same keys whatever the outcome; what is not known is null, never a placeholder.
@@ -64,6 +65,22 @@ async function main(): Promise<number> {
       ...(resumed && !resumed.ok ? { code: 'CKPT_ERR_RESTORE_NOT_RUNNING', message: `the restored guest did not make progress: ${resumed.detail}`, retriable: false } : {}),
     });
   };
+  // SIGINT/SIGTERM: the restore stops between reads, releases its fence, drops its partial files and
+  // reports (exit 130/143). A restore stuck in a Redis call is cut loose after 5 s (the connection is
+  // closed, which fails that call); after 10 s the process exits whatever is left.
+  const interrupt = new AbortController();
+  // An object: TypeScript would narrow a plain `let` to null for good (it is set in the handler).
+  const stopped: { by: NodeJS.Signals | null } = { by: null };
+  const onSignal = (sig: NodeJS.Signals): void => {
+    if (stopped.by) return;
+    stopped.by = sig;
+    say(`restore: ${sig}: stopping`);
+    interrupt.abort(sig);
+    setTimeout(() => redis.disconnect(), 5000).unref();
+    setTimeout(() => process.exit(exitCodeOf(sig)), 10_000).unref();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   const metrics = createRestorerMetrics({ defaultMetrics: cfg.metricsPort >= 0 });
   let phase = 'restoring';
   let server: MetricsServer | null = null;
@@ -79,14 +96,17 @@ async function main(): Promise<number> {
     }
   };
   try {
-    if (cfg.metricsPort >= 0) server = await startCommandMetricsServer('CKPT_ERR_RESTORE_METRICS_PORT', metrics.registry, cfg.metricsPort, () => (phase === 'running' ? null : phase));
+    if (cfg.metricsPort >= 0) {
+      server = await startCommandMetricsServer('CKPT_ERR_RESTORE_METRICS_PORT', metrics.registry, cfg.metricsPort, () => (phase === 'running' ? null : phase));
+      say(`restore: /metrics, /healthz and /readyz on port ${server.port}`);
+    }
     try {
       await connectWithCause(redis);
     } catch (err) {
-      throw new CkptError('CKPT_ERR_REDIS_UNREACHABLE', `cannot connect to Redis at ${redactUrl(redisOpts.url)}: ${(err as Error).message}`);
+      throw new CkptError('CKPT_ERR_REDIS_UNREACHABLE', `cannot connect to Redis at ${redactUrl(redisOpts.url)}: ${(err as Error).message}`, { retriable: true });
     }
     const store = new StandbyStore(redis, cfg.redisPrefix);
-    const options = { allowStale: cfg.allowStale, fenceTtlMs: cfg.fenceTtlMs, metrics, log };
+    const options = { allowStale: cfg.allowStale, fenceTtlMs: cfg.fenceTtlMs, fenceWaitMs: cfg.fenceWaitMs, metrics, log, signal: interrupt.signal };
     let resumed: { ok: boolean; detail: string } | null = null;
     if (cfg.out) {
       report(await restoreImage(store, cfg.vm, new FileTarget(cfg.out), options), null);
@@ -95,6 +115,7 @@ async function main(): Promise<number> {
       try {
         const img = await restoreImage(store, cfg.vm, target, options);
         const r = await target.resume(cfg.resumeMs);
+        if (stopped.by) throw new CkptError('CKPT_ERR_RESTORE_INTERRUPTED', `the restore of ${cfg.vm} was interrupted (${stopped.by}) while its guest was being checked: the guest was stopped`, { retriable: true });
         resumed = { ok: r.running, detail: r.detail };
         report(img, resumed);
         if (cfg.keepRunning && r.running) {
@@ -102,8 +123,8 @@ async function main(): Promise<number> {
           say('  keeping the guest running until SIGTERM or SIGINT');
           target.vm!.start();
           await new Promise<void>((resolve) => {
-            process.once('SIGTERM', resolve);
-            process.once('SIGINT', resolve);
+            if (interrupt.signal.aborted) resolve();
+            else interrupt.signal.addEventListener('abort', () => resolve(), { once: true });
           });
           target.vm!.pause();
           say('restore: stopped; the guest was paused and its VM destroyed');
@@ -117,14 +138,17 @@ async function main(): Promise<number> {
     return resumed && !resumed.ok ? 1 : 0;
   } catch (caught) {
     phase = 'failed';
-    const err = forThisCommand(caught, cfg.devPath);
+    // Interrupted: whatever failed after the signal failed because of it (a closed connection, say).
+    const err = stopped.by && !(caught instanceof CkptError && caught.code === 'CKPT_ERR_RESTORE_INTERRUPTED')
+      ? new CkptError('CKPT_ERR_RESTORE_INTERRUPTED', `the restore of ${cfg.vm} was interrupted (${stopped.by}): nothing was kept`, { retriable: true, cause: caught })
+      : forThisCommand(caught, cfg.devPath);
     await writeMetrics();
-    say(`restore: FAILED: ${err.message}`);
-    // Not one of ours: a bug or a library's own error (a Redis connection lost mid-read); the stack helps.
-    if (!(caught instanceof CkptError) && caught instanceof Error && caught.stack) say(caught.stack);
+    say(`restore: ${stopped.by ? 'INTERRUPTED' : 'FAILED'}: ${err.message}`);
+    // Not one of ours: a bug or a library's own error; the stack helps.
+    if (err.code === 'CKPT_ERR_RESTORE_UNEXPECTED' && caught instanceof Error && caught.stack) say(caught.stack);
     const waited = err.context.fenceWaitMs;
     json({ code: err.code, message: err.message, retriable: err.retriable, fenceWaitMs: typeof waited === 'number' ? waited : null });
-    return 1;
+    return stopped.by ? exitCodeOf(stopped.by) : 1;
   } finally {
     redis.disconnect();
     await server?.close();
@@ -136,6 +160,10 @@ async function main(): Promise<number> {
  * missing device names the harvester's `--source sim`, which restore does not have.
  */
 function forThisCommand(err: unknown, devPath: string): CkptError {
+  // ioredis's words for a connection that went away or a command that was not answered in time.
+  if (err instanceof Error && !(err instanceof CkptError) && /Connection is closed|Command aborted due to connection close|Command timed out|ECONNRESET|ECONNREFUSED|EPIPE|ETIMEDOUT|Stream isn't writeable|LOADING/.test(err.message)) {
+    return new CkptError('CKPT_ERR_REDIS_LOST', `cannot restore: Redis stopped answering while the image was read (${err.message}); nothing was kept; try again once Redis answers`, { cause: err, retriable: true });
+  }
   if (!(err instanceof CkptError)) {
     return new CkptError('CKPT_ERR_RESTORE_UNEXPECTED', `cannot restore: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
   }
@@ -144,6 +172,11 @@ function forThisCommand(err: unknown, devPath: string): CkptError {
       { cause: err, context: err.context, retriable: err.retriable });
   }
   return err;
+}
+
+/** The shell's exit code for a process ended by `sig`: 128 + its number. */
+function exitCodeOf(sig: NodeJS.Signals): number {
+  return sig === 'SIGINT' ? 130 : 143;
 }
 
 main().then((code) => { process.exitCode = code; }, (err: unknown) => {

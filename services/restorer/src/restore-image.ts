@@ -18,6 +18,8 @@ export interface ImageLayout {
   pageSize: number;
   slots: readonly SlotInfo[];
   vcpus: number;
+  /** Bytes of one vCPU's saved state (the native helper's layout on KVM; a simulated guest's is smaller). */
+  vcpuStateBytes: number;
 }
 
 /** Where restored pages go. Chunks not written are zero. */
@@ -68,6 +70,8 @@ export interface RestoreOptions {
   window?: number;
   metrics?: RestorerMetrics;
   log?: Logger;
+  /** Aborts the restore between reads (SIGINT, SIGTERM): CKPT_ERR_RESTORE_INTERRUPTED, the fence released, the target's files dropped. */
+  signal?: AbortSignal;
   /** TEST ONLY: skip the fence (a negative test shows a torn read is then caught by the digest). */
   unsafeNoFence?: boolean;
   /** TEST ONLY: awaited between pipelined reads (a test applies an epoch there). */
@@ -75,6 +79,13 @@ export interface RestoreOptions {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Throws CKPT_ERR_RESTORE_INTERRUPTED once `signal` is aborted (its reason names the signal). */
+function checkInterrupted(vm: string, signal: AbortSignal | undefined): void {
+  if (!signal?.aborted) return;
+  throw new CkptError('CKPT_ERR_RESTORE_INTERRUPTED', `the restore of ${vm} was interrupted (${String(signal.reason ?? 'aborted')}): nothing was kept, and the fence is released`,
+    { retriable: true });
+}
 
 /**
  * Restores `vm`'s committed image into `target`. Throws CkptError: CKPT_ERR_RESTORE_NO_IMAGE,
@@ -100,23 +111,32 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
       const maxWaitMs = opts.fenceWaitMs ?? 30_000;
       const waitStart = performance.now();
       let holder: string | null = null;
+      let holderTtlMs: number | null = null;
       let said = false;
+      let waitedAtAll = false;
       while (!(await store.acquireFence(vm, token, ttl))) {
+        waitedAtAll = true;
+        checkInterrupted(vm, opts.signal);
         if (!said) {
           said = true;
           const h = await fenceHolder(store, vm);
           holder = h.holder;
+          holderTtlMs = h.ttlMs;
           log.warn(`${vm} is fenced by ${holder ?? 'another holder'}${h.ttlMs === null ? '' : ` (for ${(h.ttlMs / 1000).toFixed(1)} s more unless it is refreshed)`}: waiting up to ${maxWaitMs / 1000} s for the fence`,
             { vm, holder, holderTtlMs: h.ttlMs, maxWaitMs });
         }
         const waited = performance.now() - waitStart;
         if (waited > maxWaitMs) {
-          throw new CkptError('CKPT_ERR_RESTORE_BUSY', `cannot restore ${vm}: its fence (${store.keys(vm).fence}) is still held by ${holder ?? 'another holder'} after waiting ${maxWaitMs / 1000} s; try again once that restore (or standby forget) is done`,
+          const left = (await fenceHolder(store, vm)).ttlMs ?? holderTtlMs;
+          throw new CkptError('CKPT_ERR_RESTORE_BUSY', `cannot restore ${vm}: its fence (${store.keys(vm).fence}) is still held by ${holder ?? 'another holder'} after waiting ${maxWaitMs / 1000} s; `
+            + `try again once that restore (or standby forget) is done. A holder that died (kill -9) stops refreshing it, and it expires by itself${left === null ? '' : ` in ${(left / 1000).toFixed(1)} s`}; `
+            + `if that holder is certainly gone, \`npm run standby -- unfence --vm ${vm}\` removes it now`,
             { retriable: true, context: { vm, holder, fenceWaitMs: Math.round(waited) } });
         }
         await sleep(100);
       }
-      fenceWaitMs = performance.now() - waitStart;
+      // 0 when the fence was free: the one SET NX round trip is not a wait.
+      fenceWaitMs = waitedAtAll ? performance.now() - waitStart : 0;
       fenced = true;
       refresher = setInterval(() => {
         store.refreshFence(vm, token, ttl).then((held) => { if (!held) fenceLost = true; }, () => { fenceLost = true; });
@@ -130,13 +150,15 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
       outcome = 'refused-stale';
       throw new CkptError('CKPT_ERR_RESTORE_STALE', `the standby image of ${vm} is stale (${meta.staleReason}): it is epoch ${meta.generation}/${meta.epoch}, committed ${new Date(meta.committedAtMs).toISOString()}, but newer epochs were lost; pass --allow-stale to restore it anyway`);
     }
-    const layout: ImageLayout = { vm, pageSize: meta.pageSize, slots: meta.slots, vcpus: meta.vcpus };
+    const layout: ImageLayout = { vm, pageSize: meta.pageSize, slots: meta.slots, vcpus: meta.vcpus, vcpuStateBytes: Math.max(0, ...meta.vcpuStates.map((b) => b.byteLength)) };
+    checkInterrupted(vm, opts.signal);
     await target.open(layout);
     opened = true;
     const slotIndex = new Map(meta.slots.map((s, i) => [s.id, i]));
     const digest = new ChunkDigest(vm, meta.pageSize);
     let bytesRead = 0;
     await store.forEachChunk(vm, meta.generation, meta.slots, meta.pageSize, (slot, chunk, bytes) => {
+      checkInterrupted(vm, opts.signal);
       digest.add(slot, chunk, bytes); // whole pages: it refuses anything else
       bytesRead += bytes.byteLength;
       target.write(slotIndex.get(slot)!, chunk * CHUNK_PAGES, bytes);
@@ -148,6 +170,7 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
       throw new CkptError('CKPT_ERR_RESTORE_DIGEST', `the standby image of ${vm} does not verify: its bytes hash to ${recomputed}, epoch ${meta.generation}/${meta.epoch} was committed with digest ${meta.digest}; refusing to restore it`);
     }
     const image = toImage(vm, meta, bytesRead, performance.now() - t0, fenceWaitMs);
+    checkInterrupted(vm, opts.signal);
     await target.finish(image);
     outcome = image.state === 'ok' ? 'ok' : 'ok-stale';
     opts.metrics?.bytes.inc(image.imageBytes);

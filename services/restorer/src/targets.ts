@@ -3,10 +3,10 @@
  * larger than RAM), raw files per slot plus the vCPU state as JSON, or a fresh KVM VM with that memory
  * and vCPU state, ready to resume.
  */
-import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, renameSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, renameSync, rmdirSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { CkptError, isZeroPage, SparseImage } from '@ckpt/common';
-import { KvmVm } from '@ckpt/kvm-native';
+import { KvmVm, probeKvm, vcpuStateBytes } from '@ckpt/kvm-native';
 import type { ImageLayout, RestoredImage, RestoreTarget } from './restore-image.ts';
 
 /**
@@ -66,13 +66,15 @@ export interface VcpuStateFile {
  * { recursive: true }) never returns on Linux): creates the missing directories from the nearest
  * existing one down, so a path that cannot be made fails with that mkdir's error.
  */
-function makeDirs(dir: string): void {
+function makeDirs(dir: string): string[] {
   const missing: string[] = [];
   for (let d = resolve(dir); !existsSync(d); d = dirname(d)) {
     missing.push(d);
     if (dirname(d) === d) break;
   }
-  for (const d of missing.reverse()) mkdirSync(d);
+  missing.reverse();
+  for (const d of missing) mkdirSync(d);
+  return missing;
 }
 
 /**
@@ -83,13 +85,24 @@ export class FileTarget implements RestoreTarget {
   private fds: number[] = [];
   private names: string[] = [];
   private pageSize = 0;
+  /** Directories open() created, removed again by abort() when they are empty. */
+  private created: string[] = [];
 
   constructor(readonly dir: string) {}
 
   open(l: ImageLayout): void {
+    try {
+      this.openFiles(l);
+    } catch (err) {
+      this.abort(); // a file already opened must not stay behind
+      throw err;
+    }
+  }
+
+  private openFiles(l: ImageLayout): void {
     this.pageSize = l.pageSize;
     try {
-      makeDirs(this.dir);
+      this.created = makeDirs(this.dir);
     } catch (err) {
       throw new CkptError('CKPT_ERR_RESTORE_OUTPUT', `cannot create the output directory ${this.dir}: ${(err as Error).message}`, { cause: err });
     }
@@ -103,7 +116,11 @@ export class FileTarget implements RestoreTarget {
       }
       this.fds.push(fd);
       this.names.push(name);
-      ftruncateSync(fd, s.pages * l.pageSize);
+      try {
+        ftruncateSync(fd, s.pages * l.pageSize);
+      } catch (err) {
+        throw new CkptError('CKPT_ERR_RESTORE_OUTPUT', `cannot size ${name}.partial to slot ${s.id}'s ${s.pages} pages: ${(err as Error).message}`, { cause: err });
+      }
     }
   }
 
@@ -135,6 +152,10 @@ export class FileTarget implements RestoreTarget {
     for (const n of this.names) {
       try { unlinkSync(`${n}.partial`); } catch { /* already gone */ }
     }
+    for (const d of [...this.created].reverse()) {
+      try { rmdirSync(d); } catch { /* not empty, or gone: keep it */ }
+    }
+    this.created = [];
   }
 
 }
@@ -150,11 +171,21 @@ export class KvmTarget implements RestoreTarget {
   constructor(private readonly o: { devPath?: string; ringEntries?: number } = {}) {}
 
   open(l: ImageLayout): void {
+    // Checked before the VM is made and a page is read: a guest this host cannot run is refused at once
+    // (after the device: a host without KVM says so first).
+    probeKvm(this.o.devPath ?? '/dev/kvm');
+    if (l.vcpus > 0 && l.vcpuStateBytes !== vcpuStateBytes()) {
+      throw new CkptError('CKPT_ERR_RESTORE_LAYOUT', `the image's vCPU state is ${l.vcpuStateBytes} bytes per vCPU, and this host's KVM helper saves and loads ${vcpuStateBytes()}: `
+        + 'the image comes from a simulated guest or a harvester with another vCPU state layout, and cannot be resumed here; --out DIR writes its memory to files instead');
+    }
     this.vm = KvmVm.create({
       devPath: this.o.devPath, slotBytes: l.slots.map((s) => s.pages * l.pageSize), vcpus: l.vcpus, loadGuest: false,
       ringEntries: this.o.ringEntries ?? 4096,
     });
-    if (this.vm.pageSize !== l.pageSize) throw new CkptError('CKPT_ERR_RESTORE_LAYOUT', `the image has ${l.pageSize}-byte pages, this host ${this.vm.pageSize}`);
+    if (this.vm.pageSize !== l.pageSize) {
+      this.abort();
+      throw new CkptError('CKPT_ERR_RESTORE_LAYOUT', `the image has ${l.pageSize}-byte pages, this host ${this.vm.pageSize}`);
+    }
   }
 
   write(slotIndex: number, firstPage: number, bytes: Uint8Array): void {

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import type { Producer } from 'kafkajs';
 import { CkptError, createLogger, silentLogger, type SparseImage } from '@ckpt/common';
-import { freePort } from '@ckpt/embedded';
+import { freePort, RedisServer } from '@ckpt/embedded';
 import { redisForTests } from '@ckpt/embedded/test-support';
 import { KafkaPublisher, openSource, runHarvest, ShadowVerifier, type EpochCommit } from '@ckpt/harvester';
 import { Applier, createReplicatorMetrics } from '@ckpt/replicator';
@@ -73,6 +73,7 @@ test('an applied image comes back byte for byte, with its epoch, vCPU state and 
   assert.deepEqual(img.vcpuStates.map((b) => [...b]), [[1, 2, 3]]);
   assert.deepEqual(img.guestCounters, [1, 2]);
   assert.equal(img.imageBytes, SLOT_PAGES * PAGE);
+  assert.equal(img.fenceWaitMs, 0, 'a free fence is no wait');
   assertSameImage(t.image!, h.model, SLOT_PAGES);
   assert.equal(t.restored, img);
   assert.equal(await db.redis.exists(store.keys('vm-a').fence), 0, 'the fence is released');
@@ -194,7 +195,7 @@ test('a fence held by another restorer: waits, then says so', async () => {
   try {
     const err = await rejects(restoreImage(store, 'vm-b', new SparseTarget(), { fenceWaitMs: 300 }), 'CKPT_ERR_RESTORE_BUSY');
     assert.equal(err.retriable, true);
-    assert.match(err.message, /still held by someone-else after waiting 0\.3 s/);
+    assert.match(err.message, /still held by someone-else after waiting 0\.3 s; .*expires by itself in 4\.\d s; .*npm run standby -- unfence --vm vm-b/);
     assert.ok(Number(err.context.fenceWaitMs) >= 300, `the wait is in the error: ${String(err.context.fenceWaitMs)}`);
   } finally {
     await store.releaseFence('vm-b', 'someone-else');
@@ -224,6 +225,47 @@ test('a fence held for a while by someone else: one log line naming the holder, 
   assert.match(rec.msg, /vm-w is fenced by forget-4242-1 \(for \d+\.\d s more.*\): waiting up to 30 s/);
   assert.equal(rec.holder, 'forget-4242-1');
   assert.equal(rec.maxWaitMs, 30_000);
+});
+
+test('an interrupted restore (SIGINT, SIGTERM) stops between reads: the fence released, no file and no directory of its own left', async () => {
+  await buildImage('vm-int', 3);
+  const parent = mkdtempSync(join(tmpdir(), 'ckpt-restore-'));
+  const dir = join(parent, 'new', 'out');
+  const abort = new AbortController();
+  try {
+    // One chunk per round trip: four windows; the signal comes after the first.
+    const err = await rejects(restoreImage(store, 'vm-int', new FileTarget(dir), { window: 1, signal: abort.signal, afterWindow: () => { abort.abort('SIGTERM'); return Promise.resolve(); } }),
+      'CKPT_ERR_RESTORE_INTERRUPTED');
+    assert.equal(err.retriable, true);
+    assert.match(err.message, /the restore of vm-int was interrupted \(SIGTERM\)/);
+    assert.equal(await db.redis.exists(store.keys('vm-int').fence), 0, 'the fence is released');
+    assert.deepEqual(readdirSync(parent), [], 'the directories it made are gone, with the .partial file');
+  } finally {
+    rmSync(parent, { recursive: true, force: true });
+  }
+});
+
+test('an output file that cannot be sized (a slot beyond the file system) leaves nothing behind', () => {
+  const parent = mkdtempSync(join(tmpdir(), 'ckpt-restore-'));
+  try {
+    const t = new FileTarget(join(parent, 'out'));
+    assert.throws(() => t.open({ vm: 'vm-big', pageSize: PAGE, slots: [{ id: 0, pages: 2 ** 50 }], vcpus: 0, vcpuStateBytes: 0 }),
+      (e: CkptError) => e.code === 'CKPT_ERR_RESTORE_OUTPUT' && /cannot size .*vm-big\.slot0\.raw\.partial to slot 0's 1125899906842624 pages/.test(e.message));
+    assert.deepEqual(readdirSync(parent), []);
+  } finally {
+    rmSync(parent, { recursive: true, force: true });
+  }
+});
+
+test('real KVM: an image whose vCPU state this host cannot load is refused before a page is read', async (t) => {
+  if (!needKvm(t)) return;
+  await buildImage('vm-st', 5); // the fake harvester's vCPU state is 3 bytes
+  const target = new KvmTarget();
+  let windows = 0;
+  const err = await rejects(restoreImage(store, 'vm-st', target, { afterWindow: () => { windows++; return Promise.resolve(); } }), 'CKPT_ERR_RESTORE_LAYOUT');
+  assert.match(err.message, /the image's vCPU state is 3 bytes per vCPU, and this host's KVM helper saves and loads \d+: .*--out DIR/);
+  assert.equal(target.vm, null, 'the VM it made is destroyed');
+  assert.equal(windows, 0, 'no page was read');
 });
 
 /**
@@ -381,6 +423,81 @@ test('npm run restore waiting for a fence: says so on one line, and reports the 
     assert.match(String(r.stderr), /after \d+ ms waiting for the fence/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+/** Runs the restore command in the background; resolves with its exit and output once it exits. */
+function restoreCliAsync(args: string[], onStderr?: (all: string) => void): { child: ReturnType<typeof spawn>; done: Promise<{ code: number | null; stdout: string; stderr: string }> } {
+  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+  child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); onStderr?.(stderr); });
+  return { child, done: new Promise((resolve) => child.once('exit', (code) => resolve({ code, stdout, stderr }))) };
+}
+
+test('npm run restore stopped by SIGTERM or SIGINT: exit 143/130, an INTERRUPTED JSON line, its fence wait ended, nothing kept', { timeout: 60_000 }, async () => {
+  await buildImage('vm-sig', 2);
+  for (const [sig, code] of [['SIGTERM', 143], ['SIGINT', 130]] as const) {
+    const parent = mkdtempSync(join(tmpdir(), 'ckpt-restore-'));
+    assert.ok(await store.acquireFence('vm-sig', 'restore-other-1-abc', 60_000));
+    try {
+      const t0 = Date.now();
+      const run = restoreCliAsync(['--vm', 'vm-sig', '--redis-url', db.server.url, '--out', join(parent, 'out'), '--json'], (all) => {
+        if (/is fenced by restore-other-1-abc/.test(all) && run.child.exitCode === null && !run.child.killed) run.child.kill(sig);
+      });
+      const r = await run.done;
+      assert.equal(r.code, code, r.stderr);
+      assert.ok(Date.now() - t0 < 15_000, 'it stops at once, not after its 30 s fence wait');
+      assert.match(r.stderr, new RegExp(`restore: ${sig}: stopping[\\s\\S]*restore: INTERRUPTED: the restore of vm-sig was interrupted \\(${sig}\\)`));
+      const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as Record<string, unknown>;
+      assert.equal(out.code, 'CKPT_ERR_RESTORE_INTERRUPTED');
+      assert.equal(out.retriable, true);
+      assert.deepEqual(readdirSync(parent), []);
+      assert.equal(await db.redis.get(store.keys('vm-sig').fence), 'restore-other-1-abc', 'the other holder\'s fence is untouched');
+    } finally {
+      await store.releaseFence('vm-sig', 'restore-other-1-abc');
+      rmSync(parent, { recursive: true, force: true });
+    }
+  }
+});
+
+test('npm run restore when Redis stops answering (SIGSTOP) mid-restore: fails within --redis-timeout-ms as CKPT_ERR_REDIS_LOST, retriable; it hung for good', { timeout: 60_000 }, async () => {
+  const server = await RedisServer.start();
+  const { Redis } = await import('ioredis');
+  const redis = new Redis(server.url);
+  try {
+    const own = new StandbyStore(redis);
+    const h = new FakeHarvester('vm-stop', 3);
+    const a = new Applier(own, { deadLetter: () => Promise.resolve(), requestResync: () => Promise.resolve(), processed: () => undefined },
+      createReplicatorMetrics(), silentLogger, { maxRecordBytes: 64 << 20, resyncRetryMs: 1000 });
+    for (const rec of h.epochRecords(new Map([[1, 1], [2, 2]]))) await a.handle(rec, 'vm-stop');
+    assert.ok(await own.acquireFence('vm-stop', 'restore-other-2-def', 60_000));
+    const dir = mkdtempSync(join(tmpdir(), 'ckpt-restore-'));
+    let stoppedAt = 0;
+    const run = restoreCliAsync(['--vm', 'vm-stop', '--redis-url', server.url, '--out', join(dir, 'out'), '--json', '--redis-timeout-ms', '1000'], (all) => {
+      if (!stoppedAt && /is fenced by restore-other-2-def/.test(all)) {
+        stoppedAt = Date.now();
+        process.kill(server.pid!, 'SIGSTOP');
+      }
+    });
+    const r = await run.done;
+    process.kill(server.pid!, 'SIGCONT');
+    try {
+      assert.equal(r.code, 1, r.stderr);
+      assert.ok(stoppedAt > 0 && Date.now() - stoppedAt < 10_000, `failed ${Date.now() - stoppedAt} ms after Redis stopped`);
+      const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as Record<string, unknown>;
+      assert.equal(out.code, 'CKPT_ERR_REDIS_LOST', r.stderr);
+      assert.equal(out.retriable, true);
+      assert.match(String(out.message), /Redis stopped answering while the image was read \(Command timed out\); nothing was kept/);
+      assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace for a lost connection');
+      assert.deepEqual(readdirSync(dir), []);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  } finally {
+    redis.disconnect();
+    await server.stop();
   }
 });
 

@@ -34,6 +34,30 @@ export interface StandbyMeta {
   appliedAtMs: number;
 }
 
+/**
+ * Pages of `batch` marked zero that staging and the apply clear one by one (a hash field, a key each): a
+ * delta's zero pages, and those of a baseline's zero ranges that it already wrote (a page resent by a
+ * later round; pages it never wrote are zero already). Zero marks carry no bytes, so without a bound a
+ * record of a few bytes could ask for billions of them.
+ */
+export function zeroMarkWork(asm: Pick<Assembly, 'baseline' | 'maxWritten'>, batch: Pick<PageBatch, 'slots' | 'firsts' | 'counts' | 'zero'>): number {
+  const max = { ...asm.maxWritten };
+  let work = 0;
+  for (let i = 0; i < batch.slots.length; i++) {
+    const slot = batch.slots[i]!;
+    const first = batch.firsts[i]!;
+    const count = batch.counts[i]!;
+    const written = max[slot] ?? -1;
+    if (batch.zero[i] === 1) {
+      if (!asm.baseline) work += count;
+      else if (first <= written) work += Math.min(count, written - first + 1);
+    } else if (asm.baseline) {
+      max[slot] = Math.max(written, first + count - 1);
+    }
+  }
+  return work;
+}
+
 /** The epoch being assembled (persisted in the asm hash, so a restarted replicator resumes it). */
 export interface Assembly {
   generation: number;
@@ -45,6 +69,8 @@ export interface Assembly {
   stagedBytes: number;
   /** Baselines only: per slot, the highest page written so far in this epoch (-1: none). */
   maxWritten: Record<number, number>;
+  /** Pages staged as zero that the apply clears one by one (bounded: see the replicator's zeroMarkWork). Absent in assemblies from before 2026-11-25. */
+  zeroMarks?: number;
 }
 
 export type ApplyOutcome =
@@ -217,6 +243,7 @@ export class StandbyStore {
    * Pages whose bytes are all zero are stored as absent, like zero marks.
    */
   async stageBatch(vm: string, asm: Assembly, batch: PageBatch, pages: Uint8Array): Promise<void> {
+    const zeroMarks = zeroMarkWork(asm, batch);
     const k = this.keys(vm);
     const ps = asm.begin.pageSize;
     const pw = ps >>> 2;
@@ -274,6 +301,7 @@ export class StandbyStore {
     }
     asm.nextSeq = batch.seq + 1;
     asm.stagedBytes += pages.byteLength;
+    asm.zeroMarks = (asm.zeroMarks ?? 0) + zeroMarks;
     multi.hset(k.asm, 'json', JSON.stringify(asm));
     await execOrThrow(multi, 'stage a batch');
   }

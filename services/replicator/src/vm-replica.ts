@@ -7,7 +7,7 @@
  */
 import type { Logger } from '@ckpt/common';
 import { batchPages, decodeEpochRecord, WireError, type EpochBegin, type EpochRecord, type PageBatch } from '@ckpt/proto';
-import { validVmId, type Assembly, type StandbyMeta, type StandbyStore } from '@ckpt/standby';
+import { validVmId, zeroMarkWork, type Assembly, type StandbyMeta, type StandbyStore } from '@ckpt/standby';
 import type { DeadLetterReason, GapReason, ReplicatorMetrics } from './metrics.ts';
 
 export type { DeadLetterReason } from './metrics.ts';
@@ -298,6 +298,7 @@ export class Applier {
     try {
       pages = batchPages(b);
       checkBatchAgainstLayout(b, a.begin, pages.byteLength);
+      checkZeroMarks(b, a);
     } catch (err) {
       await this.hooks.deadLetter(r.vm, 'invalid', (err as Error).message);
       await this.breakContinuity(r, 'missing-batch', `batch ${b.seq} of epoch ${a.generation}/${a.epoch} is unusable: ${(err as Error).message}`);
@@ -434,6 +435,28 @@ export class Applier {
 }
 
 /** Ranges inside the layout, in order, and page bytes that match them. Throws a plain Error. */
+/** Zero marks a batch may ask the replicator to clear page by page (1 GiB of 4 KiB pages), and an epoch (4 GiB). */
+export const MAX_BATCH_ZERO_MARKS = 1 << 18;
+export const MAX_EPOCH_ZERO_MARKS = 1 << 20;
+
+/**
+ * Bounds the page-by-page work zero marks ask for (zeroMarkWork): 153 bytes of records marking 2^32
+ * pages zero ran the replicator out of memory, and a baseline's zero range over 2^26 pages it had
+ * written held Redis in one script for 43 s. A harvester's epochs stay far below the bounds unless a
+ * guest zeroes gigabytes within one epoch; such an epoch is refused like any unusable batch, and the
+ * baseline that follows carries the guest as it is.
+ */
+export function checkZeroMarks(b: PageBatch, a: Assembly): void {
+  const work = zeroMarkWork(a, b);
+  if (work > MAX_BATCH_ZERO_MARKS) {
+    throw new Error(`batch ${b.seq} marks ${work} pages zero that would be cleared one by one (at most ${MAX_BATCH_ZERO_MARKS} per batch)`);
+  }
+  const total = (a.zeroMarks ?? 0) + work;
+  if (total > MAX_EPOCH_ZERO_MARKS) {
+    throw new Error(`batch ${b.seq} brings epoch ${a.generation}/${a.epoch}'s zero marks to ${total} pages cleared one by one (at most ${MAX_EPOCH_ZERO_MARKS} per epoch)`);
+  }
+}
+
 export function checkBatchAgainstLayout(b: PageBatch, begin: EpochBegin, bytes: number): void {
   const slots = new Map(begin.slots.map((s) => [s.id, s.pages]));
   let dataPages = 0;

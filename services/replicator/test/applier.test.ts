@@ -6,11 +6,11 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Redis } from 'ioredis';
-import { silentLogger } from '@ckpt/common';
+import { silentLogger, SparseImage } from '@ckpt/common';
 import { redisForTests } from '@ckpt/embedded/test-support';
-import { encodeEpochRecord } from '@ckpt/proto';
-import { StandbyStore } from '@ckpt/standby';
-import { Applier, createReplicatorMetrics, type DeadLetterReason } from '../src/index.ts';
+import { encodeEpochRecord, type EpochRecord } from '@ckpt/proto';
+import { StandbyStore, zeroMarkWork } from '@ckpt/standby';
+import { Applier, checkZeroMarks, createReplicatorMetrics, MAX_EPOCH_ZERO_MARKS, type DeadLetterReason } from '../src/index.ts';
 
 import { FakeHarvester, PAGE, SLOT_PAGES } from './fake-harvester.ts';
 const db = redisForTests();
@@ -35,6 +35,8 @@ function setup(vm: string, prefix = `t${Math.random().toString(36).slice(2, 8)}`
 }
 
 const pages = (entries: [number, number][]): Map<number, number> => new Map(entries);
+/** A record without its VM id (each kind of the union on its own). */
+type WithoutVm<T> = T extends unknown ? Omit<T, 'vm'> : never;
 
 
 test('epochs apply in order; the image equals the model after each commit; redelivery changes nothing', async () => {
@@ -126,6 +128,52 @@ test('the standby age (live RPO) grows while nothing is applied and drops when a
   // Its partition moved to another replicator: this one stops reporting the VM instead of freezing it.
   t.metrics.forgetVm('vm-age');
   assert.doesNotMatch(await t.metrics.registry.metrics(), /vm="vm-age"/);
+});
+
+test('hostile zero marks: a few bytes asking for billions of pages cleared one by one are refused at once (they ran the replicator out of memory, and held Redis 43 s)', async () => {
+  const t = setup('vm-z');
+  const SLOT = 2 ** 33; // a 32 TiB slot: the layout allows it (the simulator makes such guests)
+  const rec = (r: WithoutVm<EpochRecord>): Buffer => Buffer.from(encodeEpochRecord({ vm: 'vm-z', ...r }));
+  const begin = (epoch: number, baseline: boolean): Buffer => rec({ generation: 9, epoch, kind: 'begin', begin: { pageSize: PAGE, slots: [{ id: 0, pages: SLOT }], vcpus: 1, baseline, startedAtMs: 1 } });
+  const page = new Uint8Array(PAGE).fill(7);
+  const model = new SparseImage(PAGE, [SLOT]);
+  const commit = (epoch: number, batches: number): Buffer => rec({ generation: 9, epoch, kind: 'commit', commit: {
+    batches, pages: 1, zeroPages: 0, dataBytes: PAGE, digest: model.digest().toHex(), vcpuStates: [Uint8Array.of(1)], guestCounters: [0, 0], pauseUs: 1, startedAtMs: 1, committedAtMs: 1, pausedAtMs: 1,
+  } });
+  // A baseline writing one page at 2^26.
+  model.writePages(0, 2 ** 26, 1, page, 0);
+  await t.feed([begin(0, true), rec({ generation: 9, epoch: 0, kind: 'batch', batch: { seq: 0, slots: [0], firsts: [2 ** 26], counts: [1], zero: Uint8Array.of(0), compression: 'none', data: page, dataBytes: PAGE } }), commit(0, 1)]);
+  assert.deepEqual(await t.image(), { epoch: 0, digest: model.digest().toHex(), state: 'ok', bytesDigest: model.digest().toHex() });
+  // A delta marking 2^32 - 1 pages zero: 38 bytes of batch.
+  const t0 = performance.now();
+  await t.feed([begin(1, false), rec({ generation: 9, epoch: 1, kind: 'batch', batch: { seq: 0, slots: [0], firsts: [0], counts: [0xffffffff], zero: Uint8Array.of(1), compression: 'none', data: new Uint8Array(0), dataBytes: 0 } })]);
+  assert.ok(performance.now() - t0 < 2000, `refused at once: ${performance.now() - t0} ms`);
+  assert.equal(t.dead.at(-1)?.reason, 'invalid');
+  assert.match(t.dead.at(-1)!.detail, /batch 0 marks 4294967295 pages zero that would be cleared one by one \(at most 262144 per batch\)/);
+  const after = await t.image();
+  assert.deepEqual([after.epoch, after.bytesDigest, after.state], [0, model.digest().toHex(), 'stale'], 'the image stays epoch 0, marked stale');
+  assert.equal(t.resyncs.length, 1, 'a baseline is asked for');
+  // A baseline whose second batch marks zero the 2^26 + 1 pages up to the one its first batch wrote
+  // (the apply script deleted them one by one: 43 s of Redis).
+  const t2 = setup('vm-z2');
+  const rec2 = (r: WithoutVm<EpochRecord>): Buffer => Buffer.from(encodeEpochRecord({ vm: 'vm-z2', ...r }));
+  await t2.feed([
+    rec2({ generation: 9, epoch: 0, kind: 'begin', begin: { pageSize: PAGE, slots: [{ id: 0, pages: SLOT }], vcpus: 1, baseline: true, startedAtMs: 1 } }),
+    rec2({ generation: 9, epoch: 0, kind: 'batch', batch: { seq: 0, slots: [0], firsts: [2 ** 26], counts: [1], zero: Uint8Array.of(0), compression: 'none', data: page, dataBytes: PAGE } }),
+    rec2({ generation: 9, epoch: 0, kind: 'batch', batch: { seq: 1, slots: [0], firsts: [0], counts: [2 ** 26 + 1], zero: Uint8Array.of(1), compression: 'none', data: new Uint8Array(0), dataBytes: 0 } }),
+  ]);
+  assert.equal(t2.dead.at(-1)?.reason, 'invalid');
+  assert.match(t2.dead.at(-1)!.detail, /batch 1 marks 67108865 pages zero/);
+  // Within the batch bound, an epoch may not exceed its own.
+  const batch = { seq: 4, slots: [0], firsts: [0], counts: [1], zero: Uint8Array.of(1), compression: 'none' as const, data: new Uint8Array(0), dataBytes: 0 };
+  const asm = { generation: 9, epoch: 1, baseline: false, maxWritten: {}, begin: { pageSize: PAGE, slots: [], vcpus: 1, baseline: false, startedAtMs: 1 }, nextSeq: 4, stagedBytes: 0 };
+  assert.doesNotThrow(() => checkZeroMarks(batch, { ...asm, zeroMarks: MAX_EPOCH_ZERO_MARKS - 1 }));
+  assert.throws(() => checkZeroMarks(batch, { ...asm, zeroMarks: MAX_EPOCH_ZERO_MARKS }), /brings epoch 9\/1's zero marks to 1048577 pages cleared one by one \(at most 1048576 per epoch\)/);
+  // A baseline's zero range over pages it already wrote counts those pages only: [0, 2^26 + 1) over a
+  // page written at 2^26 is 2^26 + 1 pages up to it; pages it never wrote cost nothing.
+  assert.equal(zeroMarkWork({ baseline: true, maxWritten: { 0: 2 ** 26 } }, { slots: [0], firsts: [0], counts: [2 ** 30], zero: Uint8Array.of(1) }), 2 ** 26 + 1);
+  assert.equal(zeroMarkWork({ baseline: true, maxWritten: {} }, { slots: [0, 0], firsts: [5, 0], counts: [1, 2 ** 30], zero: Uint8Array.of(0, 1) }), 6, 'a data range earlier in the batch counts as written');
+  assert.equal(zeroMarkWork({ baseline: true, maxWritten: { 0: 10 } }, { slots: [0], firsts: [11], counts: [2 ** 30], zero: Uint8Array.of(1) }), 0);
 });
 
 test('bad records are parked with their reason and the image stays the committed epoch', async () => {

@@ -35,26 +35,15 @@ export interface StandbyMeta {
 }
 
 /**
- * Pages of `batch` marked zero that staging and the apply clear one by one (a hash field, a key each): a
- * delta's zero pages, and those of a baseline's zero ranges that it already wrote (a page resent by a
- * later round; pages it never wrote are zero already). Zero marks carry no bytes, so without a bound a
- * record of a few bytes could ask for billions of them.
+ * Pages of `batch` marked zero that staging and the apply clear one by one (a staged hash field and a
+ * key each): a delta's zero pages. Zero marks carry no bytes, so without a bound a record of a few bytes
+ * could ask for billions of them. (A baseline's zero marks cost at most the pages its generation holds:
+ * ZERO_BASELINE_PAGES_LUA.)
  */
-export function zeroMarkWork(asm: Pick<Assembly, 'baseline' | 'maxWritten'>, batch: Pick<PageBatch, 'slots' | 'firsts' | 'counts' | 'zero'>): number {
-  const max = { ...asm.maxWritten };
+export function zeroMarkWork(asm: Pick<Assembly, 'baseline'>, batch: Pick<PageBatch, 'slots' | 'counts' | 'zero'>): number {
+  if (asm.baseline) return 0;
   let work = 0;
-  for (let i = 0; i < batch.slots.length; i++) {
-    const slot = batch.slots[i]!;
-    const first = batch.firsts[i]!;
-    const count = batch.counts[i]!;
-    const written = max[slot] ?? -1;
-    if (batch.zero[i] === 1) {
-      if (!asm.baseline) work += count;
-      else if (first <= written) work += Math.min(count, written - first + 1);
-    } else if (asm.baseline) {
-      max[slot] = Math.max(written, first + count - 1);
-    }
-  }
+  for (let i = 0; i < batch.slots.length; i++) if (batch.zero[i] === 1) work += batch.counts[i]!;
   return work;
 }
 
@@ -82,6 +71,9 @@ export type ApplyOutcome =
 
 const ZERO_HASH = Buffer.alloc(0);
 
+/** vCPUs a standby record may name (the harvester runs at most 64). */
+const MAX_META_VCPUS = 4096;
+
 function num(b: Buffer | undefined, dflt = 0): number {
   if (!b) return dflt;
   const n = Number(b.toString());
@@ -101,16 +93,50 @@ export class StandbyStore {
     return new VmKeys(vm, this.prefix);
   }
 
+  /**
+   * The VM's committed image's record, or null when it has none. Throws CKPT_ERR_STANDBY_CORRUPT, naming
+   * the key and the field, when the record is not what this product writes (edited by hand, say): a
+   * vCPU count of 50 million ran the replicator and both commands out of memory, bad JSON stopped them
+   * with a bare parser message, and a number spelled "01000" kept the replicator retrying for good.
+   */
   async readMeta(vm: string): Promise<StandbyMeta | null> {
-    const h = await this.redis.hgetallBuffer(this.keys(vm).meta);
+    const key = this.keys(vm).meta;
+    const h = await this.redis.hgetallBuffer(key);
     if (!h.generation) return null;
-    const vcpus = num(h.vcpus);
+    const bad = (field: string, why: string): never => {
+      throw new CkptError('CKPT_ERR_STANDBY_CORRUPT', `the standby record of ${vm} (${key}) is unusable: ${field} ${why}; this product did not write it so. `
+        + `Its image cannot be trusted: \`npm run standby -- forget --vm ${vm}\` deletes it, and the VM's harvester is then asked for a new baseline`, { context: { vm, key, field } });
+    };
+    const int = (field: string, min: number, max: number): number => {
+      const text = h[field]?.toString() ?? '';
+      const n = Number(text);
+      if (!/^(0|[1-9]\d*)$/.test(text) || !Number.isSafeInteger(n) || n < min || n > max) bad(field, `is ${JSON.stringify(text.slice(0, 40))}, not a whole number from ${min} to ${max}`);
+      return n;
+    };
+    const json = (field: string, valid: (v: unknown) => boolean, what: string): unknown => {
+      const text = h[field]?.toString() ?? '';
+      let v: unknown;
+      try {
+        v = JSON.parse(text);
+      } catch {
+        bad(field, `is not JSON (${JSON.stringify(text.slice(0, 40))})`);
+      }
+      if (!valid(v)) bad(field, `is not ${what}`);
+      return v;
+    };
+    const generation = int('generation', 1, Number.MAX_SAFE_INTEGER);
+    const epoch = int('epoch', 0, Number.MAX_SAFE_INTEGER);
+    const pageSize = int('pageSize', 1, 1 << 30);
+    if ((pageSize & (pageSize - 1)) !== 0) bad('pageSize', `is ${pageSize}, not a power of two`);
+    const vcpus = int('vcpus', 0, MAX_META_VCPUS);
+    const slots = json('slots', (v) => Array.isArray(v) && v.every((s) => typeof s === 'object' && s !== null && Number.isSafeInteger((s as SlotInfo).id) && (s as SlotInfo).id >= 0
+      && Number.isSafeInteger((s as SlotInfo).pages) && (s as SlotInfo).pages > 0), 'a list of slots ({id, pages})') as SlotInfo[];
+    const guestCounters = h.guestCounters ? json('guestCounters', (v) => Array.isArray(v) && v.every((x) => typeof x === 'number'), 'a list of numbers') as number[] : [];
     const vcpuStates: Buffer[] = [];
     for (let i = 0; i < vcpus; i++) vcpuStates.push(h[`vcpu:${i}`] ?? Buffer.alloc(0));
     return {
-      generation: num(h.generation), epoch: num(h.epoch, -1), digest: h.digest?.toString() ?? '', state: h.state?.toString() === 'ok' ? 'ok' : 'stale',
-      staleReason: h.staleReason?.toString() ?? '', pageSize: num(h.pageSize), slots: h.slots ? (JSON.parse(h.slots.toString()) as SlotInfo[]) : [],
-      vcpus, vcpuStates, guestCounters: h.guestCounters ? (JSON.parse(h.guestCounters.toString()) as number[]) : [],
+      generation, epoch, digest: h.digest?.toString() ?? '', state: h.state?.toString() === 'ok' ? 'ok' : 'stale',
+      staleReason: h.staleReason?.toString() ?? '', pageSize, slots, vcpus, vcpuStates, guestCounters,
       pausedAtMs: num(h.pausedAtMs) || num(h.committedAtMs), committedAtMs: num(h.committedAtMs), appliedAtMs: num(h.appliedAtMs),
     };
   }
@@ -121,9 +147,17 @@ export class StandbyStore {
     return g ? { generation: Number(g), epoch: Number(e) } : null;
   }
 
+  /** The epoch being assembled, or null. An assembly that is not JSON is dropped (it only ever holds staged work a baseline redoes). */
   async readAssembly(vm: string): Promise<Assembly | null> {
-    const a = await this.redis.hget(this.keys(vm).asm, 'json');
-    return a ? (JSON.parse(a) as Assembly) : null;
+    const key = this.keys(vm).asm;
+    const a = await this.redis.hget(key, 'json');
+    if (!a) return null;
+    try {
+      const asm = JSON.parse(a) as Assembly;
+      if (typeof asm === 'object' && asm !== null && Number.isSafeInteger(asm.generation) && Number.isSafeInteger(asm.epoch) && typeof asm.begin === 'object') return asm;
+    } catch { /* below */ }
+    throw new CkptError('CKPT_ERR_STANDBY_CORRUPT', `the assembly record of ${vm} (${key}) is unusable: not an epoch this product staged (${JSON.stringify(a.slice(0, 40))}); `
+      + `\`npm run standby -- forget --vm ${vm}\` deletes it with the VM's standby`, { context: { vm, key } });
   }
 
   /** Starts assembling an epoch; drops what an abandoned assembly had staged. */

@@ -7,7 +7,7 @@
  * cannot be done, 2 on bad options.
  */
 import { Redis } from 'ioredis';
-import { commandConfig, commandRedisOptions, connectWithCause, REDIS_SCHEMA, redactUrl, vmIdProblem, type Schema } from '@ckpt/common';
+import { CkptError, commandConfig, commandRedisOptions, connectWithCause, REDIS_SCHEMA, redactUrl, vmIdProblem, type Schema } from '@ckpt/common';
 import { StandbyStore } from './standby-store.ts';
 
 const SCHEMA = {
@@ -59,14 +59,18 @@ async function main(argv: string[]): Promise<number> {
     const store = new StandbyStore(redis, cfg.redisPrefix);
     if (sub === 'list') {
       const now = Date.now();
-      const vms = (await store.listImages()).map(({ vm, meta: m }) => (
-        { vm, generation: m.generation, epoch: m.epoch, state: m.state, ageS: Math.max(0, (now - m.pausedAtMs) / 1000), pausedAt: new Date(m.pausedAtMs).toISOString(), committedAt: new Date(m.committedAtMs).toISOString() }));
+      const images = await store.listImages();
+      const vms = images.flatMap(({ vm, meta: m }) => (m ? [
+        { vm, generation: m.generation, epoch: m.epoch, state: m.state, ageS: Math.max(0, (now - m.pausedAtMs) / 1000), pausedAt: new Date(m.pausedAtMs).toISOString(), committedAt: new Date(m.committedAtMs).toISOString() }] : []));
+      const unusable = images.flatMap(({ vm, problem }) => (problem ? [{ vm, problem }] : []));
       // The list is the answer: on stdout, so it can be piped, unless --json puts its JSON there.
       const out = cfg.json ? say : (s: string): void => void process.stdout.write(s + '\n');
-      say(`standby: ${vms.length} standby image${vms.length === 1 ? '' : 's'} under ${cfg.redisPrefix}: in ${redactUrl(redisOpts.url)}`);
+      say(`standby: ${vms.length} standby image${vms.length === 1 ? '' : 's'} under ${cfg.redisPrefix}: in ${redactUrl(redisOpts.url)}${unusable.length ? `, and ${unusable.length} unusable` : ''}`);
       for (const v of vms) out(`  ${v.vm}  epoch ${v.generation}/${v.epoch}  ${v.state === 'ok' ? 'ok' : 'STALE'}  ${v.ageS.toFixed(1)} s old (guest paused ${v.pausedAt}, committed ${v.committedAt})`);
-      if (cfg.json) process.stdout.write(JSON.stringify({ vms: vms.map((v) => ({ ...v, ageS: Number(v.ageS.toFixed(3)) })) }) + '\n');
-      return 0;
+      for (const u of unusable) out(`  ${u.vm}  UNUSABLE: ${u.problem}`);
+      if (cfg.json) process.stdout.write(JSON.stringify({ vms: vms.map((v) => ({ ...v, ageS: Number(v.ageS.toFixed(3)) })), unusable }) + '\n');
+      // Every usable image is listed; an unusable one makes the answer a failure (exit 1).
+      return unusable.length ? 1 : 0;
     }
     const fenceKey = store.keys(cfg.vm).fence;
     if (sub === 'unfence') {
@@ -88,7 +92,11 @@ async function main(argv: string[]): Promise<number> {
     let meta;
     let deleted;
     try {
-      meta = await store.readMeta(cfg.vm);
+      // An unusable record is what forget is for: delete it all the same.
+      meta = await store.readMeta(cfg.vm).catch((err: unknown) => {
+        if (err instanceof CkptError && err.code === 'CKPT_ERR_STANDBY_CORRUPT') return null;
+        throw err;
+      });
       deleted = await store.deleteVm(cfg.vm);
     } finally {
       await store.releaseFence(cfg.vm, token);

@@ -71,6 +71,9 @@ export type ApplyOutcome =
 
 const ZERO_HASH = Buffer.alloc(0);
 
+/** One VM of listImages(): its record, or why that record cannot be used. */
+export type ListedImage = { vm: string; meta: StandbyMeta; problem?: undefined } | { vm: string; meta?: undefined; problem: string };
+
 /** vCPUs a standby record may name (the harvester runs at most 64). */
 const MAX_META_VCPUS = 4096;
 
@@ -217,10 +220,18 @@ export class StandbyStore {
   }
 
   /** The VMs with a standby image and their meta records (read together, one round trip on the wire). */
-  async listImages(): Promise<{ vm: string; meta: StandbyMeta }[]> {
+  /** The VMs with an image, each with its record, or the problem that makes the record unusable (one bad VM does not hide the others). */
+  async listImages(): Promise<ListedImage[]> {
     const vms = await this.indexedVms();
-    const metas = await Promise.all(vms.map((vm) => this.readMeta(vm)));
-    return vms.flatMap((vm, i) => (metas[i] ? [{ vm, meta: metas[i] }] : []));
+    const metas = await Promise.allSettled(vms.map((vm) => this.readMeta(vm)));
+    return vms.flatMap((vm, i): ListedImage[] => {
+      const m = metas[i]!;
+      if (m.status === 'rejected') {
+        if (m.reason instanceof CkptError && m.reason.code === 'CKPT_ERR_STANDBY_CORRUPT') return [{ vm, problem: m.reason.message }];
+        throw m.reason as Error;
+      }
+      return m.value ? [{ vm, meta: m.value }] : [];
+    });
   }
 
   /** The index's members (a VM deleted since may still be there: callers check its meta), sorted. */

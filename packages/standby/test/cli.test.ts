@@ -97,6 +97,28 @@ test('unfence removes a fence its holder left behind (a restorer killed with kil
   assert.equal(run('unfence', '--redis-prefix', 'u1').status, 2);
 });
 
+test('a standby record this product did not write: list shows it UNUSABLE with the field and the others as usual (exit 1), forget deletes it; a 50-million vCPU count is refused, not allocated', async () => {
+  await image('c1', 'vm-good', 3, 'ok', Date.now());
+  await image('c1', 'vm-json', 3, 'ok', Date.now());
+  await image('c1', 'vm-cpus', 3, 'ok', Date.now());
+  await image('c1', 'vm-num', 3, 'ok', Date.now());
+  await db.redis.hset('c1:{vm-json}:meta', 'slots', '{not json');
+  await db.redis.hset('c1:{vm-cpus}:meta', 'vcpus', '50000000');
+  await db.redis.hset('c1:{vm-num}:meta', 'generation', '01000');
+  const t0 = Date.now();
+  const r = run('list', '--redis-prefix', 'c1');
+  assert.ok(Date.now() - t0 < 10_000, `answered in ${Date.now() - t0} ms`);
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /1 standby image under c1: .*, and 3 unusable/);
+  assert.match(r.stdout, /^ {2}vm-good {2}epoch 7\/3 {2}ok/m);
+  assert.match(r.stdout, /^ {2}vm-json {2}UNUSABLE: the standby record of vm-json \(c1:\{vm-json\}:meta\) is unusable: slots is not JSON \("\{not json"\); .*npm run standby -- forget --vm vm-json/m);
+  assert.match(r.stdout, /^ {2}vm-cpus {2}UNUSABLE: .*vcpus is "50000000", not a whole number from 0 to 4096/m);
+  assert.match(r.stdout, /^ {2}vm-num {2}UNUSABLE: .*generation is "01000", not a whole number/m);
+  const f = run('forget', '--vm', 'vm-json', '--redis-prefix', 'c1');
+  assert.equal(f.status, 0, f.stderr);
+  assert.deepEqual(await db.redis.keys('c1:{vm-json}:*'), []);
+});
+
 test('bad options exit 2 and name the problem; --help exits 0', () => {
   let r = run();
   assert.equal(r.status, 2);

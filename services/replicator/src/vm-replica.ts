@@ -5,7 +5,7 @@
  * cannot complete an epoch leaves the image as it is (marked stale when continuity is lost) and asks
  * the harvester for a baseline.
  */
-import type { Logger } from '@ckpt/common';
+import { CkptError, type Logger } from '@ckpt/common';
 import { batchPages, decodeEpochRecord, WireError, type EpochBegin, type EpochRecord, type PageBatch } from '@ckpt/proto';
 import { validVmId, zeroMarkWork, type Assembly, type StandbyMeta, type StandbyStore } from '@ckpt/standby';
 import type { DeadLetterReason, GapReason, ReplicatorMetrics } from './metrics.ts';
@@ -99,7 +99,19 @@ export class Applier {
     await this.hooks.deadLetter(key, 'invalid', `unexpected error: ${detail}`);
     if (key === null || !validVmId(key)) return;
     this.replicas.delete(key); // after an unexpected error, judge from what Redis holds
-    await this.breakContinuity(await this.replica(key), 'missing-batch', `a record could not be handled: ${detail}`);
+    let r: VmReplica;
+    try {
+      r = await this.replica(key);
+    } catch (err) {
+      // A standby record this product did not write cannot be marked stale either: its records are
+      // parked (as this one) until an operator deletes it, and the partition's other VMs go on.
+      if (err instanceof CkptError && err.code === 'CKPT_ERR_STANDBY_CORRUPT') {
+        this.log.error('a VM\'s standby record is unusable; its records are parked until it is deleted', { vm: key, err });
+        return;
+      }
+      throw err;
+    }
+    await this.breakContinuity(r, 'missing-batch', `a record could not be handled: ${detail}`);
   }
 
   /**

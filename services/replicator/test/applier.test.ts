@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Redis } from 'ioredis';
-import { silentLogger, SparseImage } from '@ckpt/common';
+import { type CkptError, silentLogger, SparseImage } from '@ckpt/common';
 import { redisForTests } from '@ckpt/embedded/test-support';
 import { encodeEpochRecord, type EpochRecord } from '@ckpt/proto';
 import { StandbyStore, zeroMarkWork } from '@ckpt/standby';
@@ -179,6 +179,22 @@ test('hostile zero marks: a delta asking for billions of pages cleared one by on
   assert.throws(() => checkZeroMarks(batch, { ...asm, zeroMarks: MAX_EPOCH_ZERO_MARKS }), /brings epoch 9\/1's zero marks to 1048577 pages cleared one by one \(at most 1048576 per epoch\)/);
   assert.equal(zeroMarkWork({ baseline: false }, { slots: [0, 0], counts: [7, 9], zero: Uint8Array.of(1, 0) }), 7, 'a delta\'s zero pages count, its data pages do not');
   assert.equal(zeroMarkWork({ baseline: true }, { slots: [0], counts: [2 ** 30], zero: Uint8Array.of(1) }), 0, 'a baseline\'s zero marks are bounded by what its generation holds');
+});
+
+test('a VM whose standby record was edited into nonsense: its records fail as CKPT_ERR_STANDBY_CORRUPT (not retriable), parking one does not loop, other VMs go on', async () => {
+  const t = setup('vm-c');
+  const h = new FakeHarvester('vm-c', 300);
+  await t.feed(h.epochRecords(pages([[1, 1]])));
+  await db.redis.hset(t.store.keys('vm-c').meta, 'generation', '0300'); // a number, but not as written: the stale mark's compare-and-set never matched
+  t.applier.forget();
+  const rec = h.epochRecords(pages([[2, 2]]))[0]!;
+  await assert.rejects(t.applier.handle(rec, 'vm-c'), (e: CkptError) => e.code === 'CKPT_ERR_STANDBY_CORRUPT' && !e.retriable && /generation is "0300"/.test(e.message));
+  await t.applier.poison('vm-c', 'the standby record of vm-c is unusable'); // returned: it looped for good
+  assert.equal(t.dead.at(-1)?.reason, 'invalid');
+  // Another VM, same applier (same partition): unaffected.
+  const other = new FakeHarvester('vm-c2', 5);
+  for (const r of other.epochRecords(pages([[3, 3]]))) assert.equal(await t.applier.handle(r, 'vm-c2'), 'done');
+  assert.equal((await t.store.readMeta('vm-c2'))?.epoch, 0);
 });
 
 test('bad records are parked with their reason and the image stays the committed epoch', async () => {

@@ -123,6 +123,14 @@ test('a stale image is refused unless the caller takes the newest verified epoch
   assertSameImage(t.image!, h.model, SLOT_PAGES);
 });
 
+test('a standby record edited into nonsense: refused naming the key and the field (it failed with "l.slots is not iterable" and a stack)', async () => {
+  await buildImage('vm-bad', 2);
+  await db.redis.hset(store.keys('vm-bad').meta, 'slots', '{"id":0}');
+  const err = await rejects(restoreImage(store, 'vm-bad', new SparseTarget()), 'CKPT_ERR_STANDBY_CORRUPT');
+  assert.match(err.message, /the standby record of vm-bad \(ckpt:\{vm-bad\}:meta\) is unusable: slots is not a list of slots/);
+  assert.equal(await db.redis.exists(store.keys('vm-bad').fence), 0, 'the fence is released');
+});
+
 test('no image: a clear error', async () => {
   await rejects(restoreImage(store, 'vm-none', new SparseTarget()), 'CKPT_ERR_RESTORE_NO_IMAGE');
 });

@@ -133,7 +133,12 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
   let cutStart = 0;
   let lastCutStart = -1;
   const newGeneration = (why: string, err?: unknown): void => {
-    const generation = Math.max(cycle.generation, options.generationFloor?.() ?? 0) + 1;
+    // A floor more than a day ahead of this clock is not a real image's generation (they are taken from
+    // a harvester's clock): above it, generations would leave the safe integers and be refused for good.
+    const floor = options.generationFloor?.() ?? 0;
+    const usable = floor <= Date.now() + 24 * 3600 * 1000;
+    if (!usable) log.warn('ignoring a generation floor far ahead of this clock', { floor });
+    const generation = Math.max(cycle.generation, usable ? floor : 0) + 1;
     log.warn('starting a new generation', { reason: why, ...(err === undefined ? {} : { err }), generation });
     resyncs++;
     m?.resyncs.inc();

@@ -35,6 +35,9 @@ export interface InFlight {
 
 const toError = (err: unknown): Error => (err instanceof Error ? err : new Error(String(err)));
 
+/** How far a record's generation may be ahead of this replicator's clock (harvesters number generations by theirs, in ms). */
+const GENERATION_AHEAD_MS = 24 * 3600 * 1000;
+
 /** Epochs in a row of one older generation after which its harvester is asked for a new one (see olderGeneration()). */
 const BEHIND_EPOCHS = 3;
 
@@ -152,8 +155,19 @@ export class Applier {
       await this.hooks.deadLetter(key, 'bad-vm-id', `VM id ${JSON.stringify(rec.vm)} is not usable as a key`);
       return null;
     }
-    if (key !== null && key !== rec.vm) {
-      await this.hooks.deadLetter(key, 'key-mismatch', `record of VM ${rec.vm} arrived with key ${key}`);
+    if (rec.generation > Date.now() + GENERATION_AHEAD_MS) {
+      // Harvesters number generations by their clock (ms). One far ahead would outrank every real
+      // generation for good: a baseline at 2^53 - 1 took over the image, and the harvester's answer to
+      // the resync that followed (one above it) was no longer a safe integer.
+      await this.hooks.deadLetter(key, 'invalid', `generation ${rec.generation} is more than a day ahead of this replicator's clock (${Date.now()}); harvesters number generations by their clock`);
+      return null;
+    }
+    if (key !== rec.vm) {
+      // A record without a key lands on any partition (round robin), out of order with its VM's others:
+      // it cannot be applied safely (and a dead letter filed under its body's VM lost its bytes).
+      await this.hooks.deadLetter(key, 'key-mismatch', key === null
+        ? `record of VM ${rec.vm} arrived without a key: a VM's records must be keyed by its id, which keeps them in order on one partition`
+        : `record of VM ${rec.vm} arrived with key ${key}`);
       return null;
     }
     return rec;

@@ -214,6 +214,17 @@ test('bad records are parked with their reason and the image stays the committed
   const other = new FakeHarvester('vm-zzz', 1).epochRecords(pages([[1, 1]]));
   await t.applier.handle(other[0]!, 'vm-b');
   assert.equal(t.dead.at(-1)?.reason, 'key-mismatch');
+  // A record of this VM without a key (it could land on any partition): parked under no key, so its
+  // dead letter carries its own bytes (filed under the body's VM, it carried none).
+  await t.applier.handle(h.epochRecords(pages([[9, 9]]))[0]!, null);
+  h.epoch--;
+  assert.deepEqual(t.dead.at(-1), { vm: null, reason: 'key-mismatch', detail: 'record of VM vm-b arrived without a key: a VM\'s records must be keyed by its id, which keeps them in order on one partition' });
+  // A generation far ahead of the clock (a baseline at 2^53 - 1 took the image over for good): parked, the image untouched.
+  const ahead = new FakeHarvester('vm-b', Number.MAX_SAFE_INTEGER);
+  await t.applier.handle(ahead.epochRecords(pages([[1, 0]]))[0]!, 'vm-b');
+  assert.equal(t.dead.at(-1)?.reason, 'invalid');
+  assert.match(t.dead.at(-1)!.detail, /generation 9007199254740991 is more than a day ahead of this replicator's clock/);
+  assert.equal((await t.image()).epoch, before.epoch);
   // A batch outside the layout: the epoch cannot complete, so the image goes stale and a baseline is asked for.
   const e1 = h.epochRecords(pages([[5, 5]]));
   await t.applier.handle(e1[0]!, 'vm-b');

@@ -49,6 +49,19 @@ test('a resync request starts the next generation above the image generation it 
   assert.deepEqual(rec.headers.map((h) => [h.generation, h.epoch, h.baseline]), [[1000, 0, true], [1000, 1, false], [1000, 2, false], [5001, 0, true], [5001, 1, false]]);
 });
 
+test('a resync naming a generation far ahead of the clock (2^53 - 1) is answered above the harvester\'s own generation, not above it', async () => {
+  const source = sim({ workload: 'random' });
+  const rec = new RecordingSink();
+  let asked = false;
+  await runHarvest(source, {
+    epochs: 3, intervalMs: 10, sinks: [rec], cycle: { generation: 1000 },
+    takeResyncRequest: () => (!asked && rec.commits.length === 2 ? ((asked = true), 'generation 1000 is older than the image\'s') : null),
+    generationFloor: () => (asked ? Number.MAX_SAFE_INTEGER : 0),
+  });
+  source.close();
+  assert.deepEqual(rec.headers.filter((h) => h.baseline).map((h) => h.generation), [1000, 1001]);
+});
+
 for (const workload of ['sequential', 'random', 'hotset', 'idle'] as const) {
   test(`verified epochs on the simulator: ${workload}`, async () => {
     const source = sim({ workload, fillPages: workload === 'hotset' });

@@ -141,6 +141,11 @@ export class Applier {
       await this.hooks.deadLetter(key, 'oversize', `record of ${raw.byteLength} bytes exceeds the limit of ${this.opts.maxRecordBytes}`);
       return null;
     }
+    if (raw.byteLength === 0) {
+      this.metrics.records.inc({ kind: 'bad' });
+      await this.hooks.deadLetter(key, 'malformed', 'an empty record (a tombstone, or a record without a value)');
+      return null;
+    }
     let rec: EpochRecord;
     try {
       rec = decodeEpochRecord(raw);
@@ -322,6 +327,9 @@ export class Applier {
     }
     let pages: Uint8Array;
     try {
+      // Harvesters split batches by their uncompressed size under the record limit: a gzip'd batch that
+      // declares more is a decompression bomb (three 0.9 MB batches declaring 900 MiB each took 1.9 GB).
+      if (b.dataBytes > this.opts.maxRecordBytes) throw new Error(`batch ${b.seq} declares ${b.dataBytes} bytes of pages, more than a record may hold (${this.opts.maxRecordBytes})`);
       pages = batchPages(b);
       checkBatchAgainstLayout(b, a.begin, pages.byteLength);
       checkZeroMarks(b, a);

@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { gzipSync } from 'node:zlib';
 import { Redis } from 'ioredis';
 import { type CkptError, silentLogger, SparseImage } from '@ckpt/common';
 import { redisForTests } from '@ckpt/embedded/test-support';
@@ -197,6 +198,21 @@ test('a VM whose standby record was edited into nonsense: its records fail as CK
   assert.equal((await t.store.readMeta('vm-c2'))?.epoch, 0);
 });
 
+test('a gzip\'d batch declaring far more bytes than a record holds (a decompression bomb) is refused before it is inflated', async () => {
+  const t = setup('vm-bomb');
+  const h = new FakeHarvester('vm-bomb', 200);
+  await t.feed(h.epochRecords(pages([[1, 1]])));
+  const e1 = h.epochRecords(pages([[7, 7]]));
+  await t.applier.handle(e1[0]!, 'vm-bomb');
+  const bomb = Buffer.from(encodeEpochRecord({ vm: 'vm-bomb', generation: 200, epoch: 1, kind: 'batch', batch: {
+    seq: 0, slots: [0], firsts: [0], counts: [16_384], zero: Uint8Array.of(0), compression: 'gzip', data: gzipSync(Buffer.alloc(64 << 20)), dataBytes: 64 << 20,
+  } }));
+  await t.applier.handle(bomb, 'vm-bomb');
+  assert.equal(t.dead.at(-1)?.reason, 'invalid');
+  assert.match(t.dead.at(-1)!.detail, /batch 0 declares 67108864 bytes of pages, more than a record may hold \(1048576\)/);
+  assert.equal((await t.image()).epoch, 0);
+});
+
 test('bad records are parked with their reason and the image stays the committed epoch', async () => {
   const t = setup('vm-b');
   const h = new FakeHarvester('vm-b', 200);
@@ -204,6 +220,7 @@ test('bad records are parked with their reason and the image stays the committed
   const before = await t.image();
   const bad: [Buffer, DeadLetterReason][] = [
     [Buffer.from([0xff, 0xff, 0x01]), 'malformed'],
+    [Buffer.alloc(0), 'malformed'], // a tombstone: it was called schema-version
     [Buffer.alloc(2 << 20), 'oversize'],
   ];
   for (const [raw, reason] of bad) {

@@ -29,7 +29,14 @@ fresh KVM VM, and checks every byte against the last committed epoch. Reports RP
 const CLEANUP_DEADLINE_MS = 20_000;
 
 async function main(): Promise<number> {
-  const cfg = commandConfig('drill', SCHEMA, USAGE, process.argv.slice(2));
+  // Scenarios that restart a server need the embedded one: a bad option, found before anything starts.
+  const cfg = commandConfig('drill', SCHEMA, USAGE, process.argv.slice(2), (c) => {
+    const wants = (s: string): boolean => c.scenario === s || c.scenario === 'all';
+    return [
+      ...(wants('redis-restart') && process.env.REDIS_URL ? [`--scenario ${c.scenario} restarts Redis: it needs the embedded redis-server (unset REDIS_URL)`] : []),
+      ...(wants('broker-outage') && process.env.KAFKA_BROKERS ? [`--scenario ${c.scenario} stops the broker: it needs the embedded one (unset KAFKA_BROKERS)`] : []),
+    ];
+  });
   if (typeof cfg === 'number') return cfg;
   const say = (s: string): void => void process.stderr.write(s + '\n');
   let interrupted = false;

@@ -22,6 +22,13 @@ test('npm run drill -- --help prints the options at once, without the set-up (np
   assert.doesNotMatch(r.stderr, /setup:/, 'the set-up ran');
 });
 
+test('a scenario that restarts a server the drill did not start is a bad option (exit 2, before anything starts; it ran 10 s and exited 1)', () => {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', CLI, '--scenario', 'all'], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, REDIS_URL: 'redis://127.0.0.1:1', KAFKA_BROKERS: '127.0.0.1:1' } });
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, /--scenario all restarts Redis: it needs the embedded redis-server \(unset REDIS_URL\)/);
+  assert.match(r.stderr, /--scenario all stops the broker: it needs the embedded one \(unset KAFKA_BROKERS\)/);
+});
+
 test('a drill against a Redis it cannot reach fails at once and names it; what it did not measure is null', () => {
   const t0 = performance.now();
   const r = spawnSync(process.execPath, ['--import', 'tsx', CLI, '--json'], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, REDIS_URL: 'redis://127.0.0.1:1' } });

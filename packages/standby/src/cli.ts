@@ -74,18 +74,18 @@ async function main(argv: string[]): Promise<number> {
     }
     const fenceKey = store.keys(cfg.vm).fence;
     if (sub === 'unfence') {
-      const [holder, ttl] = await Promise.all([redis.get(fenceKey), redis.pttl(fenceKey)]);
+      const { holder, ttlMs } = await store.fenceHolder(cfg.vm);
       const removed = holder === null ? 0 : await redis.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0", 1, fenceKey, holder) as number;
-      say(removed ? `standby: removed ${cfg.vm}'s fence, held by ${holder}${ttl >= 0 ? ` for ${(ttl / 1000).toFixed(1)} s more` : ''}`
+      say(removed ? `standby: removed ${cfg.vm}'s fence, held by ${holder}${ttlMs === null ? '' : ` for ${(ttlMs / 1000).toFixed(1)} s more`}`
         : `standby: ${cfg.vm} has no fence (nothing removed)`);
-      if (cfg.json) process.stdout.write(JSON.stringify({ vm: cfg.vm, removed: removed === 1, holder, ttlMs: removed && ttl >= 0 ? ttl : null }) + '\n');
+      if (cfg.json) process.stdout.write(JSON.stringify({ vm: cfg.vm, removed: removed === 1, holder, ttlMs: removed ? ttlMs : null }) + '\n');
       return 0;
     }
     // Under the VM's own fence: no restore reads, and no replicator applies, while the keys go.
     const token = `forget-${process.pid}-${Date.now()}`;
     if (!await store.acquireFence(cfg.vm, token, 60_000)) {
-      const [holder, ttl] = await Promise.all([redis.get(fenceKey), redis.pttl(fenceKey)]);
-      say(`standby: ${cfg.vm} is fenced by ${holder ?? 'another holder'}${ttl >= 0 ? ` for ${(ttl / 1000).toFixed(1)} s more` : ''} (a restore is reading its image): not deleted; try again when it is done `
+      const { holder, ttlMs } = await store.fenceHolder(cfg.vm);
+      say(`standby: ${cfg.vm} is fenced by ${holder ?? 'another holder'}${ttlMs === null ? '' : ` for ${(ttlMs / 1000).toFixed(1)} s more`} (a restore is reading its image): not deleted; try again when it is done `
         + `(a holder that died stops refreshing the fence, which then expires; \`npm run standby -- unfence --vm ${cfg.vm}\` removes it now)`);
       return 1;
     }

@@ -409,6 +409,21 @@ export class StandbyStore {
   }
 
   /** Whether someone holds the VM's fence (a restore reading it, `standby forget` deleting it). */
+  /**
+   * Who holds `vm`'s fence and for how much longer, as far as Redis says: the holder is the fence's
+   * token (a restorer's is `restore-<host>-<pid>-<random>`, `standby forget`'s `forget-<pid>-<time>`).
+   * Nulls when there is no fence or Redis cannot say: this is for messages only.
+   */
+  async fenceHolder(vm: string): Promise<{ holder: string | null; ttlMs: number | null }> {
+    const key = this.keys(vm).fence;
+    try {
+      const [holder, ttl] = await Promise.all([this.redis.get(key), this.redis.pttl(key)]);
+      return { holder, ttlMs: ttl >= 0 ? ttl : null };
+    } catch {
+      return { holder: null, ttlMs: null };
+    }
+  }
+
   async isFenced(vm: string): Promise<boolean> {
     return (await this.redis.exists(this.keys(vm).fence)) === 1;
   }

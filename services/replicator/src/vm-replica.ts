@@ -24,6 +24,9 @@ export interface ApplierOptions {
   maxRecordBytes: number;
   /** While a VM is stale, repeat the resync request this often. */
   resyncRetryMs: number;
+  /** A fence holding applies back is logged once it held them this long (default 5 s), then every `fenceLogEveryMs` (30 s). */
+  fenceQuietMs?: number;
+  fenceLogEveryMs?: number;
 }
 
 export type HandleResult = 'done' | 'retry';
@@ -37,6 +40,11 @@ const toError = (err: unknown): Error => (err instanceof Error ? err : new Error
 
 /** How far a record's generation may be ahead of this replicator's clock (harvesters number generations by theirs, in ms). */
 const GENERATION_AHEAD_MS = 24 * 3600 * 1000;
+
+/** A fence that holds applies back for less than this is a restore doing its work: not logged. */
+const FENCE_QUIET_MS = 5000;
+/** While a fence holds a VM's applies back, it is logged this often. */
+const FENCE_LOG_EVERY_MS = 30_000;
 
 /** Epochs in a row of one older generation after which its harvester is asked for a new one (see olderGeneration()). */
 const BEHIND_EPOCHS = 3;
@@ -52,6 +60,8 @@ export interface VmReplica {
   seen: { generation: number; epoch: number };
   /** An older generation than the image's whose epochs keep coming (see olderGeneration()). */
   behind?: { generation: number; epoch: number; count: number };
+  /** Since when (ms) applies of this VM wait on a restorer's fence, and when that was last logged. */
+  fenced?: { sinceMs: number; loggedMs: number };
 }
 
 /**
@@ -359,10 +369,15 @@ export class Applier {
     switch (out.result) {
       case 'fenced':
         this.metrics.fencedWaits.inc();
+        await this.noteFenced(r);
         return 'retry';
       case 'applied':
       case 'already': {
         const now = Date.now();
+        if (r.fenced) {
+          if (r.fenced.loggedMs) this.log.info('the fence is gone: applying again', { vm: r.vm, fencedMs: now - r.fenced.sinceMs });
+          r.fenced = undefined;
+        }
         if (out.result === 'applied') {
           this.metrics.applySeconds.observe((performance.now() - t0) / 1000);
           this.metrics.epochsApplied.inc({ kind: a.baseline ? 'baseline' : 'delta' });
@@ -429,6 +444,24 @@ export class Applier {
     r.stale = true;
     r.lastResyncAtMs = 0;
     await this.maybeResync(r, `${reason}: ${detail}`);
+  }
+
+  /**
+   * Applies held back by a fence: logged once it has held them fenceQuietMs (longer than a restore
+   * usually takes) and every fenceLogEveryMs while it lasts, with its holder and time to live, so an
+   * operator sees why a standby stopped moving (a fence left by a killed restorer held it silently).
+   */
+  private async noteFenced(r: VmReplica): Promise<void> {
+    const now = Date.now();
+    r.fenced ??= { sinceMs: now, loggedMs: 0 };
+    const held = now - r.fenced.sinceMs;
+    if (held < (this.opts.fenceQuietMs ?? FENCE_QUIET_MS) || now - r.fenced.loggedMs < (this.opts.fenceLogEveryMs ?? FENCE_LOG_EVERY_MS)) return;
+    r.fenced.loggedMs = now;
+    const h = await this.store.fenceHolder(r.vm);
+    this.log.warn('applies of this VM wait on a restorer\'s fence', {
+      vm: r.vm, heldMs: held, holder: h.holder, ttlMs: h.ttlMs,
+      hint: `a restore is reading the image; one that died leaves its fence until it expires; npm run standby -- unfence --vm ${r.vm} removes it`,
+    });
   }
 
   /**

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { Redis } from 'ioredis';
-import { type CkptError, silentLogger, SparseImage } from '@ckpt/common';
+import { type CkptError, createLogger, silentLogger, SparseImage } from '@ckpt/common';
 import { redisForTests } from '@ckpt/embedded/test-support';
 import { encodeEpochRecord, type EpochRecord } from '@ckpt/proto';
 import { StandbyStore, zeroMarkWork } from '@ckpt/standby';
@@ -211,6 +211,34 @@ test('a gzip\'d batch declaring far more bytes than a record holds (a decompress
   assert.equal(t.dead.at(-1)?.reason, 'invalid');
   assert.match(t.dead.at(-1)!.detail, /batch 0 declares 67108864 bytes of pages, more than a record may hold \(1048576\)/);
   assert.equal((await t.image()).epoch, 0);
+});
+
+test('applies held back by a fence are logged with its holder once it held them a while, and again when they go on (a killed restorer\'s fence held a standby silently)', async () => {
+  const store = new StandbyStore(db.redis, `fl${Math.random().toString(36).slice(2, 8)}`);
+  const lines: string[] = [];
+  const log = createLogger({ service: 'replicator' }, { level: 'info', write: (l) => lines.push(l) });
+  const a = new Applier(store, { deadLetter: () => Promise.resolve(), requestResync: () => Promise.resolve(), processed: () => undefined },
+    createReplicatorMetrics(), log, { maxRecordBytes: 1 << 20, resyncRetryMs: 60_000, fenceQuietMs: 200, fenceLogEveryMs: 60_000 });
+  const h = new FakeHarvester('vm-f', 10);
+  for (const r of h.epochRecords(pages([[1, 1]]))) assert.equal(await a.handle(r, 'vm-f'), 'done');
+  assert.ok(await store.acquireFence('vm-f', 'restore-host-77-dead', 60_000));
+  const e1 = h.epochRecords(pages([[2, 2]]));
+  for (const r of e1.slice(0, -1)) assert.equal(await a.handle(r, 'vm-f'), 'done');
+  const commit = e1.at(-1)!;
+  assert.equal(await a.handle(commit, 'vm-f'), 'retry');
+  assert.equal(lines.filter((l) => /wait on a restorer's fence/.test(l)).length, 0, 'a short fence is a restore at work: not logged');
+  await new Promise((r) => setTimeout(r, 250));
+  for (let i = 0; i < 3; i++) assert.equal(await a.handle(commit, 'vm-f'), 'retry');
+  const warned = lines.filter((l) => /wait on a restorer's fence/.test(l));
+  assert.equal(warned.length, 1, lines.join('\n'));
+  const w = JSON.parse(warned[0]!) as { level: string; vm: string; holder: string; ttlMs: number; hint: string };
+  assert.deepEqual([w.level, w.vm, w.holder], ['warn', 'vm-f', 'restore-host-77-dead']);
+  assert.ok(w.ttlMs > 50_000, String(w.ttlMs));
+  assert.match(w.hint, /npm run standby -- unfence --vm vm-f/);
+  await store.releaseFence('vm-f', 'restore-host-77-dead');
+  assert.equal(await a.handle(commit, 'vm-f'), 'done');
+  assert.ok(lines.some((l) => /the fence is gone: applying again/.test(l)));
+  assert.equal((await store.readMeta('vm-f'))?.epoch, 1);
 });
 
 test('bad records are parked with their reason and the image stays the committed epoch', async () => {

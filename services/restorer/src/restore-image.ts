@@ -119,7 +119,7 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
         checkInterrupted(vm, opts.signal);
         if (!said) {
           said = true;
-          const h = await fenceHolder(store, vm);
+          const h = await store.fenceHolder(vm);
           holder = h.holder;
           holderTtlMs = h.ttlMs;
           log.warn(`${vm} is fenced by ${holder ?? 'another holder'}${h.ttlMs === null ? '' : ` (for ${(h.ttlMs / 1000).toFixed(1)} s more unless it is refreshed)`}: waiting up to ${maxWaitMs / 1000} s for the fence`,
@@ -127,7 +127,7 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
         }
         const waited = performance.now() - waitStart;
         if (waited > maxWaitMs) {
-          const left = (await fenceHolder(store, vm)).ttlMs ?? holderTtlMs;
+          const left = (await store.fenceHolder(vm)).ttlMs ?? holderTtlMs;
           throw new CkptError('CKPT_ERR_RESTORE_BUSY', `cannot restore ${vm}: its fence (${store.keys(vm).fence}) is still held by ${holder ?? 'another holder'} after waiting ${maxWaitMs / 1000} s; `
             + `try again once that restore (or standby forget) is done. A holder that died (kill -9) stops refreshing it, and it expires by itself${left === null ? '' : ` in ${(left / 1000).toFixed(1)} s`}; `
             + `if that holder is certainly gone, \`npm run standby -- unfence --vm ${vm}\` removes it now`,
@@ -188,21 +188,6 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
     opts.metrics?.restores.inc({ outcome });
     if (seconds !== undefined) opts.metrics?.lastDurationSeconds.set(seconds);
     opts.metrics?.lastEnd.set({ outcome }, Date.now() / 1000);
-  }
-}
-
-/**
- * Who holds `vm`'s fence and for how much longer, as far as Redis says: the holder is the fence's
- * token (a restorer's is `restore-<host>-<pid>-<random>`, `standby forget`'s `forget-<pid>-<time>`).
- * Nulls when the fence is already gone or Redis cannot say: this is only for the waiting message.
- */
-async function fenceHolder(store: StandbyStore, vm: string): Promise<{ holder: string | null; ttlMs: number | null }> {
-  const key = store.keys(vm).fence;
-  try {
-    const [holder, ttl] = await Promise.all([store.redis.get(key), store.redis.pttl(key)]);
-    return { holder, ttlMs: ttl >= 0 ? ttl : null };
-  } catch {
-    return { holder: null, ttlMs: null };
   }
 }
 

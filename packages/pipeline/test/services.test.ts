@@ -177,12 +177,53 @@ test('a replicator that takes over reports the standby of a VM that publishes no
       text = await fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.text(), () => text);
     }
     assert.doesNotMatch(text, /vm="quiet-vm"/, `the replicator still reports the deleted VM; log: ${log}`);
-    assert.match(log, /the standby image of this VM was deleted/);
+    assert.match(log, /this VM has no standby image \(deleted, or never made\): no longer reporting it/);
   } finally {
     await producer.disconnect().catch(() => undefined);
     await stopChild(first);
     if (second) await stopChild(second);
     redis.disconnect();
+    await servers.stop();
+  }
+});
+
+test('records under VM ids that never get an image (a harvester renamed at each restart, junk) do not leave series and cached state behind for good; a real VM\'s stay', async () => {
+  const servers = await startServers({ partitions: 1 });
+  const metricsPort = await freePort();
+  let log = '';
+  const replicator = spawnReplicator(servers, { REPLICATOR_METRICS_PORT: String(metricsPort), REPLICATOR_DELETED_CHECK_MS: '500' }, (line) => { log = (log + line + '\n').slice(-6000); });
+  const producer = new Kafka({ clientId: 'junk-ids-test', brokers: servers.brokers, logLevel: logLevel.NOTHING }).producer({ idempotent: false, allowAutoTopicCreation: false });
+  try {
+    await producer.connect();
+    const real = new FakeHarvester('real-vm', 7);
+    const messages = real.epochRecords(new Map([[1, 1]])).map((value) => ({ key: 'real-vm', value }));
+    // 40 VMs whose first records are a delta: no image, a gap, a stale mark, a resync request.
+    for (let i = 0; i < 40; i++) {
+      const junk = new FakeHarvester(`junk-${i}`, 5);
+      junk.epochRecords(new Map([[1, 1]])); // the baseline no replicator sees
+      for (const value of junk.epochRecords(new Map([[2, 2]]))) messages.push({ key: `junk-${i}`, value });
+    }
+    await producer.send({ topic: servers.topics.pages, acks: -1, messages });
+    const metrics = (): Promise<string> => fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.text(), () => '');
+    let text = '';
+    const commits = (): number => Number(/^ckpt_replicator_records_total\{kind="commit"\} (\d+)$/m.exec(text)?.[1] ?? 0);
+    for (const deadline = Date.now() + 45_000; Date.now() < deadline && commits() < 41;) {
+      await new Promise((r) => setTimeout(r, 200));
+      text = await metrics();
+    }
+    assert.equal(commits(), 41, `every record was handled; log: ${log}`);
+    assert.match(log, /"msg":"requesting a baseline".*"vm":"junk-39"/, 'the junk VMs were gaps');
+    for (const deadline = Date.now() + 15_000; Date.now() < deadline && /vm="junk-/.test(text);) {
+      await new Promise((r) => setTimeout(r, 200));
+      text = await metrics();
+    }
+    assert.doesNotMatch(text, /vm="junk-/, 'the series of VMs without an image go');
+    assert.match(log, /"msg":"this VM has no standby image \(deleted, or never made\): no longer reporting it","vm":"junk-39"/);
+    assert.match(text, /^ckpt_replicator_last_applied_epoch\{vm="real-vm"\} 0$/m, 'the real VM is still reported');
+    assert.match(text, /^ckpt_replicator_standby_age_seconds\{vm="real-vm"\} /m);
+  } finally {
+    await producer.disconnect().catch(() => undefined);
+    await stopChild(replicator);
     await servers.stop();
   }
 });

@@ -219,7 +219,6 @@ export class StandbyStore {
     return vms.filter((_, i) => present[i]);
   }
 
-  /** The VMs with a standby image and their meta records (read together, one round trip on the wire). */
   /** The VMs with an image, each with its record, or the problem that makes the record unusable (one bad VM does not hide the others). */
   async listImages(): Promise<ListedImage[]> {
     const vms = await this.indexedVms();
@@ -239,11 +238,14 @@ export class StandbyStore {
     return (await this.redis.smembers(this.vmIndexKey)).filter(validVmId).sort();
   }
 
-  /** For each VM, whether it has a standby image (its meta record), in one round trip. */
+  /**
+   * For each VM, whether it has a standby image (a meta record with a committed epoch), in one round
+   * trip. A VM whose first records were a gap has a meta record holding only its stale mark: no image.
+   */
   async imagesExist(vms: string[]): Promise<boolean[]> {
     if (!vms.length) return [];
     const p = this.redis.pipeline();
-    for (const vm of vms) p.exists(this.keys(vm).meta);
+    for (const vm of vms) p.hexists(this.keys(vm).meta, 'generation');
     const res = (await p.exec()) ?? [];
     return vms.map((_, i) => {
       const [err, n] = res[i] ?? [new Error('no reply'), 0];

@@ -45,7 +45,9 @@ export interface ReplicatorMetrics {
   noteStandbyEpoch(vm: string, epoch: number, committedAtMs: number): void;
   /** Drops a VM's per-VM series: its partition moved to another instance, which reports it now. */
   forgetVm(vm: string): void;
-  /** The VMs with a standby age series (an epoch of theirs was applied or read from Redis). */
+  /** Notes that a VM has series here (any per-VM gauge), so a VM with no image is dropped too (forgetVm). */
+  noteVm(vm: string): void;
+  /** The VMs with per-VM series (an epoch of theirs was applied or read from Redis, or a record of theirs handled). */
   reportedVms(): string[];
 }
 
@@ -54,6 +56,8 @@ export function createReplicatorMetrics(options: { defaultMetrics?: boolean } = 
   if (options.defaultMetrics) collectDefaultMetrics({ register: registry });
   const registers = [registry];
   const pausedAt = new Map<string, number>();
+  /** Every VM with a per-VM series, with an image or not. */
+  const vms = new Set<string>();
   // Computed at scrape time, so it keeps growing while nothing is applied: the live RPO.
   const standbyAgeSeconds = new Gauge({
     name: 'ckpt_replicator_standby_age_seconds',
@@ -87,15 +91,20 @@ export function createReplicatorMetrics(options: { defaultMetrics?: boolean } = 
     lastAppliedEpoch: new Gauge({ name: 'ckpt_replicator_last_applied_epoch', help: 'Number of the epoch the standby image holds, per VM', labelNames: ['vm'], registers }),
     standbyAgeSeconds,
     noteStandbyEpoch(vm: string, epoch: number, pausedAtMs: number): void {
+      vms.add(vm);
       pausedAt.set(vm, pausedAtMs);
       this.lastAppliedEpoch.set({ vm }, epoch);
     },
+    noteVm(vm: string): void {
+      vms.add(vm);
+    },
     forgetVm(vm: string): void {
+      vms.delete(vm);
       pausedAt.delete(vm);
       for (const g of [this.lastAppliedEpoch, this.standbyAgeSeconds, this.lagEpochs, this.lagSeconds, this.vmStale]) g.remove({ vm });
     },
     reportedVms(): string[] {
-      return [...pausedAt.keys()];
+      return [...vms];
     },
   };
 }

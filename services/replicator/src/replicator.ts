@@ -405,7 +405,9 @@ export class Replicator {
    * Stops reporting VMs whose standby was deleted (`npm run standby -- forget` of a retired VM) since
    * this instance last applied or read it: their standby age would otherwise grow until a restart or a
    * rebalance and keep the RPO alert firing for a VM that no longer exists. A VM whose harvester still
-   * publishes gets a new image (and its series) from its next baseline.
+   * publishes gets a new image (and its series) from its next baseline. So are VMs that never had an
+   * image (records under ids no harvester keeps publishing: each left series and a cached state for
+   * good), unless one of their epochs is being assembled here.
    */
   private async dropDeletedVms(): Promise<void> {
     if (this.checkingDeleted || !this.running) return;
@@ -414,8 +416,8 @@ export class Replicator {
       const vms = this.o.metrics.reportedVms();
       const present = await this.store.imagesExist(vms);
       vms.forEach((vm, i) => {
-        if (present[i] || !this.running) return;
-        this.o.log.info('the standby image of this VM was deleted: no longer reporting it', { vm });
+        if (present[i] || !this.running || this.applier.assembling(vm)) return;
+        this.o.log.info('this VM has no standby image (deleted, or never made): no longer reporting it', { vm });
         this.o.metrics.forgetVm(vm);
         this.applier.forget(vm);
         this.vmPartitions.delete(vm);

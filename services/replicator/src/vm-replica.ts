@@ -87,6 +87,11 @@ export class Applier {
     else this.replicas.clear();
   }
 
+  /** True while an epoch of the VM is being assembled here (its staging writes may be in flight). */
+  assembling(vm: string): boolean {
+    return (this.replicas.get(vm)?.asm ?? null) !== null;
+  }
+
   /** Loads a VM's state from Redis (if not cached) so its gauges report it before any record of it arrives. */
   async watch(vm: string): Promise<void> {
     await this.replica(vm);
@@ -492,6 +497,7 @@ export class Applier {
   }
 
   private updateGauges(r: VmReplica): void {
+    this.metrics.noteVm(r.vm);
     this.metrics.vmStale.set({ vm: r.vm }, r.stale ? 1 : 0);
     let stale = 0;
     for (const x of this.replicas.values()) if (x.stale) stale++;
@@ -501,17 +507,15 @@ export class Applier {
   }
 }
 
-/** Ranges inside the layout, in order, and page bytes that match them. Throws a plain Error. */
 /** Zero marks a batch may ask the replicator to clear page by page (1 GiB of 4 KiB pages), and an epoch (4 GiB). */
 export const MAX_BATCH_ZERO_MARKS = 1 << 18;
 export const MAX_EPOCH_ZERO_MARKS = 1 << 20;
 
 /**
- * Bounds the page-by-page work zero marks ask for (zeroMarkWork): 153 bytes of records marking 2^32
- * pages zero ran the replicator out of memory, and a baseline's zero range over 2^26 pages it had
- * written held Redis in one script for 43 s. A harvester's epochs stay far below the bounds unless a
- * guest zeroes gigabytes within one epoch; such an epoch is refused like any unusable batch, and the
- * baseline that follows carries the guest as it is.
+ * Bounds the page-by-page work a delta's zero marks ask for (zeroMarkWork): 153 bytes of records
+ * marking 2^32 pages zero ran the replicator out of memory. A harvester's epochs stay far below the
+ * bounds unless a guest zeroes gigabytes within one epoch; such an epoch is refused like any unusable
+ * batch, and the baseline that follows carries the guest as it is.
  */
 export function checkZeroMarks(b: PageBatch, a: Assembly): void {
   const work = zeroMarkWork(a, b);
@@ -524,6 +528,7 @@ export function checkZeroMarks(b: PageBatch, a: Assembly): void {
   }
 }
 
+/** Ranges inside the layout, in order, and page bytes that match them. Throws a plain Error. */
 export function checkBatchAgainstLayout(b: PageBatch, begin: EpochBegin, bytes: number): void {
   const slots = new Map(begin.slots.map((s) => [s.id, s.pages]));
   let dataPages = 0;

@@ -175,6 +175,12 @@ export class Applier {
       await this.hooks.deadLetter(key, 'bad-vm-id', `VM id ${JSON.stringify(rec.vm)} is not usable as a key`);
       return null;
     }
+    if (rec.generation === 0) {
+      // Harvesters number generations from 1 (by their clock): an image of generation 0 could never be
+      // told from no image (it was parked as a duplicate of the missing image, which was marked stale).
+      await this.hooks.deadLetter(key, 'invalid', 'generation 0: harvesters number generations from 1');
+      return null;
+    }
     if (rec.generation > Date.now() + GENERATION_AHEAD_MS) {
       // Harvesters number generations by their clock (ms). One far ahead would outrank every real
       // generation for good: a baseline at 2^53 - 1 took over the image, and the harvester's answer to

@@ -264,6 +264,9 @@ test('bad records are parked with their reason and the image stays the committed
   await t.applier.handle(h.epochRecords(pages([[9, 9]]))[0]!, null);
   h.epoch--;
   assert.deepEqual(t.dead.at(-1), { vm: null, reason: 'key-mismatch', detail: 'record of VM vm-b arrived without a key: a VM\'s records must be keyed by its id, which keeps them in order on one partition' });
+  // Generation 0, which no harvester uses: parked as invalid (it was a duplicate, and the VM went stale).
+  await t.applier.handle(new FakeHarvester('vm-b', 0).epochRecords(pages([[1, 1]]))[0]!, 'vm-b');
+  assert.deepEqual([t.dead.at(-1)?.reason, t.dead.at(-1)?.detail], ['invalid', 'generation 0: harvesters number generations from 1']);
   // A generation far ahead of the clock (a baseline at 2^53 - 1 took the image over for good): parked, the image untouched.
   const ahead = new FakeHarvester('vm-b', Number.MAX_SAFE_INTEGER);
   await t.applier.handle(ahead.epochRecords(pages([[1, 0]]))[0]!, 'vm-b');

@@ -53,11 +53,13 @@ test('threadCpuMs() counts this thread\'s CPU: it moves with work, not while the
   const b = threadCpuMs();
   assert.ok(b - a < 20, `asleep 60 ms, the clock moved ${b - a} ms`);
   // Busy until the clock has moved 30 ms: on a loaded machine that takes longer than 30 ms of wall
-  // time, never less, and not forever.
+  // time, not forever, and not much less (the two clocks are read a little apart and counted by
+  // different means: a clean-clone run saw 30.05 ms of CPU in 28.79 ms of wall time; a clock counting
+  // the whole process's threads would run well ahead).
   let x = 0;
   const t0 = performance.now();
   while (threadCpuMs() - b < 30 && performance.now() - t0 < 5000) x += Math.sqrt(x + 1);
   const wall = performance.now() - t0;
   const cpu = threadCpuMs() - b;
-  assert.ok(cpu >= 30 && wall >= cpu - 1, `busy: the clock moved ${cpu} ms in ${wall} ms of wall time (${x > 0})`);
+  assert.ok(cpu >= 30 && wall >= cpu * 0.9, `busy: the clock moved ${cpu} ms in ${wall} ms of wall time (${x > 0})`);
 });

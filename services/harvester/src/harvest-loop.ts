@@ -1,4 +1,4 @@
-import { percentile, type Logger, silentLogger, CkptError } from '@ckpt/common';
+import { CkptError, silentLogger, ValueSample, type Logger } from '@ckpt/common';
 import { CheckpointCycle, type CycleOptions } from './epoch/checkpoint-cycle.ts';
 import type { EpochCommit, EpochHeader, EpochSink } from './epoch/epoch-types.ts';
 import type { HarvesterMetrics } from './metrics.ts';
@@ -92,8 +92,9 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
     commit: async (h, c) => { for (const s of sinks) await s.commit(h, c); },
   };
   const m = options.metrics;
-  const pauses: number[] = [];
-  const drains: number[] = [];
+  // Bounded: a service cuts epochs for days (see ValueSample).
+  const pauses = new ValueSample();
+  const drains = new ValueSample();
   let pagesHarvested = 0;
   let zeroPages = 0;
   let bytes = 0;
@@ -178,8 +179,8 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
       }
       cut++;
       deadline = Math.max(cutStart + options.intervalMs, performance.now() + options.intervalMs / 4);
-      pauses.push(commit.pauseUs);
-      drains.push(commit.drainUs);
+      pauses.add(commit.pauseUs);
+      drains.add(commit.drainUs);
       pagesHarvested += commit.pages;
       zeroPages += commit.zeroPages;
       bytes += commit.bytes;
@@ -217,7 +218,6 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
     source.pause();
   }
   const st = source.stats();
-  const checks = verifier?.checks ?? [];
   return {
     source: source.kind,
     mode: source.mode,
@@ -228,8 +228,8 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
     zeroPages,
     bytesHarvested: bytes,
     mismatches: verifier?.mismatches ?? 0,
-    missedWrites: checks.reduce((n, c) => n + c.missedWrites, 0),
-    digestMismatches: checks.filter((c) => c.digestMismatch).length,
+    missedWrites: verifier?.totals.missedWrites ?? 0,
+    digestMismatches: verifier?.totals.digestMismatches ?? 0,
     invalidEntries: st.invalidEntries,
     ringFullExits: st.ringFullExits,
     ringReliefs: reliefs,
@@ -237,10 +237,10 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
     resyncs,
     generation: cycle.generation,
     resetCountsMatch: source.mode !== 'ring' || st.entriesMarkedReset === st.resetReturnedTotal,
-    pauseP50Us: percentile(pauses, 50),
-    pauseP99Us: percentile(pauses, 99),
-    pauseMaxUs: pauses.length ? Math.max(...pauses) : 0,
-    drainP50Us: percentile(drains, 50),
+    pauseP50Us: pauses.percentile(50),
+    pauseP99Us: pauses.percentile(99),
+    pauseMaxUs: pauses.max,
+    drainP50Us: drains.percentile(50),
     lastDigest,
     verified: verifier !== undefined,
     vcpuError: source.lastError(),

@@ -27,6 +27,8 @@ export interface ApplierOptions {
   /** A fence holding applies back is logged once it held them this long (default 5 s), then every `fenceLogEveryMs` (30 s). */
   fenceQuietMs?: number;
   fenceLogEveryMs?: number;
+  /** An assembly without a record for this long is abandoned as far as assembling() is concerned (default 60 s). */
+  assemblyIdleMs?: number;
 }
 
 export type HandleResult = 'done' | 'retry';
@@ -77,19 +79,30 @@ const sameLayout = (a: EpochBegin, m: StandbyMeta): boolean =>
 
 export class Applier {
   readonly replicas = new Map<string, VmReplica>();
+  /** When a record of each VM was last handled (see assembling()). */
+  private readonly lastRecordAtMs = new Map<string, number>();
 
   constructor(private readonly store: StandbyStore, private readonly hooks: ReplicaHooks, private readonly metrics: ReplicatorMetrics,
     private readonly log: Logger, private readonly opts: ApplierOptions) {}
 
   /** Forgets cached state (after a partition was revoked, another instance may change it). */
   forget(vm?: string): void {
-    if (vm) this.replicas.delete(vm);
-    else this.replicas.clear();
+    if (vm) {
+      this.replicas.delete(vm);
+      this.lastRecordAtMs.delete(vm);
+    } else {
+      this.replicas.clear();
+    }
   }
 
-  /** True while an epoch of the VM is being assembled here (its staging writes may be in flight). */
+  /**
+   * True while an epoch of the VM is being assembled here and its records keep coming (staging writes
+   * may be in flight). An assembly its harvester abandoned (killed during its first baseline, say) is
+   * idle after `assemblyIdleMs` (60 s) without a record, and then no longer keeps the VM's series.
+   */
   assembling(vm: string): boolean {
-    return (this.replicas.get(vm)?.asm ?? null) !== null;
+    if ((this.replicas.get(vm)?.asm ?? null) === null) return false;
+    return Date.now() - (this.lastRecordAtMs.get(vm) ?? 0) < (this.opts.assemblyIdleMs ?? 60_000);
   }
 
   /** Loads a VM's state from Redis (if not cached) so its gauges report it before any record of it arrives. */
@@ -207,6 +220,7 @@ export class Applier {
    */
   async apply(rec: EpochRecord): Promise<HandleResult | InFlight> {
     let r = await this.replica(rec.vm);
+    this.lastRecordAtMs.set(rec.vm, Date.now());
     for (let attempt = 0; ; attempt++) {
       try {
         return await this.handleRecord(r, rec);

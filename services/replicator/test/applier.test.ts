@@ -241,6 +241,23 @@ test('applies held back by a fence are logged with its holder once it held them 
   assert.equal((await store.readMeta('vm-f'))?.epoch, 1);
 });
 
+test('an assembly keeps its VM reported while its records come, and not once its harvester abandoned it (killed during its first baseline)', async () => {
+  const store = new StandbyStore(db.redis, `ab${Math.random().toString(36).slice(2, 8)}`);
+  const a = new Applier(store, { deadLetter: () => Promise.resolve(), requestResync: () => Promise.resolve(), processed: () => undefined },
+    createReplicatorMetrics(), silentLogger, { maxRecordBytes: 1 << 20, resyncRetryMs: 60_000, assemblyIdleMs: 300 });
+  const h = new FakeHarvester('vm-ab', 12);
+  const baseline = h.epochRecords(pages([[1, 1], [2, 2], [3, 3], [4, 4]]), 1);
+  assert.equal(a.assembling('vm-ab'), false);
+  for (const r of baseline.slice(0, 2)) assert.equal(await a.handle(r, 'vm-ab'), 'done'); // begin and one batch, then nothing
+  assert.equal(a.assembling('vm-ab'), true, 'assembling while records come');
+  await new Promise((r) => setTimeout(r, 350));
+  assert.equal(a.assembling('vm-ab'), false, 'abandoned after assemblyIdleMs without a record');
+  // Its records come again: assembling, and the baseline completes from what Redis holds.
+  a.forget('vm-ab');
+  for (const r of baseline.slice(2)) assert.equal(await a.handle(r, 'vm-ab'), 'done');
+  assert.equal((await store.readMeta('vm-ab'))?.epoch, 0);
+});
+
 test('bad records are parked with their reason and the image stays the committed epoch', async () => {
   const t = setup('vm-b');
   const h = new FakeHarvester('vm-b', 200);

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Kafka, logLevel } from 'kafkajs';
-import { silentLogger } from '@ckpt/common';
+import { createLogger, silentLogger } from '@ckpt/common';
 import { KafkaMock } from '@ckpt/embedded';
 import { encodeControlRecord, type AppliedMarker } from '@ckpt/proto';
 import { ControlListener } from './control-listener.ts';
@@ -36,6 +36,37 @@ test('a new listener starts where the control topic ends: no replay of old marke
   } finally {
     await listener.stop();
     await producer.disconnect();
+    await mock.stop();
+  }
+});
+
+test('stop() deletes the process\'s own consumer group once its consumer left (one per harvester restart piled up on the brokers), and gives up within 3 s on a broker that cannot', async () => {
+  // The embedded broker answers no DeleteGroups (nor ListGroups): the order of calls is checked on a stand-in.
+  const calls: string[] = [];
+  const fake = {
+    consumer: () => ({ disconnect: () => { calls.push('consumer.disconnect'); return Promise.resolve(); } }),
+    admin: () => ({
+      connect: () => { calls.push('admin.connect'); return Promise.resolve(); },
+      deleteGroups: (ids: string[]) => { calls.push(`deleteGroups ${ids.join(',')}`); return Promise.resolve([]); },
+      disconnect: () => { calls.push('admin.disconnect'); return Promise.resolve(); },
+    }),
+  } as unknown as Kafka;
+  const listener = new ControlListener(fake, 'ctl', silentLogger);
+  await listener.stop();
+  assert.match(listener.groupId, /^ckpt-harvester-[0-9a-f-]{36}$/);
+  assert.deepEqual(calls, ['consumer.disconnect', 'admin.connect', `deleteGroups ${listener.groupId}`, 'admin.disconnect']);
+  // Against the embedded broker, which refuses the request: stop() returns at once, with a line saying so.
+  const mock = await KafkaMock.start({ brokers: 1, topics: [{ name: 'ctl', partitions: 1 }] });
+  const lines: string[] = [];
+  const real = new ControlListener(new Kafka({ clientId: 'control-listener-test', brokers: mock.brokers, logLevel: logLevel.NOTHING }), 'ctl',
+    createLogger({ service: 'harvester' }, { level: 'info', write: (l) => lines.push(l) }));
+  try {
+    await real.start();
+    const t0 = performance.now();
+    await real.stop();
+    assert.ok(performance.now() - t0 < 6500, `stop() took ${performance.now() - t0} ms`);
+    assert.ok(lines.some((l) => /cannot delete this harvester's consumer group/.test(l)), lines.join('\n'));
+  } finally {
     await mock.stop();
   }
 });

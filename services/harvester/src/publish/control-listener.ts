@@ -18,11 +18,13 @@ import { decodeControlRecord, type AppliedMarker } from '@ckpt/proto';
 export class ControlListener {
   private consumer: Consumer;
   private readonly vms = new Map<string, { onMarker: (m: AppliedMarker) => void; resync: string | null; floor: number }>();
+  /** This process's own consumer group (deleted again at stop()). */
+  readonly groupId = `ckpt-harvester-${randomUUID()}`;
 
   constructor(private readonly kafka: Kafka, private readonly topic: string, private readonly log: Logger) {
     // Short retries: while this consumer backs off, markers do not reach the window and the harvester
     // waits. kafkajs's default backoff (up to 30 s) kept windows shut 30-50 s after a broker came back.
-    this.consumer = kafka.consumer({ groupId: `ckpt-harvester-${randomUUID()}`, sessionTimeout: 30_000, heartbeatInterval: 3000, maxWaitTimeInMs: 2,
+    this.consumer = kafka.consumer({ groupId: this.groupId, sessionTimeout: 30_000, heartbeatInterval: 3000, maxWaitTimeInMs: 2,
       retry: { retries: 1000, initialRetryTime: 100, maxRetryTime: 2000 } });
   }
 
@@ -90,8 +92,25 @@ export class ControlListener {
     return this.vms.get(vm)?.floor ?? 0;
   }
 
-  /** Disconnects, waiting at most 3 s: with the broker gone kafkajs's disconnect() waits out its retries. */
+  /**
+   * Disconnects and deletes this process's consumer group, waiting at most 3 s for each: with the broker
+   * gone kafkajs's disconnect() waits out its retries. Each harvester process has a group of its own,
+   * whose committed offsets a broker otherwise keeps for offsets.retention.minutes (7 days by default):
+   * one group per harvester restart, piling up (found by a soak run). A process killed with -9 still
+   * leaves its group to that expiry.
+   */
   async stop(): Promise<void> {
     await settleWithin(this.consumer.disconnect(), 3000);
+    const admin = this.kafka.admin();
+    await settleWithin((async () => {
+      try {
+        await admin.connect();
+        await admin.deleteGroups([this.groupId]);
+      } catch (err) {
+        this.log.info('cannot delete this harvester\'s consumer group of the control topic; the broker expires it', { group: this.groupId, err });
+      } finally {
+        await admin.disconnect().catch(() => undefined);
+      }
+    })(), 3000);
   }
 }

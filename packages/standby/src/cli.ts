@@ -72,13 +72,13 @@ async function main(argv: string[]): Promise<number> {
       // Every usable image is listed; an unusable one makes the answer a failure (exit 1).
       return unusable.length ? 1 : 0;
     }
-    const fenceKey = store.keys(cfg.vm).fence;
     if (sub === 'unfence') {
       const { holder, ttlMs } = await store.fenceHolder(cfg.vm);
-      const removed = holder === null ? 0 : await redis.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0", 1, fenceKey, holder) as number;
+      // Released as its holder would: only if that holder still has it (not a fence taken meanwhile).
+      const removed = holder !== null && await store.releaseFence(cfg.vm, holder);
       say(removed ? `standby: removed ${cfg.vm}'s fence, held by ${holder}${ttlMs === null ? '' : ` for ${(ttlMs / 1000).toFixed(1)} s more`}`
         : `standby: ${cfg.vm} has no fence (nothing removed)`);
-      if (cfg.json) process.stdout.write(JSON.stringify({ vm: cfg.vm, removed: removed === 1, holder, ttlMs: removed ? ttlMs : null }) + '\n');
+      if (cfg.json) process.stdout.write(JSON.stringify({ vm: cfg.vm, removed, holder, ttlMs: removed ? ttlMs : null }) + '\n');
       return 0;
     }
     // Under the VM's own fence: no restore reads, and no replicator applies, while the keys go.

@@ -410,7 +410,6 @@ export class StandbyStore {
     return (await this.redis.set(this.keys(vm).fence, token, 'PX', ttlMs, 'NX')) === 'OK';
   }
 
-  /** Whether someone holds the VM's fence (a restore reading it, `standby forget` deleting it). */
   /**
    * Who holds `vm`'s fence and for how much longer, as far as Redis says: the holder is the fence's
    * token (a restorer's is `restore-<host>-<pid>-<random>`, `standby forget`'s `forget-<pid>-<time>`).
@@ -426,6 +425,7 @@ export class StandbyStore {
     }
   }
 
+  /** Whether someone holds the VM's fence (a restore reading it, `standby forget` deleting it). */
   async isFenced(vm: string): Promise<boolean> {
     return (await this.redis.exists(this.keys(vm).fence)) === 1;
   }
@@ -435,9 +435,9 @@ export class StandbyStore {
     return Number(await this.redis.eval(FENCE_REFRESH_LUA, 1, this.keys(vm).fence, token, String(ttlMs))) === 1;
   }
 
-  /** Drops the fence if this token holds it. */
-  async releaseFence(vm: string, token: string): Promise<void> {
-    await this.redis.eval(FENCE_RELEASE_LUA, 1, this.keys(vm).fence, token);
+  /** Drops the fence if this token holds it; true when it did. */
+  async releaseFence(vm: string, token: string): Promise<boolean> {
+    return Number(await this.redis.eval(FENCE_RELEASE_LUA, 1, this.keys(vm).fence, token)) === 1;
   }
 
   /**

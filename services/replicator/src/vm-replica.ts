@@ -64,6 +64,8 @@ export interface VmReplica {
   behind?: { generation: number; epoch: number; count: number };
   /** Since when (ms) applies of this VM wait on a restorer's fence, and when that was last logged. */
   fenced?: { sinceMs: number; loggedMs: number };
+  /** When a record of this VM was last handled (see Applier.assembling()). */
+  lastRecordAtMs?: number;
 }
 
 /**
@@ -79,20 +81,14 @@ const sameLayout = (a: EpochBegin, m: StandbyMeta): boolean =>
 
 export class Applier {
   readonly replicas = new Map<string, VmReplica>();
-  /** When a record of each VM was last handled (see assembling()). */
-  private readonly lastRecordAtMs = new Map<string, number>();
 
   constructor(private readonly store: StandbyStore, private readonly hooks: ReplicaHooks, private readonly metrics: ReplicatorMetrics,
     private readonly log: Logger, private readonly opts: ApplierOptions) {}
 
   /** Forgets cached state (after a partition was revoked, another instance may change it). */
   forget(vm?: string): void {
-    if (vm) {
-      this.replicas.delete(vm);
-      this.lastRecordAtMs.delete(vm);
-    } else {
-      this.replicas.clear();
-    }
+    if (vm) this.replicas.delete(vm);
+    else this.replicas.clear();
   }
 
   /**
@@ -101,8 +97,8 @@ export class Applier {
    * idle after `assemblyIdleMs` (60 s) without a record, and then no longer keeps the VM's series.
    */
   assembling(vm: string): boolean {
-    if ((this.replicas.get(vm)?.asm ?? null) === null) return false;
-    return Date.now() - (this.lastRecordAtMs.get(vm) ?? 0) < (this.opts.assemblyIdleMs ?? 60_000);
+    const r = this.replicas.get(vm);
+    return !!r?.asm && Date.now() - (r.lastRecordAtMs ?? 0) < (this.opts.assemblyIdleMs ?? 60_000);
   }
 
   /** Loads a VM's state from Redis (if not cached) so its gauges report it before any record of it arrives. */
@@ -220,9 +216,9 @@ export class Applier {
    */
   async apply(rec: EpochRecord): Promise<HandleResult | InFlight> {
     let r = await this.replica(rec.vm);
-    this.lastRecordAtMs.set(rec.vm, Date.now());
     for (let attempt = 0; ; attempt++) {
       try {
+        r.lastRecordAtMs = Date.now();
         return await this.handleRecord(r, rec);
       } catch (err) {
         // Another replicator (a rebalance overlaps members for a moment) moved this VM on: reload, retry once.

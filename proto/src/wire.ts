@@ -75,6 +75,15 @@ export type EpochRecord =
   | (RecordHead & { kind: 'commit'; commit: EpochCommit });
 
 export interface ResyncRequest { reason: string; generation: number; epoch: number; requestedAtMs: number }
+
+/**
+ * Harvesters number generations by their clock (ms since the epoch). One more than a day ahead of a
+ * reader's clock is not a real harvester's: it would outrank every real generation for good, and the
+ * next one above it would leave the safe integers. Replicators park such records; harvesters ignore
+ * such a floor in a resync request.
+ */
+export const GENERATION_AHEAD_MS = 24 * 3600 * 1000;
+export const generationTooFarAhead = (generation: number, nowMs = Date.now()): boolean => generation > nowMs + GENERATION_AHEAD_MS;
 /** Position of a record within its epoch, for AppliedMarker.part. */
 export const PART_BEGIN = 0;
 export const PART_COMMIT = 0xffffffff;

@@ -1,4 +1,5 @@
 import { CkptError, silentLogger, ValueSample, type Logger } from '@ckpt/common';
+import { generationTooFarAhead } from '@ckpt/proto';
 import { CheckpointCycle, type CycleOptions } from './epoch/checkpoint-cycle.ts';
 import type { EpochCommit, EpochHeader, EpochSink } from './epoch/epoch-types.ts';
 import type { HarvesterMetrics } from './metrics.ts';
@@ -134,10 +135,9 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
   let cutStart = 0;
   let lastCutStart = -1;
   const newGeneration = (why: string, err?: unknown): void => {
-    // A floor more than a day ahead of this clock is not a real image's generation (they are taken from
-    // a harvester's clock): above it, generations would leave the safe integers and be refused for good.
+    // A floor far ahead of this clock is not a real image's generation (see generationTooFarAhead).
     const floor = options.generationFloor?.() ?? 0;
-    const usable = floor <= Date.now() + 24 * 3600 * 1000;
+    const usable = !generationTooFarAhead(floor);
     if (!usable) log.warn('ignoring a generation floor far ahead of this clock', { floor });
     const generation = Math.max(cycle.generation, usable ? floor : 0) + 1;
     log.warn('starting a new generation', { reason: why, ...(err === undefined ? {} : { err }), generation });

@@ -6,7 +6,7 @@
  * the harvester for a baseline.
  */
 import { CkptError, type Logger } from '@ckpt/common';
-import { batchPages, decodeEpochRecord, WireError, type EpochBegin, type EpochRecord, type PageBatch } from '@ckpt/proto';
+import { batchPages, decodeEpochRecord, generationTooFarAhead, WireError, type EpochBegin, type EpochRecord, type PageBatch } from '@ckpt/proto';
 import { validVmId, zeroMarkWork, type Assembly, type StandbyMeta, type StandbyStore } from '@ckpt/standby';
 import type { DeadLetterReason, GapReason, ReplicatorMetrics } from './metrics.ts';
 
@@ -39,9 +39,6 @@ export interface InFlight {
 }
 
 const toError = (err: unknown): Error => (err instanceof Error ? err : new Error(String(err)));
-
-/** How far a record's generation may be ahead of this replicator's clock (harvesters number generations by theirs, in ms). */
-const GENERATION_AHEAD_MS = 24 * 3600 * 1000;
 
 /** A fence that holds applies back for less than this is a restore doing its work: not logged. */
 const FENCE_QUIET_MS = 5000;
@@ -190,7 +187,7 @@ export class Applier {
       await this.hooks.deadLetter(key, 'invalid', 'generation 0: harvesters number generations from 1');
       return null;
     }
-    if (rec.generation > Date.now() + GENERATION_AHEAD_MS) {
+    if (generationTooFarAhead(rec.generation)) {
       // Harvesters number generations by their clock (ms). One far ahead would outrank every real
       // generation for good: a baseline at 2^53 - 1 took over the image, and the harvester's answer to
       // the resync that followed (one above it) was no longer a safe integer.

@@ -664,6 +664,14 @@ function aclAllows(user: K8sObject, type: string, name: string, op: string, pref
   });
 }
 
+/** Each address of a service's KAFKA_BROKERS, its port, and the rendered Kafka it names (`<name>-kafka-bootstrap...:<port>`), if any. */
+function kafkaAddresses(ov: Overlay, config: Record<string, unknown>): { address: string; port: string; kafka: K8sObject | undefined }[] {
+  return (str(config.kafkaBrokers) ?? '').split(',').map((a) => a.trim()).filter(Boolean).map((address) => {
+    const [host = '', port = ''] = address.split(':');
+    return { address, port, kafka: ov.kind('Kafka').find((k) => host.startsWith(`${k.metadata.name}-kafka-bootstrap`)) };
+  });
+}
+
 /**
  * The bootstrap addresses that name a rendered Kafka (`<name>-kafka-bootstrap...:<port>`) must be one of
  * its listeners, with the client's TLS and SASL settings, and the listener's networkPolicyPeers (if any)
@@ -672,9 +680,7 @@ function aclAllows(user: K8sObject, type: string, name: string, op: string, pref
 function checkListener(ov: Overlay, u: KafkaUse, report: (o: K8sObject, msg: string) => void): void {
   const e = (key: string): string => toEnv(SERVICES[u.service].prefix, key);
   const pod = podTemplates(ov).find((p) => p.owner === u.owner);
-  for (const address of (str(u.config.kafkaBrokers) ?? '').split(',').map((a) => a.trim()).filter(Boolean)) {
-    const [host = '', port = ''] = address.split(':');
-    const kafka = ov.kind('Kafka').find((k) => host.startsWith(`${k.metadata.name}-kafka-bootstrap`));
+  for (const { address, port, kafka } of kafkaAddresses(ov, u.config)) {
     if (!kafka) continue;
     const listeners = objs(isObject(kafka.spec) && isObject(kafka.spec.kafka) ? kafka.spec.kafka.listeners : []);
     const listener = listeners.find((l) => l.port === Number(port));
@@ -822,17 +828,15 @@ const endpointOf = (p: PodTemplate): PodEndpoint => ({
 const labelText = (labels: Record<string, string>): string => Object.entries(labels).map(([k, v]) => `${k}=${v}`).join(',');
 
 /** One connection a service opens, resolved to its far end: rendered pods, a Kafka's brokers, or outside (null). */
-interface Connection { what: string; peer: Peer | null; owner: K8sObject | null; port: number }
+interface Connection { what: string; peer: Peer | null; owner: K8sObject | null; port: number; protocol: 'TCP' | 'UDP' }
 
-/** Strimzi's broker pods of the Kafka an address names (`<name>-kafka-bootstrap...`), by the labels Strimzi gives them. */
-function kafkaConnection(ov: Overlay, address: string): Connection {
-  const [host = '', port = ''] = address.split(':');
-  const kafka = ov.kind('Kafka').find((k) => host.startsWith(`${k.metadata.name}-kafka-bootstrap`));
+/** Strimzi's broker pods of the Kafka an address names (kafkaAddresses()), by the labels Strimzi gives them. */
+function kafkaConnection({ address, port, kafka }: ReturnType<typeof kafkaAddresses>[number]): Connection {
   const peer = kafka ? {
     namespace: kafka.metadata.namespace ?? 'default',
     labels: { 'strimzi.io/cluster': kafka.metadata.name, 'strimzi.io/kind': 'Kafka', 'strimzi.io/name': `${kafka.metadata.name}-kafka`, 'strimzi.io/broker-role': 'true' },
   } : null;
-  return { what: `Kafka ${address}`, peer, owner: kafka ?? null, port: Number(port) };
+  return { what: `Kafka ${address}`, peer, owner: kafka ?? null, port: Number(port), protocol: 'TCP' };
 }
 
 /**
@@ -849,7 +853,7 @@ function redisConnection(ov: Overlay, pods: PodTemplate[], from: PodTemplate, ur
   const [name = '', ns = from.namespace ?? 'default'] = u.hostname.split('.');
   const port = Number(u.port || 6379);
   const svc = ov.find('Service', ns, name);
-  if (!svc) return { what: `Redis ${u.host}`, peer: null, owner: null, port };
+  if (!svc) return { what: `Redis ${u.host}`, peer: null, owner: null, port, protocol: 'TCP' };
   const svcSpec = obj(svc.spec);
   const entry = objs(svcSpec.ports).find((p) => p.port === port);
   if (!entry) {
@@ -857,7 +861,7 @@ function redisConnection(ov: Overlay, pods: PodTemplate[], from: PodTemplate, ur
     return null;
   }
   const target = pods.find((p) => (p.namespace ?? 'default') === ns && selectorMatches(svcSpec.selector !== undefined ? { matchLabels: svcSpec.selector } : undefined, p.labels));
-  if (!target) return { what: `Redis ${u.host}`, peer: null, owner: null, port };
+  if (!target) return { what: `Redis ${u.host}`, peer: null, owner: null, port, protocol: 'TCP' };
   const peer = endpointOf(target);
   const tp = entry.targetPort ?? entry.port;
   const containerPort = typeof tp === 'string' ? peer.ports.find((c) => c.name === tp)?.containerPort : Number(tp);
@@ -865,7 +869,7 @@ function redisConnection(ov: Overlay, pods: PodTemplate[], from: PodTemplate, ur
     report(`REDIS_URL ${u.host}: the Service ${ns}/${name}'s targetPort ${String(tp)} names no container port of ${describe(target.owner)}`);
     return null;
   }
-  return { what: `Redis ${u.host} (${describe(target.owner)}, port ${containerPort})`, peer, owner: target.owner, port: containerPort };
+  return { what: `Redis ${u.host} (${describe(target.owner)}, port ${containerPort})`, peer, owner: target.owner, port: containerPort, protocol: 'TCP' };
 }
 
 /**
@@ -880,16 +884,14 @@ function checkNetworkPolicies(ov: Overlay, pods: PodTemplate[], uses: ServiceUse
     const at = (msg: string): void => report(pod.owner, `${service}: ${msg}`);
     const client = endpointOf(pod);
     const connections: Connection[] = [];
-    if (service !== 'restorer' && typeof config.kafkaBrokers === 'string') {
-      for (const address of config.kafkaBrokers.split(',').map((a) => a.trim()).filter(Boolean)) connections.push(kafkaConnection(ov, address));
-    }
+    if (service !== 'restorer') connections.push(...kafkaAddresses(ov, config).map(kafkaConnection));
     if (service !== 'harvester' && typeof config.redisUrl === 'string' && config.redisUrl) {
       const c = redisConnection(ov, pods, pod, config.redisUrl, at);
       if (c) connections.push(c);
     }
-    if (connections.length > 0) connections.push({ what: 'DNS (UDP 53), to resolve those names', peer: null, owner: null, port: 53 });
+    if (connections.length > 0) connections.push({ what: 'DNS (UDP 53), to resolve those names', peer: null, owner: null, port: 53, protocol: 'UDP' });
     for (const c of connections) {
-      const protocol = c.port === 53 && c.peer === null && c.what.startsWith('DNS') ? 'UDP' : 'TCP';
+      const { protocol } = c;
       const out = policies.egressRefused(client, { peer: c.peer, port: c.port, protocol });
       if (out) at(`no egress to ${c.what}: ${refused(out, 'egress', `its pods (${labelText(pod.labels)})`)}`);
       if (c.owner && c.peer?.ports) {

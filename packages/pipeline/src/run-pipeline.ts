@@ -5,7 +5,7 @@
  */
 // The harvester first: kafkajs must find its native CRC-32C and chunked encoder when it loads (harvester kafka-crc32c.ts, kafka-encoder.ts).
 import {
-  ControlListener, createHarvesterMetrics, DEFAULT_MAX_REQUEST_BYTES, KafkaPublisher, kafkaCrc32c, kafkaEncoder, LogStartOffsets, reportKafkajsSpeedups, openSource, runHarvest, ShadowVerifier, SimSource, stoppedGuest,
+  ControlListener, createHarvesterMetrics, DEFAULT_MAX_REQUEST_BYTES, KafkaPublisher, kafkaCrc32c, kafkaEncoder, LogStartOffsets, nextGeneration, reportKafkajsSpeedups, openSource, runHarvest, ShadowVerifier, SimSource, stoppedGuest,
   type DirtySource, type EpochCommit, type EpochSink, type HarvestSummary, type KafkajsSpeedups,
 } from '@ckpt/harvester';
 import type { Redis } from 'ioredis';
@@ -309,7 +309,7 @@ export async function runPipeline(o: PipelineOptions): Promise<PipelineResult> {
           log.warn('the guest is stopped; answering a resync request with a baseline of its final memory', { vm: r.vm, reason: why });
           // Counted in `resyncs` (with any generation it had to start itself); its pages are not part
           // of the run's throughput.
-          const s = await harvest(r, stopped, 1, Math.max(r.last.generation, listener!.generationFloor(r.vm)) + 1, drainDeadline.signal);
+          const s = await harvest(r, stopped, 1, nextGeneration(r.last.generation, listener!.generationFloor(r.vm), log), drainDeadline.signal);
           drainBaselines += 1 + s.resyncs;
           continue;
         }

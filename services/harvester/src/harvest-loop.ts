@@ -33,6 +33,17 @@ export interface HarvestRunOptions {
   generationFloor?: () => number;
 }
 
+/**
+ * The generation after `current`, above `floor` too (the image generation a resync request named: a
+ * harvester whose clock went back starts below it). A floor far ahead of this clock is not a real
+ * image's generation (see generationTooFarAhead): it is ignored, and said so.
+ */
+export function nextGeneration(current: number, floor: number, log: Logger = silentLogger): number {
+  const usable = !generationTooFarAhead(floor);
+  if (!usable) log.warn('ignoring a generation floor far ahead of this clock', { floor });
+  return Math.max(current, usable ? floor : 0) + 1;
+}
+
 /** Errors after which the current generation cannot go on, but a new one (with a baseline) can. */
 const NEW_GENERATION_CODES = new Set(['CKPT_ERR_HARVEST_CONTINUITY_LOST', 'CKPT_ERR_PUBLISH_FAILED']);
 
@@ -135,11 +146,7 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
   let cutStart = 0;
   let lastCutStart = -1;
   const newGeneration = (why: string, err?: unknown): void => {
-    // A floor far ahead of this clock is not a real image's generation (see generationTooFarAhead).
-    const floor = options.generationFloor?.() ?? 0;
-    const usable = !generationTooFarAhead(floor);
-    if (!usable) log.warn('ignoring a generation floor far ahead of this clock', { floor });
-    const generation = Math.max(cycle.generation, usable ? floor : 0) + 1;
+    const generation = nextGeneration(cycle.generation, options.generationFloor?.() ?? 0, log);
     log.warn('starting a new generation', { reason: why, ...(err === undefined ? {} : { err }), generation });
     resyncs++;
     m?.resyncs.inc();

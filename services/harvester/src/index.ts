@@ -6,7 +6,7 @@ export { reportKafkajsSpeedups, type KafkajsSpeedups } from './publish/kafkajs-s
 export { CheckpointCycle, type CycleOptions } from './epoch/checkpoint-cycle.ts';
 export { Coalescer } from './epoch/coalesce.ts';
 export type { EpochCommit, EpochHeader, EpochSink, PageSegment } from './epoch/epoch-types.ts';
-export { runHarvest, type HarvestRunOptions, type HarvestSummary } from './harvest-loop.ts';
+export { nextGeneration, runHarvest, type HarvestRunOptions, type HarvestSummary } from './harvest-loop.ts';
 export { createHarvesterMetrics, type HarvesterMetrics } from './metrics.ts';
 export { stoppedGuest, type DirtySource, type SlotInfo, type SourceStats } from './sources/dirty-source.ts';
 export { KvmSource } from './sources/kvm-source.ts';

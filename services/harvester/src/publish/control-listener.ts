@@ -11,7 +11,7 @@
  * marker answering its own records can fall before it.
  */
 import { randomUUID } from 'node:crypto';
-import type { Consumer, Kafka } from 'kafkajs';
+import type { Admin, Consumer, Kafka } from 'kafkajs';
 import { settleWithin, type Logger } from '@ckpt/common';
 import { decodeControlRecord, type AppliedMarker } from '@ckpt/proto';
 
@@ -65,11 +65,16 @@ export class ControlListener {
   }
 
   /** Each partition's end offset (the next record's offset) now. */
-  private async topicEnds(): Promise<{ partition: number; offset: string }[]> {
+  private topicEnds(): Promise<{ partition: number; offset: string }[]> {
+    return this.withAdmin(async (admin) => (await admin.fetchTopicOffsets(this.topic)).map((p) => ({ partition: p.partition, offset: p.offset })));
+  }
+
+  /** `f` with an admin client of its own, disconnected after. */
+  private async withAdmin<T>(f: (admin: Admin) => Promise<T>): Promise<T> {
     const admin = this.kafka.admin();
     try {
       await admin.connect();
-      return (await admin.fetchTopicOffsets(this.topic)).map((p) => ({ partition: p.partition, offset: p.offset }));
+      return await f(admin);
     } finally {
       await admin.disconnect().catch(() => undefined);
     }
@@ -101,16 +106,9 @@ export class ControlListener {
    */
   async stop(): Promise<void> {
     await settleWithin(this.consumer.disconnect(), 3000);
-    const admin = this.kafka.admin();
-    await settleWithin((async () => {
-      try {
-        await admin.connect();
-        await admin.deleteGroups([this.groupId]);
-      } catch (err) {
-        this.log.info('cannot delete this harvester\'s consumer group of the control topic; the broker expires it', { group: this.groupId, err });
-      } finally {
-        await admin.disconnect().catch(() => undefined);
-      }
-    })(), 3000);
+    const deleted = this.withAdmin((admin) => admin.deleteGroups([this.groupId])).catch((err: unknown) => {
+      this.log.info('cannot delete this harvester\'s consumer group of the control topic; the broker expires it', { group: this.groupId, err });
+    });
+    await settleWithin(deleted, 3000);
   }
 }

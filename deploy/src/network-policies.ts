@@ -42,24 +42,24 @@ export class NetworkPolicies {
 
   /** Whether `pod` may open `flow`: null when some policy allows it, else the names of the policies that select it. */
   egressRefused(pod: PodEndpoint, flow: Flow): string[] | null {
-    const selecting = this.selecting(pod, 'Egress');
-    if (selecting.length === 0) return null;
-    const allowed = selecting.some((p) => objs(spec(p).egress).some((rule) => {
-      const to = objs(rule.to);
-      const peerOk = to.length === 0 || (flow.peer !== null && to.some((peer) => this.peerMatches(peer, p, flow.peer!)));
-      return (peerOk || flow.peer === null) && portAllowed(rule.ports, flow, flow.peer);
-    }));
-    return allowed ? null : selecting.map((p) => p.metadata.name);
+    return this.refused(pod, flow, 'Egress');
   }
 
   /** Whether `pod` accepts `flow` (its peer the client; a null peer: from anywhere some rule admits). */
   ingressRefused(pod: PodEndpoint, flow: Flow): string[] | null {
-    const selecting = this.selecting(pod, 'Ingress');
+    return this.refused(pod, flow, 'Ingress');
+  }
+
+  /** A null peer is judged by the ports alone. A rule's named ports are the destination's: the peer's for egress, the pod's own for ingress. */
+  private refused(pod: PodEndpoint, flow: Flow, direction: 'Ingress' | 'Egress'): string[] | null {
+    const selecting = this.selecting(pod, direction);
     if (selecting.length === 0) return null;
-    const allowed = selecting.some((p) => objs(spec(p).ingress).some((rule) => {
-      const from = objs(rule.from);
-      const peerOk = from.length === 0 || flow.peer === null || from.some((peer) => this.peerMatches(peer, p, flow.peer!));
-      return peerOk && portAllowed(rule.ports, flow, pod);
+    const egress = direction === 'Egress';
+    const portOwner = egress ? flow.peer : pod;
+    const allowed = selecting.some((p) => objs(egress ? spec(p).egress : spec(p).ingress).some((rule) => {
+      const peers = objs(egress ? rule.to : rule.from);
+      const peerOk = peers.length === 0 || flow.peer === null || peers.some((peer) => this.peerMatches(peer, p, flow.peer!));
+      return peerOk && portAllowed(rule.ports, flow, portOwner);
     }));
     return allowed ? null : selecting.map((p) => p.metadata.name);
   }

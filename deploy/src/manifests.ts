@@ -801,9 +801,10 @@ function checkRestoreVolumes(ov: Overlay, uses: ServiceUse[], report: (o: K8sObj
       const claim = str(obj(v.persistentVolumeClaim).claimName);
       const pvc = claim ? ov.find('PersistentVolumeClaim', u.pod.namespace, claim) : undefined;
       if (!pvc) continue;
-      const size = memoryBytes(obj(obj(obj(pvc.spec).resources).requests).storage);
+      const requested = obj(obj(obj(pvc.spec).resources).requests).storage;
+      const size = memoryBytes(requested);
       if (size !== null && size < largest * 2 ** 20) {
-        report(pvc, `requests ${String(obj(obj(obj(pvc.spec).resources).requests).storage)} but the restorer (${describe(u.pod.owner)}) writes images of up to ${largest} MiB there (the largest HARVESTER_MEM_MIB)`);
+        report(pvc, `requests ${String(requested)} but the restorer (${describe(u.pod.owner)}) writes images of up to ${largest} MiB there (the largest HARVESTER_MEM_MIB)`);
       }
     }
   }

@@ -929,11 +929,12 @@ export const HARVESTER_HEADROOM_MIB = 512;
 /** The harvester's memory limit must hold its guest plus HARVESTER_HEADROOM_MIB (else the kernel kills it, and its guest with it). */
 function checkGuestMemory(cc: ContainerConfig, c: Obj): string[] {
   if (cc.service !== 'harvester' || typeof cc.config.memMib !== 'number') return [];
-  const limit = memoryBytes(obj(obj(c.resources).limits).memory);
+  const limited = obj(obj(c.resources).limits).memory;
+  const limit = memoryBytes(limited);
   const needMib = cc.config.memMib + HARVESTER_HEADROOM_MIB;
   if (limit === null) return [`no memory limit: give it at least the guest (HARVESTER_MEM_MIB ${cc.config.memMib}) plus ${HARVESTER_HEADROOM_MIB} MiB`];
   if (limit < needMib * 2 ** 20) {
-    return [`memory limit ${String(obj(obj(c.resources).limits).memory)} is below the guest (HARVESTER_MEM_MIB ${cc.config.memMib} MiB) plus ${HARVESTER_HEADROOM_MIB} MiB for Node.js and its 256 MB initial heap: ${needMib} MiB; the kernel would kill the harvester and its guest`];
+    return [`memory limit ${String(limited)} is below the guest (HARVESTER_MEM_MIB ${cc.config.memMib} MiB) plus ${HARVESTER_HEADROOM_MIB} MiB for Node.js and its 256 MB initial heap: ${needMib} MiB; the kernel would kill the harvester and its guest`];
   }
   return [];
 }

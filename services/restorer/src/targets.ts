@@ -6,7 +6,7 @@
 import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, renameSync, rmdirSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { CkptError, isZeroPage, SparseImage } from '@ckpt/common';
-import { KvmVm, probeKvm, vcpuStateBytes } from '@ckpt/kvm-native';
+import { KVM_VM_DEFAULTS, KvmVm, probeKvm, vcpuStateBytes } from '@ckpt/kvm-native';
 import type { ImageLayout, RestoredImage, RestoreTarget } from './restore-image.ts';
 
 /**
@@ -173,7 +173,7 @@ export class KvmTarget implements RestoreTarget {
   open(l: ImageLayout): void {
     // Checked before the VM is made and a page is read: a guest this host cannot run is refused at once
     // (after the device: a host without KVM says so first).
-    probeKvm(this.o.devPath ?? '/dev/kvm');
+    probeKvm(this.o.devPath ?? KVM_VM_DEFAULTS.devPath);
     if (l.vcpus > 0 && l.vcpuStateBytes !== vcpuStateBytes()) {
       throw new CkptError('CKPT_ERR_RESTORE_LAYOUT', `the image's vCPU state is ${l.vcpuStateBytes} bytes per vCPU, and this host's KVM helper saves and loads ${vcpuStateBytes()}: `
         + 'the image comes from a simulated guest or a harvester with another vCPU state layout, and cannot be resumed here; --out DIR writes its memory to files instead');

@@ -222,19 +222,23 @@ static bool get_handle(napi_env env, napi_value v, struct vm_handle **out) {
 }
 
 /* The live VM behind argument 0, or a thrown error when it was destroyed. */
+/* False, with CKPT_ERR_KVM_STATE thrown, once the VM was destroyed. */
+static bool vm_alive(napi_env env, const struct vm_handle *h) {
+  if (h->vm != NULL) return true;
+  struct vm_error e;
+  memset(&e, 0, sizeof e);
+  e.kind = VM_ERR_STATE;
+  e.op = "use-vm";
+  e.syscall = "";
+  snprintf(e.message, sizeof e.message, "cannot use the VM: it was destroyed");
+  throw_vm_error(env, &e);
+  return false;
+}
+
 static bool get_vm(napi_env env, napi_value v, struct vm **out) {
   struct vm_handle *h;
   if (!get_handle(env, v, &h)) return false;
-  if (h->vm == NULL) {
-    struct vm_error e;
-    memset(&e, 0, sizeof e);
-    e.kind = VM_ERR_STATE;
-    e.op = "use-vm";
-    e.syscall = "";
-    snprintf(e.message, sizeof e.message, "cannot use the VM: it was destroyed");
-    throw_vm_error(env, &e);
-    return false;
-  }
+  if (!vm_alive(env, h)) return false;
   *out = h->vm;
   return true;
 }
@@ -433,6 +437,27 @@ static napi_value js_grant_writes(napi_env env, napi_callback_info info) {
 
 /* ---------------------------------------------------------------- harvest */
 
+/* drain()'s work once its arguments are found: into slots[at..len) and offsets[at..len). */
+static napi_value drain_at(napi_env env, struct vm *vm, uint32_t *slots, uint32_t *offsets, size_t len, uint64_t at,
+                           bool then_reset) {
+  if (at > len) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "at (%llu) exceeds the arrays' length (%zu)", (unsigned long long)at, len);
+    napi_throw_range_error(env, NULL, msg);
+    return NULL;
+  }
+  size_t cap = len - at;
+  if (cap > UINT32_MAX) cap = UINT32_MAX;
+  struct vm_error e;
+  int64_t n = vm_drain(vm, slots + at, offsets + at, (uint32_t)cap, &e);
+  if (n >= 0 && then_reset && (uint64_t)n < cap && vm_reset(vm, &e) < 0) n = -1;
+  if (n < 0) {
+    throw_vm_error(env, &e);
+    return NULL;
+  }
+  return number(env, (double)n);
+}
+
 /*
  * drain(vm, slots, offsets, at, thenReset): harvests into slots[at..] and offsets[at..]. With thenReset,
  * a drain that emptied the rings (returned below the capacity left) also resets them in the same call:
@@ -450,23 +475,7 @@ static napi_value js_drain(napi_env env, napi_callback_info info) {
       !get_typed(env, argv[2], "offsets", napi_uint32_array, &offsets, &no) ||
       !get_uint(env, argv[3], "at", MAX_SAFE_INTEGER, &at) || !get_bool(env, argv[4], "thenReset", &then_reset))
     return NULL;
-  size_t len = ns < no ? ns : no;
-  if (at > len) {
-    char msg[128];
-    snprintf(msg, sizeof msg, "at (%llu) exceeds the arrays' length (%zu)", (unsigned long long)at, len);
-    napi_throw_range_error(env, NULL, msg);
-    return NULL;
-  }
-  size_t cap = len - at;
-  if (cap > UINT32_MAX) cap = UINT32_MAX;
-  struct vm_error e;
-  int64_t n = vm_drain(vm, (uint32_t *)slots + at, (uint32_t *)offsets + at, (uint32_t)cap, &e);
-  if (n >= 0 && then_reset && (uint64_t)n < cap && vm_reset(vm, &e) < 0) n = -1;
-  if (n < 0) {
-    throw_vm_error(env, &e);
-    return NULL;
-  }
-  return number(env, (double)n);
+  return drain_at(env, vm, slots, offsets, ns < no ? ns : no, at, then_reset);
 }
 
 static napi_value js_reset(napi_env env, napi_callback_info info) {
@@ -480,6 +489,82 @@ static napi_value js_reset(napi_env env, napi_callback_info info) {
     return NULL;
   }
   return number(env, (double)n);
+}
+
+/*
+ * bindDrain(vm, slots, offsets): drain() with its VM and arrays fixed, as a function (at, thenReset)
+ * whose callback data holds their pointers. drain() spends most of its fixed cost finding them: the
+ * VM's type tag and wrap, two typed-array lookups, all in N-API code that is cold in the pause (the
+ * guest ran since). The function keeps the VM object and the arrays alive (references), and checks
+ * that the VM was not destroyed; ts/index.ts binds again when the arrays change or are detached
+ * (a detached array reads length 0).
+ */
+struct bound_drain {
+  struct vm_handle *h;
+  napi_ref vm_ref, slots_ref, offsets_ref;
+  uint32_t *slots, *offsets;
+  size_t len;
+};
+
+static void bound_drain_finalize(napi_env env, void *data, void *hint) {
+  (void)hint;
+  struct bound_drain *b = data;
+  napi_delete_reference(env, b->vm_ref);
+  napi_delete_reference(env, b->slots_ref);
+  napi_delete_reference(env, b->offsets_ref);
+  free(b);
+}
+
+static napi_value js_bound_drain(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  size_t argc = 2;
+  void *data;
+  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, &data));
+  struct bound_drain *b = data;
+  uint64_t at;
+  bool then_reset;
+  if (argc < 2) {
+    napi_throw_type_error(env, NULL, "a bound drain() expects 2 arguments (at, thenReset)");
+    return NULL;
+  }
+  if (!get_uint(env, argv[0], "at", MAX_SAFE_INTEGER, &at) || !get_bool(env, argv[1], "thenReset", &then_reset))
+    return NULL;
+  if (!vm_alive(env, b->h)) return NULL;
+  return drain_at(env, b->h->vm, b->slots, b->offsets, b->len, at, then_reset);
+}
+
+static napi_value js_bind_drain(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  struct vm_handle *h;
+  void *slots, *offsets;
+  size_t ns, no;
+  if (!get_args(env, info, 3, argv, "bindDrain") || !get_handle(env, argv[0], &h) ||
+      !get_typed(env, argv[1], "slots", napi_uint32_array, &slots, &ns) ||
+      !get_typed(env, argv[2], "offsets", napi_uint32_array, &offsets, &no))
+    return NULL;
+  struct bound_drain *b = calloc(1, sizeof *b);
+  if (b == NULL) {
+    napi_throw_error(env, NULL, "bindDrain: out of memory");
+    return NULL;
+  }
+  b->h = h;
+  b->slots = slots;
+  b->offsets = offsets;
+  b->len = ns < no ? ns : no;
+  napi_value fn;
+  if (napi_create_reference(env, argv[0], 1, &b->vm_ref) != napi_ok ||
+      napi_create_reference(env, argv[1], 1, &b->slots_ref) != napi_ok ||
+      napi_create_reference(env, argv[2], 1, &b->offsets_ref) != napi_ok ||
+      napi_create_function(env, "drain", NAPI_AUTO_LENGTH, js_bound_drain, b, &fn) != napi_ok ||
+      napi_add_finalizer(env, fn, b, bound_drain_finalize, NULL, NULL) != napi_ok) {
+    if (b->vm_ref) napi_delete_reference(env, b->vm_ref);
+    if (b->slots_ref) napi_delete_reference(env, b->slots_ref);
+    if (b->offsets_ref) napi_delete_reference(env, b->offsets_ref);
+    free(b);
+    napi_throw_error(env, NULL, "bindDrain: could not create the function");
+    return NULL;
+  }
+  return fn;
 }
 
 /*
@@ -798,6 +883,7 @@ NAPI_MODULE_INIT() {
       {"pause", NULL, js_pause, NULL, NULL, NULL, napi_enumerable, NULL},
       {"resume", NULL, js_resume, NULL, NULL, NULL, napi_enumerable, NULL},
       {"drain", NULL, js_drain, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"bindDrain", NULL, js_bind_drain, NULL, NULL, NULL, napi_enumerable, NULL},
       {"reset", NULL, js_reset, NULL, NULL, NULL, napi_enumerable, NULL},
       {"readPages", NULL, js_read_pages, NULL, NULL, NULL, napi_enumerable, NULL},
       {"readRanges", NULL, js_read_ranges, NULL, NULL, NULL, napi_enumerable, NULL},

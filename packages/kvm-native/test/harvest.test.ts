@@ -277,6 +277,35 @@ test('a guest of 4 GiB and more: the workload region ends below the APIC window 
   });
 });
 
+test('drain keeps its arrays bound between calls, binds again when they change, and never writes through a detached one', async (t) => {
+  if (!needKvm(t)) return;
+  const K = 300;
+  await withVm(grantedGuest(1, K), async (vm) => {
+    let s = new Uint32Array(4096);
+    let o = new Uint32Array(4096);
+    await pausedRounds(vm, K, 4, (round) => {
+      if (round === 1) {
+        // The caller's buffer is transferred away: its memory now belongs to `moved`, and `s` reads
+        // length 0. A drain through the pointer bound in round 0 would write into `moved`.
+        const moved = new Uint32Array(structuredClone(s.buffer, { transfer: [s.buffer] }));
+        moved.fill(0xffffffff);
+        assert.equal(s.length, 0);
+        assert.equal(vm.drain(s, o, 0, true), 0, 'no room: nothing drained, nothing reset');
+        assert.ok(moved.every((x) => x === 0xffffffff), 'nothing was written through the detached array\'s old pointer');
+        s = new Uint32Array(4096);
+      }
+      if (round === 2) o = new Uint32Array(8192); // other arrays: bound again, the smaller length counts
+      const n = vm.drain(s, o, 0, true);
+      assert.ok(n < s.length, `round ${round}: drained ${n}, all in one call`);
+      const region = new Set(Array.from(o.subarray(0, n)).filter((x) => x >= REGION_FIRST_PAGE).map((x) => x - REGION_FIRST_PAGE));
+      assert.ok(sortedEqual(region, grantedPages(1, K, round)), `round ${round}: region pages differ (${region.size}), nothing lost to the detached array`);
+      const st = vm.stats();
+      assert.equal(st.entriesMarkedReset, st.resetReturnedTotal, `round ${round}: reset in the same call`);
+    });
+    assert.equal(vm.lastError(), null);
+  });
+});
+
 test('bitmap mode: a drain into small arrays resumes where it stopped, and reset clears only what was emitted', async (t) => {
   if (!needKvm(t)) return;
   const K = 200;

@@ -249,10 +249,15 @@ test('destroy is idempotent and a destroyed VM fails with CKPT_ERR_KVM_STATE', (
   if (!needKvm(t)) return;
   const vm = KvmVm.create(small);
   vm.start();
+  vm.pause();
+  const s = new Uint32Array(4096);
+  const o = new Uint32Array(4096);
+  vm.drain(s, o, 0, true); // binds these arrays to the VM (KvmVm.drain)
   vm.destroy();
   vm.destroy();
   assert.equal(vm.lastError(), null);
   assertKvmError(() => vm.drain(new Uint32Array(4), new Uint32Array(4)), KVM_ERROR_CODES.STATE, /^cannot use the VM: it was destroyed/);
+  assertKvmError(() => vm.drain(s, o, 0, true), KVM_ERROR_CODES.STATE, /^cannot use the VM: it was destroyed/); // arrays bound before the destroy
   assertKvmError(() => vm.start(), KVM_ERROR_CODES.STATE);
   // Many VMs created and destroyed: no fd or thread leak makes this fail.
   for (let i = 0; i < 20; i++) {

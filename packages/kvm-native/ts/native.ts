@@ -126,6 +126,13 @@ export interface NativeBinding {
    * same call (one crossing into native code in the pause instead of two).
    */
   drain(vm: NativeVm, slots: Uint32Array, offsets: Uint32Array, at: number, thenReset: boolean): number;
+  /**
+   * drain() with its VM and arrays fixed: the returned function does drain(vm, slots, offsets, at,
+   * thenReset) without looking the three up again (their lookups were most of drain()'s fixed cost in
+   * the pause). It keeps them alive. The caller must bind again if either array is detached or resized:
+   * the function writes through the pointers and length it was bound with.
+   */
+  bindDrain(vm: NativeVm, slots: Uint32Array, offsets: Uint32Array): (at: number, thenReset: boolean) => number;
   /** Ring mode: KVM_RESET_DIRTY_RINGS, returns its result and wakes vCPUs stalled on a full ring. Bitmap: KVM_CLEAR_DIRTY_LOG of what drain fetched, returns pages cleared. */
   reset(vm: NativeVm): number;
   /** Copies `count` pages named by (slot, offset) pairs into `out` (count * pageSize bytes). RangeError on a bad slot/offset or short buffer. */

@@ -81,6 +81,7 @@ return 'OK'
  * Marks the image stale, but only if the VM is still in the state the caller judged from: a
  * compare-and-set, so a replicator that found a record out of place cannot mark an image that another
  * member (a rebalance overlaps two for a moment) has moved on since. Also deletes the assembly record.
+ * A VM without an image gets no mark (nothing to distrust; junk VM ids would leave records for good).
  * KEYS: meta, asm
  * ARGV: expected image generation ('' = no image), epoch, state (ok|stale); expected assembly
  *       generation ('' = none), epoch, nextSeq; the reason
@@ -99,7 +100,7 @@ if a then
   if ARGV[4] == '' or j.generation ~= tonumber(ARGV[4]) or j.epoch ~= tonumber(ARGV[5]) or j.nextSeq ~= tonumber(ARGV[6]) then return 'CHANGED' end
 elseif ARGV[4] ~= '' then return 'CHANGED' end
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[1], 'state', 'stale', 'staleReason', ARGV[7])
+if m[1] then redis.call('HSET', KEYS[1], 'state', 'stale', 'staleReason', ARGV[7]) end
 return 'OK'
 `;
 

@@ -240,7 +240,8 @@ export class StandbyStore {
 
   /**
    * For each VM, whether it has a standby image (a meta record with a committed epoch), in one round
-   * trip. A VM whose first records were a gap has a meta record holding only its stale mark: no image.
+   * trip. (Stores written before 2026-11-25 may hold a meta record with only a stale mark for a VM
+   * whose first records were a gap: no image either.)
    */
   async imagesExist(vms: string[]): Promise<boolean[]> {
     if (!vms.length) return [];

@@ -341,6 +341,25 @@ test('a missing epoch marks the image stale, later epochs are ignored, and the n
   assert.equal(t.dead.at(-1)?.reason, 'old-generation');
 });
 
+test('a VM whose first records are a delta (its baseline never seen, or junk ids) is asked for a baseline and leaves nothing in Redis', async () => {
+  const t = setup('vm-nb');
+  const h = new FakeHarvester('vm-nb', 310);
+  h.epochRecords(pages([[1, 1]])); // the baseline this replicator never sees
+  await t.feed(h.epochRecords(pages([[2, 2]])));
+  assert.equal(t.resyncs.length, 1, 'a baseline is requested');
+  assert.equal((await t.image()).state, 'none');
+  assert.deepEqual(await db.redis.keys(`${t.store.prefix}:{vm-nb}:*`), [], 'no stale mark, no assembly: a VM without an image keeps no record');
+  // A VM with an image still carries its stale mark.
+  const u = setup('vm-nb2');
+  const g = new FakeHarvester('vm-nb2', 311);
+  await u.feed(g.epochRecords(pages([[1, 1]])));
+  g.epochRecords(pages([[2, 2]])); // lost
+  await u.feed(g.epochRecords(pages([[3, 3]])));
+  const m = await u.store.readMeta('vm-nb2');
+  assert.deepEqual([m?.epoch, m?.state], [0, 'stale']);
+  assert.match(m?.staleReason ?? '', /missing-epoch/);
+});
+
 test('NEGATIVE: a commit whose digest does not match the pages is refused; the image keeps the last good epoch', async () => {
   const t = setup('vm-d');
   const h = new FakeHarvester('vm-d', 400);

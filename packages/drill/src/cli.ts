@@ -74,6 +74,7 @@ async function main(): Promise<number> {
       : `       nothing restored (last committed epoch ${s.lastCommittedEpoch || 'unknown'}; ${s.epochsCommitted} epochs committed)`);
     const v = (x: number | null, unit: string): string => (x === null ? '-' : `${x} ${unit}`);
     say(`       RPO ${v(s.rpoMs, 'ms')} (${v(s.rpoEpochs, 'epochs')})  RTO ${v(s.rtoMs, 'ms')}  restore ${v(s.restoreMBps, 'MB/s')}  resumed: ${s.resumed ? 'yes' : 'no'} (${s.resumeDetail || '-'})`);
+    if (s.injury !== 'none') say(`       recovery from the injury: ${v(s.recoveryMs, 'ms')} until the standby held an epoch paused after it ended`);
     for (const p of s.problems) say(`       problem: ${p}`);
   }
   say(r.verified ? 'drill: every scenario verified' : 'drill: FAILED');

@@ -39,6 +39,12 @@ export interface ScenarioResult {
   rpoEpochs: number | null;
   rpoMs: number | null;
   rtoMs: number | null;
+  /**
+   * After an injury: from its end (the broker back, Redis restarted, the replicator started again) to
+   * the standby holding an epoch the harvester paused after that end: how long the standby protected
+   * nothing newer. null for primary-crash, or when it never recovered.
+   */
+  recoveryMs: number | null;
   restoreMBps: number | null;
   /** The epoch restored (generation/epoch) and the witness's last committed one. */
   restoredEpoch: string;
@@ -93,7 +99,7 @@ async function runScenario(name: ScenarioName, source: 'kvm' | 'sim', o: DrillOp
   const log = o.log ?? silentLogger;
   const phase = (p: string): void => o.onPhase?.(name, p);
   const res: ScenarioResult = {
-    name, verified: false, resumed: false, rpoEpochs: null, rpoMs: null, rtoMs: null, restoreMBps: null, restoredEpoch: '', lastCommittedEpoch: '',
+    name, verified: false, resumed: false, rpoEpochs: null, rpoMs: null, rtoMs: null, recoveryMs: null, restoreMBps: null, restoredEpoch: '', lastCommittedEpoch: '',
     epochsCommitted: 0, pagesCompared: 0, injury: 'none', resumeDetail: '', problems: [],
   };
   let servers: Servers | null = null;
@@ -158,13 +164,20 @@ async function runScenario(name: ScenarioName, source: 'kvm' | 'sim', o: DrillOp
     if (name !== 'primary-crash') {
       await sleep(rnd() * o.runS * 250);
       res.injury = await injure(name, servers, pool);
+      const healedAtMs = Date.now();
       phase(`injury: ${res.injury}; waiting for the standby to move on`);
       const at = witness.committed;
       await until('the standby to apply epochs again after the injury', 90_000, async () => {
         alive();
+        if (res.recoveryMs === null) {
+          // The harvester's clock is this host's: an epoch paused after the injury's end is new state.
+          const m = await store.readMeta(VM);
+          if (m && m.pausedAtMs >= healedAtMs) res.recoveryMs = Date.now() - healedAtMs;
+        }
         const p = await store.readPosition(VM);
-        return witness!.committed >= at + 3 && p !== null && witness!.last !== null && p.generation === witness!.last.generation && p.epoch >= witness!.last.epoch - 2;
+        return res.recoveryMs !== null && witness!.committed >= at + 3 && p !== null && witness!.last !== null && p.generation === witness!.last.generation && p.epoch >= witness!.last.epoch - 2;
       }, 50);
+      phase(`the standby holds an epoch paused ${res.recoveryMs} ms after the injury ended`);
     }
     const runMs = (0.5 + 0.5 * rnd()) * o.runS * 1000;
     phase(`the primary runs ${(runMs / 1000).toFixed(1)} s more, then is killed (-9)`);

@@ -38,7 +38,7 @@ test('a drill against a Redis it cannot reach fails at once and names it; what i
   const s = report.scenarios[0]!;
   assert.equal(report.verified, false);
   assert.match(s.problems.join('; '), /cannot connect to Redis at redis:\/\/127\.0\.0\.1:1 \(REDIS_URL\)/);
-  assert.deepEqual([s.rpoMs, s.rpoEpochs, s.rtoMs, s.restoreMBps], [null, null, null, null]);
+  assert.deepEqual([s.rpoMs, s.rpoEpochs, s.rtoMs, s.recoveryMs, s.restoreMBps], [null, null, null, null, null]);
   assert.ok(took < 30_000, `failed after ${took.toFixed(0)} ms (it used to wait 90 s for the standby)`);
 });
 
@@ -55,7 +55,10 @@ test('npm run drill --scenario all: every scenario fails over, verifies and (on 
     assert.equal(s.restoredEpoch, s.lastCommittedEpoch);
     assert.ok(s.pagesCompared > 0 && s.epochsCommitted >= 3 && s.rtoMs !== null && s.rtoMs > 0 && s.rpoMs !== null && s.rpoMs >= 0, JSON.stringify(s));
     if (report.source === 'kvm') assert.equal(s.resumed, true, s.resumeDetail);
+    if (s.name === 'primary-crash') assert.equal(s.recoveryMs, null);
+    else assert.ok(s.recoveryMs !== null && s.recoveryMs >= 0 && s.recoveryMs < 90_000, `${s.name}: recovery measured (${s.recoveryMs})`);
   }
+  assert.match(r.stderr, /recovery from the injury: \d+ ms until the standby held an epoch paused after it ended/);
   assert.match(r.stderr, /drill report:/);
 });
 

@@ -143,7 +143,8 @@ async function main(): Promise<number> {
       ? new CkptError('CKPT_ERR_RESTORE_INTERRUPTED', `the restore of ${cfg.vm} was interrupted (${stopped.by}): nothing was kept`, { retriable: true, cause: caught })
       : forThisCommand(caught, cfg.devPath);
     await writeMetrics();
-    say(`restore: ${stopped.by ? 'INTERRUPTED' : 'FAILED'}: ${err.message}`);
+    // The code ends the line, as the runbook (docs/alerts.md, CkptRestorerDown) reads it from the log.
+    say(`restore: ${stopped.by ? 'INTERRUPTED' : 'FAILED'}: ${err.message} [${err.code}${err.retriable ? ', retriable' : ''}]`);
     // Not one of ours: a bug or a library's own error; the stack helps.
     if (err.code === 'CKPT_ERR_RESTORE_UNEXPECTED' && caught instanceof Error && caught.stack) say(caught.stack);
     const waited = err.context.fenceWaitMs;

@@ -4,10 +4,11 @@
  * replicators otherwise keep reporting its growing age). `npm run standby -- unfence --vm ID` removes a
  * fence whose holder is gone (a restorer killed with kill -9). Redis settings as for the other commands
  * (--redis-url or REDIS_URL, AUTH and TLS files, --redis-prefix). Exit 0 on success, 1 when the command
- * cannot be done, 2 on bad options.
+ * cannot be done, 2 on bad options. With --json the last line is one JSON object, a failure's too
+ * ({failed: true, code, message, retriable}: CKPT_ERR_REDIS_UNREACHABLE, CKPT_ERR_STANDBY_FENCED, ...).
  */
 import { Redis } from 'ioredis';
-import { CkptError, commandConfig, commandRedisOptions, connectWithCause, REDIS_SCHEMA, redactUrl, vmIdProblem, type Schema } from '@ckpt/common';
+import { CkptError, commandConfig, commandRedisOptions, connectWithCause, errorMessage, jsonFailureLine, REDIS_SCHEMA, redactUrl, vmIdProblem, type Schema } from '@ckpt/common';
 import { StandbyStore } from './standby-store.ts';
 
 const SCHEMA = {
@@ -53,8 +54,7 @@ async function main(argv: string[]): Promise<number> {
     try {
       await connectWithCause(redis);
     } catch (err) {
-      say(`standby: cannot connect to Redis at ${redactUrl(redisOpts.url)}: ${(err as Error).message}`);
-      return 1;
+      throw new CkptError('CKPT_ERR_REDIS_UNREACHABLE', `cannot connect to Redis at ${redactUrl(redisOpts.url)}: ${(err as Error).message}`, { retriable: true });
     }
     const store = new StandbyStore(redis, cfg.redisPrefix);
     if (sub === 'list') {
@@ -85,9 +85,8 @@ async function main(argv: string[]): Promise<number> {
     const token = `forget-${process.pid}-${Date.now()}`;
     if (!await store.acquireFence(cfg.vm, token, 60_000)) {
       const { holder, ttlMs } = await store.fenceHolder(cfg.vm);
-      say(`standby: ${cfg.vm} is fenced by ${holder ?? 'another holder'}${ttlMs === null ? '' : ` for ${(ttlMs / 1000).toFixed(1)} s more`} (a restore is reading its image): not deleted; try again when it is done `
-        + `(a holder that died stops refreshing the fence, which then expires; \`npm run standby -- unfence --vm ${cfg.vm}\` removes it now)`);
-      return 1;
+      throw new CkptError('CKPT_ERR_STANDBY_FENCED', `${cfg.vm} is fenced by ${holder ?? 'another holder'}${ttlMs === null ? '' : ` for ${(ttlMs / 1000).toFixed(1)} s more`} (a restore is reading its image): not deleted; try again when it is done `
+        + `(a holder that died stops refreshing the fence, which then expires; \`npm run standby -- unfence --vm ${cfg.vm}\` removes it now)`, { retriable: true });
     }
     let meta;
     let deleted;
@@ -101,15 +100,14 @@ async function main(argv: string[]): Promise<number> {
     } finally {
       await store.releaseFence(cfg.vm, token);
     }
-    if (deleted === 0) {
-      say(`standby: no standby image of ${cfg.vm} under ${cfg.redisPrefix}: (nothing deleted)`);
-      return 1;
-    }
+    if (deleted === 0) throw new CkptError('CKPT_ERR_STANDBY_NO_IMAGE', `no standby image of ${cfg.vm} under ${cfg.redisPrefix}: (nothing deleted)`);
     say(`standby: deleted ${cfg.vm}'s standby${meta ? ` (epoch ${meta.generation}/${meta.epoch})` : ''}: ${deleted} keys`);
     if (cfg.json) process.stdout.write(JSON.stringify({ vm: cfg.vm, deletedKeys: deleted, epoch: meta ? `${meta.generation}/${meta.epoch}` : null }) + '\n');
     return 0;
   } catch (err) {
-    say(`standby: ${(err as Error).message}`);
+    say(`standby: ${errorMessage(err)}`);
+    // --json promises a JSON last line: a failure is one too ({failed, code, message, retriable}).
+    if (cfg.json) process.stdout.write(jsonFailureLine(err, 'CKPT_ERR_STANDBY_FAILED'));
     return 1;
   } finally {
     redis.disconnect();

@@ -52,9 +52,11 @@ test('forget deletes one VM\'s keys and nothing else; refuses while fenced; says
   await image('f1', 'vm-y', 4, 'ok', Date.now());
   const store = new StandbyStore(db.redis, 'f1');
   assert.equal(await store.acquireFence('vm-x', 'restore-1', 60_000), true);
-  let r = run('forget', '--vm', 'vm-x', '--redis-prefix', 'f1');
+  let r = run('forget', '--vm', 'vm-x', '--redis-prefix', 'f1', '--json');
   assert.equal(r.status, 1);
   assert.match(r.stderr, /vm-x is fenced by restore-1 for (59|60)\.\d s more \(a restore is reading its image\): not deleted; .*npm run standby -- unfence --vm vm-x/);
+  const failed = JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '') as { failed: boolean; code: string; retriable: boolean };
+  assert.deepEqual([failed.failed, failed.code, failed.retriable], [true, 'CKPT_ERR_STANDBY_FENCED', true], '--json: a failure is a JSON last line too');
   assert.notEqual(await store.readMeta('vm-x'), null);
   await store.releaseFence('vm-x', 'restore-1');
   r = run('forget', '--vm', 'vm-x', '--redis-prefix', 'f1', '--json');
@@ -64,9 +66,10 @@ test('forget deletes one VM\'s keys and nothing else; refuses while fenced; says
   assert.equal((await db.redis.keys('f1:{vm-y}:*')).length, 4, 'the other VM is untouched');
   assert.deepEqual(await store.listVms(), ['vm-y']);
   assert.equal(await db.redis.exists('f1:{vm-x}:fence'), 0, 'its own fence released');
-  r = run('forget', '--vm', 'vm-x', '--redis-prefix', 'f1');
+  r = run('forget', '--vm', 'vm-x', '--redis-prefix', 'f1', '--json');
   assert.equal(r.status, 1);
   assert.match(r.stderr, /no standby image of vm-x under f1: \(nothing deleted\)/);
+  assert.equal((JSON.parse(r.stdout.trim()) as { code: string }).code, 'CKPT_ERR_STANDBY_NO_IMAGE');
 });
 
 test('forget under a prefix with glob characters deletes only that prefix\'s keys', async () => {
@@ -138,7 +141,10 @@ test('bad options exit 2 and name the problem; --help exits 0', () => {
 });
 
 test('a Redis nobody listens on: exit 1 naming the connection\'s own error, not ioredis\'s "Connection is closed."', () => {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', CLI, 'list', '--redis-url', 'redis://127.0.0.1:1'], { encoding: 'utf8' });
+  const r = spawnSync(process.execPath, ['--import', 'tsx', CLI, 'list', '--redis-url', 'redis://127.0.0.1:1', '--json'], { encoding: 'utf8' });
   assert.equal(r.status, 1, r.stderr);
   assert.match(r.stderr, /standby: cannot connect to Redis at redis:\/\/127\.0\.0\.1:1: connect ECONNREFUSED 127\.0\.0\.1:1/);
+  const failed = JSON.parse(r.stdout.trim()) as { failed: boolean; code: string; retriable: boolean; message: string };
+  assert.deepEqual([failed.failed, failed.code, failed.retriable], [true, 'CKPT_ERR_REDIS_UNREACHABLE', true]);
+  assert.match(failed.message, /ECONNREFUSED/);
 });

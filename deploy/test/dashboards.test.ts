@@ -4,6 +4,8 @@
  * deploy/grafana, never on the committed files).
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { statSync } from 'node:fs';
 import { cp, mkdtemp, readFile, rm, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -401,4 +403,17 @@ describe('validateDashboards on a broken copy', () => {
       assert.ok(r.invalid.some((m) => m.startsWith('kustomization.yaml: ') && re.test(m)), `${re}:\n${r.invalid.join('\n')}`);
     }
   });
+});
+
+test('npm run build:dashboards --help prints its usage and a stray option is refused (exit 2), both without writing a file', () => {
+  const build = fileURLToPath(new URL('../grafana/src/build.ts', import.meta.url));
+  const kustomization = fileURLToPath(new URL('../grafana/kustomization.yaml', import.meta.url));
+  const before = statSync(kustomization).mtimeMs;
+  const help = spawnSync(process.execPath, ['--import', 'tsx', build, '--help'], { encoding: 'utf8' });
+  assert.equal(help.status, 0, help.stderr);
+  assert.match(help.stdout, /^usage: npm run build:dashboards/);
+  const bad = spawnSync(process.execPath, ['--import', 'tsx', build, '--out', 'x'], { encoding: 'utf8' });
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /unknown option --out/);
+  assert.equal(statSync(kustomization).mtimeMs, before, 'nothing was written');
 });

@@ -1,7 +1,7 @@
 /**
  * `npm run drill -- [options]`: the failover rehearsal (see drill.ts). Prints progress and a report on
  * stderr; with --json the last line on stdout is one JSON object. Exit 0 only when every scenario
- * verified, 1 otherwise, 2 on bad options, 130 on Ctrl-C (after cleaning up).
+ * verified, 1 otherwise, 2 on bad options, 130 on Ctrl-C and 143 on SIGTERM (after cleaning up).
  */
 import { commandConfig, createLogger, type Schema } from '@ckpt/common';
 import { runDrill, running, SCENARIOS, type ScenarioName } from './drill.ts';
@@ -40,21 +40,22 @@ async function main(): Promise<number> {
   if (typeof cfg === 'number') return cfg;
   const say = (s: string): void => void process.stderr.write(s + '\n');
   let interrupted = false;
-  const onSignal = (sig: string): void => {
+  const onSignal = (sig: 'SIGINT' | 'SIGTERM'): void => {
+    const code = sig === 'SIGINT' ? 130 : 143; // 128 + the signal's number, as a shell reports it
     // A second Ctrl-C, or a clean-up that hangs, still ends the drill (the servers it started were
     // killed at the first signal by the child registry; a clean-up cut short can leave a data directory).
     if (interrupted) {
       say(`drill: ${sig} again: exiting without finishing the clean-up`);
-      process.exit(130);
+      process.exit(code);
     }
     interrupted = true;
     say(`drill: ${sig}: stopping and cleaning up (again to exit at once)`);
     const deadline = setTimeout(() => {
       say(`drill: the clean-up took more than ${CLEANUP_DEADLINE_MS / 1000} s: exiting without it`);
-      process.exit(130);
+      process.exit(code);
     }, CLEANUP_DEADLINE_MS);
     deadline.unref();
-    void Promise.all([...running].map((c) => c().catch(() => undefined))).finally(() => process.exit(130));
+    void Promise.all([...running].map((c) => c().catch(() => undefined))).finally(() => process.exit(code));
   };
   process.on('SIGINT', () => onSignal('SIGINT'));
   process.on('SIGTERM', () => onSignal('SIGTERM'));

@@ -5,6 +5,7 @@
  * Durability: every method resolves once Redis has acknowledged its writes; with AOF and
  * `appendfsync always` (the embedded default) that means on disk.
  */
+import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { CkptError, Digest64, pageHash } from '@ckpt/common';
 import type { EpochBegin, EpochCommit, PageBatch, SlotInfo } from '@ckpt/proto';
@@ -23,6 +24,11 @@ export interface StandbyMeta {
   slots: SlotInfo[];
   vcpus: number;
   vcpuStates: Buffer[];
+  /**
+   * vcpuStatesDigest() of the states as the replicator applied them: the page digest does not cover
+   * them, this does. '' on images applied before 2026-11-25.
+   */
+  vcpuDigest: string;
   guestCounters: number[];
   /**
    * The harvester's clock: when the pause that captured the epoch began (the guest time the image
@@ -139,7 +145,7 @@ export class StandbyStore {
     for (let i = 0; i < vcpus; i++) vcpuStates.push(h[`vcpu:${i}`] ?? Buffer.alloc(0));
     return {
       generation, epoch, digest: h.digest?.toString() ?? '', state: h.state?.toString() === 'ok' ? 'ok' : 'stale',
-      staleReason: h.staleReason?.toString() ?? '', pageSize, slots, vcpus, vcpuStates, guestCounters,
+      staleReason: h.staleReason?.toString() ?? '', pageSize, slots, vcpus, vcpuStates, vcpuDigest: h.vcpuDigest?.toString() ?? '', guestCounters,
       pausedAtMs: num(h.pausedAtMs) || num(h.committedAtMs), committedAtMs: num(h.committedAtMs), appliedAtMs: num(h.appliedAtMs),
     };
   }
@@ -627,12 +633,29 @@ function outcome(r: string): ApplyOutcome {
   return { result: 'conflict', detail: r };
 }
 
+/**
+ * SHA-256 (hex) of an epoch's vCPU states: their count, then each one's length and bytes. Stored with
+ * the image, so a restore can tell the states it loads are the ones applied.
+ */
+export function vcpuStatesDigest(states: readonly Uint8Array[]): string {
+  const h = createHash('sha256');
+  const n = Buffer.alloc(4);
+  n.writeUInt32LE(states.length);
+  h.update(n);
+  for (const s of states) {
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(s.byteLength);
+    h.update(len).update(s);
+  }
+  return h.digest('hex');
+}
+
 function metaFields(asm: Assembly, c: EpochCommit): (string | Buffer)[] {
   const f: (string | Buffer)[] = [
     'generation', String(asm.generation), 'epoch', String(asm.epoch), 'digest', c.digest, 'state', 'ok',
     'pageSize', String(asm.begin.pageSize), 'slots', JSON.stringify(asm.begin.slots), 'vcpus', String(c.vcpuStates.length),
     'guestCounters', JSON.stringify(c.guestCounters), 'pausedAtMs', String(c.pausedAtMs), 'committedAtMs', String(c.committedAtMs), 'appliedAtMs', String(Date.now()),
-    'pauseUs', String(c.pauseUs),
+    'pauseUs', String(c.pauseUs), 'vcpuDigest', vcpuStatesDigest(c.vcpuStates),
   ];
   c.vcpuStates.forEach((s, i) => f.push(`vcpu:${i}`, Buffer.from(s.buffer, s.byteOffset, s.byteLength)));
   return f;

@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { CkptError, silentLogger, type Logger } from '@ckpt/common';
 import type { SlotInfo } from '@ckpt/proto';
-import { CHUNK_PAGES, ChunkDigest, type StandbyMeta, type StandbyStore } from '@ckpt/standby';
+import { CHUNK_PAGES, ChunkDigest, type StandbyMeta, type StandbyStore, vcpuStatesDigest } from '@ckpt/standby';
 import type { RestoreOutcome, RestorerMetrics } from './metrics.ts';
 
 /** The image's layout, given to a target before any page. */
@@ -149,6 +149,12 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
     if (meta.state !== 'ok' && !opts.allowStale) {
       outcome = 'refused-stale';
       throw new CkptError('CKPT_ERR_RESTORE_STALE', `the standby image of ${vm} is stale (${meta.staleReason}): it is epoch ${meta.generation}/${meta.epoch}, committed ${new Date(meta.committedAtMs).toISOString()}, but newer epochs were lost; pass --allow-stale to restore it anyway`);
+    }
+    // Before any page is read: the page digest does not cover the vCPU state, this does.
+    const vcpuDigest = meta.vcpuDigest ? vcpuStatesDigest(meta.vcpuStates) : '';
+    if (vcpuDigest !== meta.vcpuDigest) {
+      outcome = 'refused-digest';
+      throw new CkptError('CKPT_ERR_RESTORE_DIGEST', `the vCPU state of ${vm}'s standby image does not verify: it hashes to ${vcpuDigest}, epoch ${meta.generation}/${meta.epoch} was applied with ${meta.vcpuDigest}; refusing to restore it`);
     }
     const layout: ImageLayout = { vm, pageSize: meta.pageSize, slots: meta.slots, vcpus: meta.vcpus, vcpuStateBytes: Math.max(0, ...meta.vcpuStates.map((b) => b.byteLength)) };
     checkInterrupted(vm, opts.signal);

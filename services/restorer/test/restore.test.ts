@@ -152,6 +152,26 @@ test('NEGATIVE: an image corrupted behind the replicator\'s back is refused, and
   }
 });
 
+test('NEGATIVE: a vCPU state changed behind the replicator\'s back is refused before a page is read; an image applied before vCPU digests existed still restores', async () => {
+  const h = await buildImage('vm-v', 6);
+  const meta = store.keys('vm-v').meta;
+  assert.match(String(await db.redis.hget(meta, 'vcpuDigest')), /^[0-9a-f]{64}$/, 'the apply stores the digest of the vCPU states');
+  const state = await db.redis.hgetBuffer(meta, 'vcpu:0');
+  assert.ok(state && state.length > 0);
+  const flipped = Buffer.from(state);
+  flipped[1]! ^= 0x40;
+  await db.redis.hset(meta, 'vcpu:0', flipped);
+  const target = new SparseTarget();
+  const err = await rejects(restoreImage(store, 'vm-v', target), 'CKPT_ERR_RESTORE_DIGEST');
+  assert.match(err.message, /the vCPU state of vm-v's standby image does not verify.*epoch 6\/1/);
+  assert.equal(target.image, null, 'refused before the target was opened');
+  // As applied before 2026-11-25: no vcpuDigest field; nothing to check the states against.
+  await db.redis.hset(meta, 'vcpu:0', state);
+  await db.redis.hdel(meta, 'vcpuDigest');
+  const img = await restoreImage(store, 'vm-v', new SparseTarget());
+  assert.equal(img.digest, h.model.digest().toHex());
+});
+
 /** An image of 4 chunks whose next epoch (changing the first and last chunk) is staged, waiting for its commit. */
 async function imageWithPendingEpoch(vm: string): Promise<{ h: FakeHarvester; before: string; commit: () => Promise<void> }> {
   const h = await buildImage(vm, 7);

@@ -40,7 +40,7 @@ async function main(): Promise<number> {
   if (typeof cfg === 'number') return cfg;
   const redisOpts = commandRedisOptions('restore', cfg, cfg.redisUrl || process.env.REDIS_URL!);
   if (typeof redisOpts === 'number') return redisOpts;
-  const log = createLogger({ service: 'restorer', vm: cfg.vm }, { level: 'warn' });
+  const log = createLogger({ service: 'restorer', vm: cfg.vm }, { level: (process.env.LOG_LEVEL as 'debug' | undefined) ?? 'warn' });
   // A Redis that stops answering (SIGSTOP, a network partition) fails the restore after redisTimeoutMs instead of hanging it.
   const redis = new Redis(redisOpts.url, { ...redisOpts.options, maxRetriesPerRequest: 3, lazyConnect: true, commandTimeout: cfg.redisTimeoutMs });
   redis.on('error', () => undefined);

@@ -12,7 +12,7 @@ import { after, test } from 'node:test';
 import { ConfigError } from './errors.ts';
 import { parseConfig } from './config.ts';
 import { silentLogger } from './logger.ts';
-import { KAFKA_SCHEMA, kafkaClientConfig, kafkaLogCreator, parseBrokers, redactUrl, REDIS_SCHEMA, redisClientOptions, type KafkaSettings, type RedisSettings } from './connections.ts';
+import { KAFKA_SCHEMA, isConnectionLoss, kafkaClientConfig, kafkaLogCreator, parseBrokers, redactUrl, REDIS_SCHEMA, redisClientOptions, type KafkaSettings, type RedisSettings } from './connections.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'ckpt-conn-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -93,4 +93,15 @@ test('kafkajs logs through our logger: warnings in our format, no stack traces, 
   for (let i = 0; i < 3; i++) write(burst);
   await new Promise((r) => setTimeout(r, 120));
   assert.deepEqual(lines.map((l) => [l.msg, l.fields?.heldBack]), [['kafka: Failed to connect to seed broker', undefined], ['kafka: Failed to connect to seed broker (2 more times in 0.05 s)', 2]]);
+});
+
+test('isConnectionLoss: a server gone away or silent (errno codes, ioredis\'s words, a Redis loading its AOF), and nothing else', () => {
+  const withCode = (code: string): Error => Object.assign(new Error('socket trouble'), { code });
+  for (const e of [withCode('ECONNRESET'), withCode('ECONNREFUSED'), withCode('EPIPE'), new Error('Connection is closed.'), new Error('Command timed out'),
+    new Error('Command aborted due to connection close'), new Error('LOADING Redis is loading the dataset in memory'), new Error("Stream isn't writeable and enableOfflineQueue options is false")]) {
+    assert.equal(isConnectionLoss(e), true, e.message);
+  }
+  for (const e of [new Error('ERR unknown command'), withCode('ENOENT'), new TypeError('x is not a function'), 'ECONNRESET', null]) {
+    assert.equal(isConnectionLoss(e), false, String(e));
+  }
 });

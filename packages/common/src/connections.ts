@@ -62,6 +62,20 @@ export function kafkaClientConfig(s: KafkaSettings, brokers: string[]): Record<s
   return { clientId: s.kafkaClientId, brokers, ssl, sasl };
 }
 
+const CONNECTION_LOSS_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTCONN']);
+
+/**
+ * A server that went away or did not answer in time, in the words of the socket (its errno code) or
+ * of ioredis ("Connection is closed", a command aborted or timed out, a Redis still loading its AOF):
+ * worth trying again once it answers.
+ */
+export function isConnectionLoss(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === 'string' && CONNECTION_LOSS_CODES.has(code)) return true;
+  return /Connection is closed|Command aborted due to connection close|Command timed out|ECONNRESET|ECONNREFUSED|EPIPE|ETIMEDOUT|EHOSTUNREACH|ENOTCONN|stream isn't writeable|LOADING/i.test(err.message);
+}
+
 /** A server URL fit for logs and errors: any credentials before the host are masked. */
 export const redactUrl = (url: string): string => url.replace(/\/\/[^@]*@/, '//***@');
 

@@ -10,7 +10,7 @@
 import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
 import { Kafka, logLevel, PartitionAssigners, Partitioners, type Consumer, type EachBatchPayload, type KafkaConfig, type KafkaMessage, type PartitionAssigner, type Producer } from 'kafkajs';
-import { CkptError, connectProducer, kafkaLogCreator, type Logger } from '@ckpt/common';
+import { CkptError, connectProducer, isConnectionLoss, kafkaLogCreator, type Logger } from '@ckpt/common';
 import { encodeControlRecord, PART_BEGIN, PART_COMMIT, partOfBatch, type AppliedMarker, type EpochRecord } from '@ckpt/proto';
 import { StandbyStore } from '@ckpt/standby';
 import type { ReplicatorMetrics } from './metrics.ts';
@@ -76,8 +76,7 @@ export function isTransient(err: unknown): boolean {
   const e = err as Error & { code?: string; retriable?: boolean };
   if (e.retriable === true) return true;
   if (/^KafkaJS|ReplyError|MaxRetriesPerRequestError|AbortError/.test(e.name)) return true;
-  if (e.code && ['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTCONN'].includes(e.code)) return true;
-  return /Connection is closed|LOADING|BUSY|READONLY|stream isn't writeable|ended/i.test(e.message);
+  return isConnectionLoss(e) || /BUSY|READONLY|ended/i.test(e.message);
 }
 
 /** Not a failure: a restorer holds the VM's fence, and the record is handled again once it is gone. */

@@ -9,7 +9,7 @@
  */
 import { renameSync, writeFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
-import { CkptError, commandConfig, commandRedisOptions, connectWithCause, createLogger, KvmError, redactUrl, startCommandMetricsServer, vmIdProblem, type MetricsServer } from '@ckpt/common';
+import { CkptError, commandConfig, commandRedisOptions, connectWithCause, createLogger, isConnectionLoss, KvmError, redactUrl, startCommandMetricsServer, vmIdProblem, type MetricsServer } from '@ckpt/common';
 import { KVM_ERROR_CODES } from '@ckpt/kvm-native';
 import { StandbyStore } from '@ckpt/standby';
 import { createRestorerMetrics } from './metrics.ts';
@@ -161,8 +161,7 @@ async function main(): Promise<number> {
  * missing device names the harvester's `--source sim`, which restore does not have.
  */
 function forThisCommand(err: unknown, devPath: string): CkptError {
-  // ioredis's words for a connection that went away or a command that was not answered in time.
-  if (err instanceof Error && !(err instanceof CkptError) && /Connection is closed|Command aborted due to connection close|Command timed out|ECONNRESET|ECONNREFUSED|EPIPE|ETIMEDOUT|Stream isn't writeable|LOADING/.test(err.message)) {
+  if (err instanceof Error && !(err instanceof CkptError) && isConnectionLoss(err)) {
     return new CkptError('CKPT_ERR_REDIS_LOST', `cannot restore: Redis stopped answering while the image was read (${err.message}); nothing was kept; try again once Redis answers`, { cause: err, retriable: true });
   }
   if (!(err instanceof CkptError)) {

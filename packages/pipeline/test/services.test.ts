@@ -396,6 +396,36 @@ test('SIGTERM ends a harvester promptly while it waits for a replicator that is 
   }
 });
 
+test('SIGTERM ends a harvester that lived through a broker outage (a consumer restart kafkajs had scheduled kept it alive for good)', async (t) => {
+  const servers = await startServers({ partitions: 1 });
+  if (!servers.kafka) {
+    t.skip('needs the embedded broker to take it down (KAFKA_BROKERS points elsewhere)');
+    await servers.stop();
+    return;
+  }
+  let log = '';
+  const harvester = spawnHarvester(servers, { HARVESTER_VM_ID: 'outage-vm', HARVESTER_SOURCE: 'sim', HARVESTER_MEM_MIB: '16', HARVESTER_WINDOW_BYTES: '0' },
+    (line) => { log = (log + line + '\n').slice(-6000); });
+  try {
+    await new Promise((r) => setTimeout(r, 7000)); // past the group join (the broker delays it 3 s)
+    await servers.kafka.brokerDown(-1);
+    await new Promise((r) => setTimeout(r, 4000));
+    await servers.kafka.brokerUp(-1);
+    await new Promise((r) => setTimeout(r, 8000));
+    assert.equal(harvester.exitCode, null, `the harvester survived the outage; log: ${log}`);
+    const t0 = Date.now();
+    const exited = new Promise<number | null>((r) => harvester.once('exit', (code) => r(code)));
+    harvester.kill('SIGTERM');
+    const code = await Promise.race([exited, new Promise<'hung'>((r) => setTimeout(() => r('hung'), 15_000))]);
+    assert.notEqual(code, 'hung', `still running 15 s after SIGTERM; log: ${log.slice(-2000)}`);
+    assert.equal(code, 0, log.slice(-2000));
+    assert.ok(Date.now() - t0 < 10_000, `exited ${Date.now() - t0} ms after SIGTERM`);
+  } finally {
+    if (harvester.exitCode === null) harvester.kill('SIGKILL');
+    await servers.stop();
+  }
+});
+
 test('the replicator\'s /readyz tells the truth: 503 within seconds for a Redis that holds the connection but does not answer, and for a broker that went away', async () => {
   const servers = await startServers({ partitions: 1 });
   const port = await freePort();

@@ -52,6 +52,8 @@ async function main(): Promise<number> {
   };
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));
+  // A closed terminal (a harvester run by hand) stops it in good order too, not with no clean-up at all.
+  process.once('SIGHUP', () => stop('SIGHUP'));
   const producer = kafka?.producer({ idempotent: cfg.kafkaIdempotent, maxInFlightRequests: cfg.kafkaIdempotent ? 5 : 1, allowAutoTopicCreation: false }) ?? null;
   const listener = kafka ? new ControlListener(kafka, cfg.controlTopic, log.child({ component: 'control' })) : null;
   const logStart = kafka ? new LogStartOffsets(kafka, cfg.pagesTopic) : null;
@@ -93,11 +95,15 @@ async function main(): Promise<number> {
   }
 }
 
+// Everything is stopped or given up on (each step has a time limit) when main() settles, so the process
+// exits then: kafkajs can leave a consumer restart scheduled from a broker outage that outlives
+// disconnect() (tulios/kafkajs#1147) and kept a stopped harvester alive for good, past the pod's grace
+// period. (Writes to stdout and stderr are synchronous on Linux: nothing logged is lost.)
 main().then(
-  (code) => { process.exitCode = code; },
+  (code) => process.exit(code),
   (err: unknown) => {
     const log = createLogger({ service: 'harvester', component: 'main' });
     log.error(err instanceof ConfigError || err instanceof CkptError ? err.message : 'unexpected failure', { err });
-    process.exitCode = err instanceof ConfigError ? 2 : 1;
+    process.exit(err instanceof ConfigError ? 2 : 1);
   },
 );

@@ -24,9 +24,13 @@ export class ControlListener {
   constructor(private readonly kafka: Kafka, private readonly topic: string, private readonly log: Logger) {
     // Short retries: while this consumer backs off, markers do not reach the window and the harvester
     // waits. kafkajs's default backoff (up to 30 s) kept windows shut 30-50 s after a broker came back.
+    // A consumer that crashed (a broker outage) is restarted by kafkajs, unless this listener stops:
+    // a restart scheduled before stop() outlived disconnect() and kept the process alive for good.
     this.consumer = kafka.consumer({ groupId: this.groupId, sessionTimeout: 30_000, heartbeatInterval: 3000, maxWaitTimeInMs: 2,
-      retry: { retries: 1000, initialRetryTime: 100, maxRetryTime: 2000 } });
+      retry: { retries: 1000, initialRetryTime: 100, maxRetryTime: 2000, restartOnFailure: () => Promise.resolve(!this.stopping) } });
   }
+
+  private stopping = false;
 
   /** Routes this VM's markers to `onMarker` and keeps its resync requests. */
   register(vm: string, onMarker: (m: AppliedMarker) => void): void {
@@ -60,8 +64,17 @@ export class ControlListener {
         return Promise.resolve();
       },
     });
-    // kafkajs keeps the seeks and applies them when the partitions are assigned.
-    for (const { partition, offset } of ends) this.consumer.seek({ topic: this.topic, partition, offset });
+    // kafkajs keeps the seeks and applies them when the partitions are assigned. A consumer that crashed
+    // meanwhile (the broker went away while it joined) refuses them ("Consumer group was not
+    // initialized"): then its partitions are read from the beginning, as the class comment says, and the
+    // harvester goes on (it used to exit with that bare message).
+    for (const { partition, offset } of ends) {
+      try {
+        this.consumer.seek({ topic: this.topic, partition, offset });
+      } catch (err) {
+        this.log.warn('cannot start the control topic where it ended; reading it from the beginning (slower, nothing missed)', { partition, err });
+      }
+    }
   }
 
   /** Each partition's end offset (the next record's offset) now. */
@@ -105,6 +118,7 @@ export class ControlListener {
    * leaves its group to that expiry.
    */
   async stop(): Promise<void> {
+    this.stopping = true;
     await settleWithin(this.consumer.disconnect(), 3000);
     const deleted = this.withAdmin((admin) => admin.deleteGroups([this.groupId])).catch((err: unknown) => {
       this.log.info('cannot delete this harvester\'s consumer group of the control topic; the broker expires it', { group: this.groupId, err });

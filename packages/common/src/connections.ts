@@ -186,11 +186,21 @@ interface KafkaLogEntry { namespace: string; level: number; label?: string; log:
  * retry) is written once; how often it was held back follows at the end of the quiet period, or with
  * the next line of that message.
  */
+/**
+ * kafkajs warnings about choices this product makes on purpose. Both services bound their idempotent
+ * producers' retries (kafkajs's default for those is to retry for ever, so a send never failed and no
+ * publish timeout, readiness check or error count could see a broker outage) and send again
+ * themselves; a record that lands twice is applied once (the replicator is idempotent under
+ * redelivery). kafkajs warns about that at every start.
+ */
+const BY_DESIGN = new Set(['Limiting retries for the idempotent producer may invalidate EoS guarantees']);
+
 export function kafkaLogCreator(log: Logger, quietMs = 30_000): () => (entry: KafkaLogEntry) => void {
   const last = new Map<string, { atMs: number; held: number; timer?: NodeJS.Timeout }>();
   return () => ({ namespace, level, log: entry }) => {
     if (level > 2) return; // ERROR (1) and WARN (2) only, whatever the client's logLevel lets through
     const { message, timestamp: _t, stack, error, ...fields } = entry;
+    if (BY_DESIGN.has(message)) return;
     const component = `kafkajs.${namespace}`;
     const write = (text: string, out: Record<string, unknown>): void => {
       if (level === 1) log.error(text, out);

@@ -426,6 +426,46 @@ test('SIGTERM ends a harvester that lived through a broker outage (a consumer re
   }
 });
 
+test('a broker outage shows at once in the harvester: /readyz 503 within seconds, produce errors counted, the generation ended after HARVESTER_PUBLISH_TIMEOUT_MS (kafkajs\'s own retries hid it for 20 s)', async (t) => {
+  const servers = await startServers({ partitions: 1 });
+  if (!servers.kafka) {
+    t.skip('needs the embedded broker to take it down (KAFKA_BROKERS points elsewhere)');
+    await servers.stop();
+    return;
+  }
+  const port = await freePort();
+  let log = '';
+  let newGenerationAt = 0;
+  const harvester = spawnHarvester(servers, {
+    HARVESTER_VM_ID: 'timeout-vm', HARVESTER_SOURCE: 'sim', HARVESTER_MEM_MIB: '16', HARVESTER_WINDOW_BYTES: '0',
+    HARVESTER_PUBLISH_TIMEOUT_MS: '3000', HARVESTER_METRICS_PORT: String(port),
+  }, (line) => {
+    log = (log + line + '\n').slice(-6000);
+    if (!newGenerationAt && line.includes('"msg":"starting a new generation"') && line.includes('CKPT_ERR_PUBLISH_FAILED')) newGenerationAt = Date.now();
+  });
+  const get = (path: string): Promise<{ status: number; body: string }> => fetch(`http://127.0.0.1:${port}${path}`, { signal: AbortSignal.timeout(3000) })
+    .then(async (r) => ({ status: r.status, body: await r.text() }), (err: unknown) => ({ status: 0, body: (err as Error).message }));
+  try {
+    for (const deadline = Date.now() + 20_000; Date.now() < deadline && (await get('/readyz')).status !== 200;) await new Promise((r) => setTimeout(r, 200));
+    await new Promise((r) => setTimeout(r, 2000));
+    assert.equal((await get('/readyz')).status, 200, `ready before the outage; log: ${log}`);
+    const downAt = Date.now();
+    await servers.kafka.brokerDown(-1);
+    let notReadyAt = 0;
+    for (const deadline = downAt + 15_000; Date.now() < deadline && !(notReadyAt && newGenerationAt);) {
+      if (!notReadyAt && (await get('/readyz')).status === 503) notReadyAt = Date.now();
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.ok(notReadyAt > 0 && notReadyAt - downAt < 6000, `not ready ${notReadyAt ? notReadyAt - downAt : 'never'} ms after the broker went down; log: ${log.slice(-2000)}`);
+    assert.ok(newGenerationAt > 0 && newGenerationAt - downAt < 10_000, `generation ended ${newGenerationAt ? newGenerationAt - downAt : 'never'} ms after the broker went down (timeout 3000 ms); log: ${log.slice(-2000)}`);
+    assert.match((await get('/metrics')).body, /^ckpt_harvester_produce_errors_total\{[^}]*\} [1-9]/m, 'produce errors are counted');
+    await servers.kafka.brokerUp(-1);
+  } finally {
+    await stopChild(harvester);
+    await servers.stop();
+  }
+});
+
 test('the replicator\'s /readyz tells the truth: 503 within seconds for a Redis that holds the connection but does not answer, and for a broker that went away', async () => {
   const servers = await startServers({ partitions: 1 });
   const port = await freePort();

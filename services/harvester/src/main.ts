@@ -22,6 +22,9 @@ import type { EpochSink } from './epoch/epoch-types.ts';
 
 const USAGE = 'Usage: node --import tsx services/harvester/src/main.ts [options]\n\nEvery option is also a HARVESTER_* environment variable (flags win):';
 
+/** kafkajs's retries inside one call: a second or two, then the caller's own retry loop decides. */
+const KAFKAJS_RETRY = { retries: 2, initialRetryTime: 100, maxRetryTime: 1000 };
+
 async function main(): Promise<number> {
   if (wantsHelp(process.argv.slice(2))) {
     process.stdout.write(helpText(HARVESTER_SERVICE_SCHEMA, USAGE, HARVESTER_ENV_PREFIX) + '\n');
@@ -34,7 +37,10 @@ async function main(): Promise<number> {
   const log = createLogger({ service: 'harvester', vm: cfg.vmId });
   const metrics = createHarvesterMetrics({ defaultMetrics: true, vm: cfg.vmId });
   const brokers = parseBrokers(cfg.kafkaBrokers);
-  const kafka = brokers.length ? new Kafka({ ...(kafkaClientConfig(cfg, brokers) as object), logLevel: logLevel.ERROR, logCreator: kafkaLogCreator(log) } as unknown as ConstructorParameters<typeof Kafka>[0]) : null;
+  // Short retries in the client too (connecting, metadata): see the producer below.
+  const kafka = brokers.length ? new Kafka({
+    ...(kafkaClientConfig(cfg, brokers) as object), logLevel: logLevel.ERROR, logCreator: kafkaLogCreator(log), retry: KAFKAJS_RETRY,
+  } as unknown as ConstructorParameters<typeof Kafka>[0]) : null;
   if (!kafka) log.warn('HARVESTER_KAFKA_BROKERS is not set: checkpointing locally only, nothing is published');
   const speedups = kafka ? reportKafkajsSpeedups(log, { component: 'main' }) : null;
   const { source, fallbackReason } = openSource(cfg);
@@ -54,7 +60,14 @@ async function main(): Promise<number> {
   process.once('SIGINT', () => stop('SIGINT'));
   // A closed terminal (a harvester run by hand) stops it in good order too, not with no clean-up at all.
   process.once('SIGHUP', () => stop('SIGHUP'));
-  const producer = kafka?.producer({ idempotent: cfg.kafkaIdempotent, maxInFlightRequests: cfg.kafkaIdempotent ? 5 : 1, allowAutoTopicCreation: false }) ?? null;
+  // kafkajs's own retries are bounded (a second or two against a broker that refuses connections):
+  // KafkaPublisher retries itself, counting errors, flagging /readyz and ending the generation after
+  // publishTimeoutMs. kafkajs's defaults (5 retries, up to 30 s apart; for ever when idempotent) kept a
+  // send from failing for 20 s, or never, so none of that saw a broker outage.
+  const producer = kafka?.producer({
+    idempotent: cfg.kafkaIdempotent, maxInFlightRequests: cfg.kafkaIdempotent ? 5 : 1, allowAutoTopicCreation: false,
+    retry: KAFKAJS_RETRY,
+  }) ?? null;
   const listener = kafka ? new ControlListener(kafka, cfg.controlTopic, log.child({ component: 'control' })) : null;
   const logStart = kafka ? new LogStartOffsets(kafka, cfg.pagesTopic) : null;
   try {

@@ -4,6 +4,10 @@ import { Coalescer } from './coalesce.ts';
 import type { EpochCommit, EpochHeader, EpochSink, PageSegment } from './epoch-types.ts';
 import { GfnBuffer } from './gfn-buffer.ts';
 
+/** How long a baseline's copy runs before it lets the event loop take its turn. */
+const YIELD_EVERY_MS = 20;
+const yieldToEventLoop = (): Promise<void> => new Promise((r) => setImmediate(r));
+
 export interface CycleOptions {
   generation: number;
   /** Live copy rounds before the pause (0: plain stop-and-copy). */
@@ -402,7 +406,14 @@ export class CheckpointCycle {
       await emit(this.finalize(r, data, 'baseline'));
       // A long live copy must not leave the guest stalled on a full ring (or let the kernel overrun it).
       this.relieveIfStalled();
+      // Nor the process deaf: a sink with room resolves at once, and a chain of resolved awaits never
+      // lets timers, signals or /healthz run (a 16 GiB baseline held them 24 s).
+      if (performance.now() - lastYield > YIELD_EVERY_MS) {
+        await yieldToEventLoop();
+        lastYield = performance.now();
+      }
     };
+    let lastYield = performance.now();
     for (const s of this.source.slots) {
       const populated = this.source.populatedPages?.(s.id);
       if (!populated) {

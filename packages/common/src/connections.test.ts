@@ -5,10 +5,11 @@
  * broker speaks neither TLS nor SASL, so the kafkajs options are checked here, as built.)
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { ConfigError } from './errors.ts';
 import { parseConfig } from './config.ts';
 import { silentLogger } from './logger.ts';
@@ -22,6 +23,10 @@ const file = (name: string, text: string): string => {
   return p;
 };
 
+/** A test-only self-signed certificate and its key (test-fixtures/README.md). */
+const CERT = fileURLToPath(new URL('../test-fixtures/kafka-test-cert.pem', import.meta.url));
+const KEY = fileURLToPath(new URL('../test-fixtures/kafka-test-key.pem', import.meta.url));
+
 // The settings as a service gets them with nothing set (the schemas' defaults), plus a broker.
 const kafka: KafkaSettings = { ...parseConfig(KAFKA_SCHEMA), kafkaBrokers: 'b1:9093' };
 const redis: RedisSettings = parseConfig(REDIS_SCHEMA);
@@ -29,10 +34,9 @@ const redis: RedisSettings = parseConfig(REDIS_SCHEMA);
 test('Kafka: plain, TLS with system CAs, mutual TLS from files, and SASL with the password from a file', () => {
   assert.deepEqual(kafkaClientConfig(kafka, ['b1:9093']), { clientId: 'ckpt', brokers: ['b1:9093'], ssl: false, sasl: undefined });
   assert.equal(kafkaClientConfig({ ...kafka, kafkaTls: true }, ['b1:9093']).ssl, true);
-  const mtls = kafkaClientConfig({
-    ...kafka, kafkaTls: true, kafkaTlsCaFile: file('ca.pem', 'CA PEM'), kafkaTlsCertFile: file('cert.pem', 'CERT PEM'), kafkaTlsKeyFile: file('key.pem', 'KEY PEM'),
-  }, ['b1:9093']);
-  assert.deepEqual(mtls.ssl, { ca: 'CA PEM', cert: 'CERT PEM', key: 'KEY PEM' });
+  const mtls = kafkaClientConfig({ ...kafka, kafkaTls: true, kafkaTlsCaFile: CERT, kafkaTlsCertFile: CERT, kafkaTlsKeyFile: KEY }, ['b1:9093']);
+  const pem = (f: string): string => readFileSync(f, 'utf8').trim();
+  assert.deepEqual(mtls.ssl, { ca: pem(CERT), cert: pem(CERT), key: pem(KEY) });
   const sasl = kafkaClientConfig({ ...kafka, kafkaSaslMechanism: 'scram-sha-512', kafkaSaslUsername: 'ckpt-harvester', kafkaSaslPasswordFile: file('sasl', 's3cret\n') }, ['b1:9093']);
   assert.deepEqual(sasl.sasl, { mechanism: 'scram-sha-512', username: 'ckpt-harvester', password: 's3cret' }, 'the trailing newline of the file is not part of the password');
 });
@@ -50,6 +54,17 @@ test('Kafka: SASL without its user or password file, an unreadable secret, and n
   for (const bad of ['host:notaport', 'host', 'h:0', 'h:70000', 'a:1,b']) {
     assert.throws(() => parseBrokers(bad), (e: unknown) => e instanceof ConfigError && /is not host:port/.test(e.message), bad);
   }
+});
+
+test('Kafka: half-set TLS or SASL, and TLS files that are not PEM, are configuration errors (they were ignored, or failed 20 s later as an unreachable broker)', () => {
+  const refused = (over: Partial<KafkaSettings>, re: RegExp): void => {
+    assert.throws(() => kafkaClientConfig({ ...kafka, ...over }, ['b1:9093']), (e: unknown) => e instanceof ConfigError && re.test(e.message), JSON.stringify(over));
+  };
+  refused({ kafkaTlsCaFile: CERT }, /--kafka-tls-ca-file set but --kafka-tls is off/);
+  refused({ kafkaSaslUsername: 'u', kafkaSaslPasswordFile: file('sasl2', 'pw') }, /--kafka-sasl-username, --kafka-sasl-password-file set but --kafka-sasl-mechanism is none/);
+  refused({ kafkaTls: true, kafkaTlsCertFile: CERT }, /mutual TLS needs both --kafka-tls-cert-file and --kafka-tls-key-file/);
+  refused({ kafkaTls: true, kafkaTlsCaFile: file('junk-ca.pem', 'not a certificate') }, /the Kafka TLS files \(--kafka-tls-ca-file\) are unusable/);
+  refused({ kafkaTls: true, kafkaTlsCertFile: file('junk-cert.pem', 'CERT PEM'), kafkaTlsKeyFile: KEY }, /are unusable/);
 });
 
 test('Redis: the password file overrides the URL\'s, TLS takes its CA from a file, other schemes are refused, logs never show a password', () => {

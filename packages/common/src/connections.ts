@@ -3,8 +3,9 @@
  * Redis (URL, TLS, AUTH). Config fragments to spread into a service's schema, and builders for the
  * kafkajs and ioredis options.
  */
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import type { ConnectionOptions } from 'node:tls';
+import { createSecureContext, type ConnectionOptions } from 'node:tls';
 import { CkptError, ConfigError } from './errors.ts';
 import type { ConfigOf, Schema } from './config.ts';
 import type { Logger } from './logger.ts';
@@ -43,15 +44,37 @@ function readSecret(path: string, what: string): string {
   }
 }
 
+/** Throws unless `pem` holds one or more PEM certificates, each of which parses. */
+function checkCertificates(pem: string): void {
+  const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length === 0) throw new Error('no PEM certificate (-----BEGIN CERTIFICATE-----) in the CA bundle');
+  for (const b of blocks) new X509Certificate(b);
+}
+
 /** The kafkajs client configuration (a plain object; kafkajs types it as KafkaConfig). */
 export function kafkaClientConfig(s: KafkaSettings, brokers: string[]): Record<string, unknown> {
   if (brokers.length === 0) throw new ConfigError(['no Kafka brokers: set --kafka-brokers (or KAFKA_BROKERS)']);
+  // Half-set security is a mistake, not a choice: files or a user given while their switch is off were
+  // ignored, and the client connected in plain text or without SASL, saying nothing.
+  const tlsFiles = [['--kafka-tls-ca-file', s.kafkaTlsCaFile], ['--kafka-tls-cert-file', s.kafkaTlsCertFile], ['--kafka-tls-key-file', s.kafkaTlsKeyFile]].filter(([, v]) => v).map(([k]) => k);
+  if (!s.kafkaTls && tlsFiles.length) throw new ConfigError([`${tlsFiles.join(', ')} set but --kafka-tls is off: turn it on, or remove them`]);
+  const saslSet = [['--kafka-sasl-username', s.kafkaSaslUsername], ['--kafka-sasl-password-file', s.kafkaSaslPasswordFile]].filter(([, v]) => v).map(([k]) => k);
+  if (s.kafkaSaslMechanism === 'none' && saslSet.length) throw new ConfigError([`${saslSet.join(', ')} set but --kafka-sasl-mechanism is none: choose plain, scram-sha-256 or scram-sha-512, or remove them`]);
+  if (!s.kafkaTlsCertFile !== !s.kafkaTlsKeyFile) throw new ConfigError(['mutual TLS needs both --kafka-tls-cert-file and --kafka-tls-key-file']);
   let ssl: boolean | ConnectionOptions = false;
   if (s.kafkaTls) {
     const tls: ConnectionOptions = {};
     if (s.kafkaTlsCaFile) tls.ca = readSecret(s.kafkaTlsCaFile, 'the Kafka CA bundle');
     if (s.kafkaTlsCertFile) tls.cert = readSecret(s.kafkaTlsCertFile, 'the Kafka client certificate');
     if (s.kafkaTlsKeyFile) tls.key = readSecret(s.kafkaTlsKeyFile, 'the Kafka client key');
+    // Files that are not PEM (or a key that does not match its certificate) fail here, as configuration,
+    // not after 20 s of connection retries as an unreachable broker.
+    try {
+      if (typeof tls.ca === 'string') checkCertificates(tls.ca); // createSecureContext skips a CA bundle it cannot parse
+      createSecureContext(tls);
+    } catch (err) {
+      throw new ConfigError([`the Kafka TLS files (${tlsFiles.join(', ')}) are unusable: ${(err as Error).message}`]);
+    }
     ssl = Object.keys(tls).length ? tls : true;
   }
   let sasl: Record<string, string> | undefined;

@@ -8,7 +8,7 @@ const main = fileURLToPath(new URL('./main.ts', import.meta.url));
 
 test('the harvester service serves /metrics, /healthz and /readyz and stops cleanly on SIGTERM', async () => {
   const child = spawn(process.execPath, ['--import', 'tsx', main], {
-    env: { ...process.env, HARVESTER_SOURCE: 'sim', HARVESTER_MEM_MIB: '32', HARVESTER_INTERVAL_MS: '20', HARVESTER_METRICS_PORT: '0' },
+    env: { ...process.env, HARVESTER_VM_ID: 'main-test', HARVESTER_SOURCE: 'sim', HARVESTER_MEM_MIB: '32', HARVESTER_INTERVAL_MS: '20', HARVESTER_METRICS_PORT: '0' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let stderr = '';
@@ -68,4 +68,19 @@ test('the harvester service refuses an unknown flag instead of ignoring it (exit
   const [code] = (await once(child, 'exit')) as [number | null];
   assert.equal(code, 2);
   assert.match(stderr, /unknown option --bogus/);
+});
+
+test('the harvester service refuses to start without a VM id (exit 2): it ran as vm-0, so two harvesters that forgot it wrote as one VM', async () => {
+  const env: NodeJS.ProcessEnv = { ...process.env, HARVESTER_SOURCE: 'sim', HARVESTER_MEM_MIB: '16' };
+  delete env.HARVESTER_VM_ID;
+  for (const vmEnv of [{}, { HARVESTER_VM_ID: '' }]) {
+    const child = spawn(process.execPath, ['--import', 'tsx', main], { env: { ...env, ...vmEnv }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8');
+    child.stderr.on('data', (d: string) => { stderr += d; });
+    const [code] = (await once(child, 'exit')) as [number | null];
+    assert.equal(code, 2, stderr);
+    assert.match(stderr, /HARVESTER_VM_ID \(--vm-id\) is required/);
+    assert.doesNotMatch(stderr, /"msg":"started"/);
+  }
 });

@@ -32,7 +32,9 @@ async function main(): Promise<number> {
   }
   // Flags win over HARVESTER_* variables; an unknown flag is an error, not ignored.
   const cfg = parseConfig(HARVESTER_SERVICE_SCHEMA, { argv: process.argv.slice(2), env: process.env, envPrefix: HARVESTER_ENV_PREFIX });
-  const badId = vmIdProblem('HARVESTER_VM_ID', cfg.vmId);
+  const badId = cfg.vmId === ''
+    ? 'HARVESTER_VM_ID (--vm-id) is required: the guest\'s id, the key of its records and its standby\'s name (with no default, two harvesters that both forgot it do not write as one VM)'
+    : vmIdProblem('HARVESTER_VM_ID', cfg.vmId);
   if (badId) throw new ConfigError([badId]);
   const log = createLogger({ service: 'harvester', vm: cfg.vmId });
   const metrics = createHarvesterMetrics({ defaultMetrics: true, vm: cfg.vmId });

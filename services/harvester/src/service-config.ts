@@ -13,7 +13,8 @@ export const HARVESTER_SERVICE_SCHEMA = {
   kafkaBrokers: { ...KAFKA_SCHEMA.kafkaBrokers, help: 'Kafka bootstrap servers, host:port, comma separated (empty: checkpoint locally only, publish nothing; a warning says so)' },
   epochs: { ...HARVEST_SCHEMA.epochs, default: 0 },
   metricsPort: { ...HARVEST_SCHEMA.metricsPort, default: 9464 },
-  vmId: { type: 'string', default: 'vm-0', help: `this guest's id: the Kafka key and the Redis hash tag (${VM_ID_RULE})` },
+  // Required: a default id would let two harvesters that both forgot it write as one VM.
+  vmId: { type: 'string', default: '', help: `this guest's id, required: the Kafka key and the Redis hash tag (${VM_ID_RULE})` },
   maxRecordBytes: { type: 'int', default: 1_000_000, min: 16384, max: 64 << 20, help: 'largest record produced (stay under the topic\'s max.message.bytes)' },
   maxRequestBytes: { type: 'int', default: 1_000_000, min: 16384, max: 64 << 20, help: 'record bytes of one VM in one produce request, which Kafka stores as one record batch (stay under the topic\'s max.message.bytes)' },
   compression: { type: 'enum', values: ['none', 'gzip'], default: 'none', help: 'compression of page batches (gzip only where it shrinks a batch)' },

@@ -59,10 +59,10 @@ export async function startMetricsServer(registry: Registry, port: number, ready
  * startMetricsServer() for a command's `--metrics-port`: a port it cannot listen on (taken, or not
  * allowed) is a CkptError with `code` that names the port and says what to do.
  */
-export async function startCommandMetricsServer(code: string, registry: Registry, port: number, ready?: ReadyCheck): Promise<MetricsServer> {
+export async function startCommandMetricsServer(code: string, registry: Registry, port: number, ready?: ReadyCheck, setting = '--metrics-port'): Promise<MetricsServer> {
   try {
     return await startMetricsServer(registry, port, ready);
   } catch (err) {
-    throw new CkptError(code, `cannot serve /metrics on port ${port}: ${errorMessage(err)}; choose another --metrics-port (0 = any free port, -1 = off)`, { cause: err });
+    throw new CkptError(code, `cannot serve /metrics on port ${port}: ${errorMessage(err)}; choose another ${setting} (0 = any free port, -1 = off)`, { cause: err });
   }
 }

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
 import { once } from 'node:events';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -82,5 +83,27 @@ test('the harvester service refuses to start without a VM id (exit 2): it ran as
     assert.equal(code, 2, stderr);
     assert.match(stderr, /HARVESTER_VM_ID \(--vm-id\) is required/);
     assert.doesNotMatch(stderr, /"msg":"started"/);
+  }
+});
+
+test('a metrics port in use: exit 1 naming HARVESTER_METRICS_PORT, before any guest is made (it was a bare EADDRINUSE "unexpected failure")', async () => {
+  const taken = createServer();
+  await new Promise<void>((r) => taken.listen(0, '0.0.0.0', () => r()));
+  const port = (taken.address() as { port: number }).port;
+  try {
+    const child = spawn(process.execPath, ['--import', 'tsx', main], {
+      env: { ...process.env, HARVESTER_VM_ID: 'port-test', HARVESTER_SOURCE: 'sim', HARVESTER_MEM_MIB: '16', HARVESTER_METRICS_PORT: String(port) },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.setEncoding('utf8');
+    child.stderr.on('data', (d: string) => { stderr += d; });
+    const [code] = (await once(child, 'exit')) as [number | null];
+    assert.equal(code, 1, stderr);
+    assert.match(stderr, /"code":"CKPT_ERR_METRICS_PORT"/);
+    assert.match(stderr, new RegExp(`cannot serve /metrics on port ${port}: .*EADDRINUSE.*; choose another HARVESTER_METRICS_PORT \\(--metrics-port\\)`));
+    assert.doesNotMatch(stderr, /unexpected failure|"msg":"started"/);
+  } finally {
+    taken.close();
   }
 });

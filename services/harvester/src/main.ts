@@ -8,7 +8,7 @@
 import { reportKafkajsSpeedups } from './publish/kafkajs-speedups.ts';
 import { Kafka, logLevel } from 'kafkajs';
 import {
-  ConfigError, CkptError, connectProducer, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, settleWithin, startMetricsServer, vmIdProblem, wantsHelp,
+  ConfigError, CkptError, connectProducer, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, settleWithin, startCommandMetricsServer, vmIdProblem, wantsHelp,
 } from '@ckpt/common';
 import { runHarvest } from './harvest-loop.ts';
 import { HARVESTER_ENV_PREFIX, HARVESTER_SERVICE_SCHEMA } from './service-config.ts';
@@ -45,14 +45,17 @@ async function main(): Promise<number> {
   } as unknown as ConstructorParameters<typeof Kafka>[0]) : null;
   if (!kafka) log.warn('HARVESTER_KAFKA_BROKERS is not set: checkpointing locally only, nothing is published');
   const speedups = kafka ? reportKafkajsSpeedups(log, { component: 'main' }) : null;
-  const { source, fallbackReason } = openSource(cfg);
-  if (fallbackReason) log.warn('using the simulator', { component: 'source', reason: fallbackReason });
   const abort = new AbortController();
   let ready = false;
-  // -1 = no metrics server (the schema's "off").
   let publisher: KafkaPublisher | null = null;
-  // Ready once the guest runs and Kafka is connected, and while the broker takes its records.
-  const server = cfg.metricsPort >= 0 ? await startMetricsServer(metrics.registry, cfg.metricsPort, () => (ready ? publisher?.problem() ?? null : 'guest not started or Kafka not connected')) : null;
+  // Ready once the guest runs and Kafka is connected, and while the broker takes its records. -1 = no
+  // metrics server (the schema's "off"). Before the guest exists: a port in use is a clear error naming
+  // the setting, and no guest was made for nothing.
+  const server = cfg.metricsPort >= 0
+    ? await startCommandMetricsServer('CKPT_ERR_METRICS_PORT', metrics.registry, cfg.metricsPort, () => (ready ? publisher?.problem() ?? null : 'guest not started or Kafka not connected'), 'HARVESTER_METRICS_PORT (--metrics-port)')
+    : null;
+  const { source, fallbackReason } = openSource(cfg);
+  if (fallbackReason) log.warn('using the simulator', { component: 'source', reason: fallbackReason });
   log.info('started', { component: 'main', source: source.kind, mode: source.mode, metricsPort: server?.port ?? 'off', kafkaCrc32c: speedups?.kafkaCrc32c ?? 'off', kafkaEncoder: speedups?.kafkaEncoder ?? 'off' });
   const stop = (signal: string): void => {
     log.info('stopping', { component: 'main', signal });

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { ConfigError, helpText, parseConfig, type Schema } from './index.ts';
+import { ConfigError, helpText, parseConfig, unknownEnv, type Schema } from './index.ts';
 
 const schema = {
   memMib: { type: 'int', default: 256, min: 8, help: 'memory' },
@@ -48,4 +48,14 @@ test('help lists every option with defaults and env names', () => {
   assert.match(h2, /--idempotent, --no-idempotent +idem \(default: true\)/);
   assert.match(h2, /--url <text> +url\n/);
   assert.match(h2, /--n <n> +n \(default: 2; 1\.\.9\)/);
+});
+
+test('unknownEnv names prefixed variables that are no setting (a misspelt one left its default silently), not Kubernetes service links', () => {
+  const s = { memMib: { type: 'int', default: 256, help: 'm' }, vmId: { type: 'string', default: '', help: 'v' } } as const satisfies Schema;
+  const env = {
+    HARVESTER_MEM_MIB: '32', HARVESTER_VM_ID: 'a', HARVESTER_MEMMIB: '32', HARVESTER_VMID: 'b', OTHER_THING: '1',
+    HARVESTER_SERVICE_HOST: '10.0.0.1', HARVESTER_SERVICE_PORT: '9464', HARVESTER_SERVICE_PORT_METRICS: '9464', HARVESTER_PORT: 'tcp://10.0.0.1:9464', HARVESTER_PORT_9464_TCP_ADDR: '10.0.0.1',
+  };
+  assert.deepEqual(unknownEnv(s, env, 'HARVESTER_'), ['HARVESTER_MEMMIB', 'HARVESTER_VMID']);
+  assert.deepEqual(unknownEnv(s, { HARVESTER_MEM_MIB: '1' }, 'HARVESTER_'), []);
 });

@@ -27,6 +27,18 @@ export interface ParseSources {
 export const toFlag = (key: string): string => '--' + key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
 export const toEnv = (prefix: string, key: string): string => prefix + key.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase();
 
+/**
+ * Environment variables that carry `prefix` but name no setting of `schema`: a misspelt setting
+ * (HARVESTER_MEMMIB) silently left its default in force. Kubernetes' service links (a Service named
+ * like the prefix gives <PREFIX>SERVICE_HOST, <PREFIX>PORT_...) are not settings and are left out.
+ * Callers warn: an unknown flag is an error, but the environment also holds what others put there.
+ */
+export function unknownEnv(schema: Schema, env: Readonly<Record<string, string | undefined>>, prefix: string): string[] {
+  const known = new Set(Object.keys(schema).map((k) => toEnv(prefix, k)));
+  const serviceLink = new RegExp(`^${prefix}(SERVICE_HOST|SERVICE_PORT(_.*)?|PORT(_.*)?)$`);
+  return Object.keys(env).filter((name) => name.startsWith(prefix) && !known.has(name) && !serviceLink.test(name)).sort();
+}
+
 /** True when argv asks for help. */
 export const wantsHelp = (argv: readonly string[]): boolean => argv.includes('--help') || argv.includes('-h');
 

@@ -8,7 +8,7 @@
 import { reportKafkajsSpeedups } from './publish/kafkajs-speedups.ts';
 import { Kafka, logLevel } from 'kafkajs';
 import {
-  ConfigError, CkptError, connectProducer, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, settleWithin, startCommandMetricsServer, vmIdProblem, wantsHelp,
+  ConfigError, CkptError, connectProducer, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, settleWithin, startCommandMetricsServer, unknownEnv, vmIdProblem, wantsHelp,
 } from '@ckpt/common';
 import { runHarvest } from './harvest-loop.ts';
 import { HARVESTER_ENV_PREFIX, HARVESTER_SERVICE_SCHEMA } from './service-config.ts';
@@ -37,6 +37,8 @@ async function main(): Promise<number> {
     : vmIdProblem('HARVESTER_VM_ID', cfg.vmId);
   if (badId) throw new ConfigError([badId]);
   const log = createLogger({ service: 'harvester', vm: cfg.vmId });
+  const strays = unknownEnv(HARVESTER_SERVICE_SCHEMA, process.env, HARVESTER_ENV_PREFIX);
+  if (strays.length) log.warn('ignoring environment variables that name no setting (misspelt? --help lists them)', { component: 'main', variables: strays });
   const metrics = createHarvesterMetrics({ defaultMetrics: true, vm: cfg.vmId });
   const brokers = parseBrokers(cfg.kafkaBrokers);
   // Short retries in the client too (connecting, metadata): see the producer below.

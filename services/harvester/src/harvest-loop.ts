@@ -144,7 +144,20 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
   // rather than causing back-to-back pauses or a burst of catch-up epochs.
   let deadline = performance.now();
   let cutStart = 0;
-  let lastCutStart = -1;
+  // Interval stretch, counted as it passes (every 250 ms while a cut waits on a sink, and at the next
+  // cut's start), not only when the late cut starts: a dashboard must show a 50 s wait while it lasts.
+  let dueAt = -1; // when the next cut was due; -1 before the first cut
+  let stretchTo = 0;
+  const countStretch = (now: number): void => {
+    if (dueAt < 0) return;
+    const from = Math.max(dueAt, stretchTo);
+    if (now - from > 1) {
+      m?.intervalStretchSeconds.inc((now - from) / 1000);
+      stretchTo = now;
+    }
+  };
+  const stretchTimer = setInterval(() => countStretch(performance.now()), 250);
+  stretchTimer.unref();
   const newGeneration = (why: string, err?: unknown): void => {
     const generation = nextGeneration(cycle.generation, options.generationFloor?.() ?? 0, log);
     log.warn('starting a new generation', { reason: why, ...(err === undefined ? {} : { err }), generation });
@@ -168,11 +181,9 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
       options.beforeEpoch?.(cycle.epoch);
       lastCheck = undefined;
       cutStart = performance.now();
-      if (lastCutStart >= 0) {
-        const stretch = cutStart - lastCutStart - options.intervalMs;
-        if (stretch > 1) m?.intervalStretchSeconds.inc(stretch / 1000);
-      }
-      lastCutStart = cutStart;
+      countStretch(cutStart);
+      dueAt = cutStart + options.intervalMs;
+      stretchTo = dueAt;
       let commit: EpochCommit;
       try {
         commit = await cycle.cut(sink);
@@ -222,6 +233,7 @@ export async function runHarvest(source: DirtySource, options: HarvestRunOptions
     }
   } finally {
     clearInterval(relief);
+    clearInterval(stretchTimer);
     source.pause();
   }
   const st = source.stats();

@@ -430,3 +430,28 @@ test('a large baseline lets the event loop run (timers, signals, /healthz): a 16
     source.close();
   }
 });
+
+test('interval stretch is counted while a sink holds an epoch back, not only once the late epoch is cut', async () => {
+  const source = sim({ workload: 'random' });
+  const metrics = createHarvesterMetrics();
+  const stretch = async (): Promise<number> => (await metrics.intervalStretchSeconds.get()).values.reduce((n, v) => n + v.value, 0);
+  let commits = 0;
+  let during = -1;
+  // Epoch 2's commit waits 1.5 s (a broker or replicator away); 1 s into that wait, the counter is read.
+  const slow: EpochSink = {
+    begin: () => {}, segment: () => {},
+    commit: async () => {
+      if (++commits !== 3) return;
+      await sleep(1000);
+      during = await stretch();
+      await sleep(500);
+    },
+  };
+  try {
+    await runHarvest(source, { epochs: 4, intervalMs: 20, sinks: [slow], metrics });
+    assert.ok(during > 0.8, `1 s into the wait the stretch read ${during} s`);
+    assert.ok(await stretch() >= 1.4, `after it, ${await stretch()} s`);
+  } finally {
+    source.close();
+  }
+});

@@ -105,6 +105,35 @@ test('a replicator that never reports progress stalls the window only for window
   assert.equal(sent.length, 4, 'begin and three batches');
 });
 
+test('a window held by a broker outage (our sends fail) is not blamed on the replicator: no stall declared, the wait counted as in-flight', async () => {
+  const metrics = createHarvesterMetrics();
+  let brokerUp = false;
+  const sent: Buffer[] = [];
+  const producer = {
+    send: (r: { messages: { value: Buffer }[] }) => {
+      if (!brokerUp) return Promise.reject(Object.assign(new Error('Connection error: connect ECONNREFUSED 127.0.0.1:9092'), { name: 'KafkaJSConnectionError' }));
+      for (const m of r.messages) sent.push(m.value);
+      return Promise.resolve([]);
+    },
+  } as unknown as Producer;
+  const p = new KafkaPublisher({ producer, topic: 't', vm: 'vm', maxRecordBytes: 3 * PAGE + 1024, compression: 'none', maxInFlightBytes: 1 << 20, windowBytes: 4 * PAGE, publishTimeoutMs: 5000, windowStallMs: 150, metrics, log: silentLogger });
+  const cause = async (c: string): Promise<number> => (await metrics.backpressureSeconds.get()).values.find((v) => v.labels.cause === c)!.value;
+  await p.begin(header);
+  const waiting = p.segment(header, segment(9));
+  await new Promise((r) => setTimeout(r, 800));
+  assert.equal((await metrics.windowStalls.get()).values[0]?.value ?? 0, 0, 'no stall declared while the broker refuses records (it was, after windowStallMs, and the window dropped)');
+  assert.ok(await cause('in-flight') >= 0.3, `in-flight ${await cause('in-flight')} s`);
+  assert.ok(await cause('replication-window') < 0.3, `replication-window ${await cause('replication-window')} s`);
+  assert.match(p.problem() ?? '', /cannot publish to Kafka for \d+ s: Connection error/);
+  // The broker comes back and the replicator reports the epoch applied: production goes on.
+  brokerUp = true;
+  const back = setInterval(() => p.window.marker({ generation: 5, epoch: 1, part: PART_COMMIT - 1, imageGeneration: 5, imageEpoch: 0, stale: false, atMs: 0 }), 20);
+  await waiting;
+  clearInterval(back);
+  await p.drain();
+  assert.equal(sent.length, 4, 'begin and three batches, none lost');
+});
+
 test('the time held back by the window counts while the wait lasts, not only when it ends (a dashboard must see a stall)', async () => {
   const metrics = createHarvesterMetrics();
   const p = new KafkaPublisher({ producer: fakeProducer([]), topic: 't', vm: 'vm', maxRecordBytes: 3 * PAGE + 1024, compression: 'none', maxInFlightBytes: 1 << 20, windowBytes: 4 * PAGE, publishTimeoutMs: 1000, windowStallMs: 1500, metrics, log: silentLogger });
@@ -129,12 +158,15 @@ function offsetProducer(sent: Buffer[]): Producer {
   } as unknown as Producer;
 }
 
-test('a stalled window waits on while the broker still holds the records, is cleared once retention dropped them, and waits at most windowMaxWaitMs', async () => {
-  // logStart: what the broker reports; `sent` holds every record produced, at offsets 0, 1, ...
-  const cases: { name: string; logStart: (sent: number) => bigint; maxWaitMs?: number }[] = [
-    { name: 'the oldest waited-for record is exactly the log start: still there', logStart: () => 0n },
-    { name: 'the log start is one past every record produced: all gone', logStart: (n) => BigInt(n) },
-    { name: 'still there, but waited on longer than windowMaxWaitMs', logStart: () => 0n, maxWaitMs: 450 },
+test('a stalled window waits on while the broker still holds the records (or does not answer), is cleared once retention dropped them, and waits at most windowMaxWaitMs', async () => {
+  // logStart: what the broker reports (-1: the broker does not answer); `sent` holds every record
+  // produced, at offsets 0, 1, ...
+  const unreachable = (): bigint => -1n;
+  const cases: { name: string; logStart: (sent: number) => bigint; maxWaitMs?: number; waits: boolean }[] = [
+    { name: 'the oldest waited-for record is exactly the log start: still there', logStart: () => 0n, waits: true },
+    { name: 'the broker does not answer: it is away, not the replicator, and producing more would not help', logStart: unreachable, waits: true },
+    { name: 'the log start is one past every record produced: all gone', logStart: (n) => BigInt(n), waits: false },
+    { name: 'still there, but waited on longer than windowMaxWaitMs', logStart: () => 0n, maxWaitMs: 450, waits: false },
   ];
   for (const c of cases) {
     const sent: Buffer[] = [];
@@ -143,12 +175,16 @@ test('a stalled window waits on while the broker still holds the records, is cle
     const p = new KafkaPublisher({
       producer: offsetProducer(sent), topic: 't', vm: 'vm', maxRecordBytes: 3 * PAGE + 1024, compression: 'none', maxInFlightBytes: 1 << 20, windowBytes: 4 * PAGE,
       publishTimeoutMs: 1000, windowStallMs: 150, windowMaxWaitMs: c.maxWaitMs, metrics, log: silentLogger,
-      logStartOffset: (partition) => { asked.push(partition); return Promise.resolve(c.logStart(sent.length)); },
+      logStartOffset: (partition) => {
+        asked.push(partition);
+        const start = c.logStart(sent.length);
+        return start < 0n ? Promise.reject(new Error('connect ECONNREFUSED 127.0.0.1:9092')) : Promise.resolve(start);
+      },
     });
     await p.begin(header);
     let done = false;
     const seg = p.segment(header, segment(9)).then(() => { done = true; });
-    if (c.maxWaitMs === undefined && c.logStart(1) === 0n) {
+    if (c.waits) {
       // Offsets 0 (begin) and 1 (batch 0) wait for the replicator and are still on the broker.
       for (const deadline = Date.now() + 2000; asked.length < 2 && Date.now() < deadline;) await new Promise((r) => setTimeout(r, 20));
       assert.ok(asked.length >= 2 && asked.every((x) => x === 0), `${c.name}: asked about partitions ${JSON.stringify(asked)}`);

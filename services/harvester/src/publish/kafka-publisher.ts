@@ -199,9 +199,13 @@ export class KafkaPublisher implements EpochSink {
       let probedAt = 0;
       // Counted as it passes, not when the wait ends: a dashboard must show a stall while it lasts.
       let countedTo = t0;
+      // While our own sends fail, the broker is what holds the window (the replicator cannot apply what
+      // it cannot fetch, nor send its markers): counted as in-flight, and no stall is declared. A broker
+      // outage used to be blamed on the replicator, and after 10 s the window was dropped for it.
+      let brokerTrouble = false;
       const count = (): void => {
         const now = performance.now();
-        this.o.metrics?.backpressureSeconds.inc({ cause: 'replication-window' }, (now - countedTo) / 1000);
+        this.o.metrics?.backpressureSeconds.inc({ cause: this.sendProblem ? 'in-flight' : 'replication-window' }, (now - countedTo) / 1000);
         countedTo = now;
       };
       while (this.window.unappliedBytes > 0 && this.window.unappliedBytes + size > this.o.windowBytes) {
@@ -214,13 +218,22 @@ export class KafkaPublisher implements EpochSink {
         await this.window.changed(250);
         count();
         this.throwIfFailed();
+        if (this.sendProblem) {
+          if (!brokerTrouble) this.o.log.warn('Kafka is not taking records: the replication window waits for the broker, not the replicator', { vm: this.o.vm, unapplied: this.window.unappliedBytes, problem: this.sendProblem.message });
+          brokerTrouble = true;
+          probedAt = performance.now(); // the stall clock restarts once the broker takes records again
+          continue;
+        }
         const stall = this.o.windowStallMs ?? 10_000;
         if (stall > 0 && performance.now() - Math.max(t0, this.window.lastChangeMs, probedAt) > stall) {
           const maxWait = this.o.windowMaxWaitMs ?? 6 * stall;
-          if (performance.now() - Math.max(t0, this.window.lastChangeMs) < maxWait && await this.recordsStillOnBroker()) {
-            // The replicator is away (restarting, rebalancing), not behind lost records: keep waiting.
+          const there = performance.now() - Math.max(t0, this.window.lastChangeMs) < maxWait ? await this.recordsStillOnBroker() : 'gone';
+          if (there !== 'gone') {
+            // The replicator is away (restarting, rebalancing), or the broker is: not behind lost records. Keep waiting.
             probedAt = performance.now();
-            this.o.log.warn('the replicator reports no progress; the records it has not processed are still on the broker: waiting for it', { vm: this.o.vm, unapplied: this.window.unappliedBytes, stalledMs: Math.round(performance.now() - Math.max(t0, this.window.lastChangeMs)), lastMarker: this.window.lastMarker });
+            const stalledMs = Math.round(performance.now() - Math.max(t0, this.window.lastChangeMs));
+            if (there === 'there') this.o.log.warn('the replicator reports no progress; the records it has not processed are still on the broker: waiting for it', { vm: this.o.vm, unapplied: this.window.unappliedBytes, stalledMs, lastMarker: this.window.lastMarker });
+            else this.o.log.warn('no progress, and the broker does not answer: waiting for it (producing more would not help)', { vm: this.o.vm, unapplied: this.window.unappliedBytes, stalledMs });
             continue;
           }
           this.o.log.warn('the replicator reports no progress: resuming without the replication window', { vm: this.o.vm, unapplied: this.window.unappliedBytes, stalledMs: Math.round(performance.now() - Math.max(t0, this.window.lastChangeMs)), lastMarker: this.window.lastMarker });
@@ -250,20 +263,22 @@ export class KafkaPublisher implements EpochSink {
   }
 
   /**
-   * Are the oldest records the window waits for still on the broker? False when they are gone
-   * (retention) or when that cannot be told (no `logStartOffset`, or it failed): then only clearing the
-   * window avoids waiting for a marker that never comes. A record not yet acknowledged is still ours.
+   * Are the oldest records the window waits for still on the broker? 'gone' when retention took them,
+   * or when that cannot be told (no `logStartOffset`): then only clearing the window avoids waiting for
+   * a marker that never comes. 'unreachable' when the broker did not answer the question: the broker,
+   * not the replicator, is what is away, and producing more would not help. A record not yet
+   * acknowledged is still ours.
    */
-  private async recordsStillOnBroker(): Promise<boolean> {
+  private async recordsStillOnBroker(): Promise<'there' | 'gone' | 'unreachable'> {
     const head = this.window.oldest();
-    if (!this.o.logStartOffset || !head) return false;
-    if (!head.acked) return true;
-    if (head.offset === undefined || head.partition === undefined) return false;
+    if (!this.o.logStartOffset || !head) return 'gone';
+    if (!head.acked) return 'there';
+    if (head.offset === undefined || head.partition === undefined) return 'gone';
     try {
-      return (await this.o.logStartOffset(head.partition)) <= head.offset;
+      return (await this.o.logStartOffset(head.partition)) <= head.offset ? 'there' : 'gone';
     } catch (err) {
-      this.o.log.warn('cannot read the topic\'s log start offset', { vm: this.o.vm, err });
-      return false;
+      this.o.log.warn('cannot read the topic\'s log start offset: is the broker reachable?', { vm: this.o.vm, err });
+      return 'unreachable';
     }
   }
 

@@ -740,7 +740,8 @@ function checkKafka(ov: Overlay, uses: KafkaUse[], report: (o: K8sObject, msg: s
     const auth = isObject(user.spec) && isObject(user.spec.authentication) ? user.spec.authentication.type : undefined;
     if (c.kafkaSaslMechanism === 'scram-sha-512' && auth !== 'scram-sha-512') report(user, `authentication is ${String(auth)} but the ${u.service} uses SASL scram-sha-512`);
     const need: [string, string, string, boolean][] = u.service === 'harvester'
-      ? [['topic', String(c.pagesTopic), 'Write', false], ['topic', String(c.controlTopic), 'Read', false], ['group', 'ckpt-harvester-', 'Read', true]]
+      ? [['topic', String(c.pagesTopic), 'Write', false], ['topic', String(c.controlTopic), 'Read', false], ['group', 'ckpt-harvester-', 'Read', true], ['group', 'ckpt-harvester-', 'Delete', true],
+        ...(c.writerHeartbeatMs === 0 ? [] : [['topic', String(c.controlTopic), 'Write', false] as [string, string, string, boolean]])]
       : [['topic', String(c.pagesTopic), 'Read', false], ['topic', String(c.controlTopic), 'Write', false], ['topic', String(c.deadLetterTopic), 'Write', false], ['group', String(c.groupId), 'Read', false]];
     if (c.kafkaIdempotent === true) need.push(['cluster', 'kafka-cluster', 'IdempotentWrite', false]);
     for (const [type, name, op, prefix] of need) {

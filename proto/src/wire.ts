@@ -100,9 +100,19 @@ export interface AppliedMarker {
   stale: boolean;
   atMs: number;
 }
+/** A harvester's "I publish as this VM" (WriterHeartbeat in ckpt.proto). */
+export interface WriterHeartbeat {
+  writerId: string;
+  host: string;
+  pid: number;
+  startedAtMs: number;
+  generation: number;
+  atMs: number;
+}
 export type ControlRecord =
   | { vm: string; kind: 'resync'; resync: ResyncRequest }
-  | { vm: string; kind: 'applied'; applied: AppliedMarker };
+  | { vm: string; kind: 'applied'; applied: AppliedMarker }
+  | { vm: string; kind: 'writer'; writer: WriterHeartbeat };
 
 const MAX_U32 = 0xffffffff;
 const DIGEST_RE = /^[0-9a-f]{16}$/;
@@ -120,7 +130,8 @@ export function encodeEpochRecord(r: EpochRecord): Uint8Array {
 export function encodeControlRecord(r: ControlRecord): Uint8Array {
   const body: Record<string, unknown> = { schemaVersion: SCHEMA_VERSION, vm: r.vm };
   if (r.kind === 'resync') body.resync = r.resync;
-  else body.applied = r.applied;
+  else if (r.kind === 'applied') body.applied = r.applied;
+  else body.writer = r.writer;
   return ControlRecordType.encode(body).finish();
 }
 
@@ -252,5 +263,16 @@ export function decodeControlRecord(buf: Uint8Array): ControlRecord {
       },
     };
   }
-  throw invalid('control record has no body (resync or applied)');
+  if (o.body === 'writer') {
+    const w = o.writer as Record<string, unknown>;
+    const writerId = typeof w.writerId === 'string' ? w.writerId : '';
+    if (writerId === '' || writerId.length > 200) throw invalid('writer.writerId is empty or longer than 200 characters');
+    return {
+      vm, kind: 'writer', writer: {
+        writerId, host: (typeof w.host === 'string' ? w.host : '').slice(0, 200), pid: u32(w.pid ?? 0, 'writer.pid'), startedAtMs: safeInt(w.startedAtMs, 'writer.startedAtMs'),
+        generation: safeInt(w.generation, 'writer.generation'), atMs: safeInt(w.atMs, 'writer.atMs'),
+      },
+    };
+  }
+  throw invalid('control record has no body (resync, applied or writer)');
 }

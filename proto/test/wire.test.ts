@@ -41,6 +41,10 @@ test('begin, batch and commit records round-trip', () => {
   assert.equal(olderBack.kind === 'commit' && olderBack.commit.pausedAtMs, 3);
   const ctl = { vm: 'vm-1', kind: 'applied' as const, applied: { generation: 3, epoch: 6, part: 3, imageGeneration: 3, imageEpoch: 5, stale: false, atMs: 5 } };
   assert.deepEqual(decodeControlRecord(encodeControlRecord(ctl)), ctl);
+  const writer = { vm: 'vm-1', kind: 'writer' as const, writer: { writerId: 'w-1', host: 'node-a', pid: 42, startedAtMs: 7, generation: 3, atMs: 9 } };
+  assert.deepEqual(decodeControlRecord(encodeControlRecord(writer)), writer);
+  assert.throws(() => decodeControlRecord(encodeControlRecord({ ...writer, writer: { ...writer.writer, writerId: '' } })),
+    (e: unknown) => e instanceof WireError && /writer\.writerId is empty/.test(e.message), 'a heartbeat without a writer id is refused');
 });
 
 test('bad records are rejected with a code that says why', () => {

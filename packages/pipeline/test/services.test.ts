@@ -466,6 +466,50 @@ test('a broker outage shows at once in the harvester: /readyz 503 within seconds
   }
 });
 
+test('two harvesters with one VM id: the later one stops (CKPT_ERR_VM_ID_IN_USE), the earlier one says so and goes on; a restart with the same id is no conflict', async () => {
+  const servers = await startServers({ partitions: 1 });
+  const port = await freePort();
+  const env = { HARVESTER_VM_ID: 'twin-vm', HARVESTER_SOURCE: 'sim', HARVESTER_MEM_MIB: '16', HARVESTER_WINDOW_BYTES: '0', HARVESTER_WRITER_HEARTBEAT_MS: '1000' };
+  let firstLog = '';
+  let secondLog = '';
+  let thirdLog = '';
+  let sawTwin = false;
+  const first = spawnHarvester(servers, { ...env, HARVESTER_METRICS_PORT: String(port) }, (line) => {
+    firstLog = (firstLog + line + '\n').slice(-6000);
+    if (line.includes('another harvester started as this VM')) sawTwin = true;
+  });
+  const children = [first];
+  const metric = async (): Promise<number> => Number(/^ckpt_harvester_duplicate_writers(?:\{[^}]*\})? (\d+)/m.exec(await fetch(`http://127.0.0.1:${port}/metrics`).then((r) => r.text(), () => ''))?.[1] ?? -1);
+  try {
+    await new Promise((r) => setTimeout(r, 5000));
+    const second = spawnHarvester(servers, env, (line) => { secondLog = (secondLog + line + '\n').slice(-6000); });
+    children.push(second);
+    let maxSeen = 0;
+    const exited = new Promise<number | null>((r) => second.once('exit', (code) => r(code)));
+    const poll = setInterval(() => { void metric().then((n) => { maxSeen = Math.max(maxSeen, n); }); }, 250);
+    const code = await Promise.race([exited, new Promise<'running'>((r) => setTimeout(() => r('running'), 25_000))]);
+    // The gauge holds a writer for three heartbeats after its last: the first one may hear the second late.
+    for (const deadline = Date.now() + 4000; Date.now() < deadline && maxSeen < 1;) await new Promise((r) => setTimeout(r, 250));
+    clearInterval(poll);
+    assert.equal(code, 1, `the second harvester exits 1 (got ${code}); its log: ${secondLog.slice(-2000)}`);
+    assert.match(secondLog, /"code":"CKPT_ERR_VM_ID_IN_USE"/);
+    assert.match(secondLog, /another harvester publishes as VM twin-vm: .* pid \d+ .*this one stops/);
+    assert.equal(first.exitCode, null, `the first one goes on; its log: ${firstLog.slice(-2000)}`);
+    assert.ok(sawTwin, `the first one says another harvester started as its VM; its log: ${firstLog.slice(-2000)}`);
+    assert.equal(maxSeen, 1, 'ckpt_harvester_duplicate_writers showed the second writer');
+    // The same VM restarted (the first one stopped, a new process with the same id): no conflict.
+    await stopChild(first);
+    const third = spawnHarvester(servers, env, (line) => { thirdLog = (thirdLog + line + '\n').slice(-6000); });
+    children.push(third);
+    await new Promise((r) => setTimeout(r, 8000));
+    assert.equal(third.exitCode, null, `a restart with the same id keeps running; its log: ${thirdLog.slice(-2000)}`);
+    assert.doesNotMatch(thirdLog, /CKPT_ERR_VM_ID_IN_USE|another harvester/);
+  } finally {
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) await stopChild(c);
+    await servers.stop();
+  }
+});
+
 test('the replicator\'s /readyz tells the truth: 503 within seconds for a Redis that holds the connection but does not answer, and for a broker that went away', async () => {
   const servers = await startServers({ partitions: 1 });
   const port = await freePort();

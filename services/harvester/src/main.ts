@@ -10,12 +10,14 @@ import { Kafka, logLevel } from 'kafkajs';
 import {
   ConfigError, CkptError, connectProducer, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, settleWithin, startCommandMetricsServer, unknownEnv, vmIdProblem, wantsHelp,
 } from '@ckpt/common';
+import { encodeControlRecord } from '@ckpt/proto';
 import { runHarvest } from './harvest-loop.ts';
 import { HARVESTER_ENV_PREFIX, HARVESTER_SERVICE_SCHEMA } from './service-config.ts';
 import { createHarvesterMetrics } from './metrics.ts';
 import { ControlListener } from './publish/control-listener.ts';
 import { KafkaPublisher } from './publish/kafka-publisher.ts';
 import { LogStartOffsets } from './publish/log-start.ts';
+import { WriterGuard } from './publish/writer-guard.ts';
 import { openSource } from './sources/open-source.ts';
 import type { EpochSink } from './epoch/epoch-types.ts';
 
@@ -77,6 +79,10 @@ async function main(): Promise<number> {
   }) ?? null;
   const listener = kafka ? new ControlListener(kafka, cfg.controlTopic, log.child({ component: 'control' })) : null;
   const logStart = kafka ? new LogStartOffsets(kafka, cfg.pagesTopic) : null;
+  let guard: WriterGuard | null = null;
+  // Set from the guard's callback (TypeScript would narrow a plain `let` to null where it is read).
+  const stopped: { intruder: CkptError | null } = { intruder: null };
+  let generation = 0;
   try {
     const sinks: EpochSink[] = [];
     if (producer && listener) {
@@ -93,8 +99,23 @@ async function main(): Promise<number> {
         signal: abort.signal,
       });
       publisher = pub;
-      listener.register(cfg.vmId, (m) => pub.window.marker(m));
+      if (cfg.writerHeartbeatMs > 0) {
+        guard = new WriterGuard({
+          vm: cfg.vmId, periodMs: cfg.writerHeartbeatMs, generation: () => generation, log: log.child({ component: 'writer-guard' }),
+          send: async (writer) => {
+            await producer.send({ topic: cfg.controlTopic, acks: -1, messages: [{ key: cfg.vmId, value: Buffer.from(encodeControlRecord({ vm: cfg.vmId, kind: 'writer', writer })) }] });
+          },
+          onOthers: (n) => metrics.duplicateWriters.set(n),
+          onIntruder: (err) => {
+            stopped.intruder = err;
+            abort.abort();
+          },
+        });
+      }
+      const g = guard;
+      listener.register(cfg.vmId, (m) => pub.window.marker(m), g ? (w) => g.heard(w) : undefined);
       await listener.start();
+      g?.start();
       sinks.push(pub);
     }
     ready = true;
@@ -103,10 +124,14 @@ async function main(): Promise<number> {
       signal: abort.signal, sinks, cycle: { precopyRounds: cfg.precopyRounds, precopyAboveEntries: cfg.precopyAboveEntries, generation: Date.now() },
       takeResyncRequest: listener ? () => listener.takeResyncRequest(cfg.vmId) : undefined,
       generationFloor: listener ? () => listener.generationFloor(cfg.vmId) : undefined,
+      onEpoch: (c) => { generation = c.generation; },
     });
+    // Stopped because another harvester publishes as this VM: a failure, named, not a clean stop.
+    if (stopped.intruder) throw stopped.intruder;
     log.info('stopped', { component: 'main', ...summary });
     return summary.mismatches > 0 || summary.vcpuError ? 1 : 0;
   } finally {
+    guard?.stop();
     source.close();
     await listener?.stop();
     await logStart?.close();

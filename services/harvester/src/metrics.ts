@@ -28,6 +28,7 @@ export interface HarvesterMetrics {
   resyncRequests: Counter;
   windowStalls: Counter;
   ringProbeFailed: Gauge;
+  duplicateWriters: Gauge;
 }
 
 /** The values of `kind` on ckpt_harvester_epochs_total. */
@@ -77,9 +78,10 @@ export function createHarvesterMetrics(options: { defaultMetrics?: boolean; vm?:
     inFlightBytes: new Gauge({ name: 'ckpt_harvester_in_flight_bytes', help: 'Bytes queued for Kafka or sent and not yet acknowledged', registers }),
     backpressureSeconds,
     intervalStretchSeconds: new Counter({ name: 'ckpt_harvester_interval_stretch_seconds_total', help: 'Time by which epoch intervals exceeded the configured interval (backpressure or slow epochs)', registers }),
-    windowStalls: new Counter({ name: 'ckpt_harvester_window_stalls_total', help: 'Times the replication window was cleared because the replicator reported no progress: after the stall timeout once the broker no longer held (or could not say it held) the records waited for, else after the longest wait', registers }),
+    windowStalls: new Counter({ name: 'ckpt_harvester_window_stalls_total', help: 'Times the replication window was cleared because the replicator reported no progress: after the stall timeout once the broker no longer held the records waited for (or cannot be asked), else after the longest wait', registers }),
     resyncRequests: new Counter({ name: 'ckpt_harvester_resync_requests_total', help: 'Resync requests received from replicators (each starts a new generation with a baseline)', registers }),
     lastEpoch: new Gauge({ name: 'ckpt_harvester_last_epoch', help: 'Number of the last epoch cut', registers }),
+    duplicateWriters: new Gauge({ name: 'ckpt_harvester_duplicate_writers', help: 'Other harvesters heard publishing as this VM (same VM id): they interleave records and keep the standby stale; the later one stops by itself', registers }),
     ringProbeFailed: new Gauge({ name: 'ckpt_harvester_ring_probe_failed', help: '1 when the kernel refused or did not log the dirty-ring probe: a ring overrun harvested at a pause then shows one epoch late, after that epoch was committed', registers }),
   };
 }

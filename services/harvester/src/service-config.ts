@@ -21,4 +21,5 @@ export const HARVESTER_SERVICE_SCHEMA = {
   maxInFlightBytes: { type: 'int', default: 16 << 20, min: 1 << 20, help: 'bytes queued or unacknowledged by Kafka before the harvester waits' },
   windowBytes: { type: 'int', default: 0, min: 0, help: 'bytes produced but not yet applied by the replicator before the harvester waits (0 = off; keep it under the topic\'s retention)' },
   publishTimeoutMs: { type: 'int', default: 30_000, min: 1000, help: 'a record that cannot be published for this long ends the generation (a new baseline follows)' },
+  writerHeartbeatMs: { type: 'int', default: 5000, min: 0, max: 600_000, help: 'how often this harvester tells the others on the control topic that it publishes as its VM; a second harvester with the same VM id stops within about two of these (0 = off)' },
 } as const satisfies Schema;

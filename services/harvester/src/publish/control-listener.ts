@@ -13,11 +13,11 @@
 import { randomUUID } from 'node:crypto';
 import type { Admin, Consumer, Kafka } from 'kafkajs';
 import { settleWithin, type Logger } from '@ckpt/common';
-import { decodeControlRecord, type AppliedMarker } from '@ckpt/proto';
+import { decodeControlRecord, type AppliedMarker, type WriterHeartbeat } from '@ckpt/proto';
 
 export class ControlListener {
   private consumer: Consumer;
-  private readonly vms = new Map<string, { onMarker: (m: AppliedMarker) => void; resync: string | null; floor: number }>();
+  private readonly vms = new Map<string, { onMarker: (m: AppliedMarker) => void; onWriter?: (w: WriterHeartbeat) => void; resync: string | null; floor: number }>();
   /** This process's own consumer group (deleted again at stop()). */
   readonly groupId = `ckpt-harvester-${randomUUID()}`;
 
@@ -32,9 +32,9 @@ export class ControlListener {
 
   private stopping = false;
 
-  /** Routes this VM's markers to `onMarker` and keeps its resync requests. */
-  register(vm: string, onMarker: (m: AppliedMarker) => void): void {
-    this.vms.set(vm, { onMarker, resync: null, floor: 0 });
+  /** Routes this VM's markers to `onMarker` and its writer heartbeats to `onWriter`, and keeps its resync requests. */
+  register(vm: string, onMarker: (m: AppliedMarker) => void, onWriter?: (w: WriterHeartbeat) => void): void {
+    this.vms.set(vm, { onMarker, onWriter, resync: null, floor: 0 });
   }
 
   async start(): Promise<void> {
@@ -51,6 +51,7 @@ export class ControlListener {
           const rec = decodeControlRecord(message.value);
           if (rec.vm !== message.key!.toString()) return Promise.resolve();
           if (rec.kind === 'applied') entry.onMarker(rec.applied);
+          else if (rec.kind === 'writer') entry.onWriter?.(rec.writer);
           else {
             // Every request read was made after this process started (see the class comment), whatever
             // the clocks say.

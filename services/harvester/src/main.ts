@@ -8,7 +8,7 @@
 import { reportKafkajsSpeedups } from './publish/kafkajs-speedups.ts';
 import { Kafka, logLevel } from 'kafkajs';
 import {
-  ConfigError, CkptError, connectProducer, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, settleWithin, startCommandMetricsServer, unknownEnv, vmIdProblem, wantsHelp,
+  ConfigError, CkptError, connectProducer, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, settleWithin, startCommandMetricsServer, toEnv, unknownEnv, vmIdProblem, wantsHelp,
 } from '@ckpt/common';
 import { encodeControlRecord } from '@ckpt/proto';
 import { runHarvest } from './harvest-loop.ts';
@@ -23,6 +23,19 @@ import type { EpochSink } from './epoch/epoch-types.ts';
 
 
 const USAGE = 'Usage: node --import tsx services/harvester/src/main.ts [options]\n\nEvery option is also a HARVESTER_* environment variable (flags win):';
+
+/**
+ * `f`, whose configuration errors name flags (they are shared with `npm run harvest`), with each flag's
+ * HARVESTER_* variable beside it: a service is configured through those.
+ */
+function withEnvNames<T>(f: () => T): T {
+  try {
+    return f();
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    throw new ConfigError(err.problems.map((p) => p.replace(/--([a-z][a-z-]*)/g, (flag, name: string) => `${flag} (${toEnv(HARVESTER_ENV_PREFIX, name.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase()))})`)), { cause: err });
+  }
+}
 
 /** kafkajs's retries inside one call: a second or two, then the caller's own retry loop decides. */
 const KAFKAJS_RETRY = { retries: 2, initialRetryTime: 100, maxRetryTime: 1000 };
@@ -58,7 +71,7 @@ async function main(): Promise<number> {
   const server = cfg.metricsPort >= 0
     ? await startCommandMetricsServer('CKPT_ERR_METRICS_PORT', metrics.registry, cfg.metricsPort, () => (ready ? publisher?.problem() ?? null : 'guest not started or Kafka not connected'), 'HARVESTER_METRICS_PORT (--metrics-port)')
     : null;
-  const { source, fallbackReason } = openSource(cfg);
+  const { source, fallbackReason } = withEnvNames(() => openSource(cfg));
   if (fallbackReason) log.warn('using the simulator', { component: 'source', reason: fallbackReason });
   log.info('started', { component: 'main', source: source.kind, mode: source.mode, metricsPort: server?.port ?? 'off', kafkaCrc32c: speedups?.kafkaCrc32c ?? 'off', kafkaEncoder: speedups?.kafkaEncoder ?? 'off' });
   const stop = (signal: string): void => {

@@ -31,6 +31,8 @@ export class ControlListener {
   }
 
   private stopping = false;
+  /** Its group exists on the broker (start() got as far as running the consumer). */
+  private joined = false;
 
   /** Routes this VM's markers to `onMarker` and its writer heartbeats to `onWriter`, and keeps its resync requests. */
   register(vm: string, onMarker: (m: AppliedMarker) => void, onWriter?: (w: WriterHeartbeat) => void): void {
@@ -65,6 +67,7 @@ export class ControlListener {
         return Promise.resolve();
       },
     });
+    this.joined = true;
     // kafkajs keeps the seeks and applies them when the partitions are assigned. A consumer that crashed
     // meanwhile (the broker went away while it joined) refuses them ("Consumer group was not
     // initialized"): then its partitions are read from the beginning, as the class comment says, and the
@@ -121,6 +124,7 @@ export class ControlListener {
   async stop(): Promise<void> {
     this.stopping = true;
     await settleWithin(this.consumer.disconnect(), 3000);
+    if (!this.joined) return; // no group to delete (it failed to start: no line about a group it never had)
     const deleted = this.withAdmin((admin) => admin.deleteGroups([this.groupId])).catch((err: unknown) => {
       this.log.info('cannot delete this harvester\'s consumer group of the control topic; the broker expires it', { group: this.groupId, err });
     });

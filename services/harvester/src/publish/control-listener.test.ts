@@ -44,14 +44,25 @@ test('stop() deletes the process\'s own consumer group once its consumer left (o
   // The embedded broker answers no DeleteGroups (nor ListGroups): the order of calls is checked on a stand-in.
   const calls: string[] = [];
   const fake = {
-    consumer: () => ({ disconnect: () => { calls.push('consumer.disconnect'); return Promise.resolve(); } }),
+    consumer: () => ({
+      connect: () => Promise.resolve(), subscribe: () => Promise.resolve(), run: () => Promise.resolve(), seek: () => undefined,
+      disconnect: () => { calls.push('consumer.disconnect'); return Promise.resolve(); },
+    }),
     admin: () => ({
       connect: () => { calls.push('admin.connect'); return Promise.resolve(); },
+      fetchTopicOffsets: () => Promise.resolve([{ partition: 0, offset: '0' }]),
       deleteGroups: (ids: string[]) => { calls.push(`deleteGroups ${ids.join(',')}`); return Promise.resolve([]); },
       disconnect: () => { calls.push('admin.disconnect'); return Promise.resolve(); },
     }),
   } as unknown as Kafka;
+  // Never started (its start failed): no group on the broker, nothing to delete.
+  const unstarted = new ControlListener(fake, 'ctl', silentLogger);
+  await unstarted.stop();
+  assert.deepEqual(calls, ['consumer.disconnect']);
+  calls.length = 0;
   const listener = new ControlListener(fake, 'ctl', silentLogger);
+  await listener.start();
+  calls.length = 0;
   await listener.stop();
   assert.match(listener.groupId, /^ckpt-harvester-[0-9a-f-]{36}$/);
   assert.deepEqual(calls, ['consumer.disconnect', 'admin.connect', `deleteGroups ${listener.groupId}`, 'admin.disconnect']);

@@ -16,8 +16,8 @@ import { validateAlertRules } from '../src/alert-rules.ts';
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const PROMETHEUS = join(ROOT, 'deploy/prometheus');
 const RUNBOOK = join(ROOT, 'docs/alerts.md');
-/** 21 alerts and 1 recording rule; a new rule changes this number on purpose. */
-const RULES = 22;
+/** 22 alerts and 1 recording rule; a new rule changes this number on purpose. */
+const RULES = 23;
 
 type Json = Record<string, unknown>;
 const list = (v: unknown): Json[] => (Array.isArray(v) ? (v as Json[]) : []);

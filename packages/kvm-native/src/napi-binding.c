@@ -121,7 +121,7 @@ static bool get_args(napi_env env, napi_callback_info info, size_t want, napi_va
 
 /*
  * The argument helpers make one N-API call where that call itself reports a wrong type (its status),
- * rather than napi_typeof first: drain() runs inside the checkpoint pause, where each N-API function
+ * rather than napi_typeof first: the drain runs inside the checkpoint pause, where each N-API function
  * it enters is cold after the guest has run. Dropping the five extra calls per drain saved 0.4-1.7 us
  * at 100 pages and 4.5-5.3 us at 1000 in an A/B within one process (8 GiB guest, 65536-entry ring).
  */
@@ -221,7 +221,6 @@ static bool get_handle(napi_env env, napi_value v, struct vm_handle **out) {
   return true;
 }
 
-/* The live VM behind argument 0, or a thrown error when it was destroyed. */
 /* False, with CKPT_ERR_KVM_STATE thrown, once the VM was destroyed. */
 static bool vm_alive(napi_env env, const struct vm_handle *h) {
   if (h->vm != NULL) return true;
@@ -235,6 +234,7 @@ static bool vm_alive(napi_env env, const struct vm_handle *h) {
   return false;
 }
 
+/* The live VM behind argument 0, or a thrown error when it was destroyed. */
 static bool get_vm(napi_env env, napi_value v, struct vm **out) {
   struct vm_handle *h;
   if (!get_handle(env, v, &h)) return false;
@@ -437,47 +437,6 @@ static napi_value js_grant_writes(napi_env env, napi_callback_info info) {
 
 /* ---------------------------------------------------------------- harvest */
 
-/* drain()'s work once its arguments are found: into slots[at..len) and offsets[at..len). */
-static napi_value drain_at(napi_env env, struct vm *vm, uint32_t *slots, uint32_t *offsets, size_t len, uint64_t at,
-                           bool then_reset) {
-  if (at > len) {
-    char msg[128];
-    snprintf(msg, sizeof msg, "at (%llu) exceeds the arrays' length (%zu)", (unsigned long long)at, len);
-    napi_throw_range_error(env, NULL, msg);
-    return NULL;
-  }
-  size_t cap = len - at;
-  if (cap > UINT32_MAX) cap = UINT32_MAX;
-  struct vm_error e;
-  int64_t n = vm_drain(vm, slots + at, offsets + at, (uint32_t)cap, &e);
-  if (n >= 0 && then_reset && (uint64_t)n < cap && vm_reset(vm, &e) < 0) n = -1;
-  if (n < 0) {
-    throw_vm_error(env, &e);
-    return NULL;
-  }
-  return number(env, (double)n);
-}
-
-/*
- * drain(vm, slots, offsets, at, thenReset): harvests into slots[at..] and offsets[at..]. With thenReset,
- * a drain that emptied the rings (returned below the capacity left) also resets them in the same call:
- * the pause pays one crossing into native code instead of two.
- */
-static napi_value js_drain(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
-  struct vm *vm;
-  void *slots, *offsets;
-  size_t ns, no;
-  uint64_t at;
-  bool then_reset;
-  if (!get_args(env, info, 5, argv, "drain") || !get_vm(env, argv[0], &vm) ||
-      !get_typed(env, argv[1], "slots", napi_uint32_array, &slots, &ns) ||
-      !get_typed(env, argv[2], "offsets", napi_uint32_array, &offsets, &no) ||
-      !get_uint(env, argv[3], "at", MAX_SAFE_INTEGER, &at) || !get_bool(env, argv[4], "thenReset", &then_reset))
-    return NULL;
-  return drain_at(env, vm, slots, offsets, ns < no ? ns : no, at, then_reset);
-}
-
 static napi_value js_reset(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   struct vm *vm;
@@ -492,12 +451,14 @@ static napi_value js_reset(napi_env env, napi_callback_info info) {
 }
 
 /*
- * bindDrain(vm, slots, offsets): drain() with its VM and arrays fixed, as a function (at, thenReset)
- * whose callback data holds their pointers. drain() spends most of its fixed cost finding them: the
- * VM's type tag and wrap, two typed-array lookups, all in N-API code that is cold in the pause (the
- * guest ran since). The function keeps the VM object and the arrays alive (references), and checks
- * that the VM was not destroyed; ts/index.ts binds again when the arrays change or are detached
- * (a detached array reads length 0).
+ * bindDrain(vm, slots, offsets): the drain, as a function (at, thenReset) whose callback data holds the
+ * VM's and the arrays' pointers. It harvests into slots[at..] and offsets[at..]; with thenReset, a
+ * drain that emptied the rings (returned below the capacity left) also resets them in the same call:
+ * the pause pays one crossing into native code instead of two. Bound, because a drain that took its
+ * VM and arrays as arguments spent most of its fixed cost finding them (the VM's type tag and wrap,
+ * two typed-array lookups, in N-API code that is cold in the pause: the guest ran since). The function
+ * keeps the VM object and the arrays alive (references) and checks that the VM was not destroyed;
+ * ts/index.ts binds again when the arrays change or are detached (a detached array reads length 0).
  */
 struct bound_drain {
   struct vm_handle *h;
@@ -530,7 +491,22 @@ static napi_value js_bound_drain(napi_env env, napi_callback_info info) {
   if (!get_uint(env, argv[0], "at", MAX_SAFE_INTEGER, &at) || !get_bool(env, argv[1], "thenReset", &then_reset))
     return NULL;
   if (!vm_alive(env, b->h)) return NULL;
-  return drain_at(env, b->h->vm, b->slots, b->offsets, b->len, at, then_reset);
+  if (at > b->len) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "at (%llu) exceeds the arrays' length (%zu)", (unsigned long long)at, b->len);
+    napi_throw_range_error(env, NULL, msg);
+    return NULL;
+  }
+  size_t cap = b->len - at;
+  if (cap > UINT32_MAX) cap = UINT32_MAX;
+  struct vm_error e;
+  int64_t n = vm_drain(b->h->vm, b->slots + at, b->offsets + at, (uint32_t)cap, &e);
+  if (n >= 0 && then_reset && (uint64_t)n < cap && vm_reset(b->h->vm, &e) < 0) n = -1;
+  if (n < 0) {
+    throw_vm_error(env, &e);
+    return NULL;
+  }
+  return number(env, (double)n);
 }
 
 static napi_value js_bind_drain(napi_env env, napi_callback_info info) {
@@ -882,7 +858,6 @@ NAPI_MODULE_INIT() {
       {"start", NULL, js_start, NULL, NULL, NULL, napi_enumerable, NULL},
       {"pause", NULL, js_pause, NULL, NULL, NULL, napi_enumerable, NULL},
       {"resume", NULL, js_resume, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"drain", NULL, js_drain, NULL, NULL, NULL, napi_enumerable, NULL},
       {"bindDrain", NULL, js_bind_drain, NULL, NULL, NULL, napi_enumerable, NULL},
       {"reset", NULL, js_reset, NULL, NULL, NULL, napi_enumerable, NULL},
       {"readPages", NULL, js_read_pages, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -220,7 +220,7 @@ test('argument mistakes are TypeError/RangeError naming the argument', async (t)
   assert.throws(() => KvmVm.create({ slotBytes: [200 * 1024 * MiB] }), { name: 'RangeError', message: /at most 125 GiB|125 GiB limit/ });
   const n = loadNative();
   assert.throws(() => n.createVm({ devPath: 7 } as never), { name: 'TypeError', message: /options\.devPath must be a string/ });
-  assert.throws(() => n.drain({} as never, new Uint32Array(1), new Uint32Array(1), 0, false), { name: 'TypeError', message: /vm must be a VM returned by createVm/ });
+  assert.throws(() => n.bindDrain({} as never, new Uint32Array(1), new Uint32Array(1)), { name: 'TypeError', message: /vm must be a VM returned by createVm/ });
 
   await withVm(small, (vm) => {
     assert.throws(() => vm.drain(new Int32Array(4) as never, new Uint32Array(4)), { name: 'TypeError', message: /^slots must be a Uint32Array/ });

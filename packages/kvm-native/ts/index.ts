@@ -390,7 +390,7 @@ export class KvmVm {
   pause(): void { this.call(() => this.native.pause(this.handle)); }
   resume(): void { this.call(() => this.native.resume(this.handle)); }
   /**
-   * See NativeBinding.drain: writes from index `at`; a result below min(slots.length, offsets.length) - at
+   * See NativeBinding.bindDrain: writes from index `at`; a result below min(slots.length, offsets.length) - at
    * means all drained, and then, with `thenReset`, the rings were also reset.
    */
   drain(slots: Uint32Array, offsets: Uint32Array, at = 0, thenReset = false): number {

@@ -117,20 +117,17 @@ export interface NativeBinding {
   pause(vm: NativeVm): void;
   resume(vm: NativeVm): void;
   /**
-   * Ring mode: harvests DIRTY entries of every vCPU ring in vCPU order, marks each harvested entry RESET
+   * The drain, with its VM and arrays fixed: the returned function (at, thenReset), in ring mode,
+   * harvests DIRTY entries of every vCPU ring in vCPU order, marks each harvested entry RESET
    * (store-release under ACQ_REL), range-checks slot and offset; valid ones go into the arrays.
    * Bitmap mode: KVM_GET_DIRTY_LOG of every slot (once per reset), then emits set bits.
-   * Writes from index `at`. Returns the number of entries written; stops early only when the arrays
-   * are full (capacity = min(slots.length, offsets.length) - at), so a return below capacity means
+   * It writes from index `at` and returns the number of entries written; it stops early only when the
+   * arrays are full (capacity = min(slots.length, offsets.length) - at), so a return below capacity means
    * "all drained". With `thenReset`, a drain that returns below capacity also does reset() in the
    * same call (one crossing into native code in the pause instead of two).
-   */
-  drain(vm: NativeVm, slots: Uint32Array, offsets: Uint32Array, at: number, thenReset: boolean): number;
-  /**
-   * drain() with its VM and arrays fixed: the returned function does drain(vm, slots, offsets, at,
-   * thenReset) without looking the three up again (their lookups were most of drain()'s fixed cost in
-   * the pause). It keeps them alive. The caller must bind again if either array is detached or resized:
-   * the function writes through the pointers and length it was bound with.
+   * Bound, because finding the VM and the arrays was most of a drain's fixed cost in the pause. The
+   * function keeps them alive. The caller must bind again if either array is detached or resized: the
+   * function writes through the pointers and length it was bound with.
    */
   bindDrain(vm: NativeVm, slots: Uint32Array, offsets: Uint32Array): (at: number, thenReset: boolean) => number;
   /** Ring mode: KVM_RESET_DIRTY_RINGS, returns its result and wakes vCPUs stalled on a full ring. Bitmap: KVM_CLEAR_DIRTY_LOG of what drain fetched, returns pages cleared. */

@@ -1,4 +1,5 @@
 import { ConfigError } from './errors.ts';
+import type { Logger } from './logger.ts';
 
 /** One configuration field. Units belong in the key (`intervalMs`, `memMib`, `maxBytes`). */
 export type FieldSpec =
@@ -37,6 +38,12 @@ export function unknownEnv(schema: Schema, env: Readonly<Record<string, string |
   const known = new Set(Object.keys(schema).map((k) => toEnv(prefix, k)));
   const serviceLink = new RegExp(`^${prefix}(SERVICE_HOST|SERVICE_PORT(_.*)?|PORT(_.*)?)$`);
   return Object.keys(env).filter((name) => name.startsWith(prefix) && !known.has(name) && !serviceLink.test(name)).sort();
+}
+
+/** Logs unknownEnv()'s variables, if any, as ignored. */
+export function warnUnknownEnv(log: Logger, schema: Schema, prefix: string, env: Readonly<Record<string, string | undefined>> = process.env): void {
+  const strays = unknownEnv(schema, env, prefix);
+  if (strays.length) log.warn('ignoring environment variables that name no setting (misspelt? --help lists them)', { variables: strays });
 }
 
 /** True when argv asks for help. */

@@ -86,6 +86,8 @@ export function kafkaClientConfig(s: KafkaSettings, brokers: string[]): Record<s
 }
 
 const CONNECTION_LOSS_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTCONN']);
+/** The same, and ioredis's words, in a message (a wrapped error may carry the code only there). */
+const CONNECTION_LOSS_WORDS = new RegExp(['Connection is closed', 'Command aborted due to connection close', 'Command timed out', ...CONNECTION_LOSS_CODES, 'stream isn\'t writeable', 'LOADING'].join('|'), 'i');
 
 /**
  * A server that went away or did not answer in time, in the words of the socket (its errno code) or
@@ -96,7 +98,7 @@ export function isConnectionLoss(err: unknown): boolean {
   if (!(err instanceof Error)) return false;
   const code = (err as { code?: unknown }).code;
   if (typeof code === 'string' && CONNECTION_LOSS_CODES.has(code)) return true;
-  return /Connection is closed|Command aborted due to connection close|Command timed out|ECONNRESET|ECONNREFUSED|EPIPE|ETIMEDOUT|EHOSTUNREACH|ENOTCONN|stream isn't writeable|LOADING/i.test(err.message);
+  return CONNECTION_LOSS_WORDS.test(err.message);
 }
 
 /** A server URL fit for logs and errors: any credentials before the host are masked. */
@@ -202,14 +204,6 @@ export async function connectProducer(
 interface KafkaLogEntry { namespace: string; level: number; label?: string; log: { message: string; timestamp?: string; stack?: string; [k: string]: unknown } }
 
 /**
- * A kafkajs `logCreator` writing through our logger, so its lines have the service's format (ERROR as
- * error, WARN as warning). kafkajs's own stack traces are dropped; an error of ours that kafkajs
- * reports (thrown from eachBatch, say) keeps its message and stack. One message repeated within
- * `quietMs` for the same broker, topic and partition (a broker that refuses connections: one line per
- * retry) is written once; how often it was held back follows at the end of the quiet period, or with
- * the next line of that message.
- */
-/**
  * kafkajs warnings about choices this product makes on purpose. Both services bound their idempotent
  * producers' retries (kafkajs's default for those is to retry for ever, so a send never failed and no
  * publish timeout, readiness check or error count could see a broker outage) and send again
@@ -218,6 +212,14 @@ interface KafkaLogEntry { namespace: string; level: number; label?: string; log:
  */
 const BY_DESIGN = new Set(['Limiting retries for the idempotent producer may invalidate EoS guarantees']);
 
+/**
+ * A kafkajs `logCreator` writing through our logger, so its lines have the service's format (ERROR as
+ * error, WARN as warning). kafkajs's own stack traces are dropped; an error of ours that kafkajs
+ * reports (thrown from eachBatch, say) keeps its message and stack. One message repeated within
+ * `quietMs` for the same broker, topic and partition (a broker that refuses connections: one line per
+ * retry) is written once; how often it was held back follows at the end of the quiet period, or with
+ * the next line of that message.
+ */
 export function kafkaLogCreator(log: Logger, quietMs = 30_000): () => (entry: KafkaLogEntry) => void {
   const last = new Map<string, { atMs: number; held: number; timer?: NodeJS.Timeout }>();
   return () => ({ namespace, level, log: entry }) => {

@@ -11,7 +11,10 @@ export interface Logger {
 }
 
 export interface LoggerOptions {
+  /** The level, whatever LOG_LEVEL says. */
   level?: LogLevel;
+  /** The level when LOG_LEVEL is not set (default: info). */
+  defaultLevel?: LogLevel;
   write?: (line: string) => void;
 }
 
@@ -24,7 +27,7 @@ function errFields(err: unknown): Record<string, unknown> {
 }
 
 export function createLogger(base: Record<string, unknown>, options: LoggerOptions = {}): Logger {
-  const min = ORDER[options.level ?? ((process.env.LOG_LEVEL as LogLevel | undefined) ?? 'info')] ?? ORDER.info;
+  const min = ORDER[options.level ?? ((process.env.LOG_LEVEL as LogLevel | undefined) ?? options.defaultLevel ?? 'info')] ?? ORDER.info;
   const write = options.write ?? ((line: string) => process.stderr.write(line + '\n'));
   const log = (level: LogLevel, msg: string, fields?: Record<string, unknown>): void => {
     if (ORDER[level] < min) return;

@@ -63,7 +63,7 @@ async function main(): Promise<number> {
   const scenarios: ScenarioName[] = cfg.scenario === 'all' ? [...SCENARIOS] : [cfg.scenario];
   const r = await runDrill({
     ...cfg, scenarios, seed: cfg.seed || Date.now(),
-    log: createLogger({ service: 'drill' }, { level: (process.env.LOG_LEVEL as 'debug' | undefined) ?? 'warn' }),
+    log: createLogger({ service: 'drill' }, { defaultLevel: 'warn' }),
     onPhase: (s, p) => say(`drill [${((Date.now() - t0) / 1000).toFixed(1).padStart(5)} s] ${s}: ${p}`),
   });
   say('');

@@ -34,7 +34,7 @@ each standby image against the harvester's last committed epoch. Exit code 0 onl
 async function main(): Promise<number> {
   const cfg = commandConfig('pipeline', SCHEMA, USAGE, process.argv.slice(2));
   if (typeof cfg === 'number') return cfg;
-  const log = createLogger({ service: 'pipeline' }, { level: (process.env.LOG_LEVEL as 'debug' | undefined) ?? 'warn' });
+  const log = createLogger({ service: 'pipeline' }, { defaultLevel: 'warn' });
   const say = (s: string): void => void process.stderr.write(s + '\n');
   const r = await runPipeline({
     ...cfg, windowBytes: cfg.windowBytes < 0 ? undefined : cfg.windowBytes, maxRequestBytes: cfg.maxRequestBytes < 0 ? undefined : cfg.maxRequestBytes, log,

@@ -8,7 +8,7 @@
 import { reportKafkajsSpeedups } from './publish/kafkajs-speedups.ts';
 import { Kafka, logLevel } from 'kafkajs';
 import {
-  ConfigError, CkptError, connectProducer, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, settleWithin, startCommandMetricsServer, toEnv, unknownEnv, vmIdProblem, wantsHelp,
+  ConfigError, CkptError, connectProducer, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, settleWithin, startCommandMetricsServer, toEnv, warnUnknownEnv, vmIdProblem, wantsHelp,
 } from '@ckpt/common';
 import { encodeControlRecord } from '@ckpt/proto';
 import { runHarvest } from './harvest-loop.ts';
@@ -52,8 +52,7 @@ async function main(): Promise<number> {
     : vmIdProblem('HARVESTER_VM_ID', cfg.vmId);
   if (badId) throw new ConfigError([badId]);
   const log = createLogger({ service: 'harvester', vm: cfg.vmId });
-  const strays = unknownEnv(HARVESTER_SERVICE_SCHEMA, process.env, HARVESTER_ENV_PREFIX);
-  if (strays.length) log.warn('ignoring environment variables that name no setting (misspelt? --help lists them)', { component: 'main', variables: strays });
+  warnUnknownEnv(log.child({ component: 'main' }), HARVESTER_SERVICE_SCHEMA, HARVESTER_ENV_PREFIX);
   const metrics = createHarvesterMetrics({ defaultMetrics: true, vm: cfg.vmId });
   const brokers = parseBrokers(cfg.kafkaBrokers);
   // Short retries in the client too (connecting, metadata): see the producer below.

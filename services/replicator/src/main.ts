@@ -5,7 +5,7 @@
  */
 import { Redis } from 'ioredis';
 import {
-  CkptError, ConfigError, createLogger, helpText, kafkaClientConfig, parseBrokers, parseConfig, redactUrl, redisClientOptions, settleWithin, startMetricsServer, unknownEnv, wantsHelp, type MetricsServer,
+  CkptError, ConfigError, createLogger, helpText, kafkaClientConfig, parseBrokers, parseConfig, redactUrl, redisClientOptions, settleWithin, startMetricsServer, warnUnknownEnv, wantsHelp, type MetricsServer,
 } from '@ckpt/common';
 import { createReplicatorMetrics } from './metrics.ts';
 import { REPLICATOR_ENV_PREFIX, REPLICATOR_SCHEMA } from './replicator-config.ts';
@@ -38,8 +38,7 @@ async function main(): Promise<number> {
     }
     throw err;
   }
-  const strays = unknownEnv(REPLICATOR_SCHEMA, process.env, REPLICATOR_ENV_PREFIX);
-  if (strays.length) log.warn('ignoring environment variables that name no setting (misspelt? --help lists them)', { variables: strays });
+  warnUnknownEnv(log, REPLICATOR_SCHEMA, REPLICATOR_ENV_PREFIX);
   let fatal = false;
   const redis = new Redis(redisOpts.url, { ...redisOpts.options, maxRetriesPerRequest: 3, retryStrategy: (n) => Math.min(2000, 50 * n) });
   // One warning per outage (ioredis reports every reconnect attempt), and one line when it is back.

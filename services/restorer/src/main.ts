@@ -9,7 +9,7 @@
  */
 import { renameSync, writeFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
-import { CkptError, commandConfig, commandRedisOptions, connectWithCause, createLogger, isConnectionLoss, KvmError, unknownEnv, redactUrl, startCommandMetricsServer, vmIdProblem, type MetricsServer } from '@ckpt/common';
+import { CkptError, commandConfig, commandRedisOptions, connectWithCause, createLogger, isConnectionLoss, KvmError, warnUnknownEnv, redactUrl, startCommandMetricsServer, vmIdProblem, type MetricsServer } from '@ckpt/common';
 import { KVM_ERROR_CODES } from '@ckpt/kvm-native';
 import { StandbyStore } from '@ckpt/standby';
 import { createRestorerMetrics } from './metrics.ts';
@@ -40,9 +40,8 @@ async function main(): Promise<number> {
   if (typeof cfg === 'number') return cfg;
   const redisOpts = commandRedisOptions('restore', cfg, cfg.redisUrl || process.env.REDIS_URL!);
   if (typeof redisOpts === 'number') return redisOpts;
-  const log = createLogger({ service: 'restorer', vm: cfg.vm }, { level: (process.env.LOG_LEVEL as 'debug' | undefined) ?? 'warn' });
-  const strays = unknownEnv(RESTORER_SCHEMA, process.env, RESTORER_ENV_PREFIX);
-  if (strays.length) log.warn('ignoring environment variables that name no setting (misspelt? --help lists them)', { variables: strays });
+  const log = createLogger({ service: 'restorer', vm: cfg.vm }, { defaultLevel: 'warn' });
+  warnUnknownEnv(log, RESTORER_SCHEMA, RESTORER_ENV_PREFIX);
   // A Redis that stops answering (SIGSTOP, a network partition) fails the restore after redisTimeoutMs instead of hanging it.
   const redis = new Redis(redisOpts.url, { ...redisOpts.options, maxRetriesPerRequest: 3, lazyConnect: true, commandTimeout: cfg.redisTimeoutMs });
   redis.on('error', () => undefined);

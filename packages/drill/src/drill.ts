@@ -169,12 +169,9 @@ async function runScenario(name: ScenarioName, source: 'kvm' | 'sim', o: DrillOp
       const at = witness.committed;
       await until('the standby to apply epochs again after the injury', 90_000, async () => {
         alive();
-        if (res.recoveryMs === null) {
-          // The harvester's clock is this host's: an epoch paused after the injury's end is new state.
-          const m = await store.readMeta(VM);
-          if (m && m.pausedAtMs >= healedAtMs) res.recoveryMs = Date.now() - healedAtMs;
-        }
-        const p = await store.readPosition(VM);
+        const p = await store.readMeta(VM);
+        // The harvester's clock is this host's: an epoch paused after the injury's end is new state.
+        if (res.recoveryMs === null && p && p.pausedAtMs >= healedAtMs) res.recoveryMs = Date.now() - healedAtMs;
         return res.recoveryMs !== null && witness!.committed >= at + 3 && p !== null && witness!.last !== null && p.generation === witness!.last.generation && p.epoch >= witness!.last.epoch - 2;
       }, 50);
       phase(`the standby holds an epoch paused ${res.recoveryMs} ms after the injury ended`);

@@ -8,7 +8,7 @@
 import { reportKafkajsSpeedups } from './publish/kafkajs-speedups.ts';
 import { Kafka, logLevel } from 'kafkajs';
 import {
-  ConfigError, CkptError, connectProducer, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, settleWithin, startCommandMetricsServer, toEnv, warnUnknownEnv, vmIdProblem, wantsHelp,
+  ConfigError, CkptError, connectProducer, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, settleWithin, startCommandMetricsServer, toEnv, toFlag, warnUnknownEnv, vmIdProblem, wantsHelp,
 } from '@ckpt/common';
 import { encodeControlRecord } from '@ckpt/proto';
 import { runHarvest } from './harvest-loop.ts';
@@ -33,7 +33,8 @@ function withEnvNames<T>(f: () => T): T {
     return f();
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
-    throw new ConfigError(err.problems.map((p) => p.replace(/--([a-z][a-z-]*)/g, (flag, name: string) => `${flag} (${toEnv(HARVESTER_ENV_PREFIX, name.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase()))})`)), { cause: err });
+    const envOf = new Map(Object.keys(HARVESTER_SERVICE_SCHEMA).map((k) => [toFlag(k), toEnv(HARVESTER_ENV_PREFIX, k)]));
+    throw new ConfigError(err.problems.map((p) => p.replace(/--[a-z][a-z-]*/g, (flag) => (envOf.has(flag) ? `${flag} (${envOf.get(flag)})` : flag))), { cause: err });
   }
 }
 
@@ -92,8 +93,6 @@ async function main(): Promise<number> {
   const listener = kafka ? new ControlListener(kafka, cfg.controlTopic, log.child({ component: 'control' })) : null;
   const logStart = kafka ? new LogStartOffsets(kafka, cfg.pagesTopic) : null;
   let guard: WriterGuard | null = null;
-  // Set from the guard's callback (TypeScript would narrow a plain `let` to null where it is read).
-  const stopped: { intruder: CkptError | null } = { intruder: null };
   let generation = 0;
   try {
     const sinks: EpochSink[] = [];
@@ -118,10 +117,7 @@ async function main(): Promise<number> {
             await producer.send({ topic: cfg.controlTopic, acks: -1, messages: [{ key: cfg.vmId, value: Buffer.from(encodeControlRecord({ vm: cfg.vmId, kind: 'writer', writer })) }] });
           },
           onOthers: (n) => metrics.duplicateWriters.set(n),
-          onIntruder: (err) => {
-            stopped.intruder = err;
-            abort.abort();
-          },
+          onIntruder: () => abort.abort(),
         });
       }
       const g = guard;
@@ -139,7 +135,7 @@ async function main(): Promise<number> {
       onEpoch: (c) => { generation = c.generation; },
     });
     // Stopped because another harvester publishes as this VM: a failure, named, not a clean stop.
-    if (stopped.intruder) throw stopped.intruder;
+    if (guard?.intruder) throw guard.intruder;
     log.info('stopped', { component: 'main', ...summary });
     return summary.mismatches > 0 || summary.vcpuError ? 1 : 0;
   } finally {

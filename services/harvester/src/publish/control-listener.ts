@@ -20,6 +20,9 @@ export class ControlListener {
   private readonly vms = new Map<string, { onMarker: (m: AppliedMarker) => void; onWriter?: (w: WriterHeartbeat) => void; resync: string | null; floor: number }>();
   /** This process's own consumer group (deleted again at stop()). */
   readonly groupId = `ckpt-harvester-${randomUUID()}`;
+  private stopping = false;
+  /** Its group exists on the broker (start() got as far as running the consumer). */
+  private joined = false;
 
   constructor(private readonly kafka: Kafka, private readonly topic: string, private readonly log: Logger) {
     // Short retries: while this consumer backs off, markers do not reach the window and the harvester
@@ -29,10 +32,6 @@ export class ControlListener {
     this.consumer = kafka.consumer({ groupId: this.groupId, sessionTimeout: 30_000, heartbeatInterval: 3000, maxWaitTimeInMs: 2,
       retry: { retries: 1000, initialRetryTime: 100, maxRetryTime: 2000, restartOnFailure: () => Promise.resolve(!this.stopping) } });
   }
-
-  private stopping = false;
-  /** Its group exists on the broker (start() got as far as running the consumer). */
-  private joined = false;
 
   /** Routes this VM's markers to `onMarker` and its writer heartbeats to `onWriter`, and keeps its resync requests. */
   register(vm: string, onMarker: (m: AppliedMarker) => void, onWriter?: (w: WriterHeartbeat) => void): void {

@@ -227,16 +227,17 @@ export class KafkaPublisher implements EpochSink {
         const stall = this.o.windowStallMs ?? 10_000;
         if (stall > 0 && performance.now() - Math.max(t0, this.window.lastChangeMs, probedAt) > stall) {
           const maxWait = this.o.windowMaxWaitMs ?? 6 * stall;
-          const there = performance.now() - Math.max(t0, this.window.lastChangeMs) < maxWait ? await this.recordsStillOnBroker() : 'gone';
+          const stalledFor = performance.now() - Math.max(t0, this.window.lastChangeMs);
+          const stalledMs = Math.round(stalledFor);
+          const there = stalledFor < maxWait ? await this.recordsStillOnBroker() : 'gone';
           if (there !== 'gone') {
             // The replicator is away (restarting, rebalancing), or the broker is: not behind lost records. Keep waiting.
             probedAt = performance.now();
-            const stalledMs = Math.round(performance.now() - Math.max(t0, this.window.lastChangeMs));
             if (there === 'there') this.o.log.warn('the replicator reports no progress; the records it has not processed are still on the broker: waiting for it', { vm: this.o.vm, unapplied: this.window.unappliedBytes, stalledMs, lastMarker: this.window.lastMarker });
             else this.o.log.warn('no progress, and the broker does not answer: waiting for it (producing more would not help)', { vm: this.o.vm, unapplied: this.window.unappliedBytes, stalledMs });
             continue;
           }
-          this.o.log.warn('the replicator reports no progress: resuming without the replication window', { vm: this.o.vm, unapplied: this.window.unappliedBytes, stalledMs: Math.round(performance.now() - Math.max(t0, this.window.lastChangeMs)), lastMarker: this.window.lastMarker });
+          this.o.log.warn('the replicator reports no progress: resuming without the replication window', { vm: this.o.vm, unapplied: this.window.unappliedBytes, stalledMs, lastMarker: this.window.lastMarker });
           this.o.metrics?.windowStalls.inc();
           this.window.clear();
           break;

@@ -9,13 +9,14 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 function guard(): { g: WriterGuard; sent: WriterHeartbeat[]; others: number[]; intruder: () => CkptError | null } {
   const sent: WriterHeartbeat[] = [];
   const others: number[] = [];
-  let intruder: CkptError | null = null;
-  const g = new WriterGuard({
+  let told: CkptError | null = null;
+  const g: WriterGuard = new WriterGuard({
     vm: 'vm-g', periodMs: 100, generation: () => 7, log: silentLogger,
     send: (hb) => { sent.push(hb); return Promise.resolve(); },
-    onOthers: (n) => others.push(n), onIntruder: (err) => { intruder = err; },
+    onOthers: (n) => others.push(n), onIntruder: () => { told = g.intruder; },
   });
-  return { g, sent, others, intruder: () => intruder };
+  // What the callback was told: set, and the same as the guard's own.
+  return { g, sent, others, intruder: () => { assert.equal(told, g.intruder); return told; } };
 }
 
 const beat = (writerId: string, startedAtMs: number): WriterHeartbeat => ({ writerId, host: 'node-b', pid: 9, startedAtMs, generation: 1, atMs: Date.now() });

@@ -22,8 +22,8 @@ export interface WriterGuardOptions {
   send: (hb: WriterHeartbeat) => Promise<void>;
   /** The generation being published (reported in heartbeats, for the operator). */
   generation: () => number;
-  /** Called once when this process is the intruder: it must stop. */
-  onIntruder: (err: CkptError) => void;
+  /** Called once when this process is the intruder (`intruder` says why): it must stop. */
+  onIntruder: () => void;
   /** Number of other writers present (a gauge), 0 when none. */
   onOthers?: (n: number) => void;
   log: Logger;
@@ -40,6 +40,8 @@ export class WriterGuard {
   private timer: NodeJS.Timeout | null = null;
   private lastWarnMs = 0;
   private stopped = false;
+  /** Set when this process turned out to be the later of two writers of its VM id. */
+  intruder: CkptError | null = null;
 
   constructor(private readonly o: WriterGuardOptions) {
     this.periodMs = o.periodMs ?? 5000;
@@ -78,9 +80,10 @@ export class WriterGuard {
       // Stopping takes two heartbeats: one stray record (a process on its way out) is not a writer.
       if (seen.beats.length < 2) return;
       this.stop();
-      this.o.onIntruder(new CkptError('CKPT_ERR_VM_ID_IN_USE', `another harvester publishes as VM ${this.o.vm}: ${who}, running since before this one. `
+      this.intruder = new CkptError('CKPT_ERR_VM_ID_IN_USE', `another harvester publishes as VM ${this.o.vm}: ${who}, running since before this one. `
         + 'Two writers of one VM id interleave their records and keep its standby stale: this one stops. Give each guest its own HARVESTER_VM_ID (docs/deploy.md)',
-      { context: { vm: this.o.vm, other: hb } }));
+      { context: { vm: this.o.vm, other: hb } });
+      this.o.onIntruder();
       return;
     }
     if (now - this.lastWarnMs > 30_000) {

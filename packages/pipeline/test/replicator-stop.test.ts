@@ -11,17 +11,13 @@ import { test } from 'node:test';
 import { Redis } from 'ioredis';
 import { createLogger } from '@ckpt/common';
 import { createReplicatorMetrics, Replicator } from '@ckpt/replicator';
-import { startServers } from '../src/index.ts';
+import { serversWithEmbeddedBroker } from './embedded-broker.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 test('a replicator stopped while its consumer joins the group does not join it again', async (t) => {
-  const servers = await startServers({ partitions: 1 });
-  if (!servers.kafka) {
-    t.skip('needs the embedded broker, whose 3 s join delay puts the stop inside the join (KAFKA_BROKERS points elsewhere)');
-    await servers.stop();
-    return;
-  }
+  const servers = await serversWithEmbeddedBroker(t, ', whose 3 s join delay puts the stop inside the join');
+  if (!servers) return;
   const redis = new Redis(servers.redisUrl);
   const lines: { at: number; msg: string; line: string }[] = [];
   const log = createLogger({ service: 'replicator' }, {

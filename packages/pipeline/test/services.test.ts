@@ -11,6 +11,7 @@ import { Redis } from 'ioredis';
 import { Kafka, logLevel, type KafkaMessage } from 'kafkajs';
 import { freePort, KafkaApi, KafkaErr } from '@ckpt/embedded';
 import { StandbyStore } from '@ckpt/standby';
+import { serversWithEmbeddedBroker } from './embedded-broker.ts';
 import { pollMeta } from './poll-meta.ts';
 import { FakeHarvester } from '../../../services/replicator/test/fake-harvester.ts';
 import { spawnHarvester, spawnReplicator, startServers, stopChild } from '../src/index.ts';
@@ -239,12 +240,8 @@ test('records under VM ids that never get an image (a harvester renamed at each 
 });
 
 test('a replicator whose consumer kafkajs gives up on joins the group again in-process, and gives up itself only when crashes keep coming', async (t) => {
-  const servers = await startServers({ partitions: 1 });
-  if (!servers.kafka) {
-    t.skip('needs the embedded broker to inject errors (KAFKA_BROKERS points elsewhere)');
-    await servers.stop();
-    return;
-  }
+  const servers = await serversWithEmbeddedBroker(t, ' to inject errors');
+  if (!servers) return;
   // INVALID_REQUEST to a SyncGroup is what the embedded broker sends a follower that syncs late; kafkajs
   // deems it final and stops the consumer (CRASH with restart: false).
   await servers.kafka.pushRequestErrors(KafkaApi.SyncGroup, [KafkaErr.InvalidRequest, KafkaErr.InvalidRequest]);
@@ -397,12 +394,8 @@ test('SIGTERM ends a harvester promptly while it waits for a replicator that is 
 });
 
 test('SIGTERM ends a harvester that lived through a broker outage (a consumer restart kafkajs had scheduled kept it alive for good)', async (t) => {
-  const servers = await startServers({ partitions: 1 });
-  if (!servers.kafka) {
-    t.skip('needs the embedded broker to take it down (KAFKA_BROKERS points elsewhere)');
-    await servers.stop();
-    return;
-  }
+  const servers = await serversWithEmbeddedBroker(t, ' to take it down');
+  if (!servers) return;
   let log = '';
   const harvester = spawnHarvester(servers, { HARVESTER_VM_ID: 'outage-vm', HARVESTER_SOURCE: 'sim', HARVESTER_MEM_MIB: '16', HARVESTER_WINDOW_BYTES: '0' },
     (line) => { log = (log + line + '\n').slice(-6000); });
@@ -427,12 +420,8 @@ test('SIGTERM ends a harvester that lived through a broker outage (a consumer re
 });
 
 test('a broker outage shows at once in the harvester: /readyz 503 within seconds, produce errors counted, the generation ended after HARVESTER_PUBLISH_TIMEOUT_MS (kafkajs\'s own retries hid it for 20 s)', async (t) => {
-  const servers = await startServers({ partitions: 1 });
-  if (!servers.kafka) {
-    t.skip('needs the embedded broker to take it down (KAFKA_BROKERS points elsewhere)');
-    await servers.stop();
-    return;
-  }
+  const servers = await serversWithEmbeddedBroker(t, ' to take it down');
+  if (!servers) return;
   const port = await freePort();
   let log = '';
   let newGenerationAt = 0;

@@ -419,7 +419,9 @@ void vm_grant_writes(struct vm *vm, uint64_t n) {
 void vm_wake_after_reset(struct vm *vm) {
   pthread_mutex_lock(&vm->lock);
   vm->reset_gen++;
-  pthread_cond_broadcast(&vm->wake);
+  /* Paused vCPUs would only wake to park again (inside the checkpoint pause, on the harvester's
+   * time); vm_resume wakes them, and a ring-full stall then sees the new reset_gen. */
+  if (!vm->paused) pthread_cond_broadcast(&vm->wake);
   pthread_mutex_unlock(&vm->lock);
 }
 

@@ -200,6 +200,48 @@ export async function connectProducer(
   }
 }
 
+/** A topic a service needs and the setting that names it (for the error). */
+export interface NeededTopic { topic: string; setting: string }
+
+/**
+ * Asks the brokers about each topic a service needs before it starts work, so that a topic nobody
+ * created (a cluster with auto.create.topics.enable=false, a typo in a topic setting) or one this user
+ * may not describe is one clear error at start, naming the topic and its setting:
+ * CKPT_ERR_KAFKA_TOPIC_MISSING or CKPT_ERR_KAFKA_TOPIC_DENIED. Otherwise it would be a stream of
+ * retried "This server does not host this topic-partition" errors: a harvester that ends a
+ * generation after every publish timeout, a replicator whose consumer never joins. Other failures
+ * (the brokers went away) are rethrown as they are.
+ */
+export async function requireTopics(kafka: { admin(): KafkaAdminLike }, topics: readonly NeededTopic[]): Promise<void> {
+  const admin = kafka.admin();
+  await admin.connect();
+  try {
+    for (const { topic, setting } of topics) {
+      try {
+        await admin.fetchTopicMetadata({ topics: [topic] });
+      } catch (err) {
+        const type = (err as { type?: string; cause?: { type?: string } } | null)?.type ?? (err as { cause?: { type?: string } } | null)?.cause?.type;
+        if (type === 'UNKNOWN_TOPIC_OR_PARTITION') {
+          throw new CkptError('CKPT_ERR_KAFKA_TOPIC_MISSING', `the Kafka topic ${topic} (${setting}) does not exist: create it (deploy/k8s/kafka/topics.yaml has the product's topics) or set ${setting} to the topic's name`, { cause: err, context: { topic } });
+        }
+        if (type === 'TOPIC_AUTHORIZATION_FAILED') {
+          throw new CkptError('CKPT_ERR_KAFKA_TOPIC_DENIED', `this Kafka user may not use the topic ${topic} (${setting}): grant the ACLs of deploy/k8s/kafka/users.yaml`, { cause: err, context: { topic } });
+        }
+        throw err;
+      }
+    }
+  } finally {
+    await admin.disconnect().catch(() => undefined);
+  }
+}
+
+/** The part of a kafkajs admin client requireTopics() uses. */
+interface KafkaAdminLike {
+  connect(): Promise<void>;
+  disconnect(): Promise<void>;
+  fetchTopicMetadata(o: { topics: string[] }): Promise<unknown>;
+}
+
 /** One kafkajs log entry, as kafkajs hands it to a logCreator. */
 interface KafkaLogEntry { namespace: string; level: number; label?: string; log: { message: string; timestamp?: string; stack?: string; [k: string]: unknown } }
 

@@ -12,6 +12,9 @@
  *   errors APIKEY ERR [ERR...]            the next requests of that API fail with these error codes
  *                                         (-195 = _TRANSPORT: the broker disconnects the client)
  *   clear APIKEY                          drop pending injected errors for that API
+ *   topic-error NAME ERR                  metadata requests for that topic answer ERR (0 clears it);
+ *                                         3 = UNKNOWN_TOPIC_OR_PART stands in for a missing topic, as the
+ *                                         mock creates any topic a client asks about
  *   quit                                  stop
  * It also stops when stdin closes (its parent went away) or on SIGTERM/SIGINT.
  * Limits of the mock (librdkafka 2.0): partitions keep 5 MiB / 100000 batches; no idempotent or
@@ -184,6 +187,12 @@ int main(int argc, char **argv) {
         continue;
       }
       rd_kafka_mock_push_request_errors_array(mc, (int16_t)x, n, errs);
+    } else if (!strcmp(cmd, "topic-error")) {
+      if (!a1 || parse_int(a2, -200, 200, &x) < 0) {
+        reply("ERR usage: topic-error NAME ERR");
+        continue;
+      }
+      rd_kafka_mock_topic_set_error(mc, a1, (rd_kafka_resp_err_t)x);
     } else if (!strcmp(cmd, "clear")) {
       if (parse_int(a1, 0, 100, &x) < 0) {
         reply("ERR usage: clear APIKEY");

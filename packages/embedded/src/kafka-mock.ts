@@ -10,7 +10,7 @@ export const KAFKA_MOCK_BINARY = fileURLToPath(new URL('../build/kafka-mock', im
 /** Kafka protocol API keys the tests inject errors into. */
 export const KafkaApi = { Produce: 0, Fetch: 1, ListOffsets: 2, Metadata: 3, OffsetCommit: 8, OffsetFetch: 9, FindCoordinator: 10, JoinGroup: 11, Heartbeat: 12, SyncGroup: 14 } as const;
 /** Kafka error codes the tests inject. `Transport` makes the broker drop the connection. */
-export const KafkaErr = { Transport: -195, NotLeaderForPartition: 6, RequestTimedOut: 7, NotEnoughReplicas: 19, NotCoordinator: 16, RebalanceInProgress: 27, InvalidRequest: 42 } as const;
+export const KafkaErr = { Transport: -195, UnknownTopicOrPartition: 3, NotLeaderForPartition: 6, RequestTimedOut: 7, NotEnoughReplicas: 19, NotCoordinator: 16, RebalanceInProgress: 27, TopicAuthorizationFailed: 29, InvalidRequest: 42 } as const;
 
 export interface KafkaMockOptions {
   brokers?: number;
@@ -93,6 +93,14 @@ export class KafkaMock {
 
   setRtt(id: number, ms: number): Promise<void> {
     return this.command(`rtt ${id} ${ms}`);
+  }
+
+  /**
+   * Metadata requests for `topic` answer `error` from now on (0 = answer normally again). The mock creates
+   * any topic a client asks about, so UNKNOWN_TOPIC_OR_PARTITION (3) here is how a test sees a missing one.
+   */
+  setTopicError(topic: string, error: number): Promise<void> {
+    return this.command(`topic-error ${topic} ${error}`);
   }
 
   /** The next `errors.length` requests of `apiKey` fail with these codes, in order. */

@@ -329,6 +329,54 @@ test('an idempotent producer the broker gives no producer id: both services say 
   }
 });
 
+test('a topic the brokers do not have, or may not be used: both services name it and its setting (exit 1), before the harvester reports started', async (t) => {
+  const servers = await serversWithEmbeddedBroker(t, ' to make a topic answer as missing');
+  if (!servers) return;
+  const run = async (main: string, env: Record<string, string>): Promise<{ code: number | null; stderr: string }> => {
+    const child = spawn(process.execPath, ['--import', 'tsx', main], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+    clearTimeout(timer);
+    return { code, stderr };
+  };
+  const harvester = (): Promise<{ code: number | null; stderr: string }> => run(HARVESTER_MAIN, {
+    HARVESTER_SOURCE: 'sim', HARVESTER_MEM_MIB: '16', HARVESTER_METRICS_PORT: '-1', HARVESTER_VM_ID: 'topic-vm', HARVESTER_KAFKA_BROKERS: servers.brokers.join(','),
+    HARVESTER_KAFKA_IDEMPOTENT: 'false', HARVESTER_PAGES_TOPIC: servers.topics.pages, HARVESTER_CONTROL_TOPIC: servers.topics.control,
+  });
+  const replicator = (): Promise<{ code: number | null; stderr: string }> => run(REPLICATOR_MAIN, {
+    REPLICATOR_KAFKA_BROKERS: servers.brokers.join(','), REPLICATOR_REDIS_URL: servers.redisUrl, REPLICATOR_METRICS_PORT: '-1', REPLICATOR_KAFKA_IDEMPOTENT: 'false',
+    REPLICATOR_PAGES_TOPIC: servers.topics.pages, REPLICATOR_CONTROL_TOPIC: servers.topics.control, REPLICATOR_DEAD_LETTER_TOPIC: servers.topics.deadLetter,
+  });
+  try {
+    // The embedded broker creates any topic a client asks about; a metadata error is how it says "missing".
+    await servers.kafka.setTopicError(servers.topics.pages, KafkaErr.UnknownTopicOrPartition);
+    const h = await harvester();
+    assert.equal(h.code, 1, h.stderr);
+    assert.match(h.stderr, /"code":"CKPT_ERR_KAFKA_TOPIC_MISSING"/);
+    assert.ok(h.stderr.includes(`the Kafka topic ${servers.topics.pages} (HARVESTER_PAGES_TOPIC (--pages-topic)) does not exist`), h.stderr);
+    assert.doesNotMatch(h.stderr, /"msg":"started"|cannot connect to Kafka/);
+    const r = await replicator();
+    assert.equal(r.code, 1, r.stderr);
+    assert.ok(r.stderr.includes(`replicator: the Kafka topic ${servers.topics.pages} (REPLICATOR_PAGES_TOPIC (--pages-topic)) does not exist`), r.stderr);
+    await servers.kafka.setTopicError(servers.topics.pages, 0);
+    // One the user may not use: the control topic for the harvester, the dead-letter topic for the replicator.
+    await servers.kafka.setTopicError(servers.topics.control, KafkaErr.TopicAuthorizationFailed);
+    const h2 = await harvester();
+    assert.equal(h2.code, 1, h2.stderr);
+    assert.match(h2.stderr, /"code":"CKPT_ERR_KAFKA_TOPIC_DENIED"/);
+    assert.ok(h2.stderr.includes(`this Kafka user may not use the topic ${servers.topics.control} (HARVESTER_CONTROL_TOPIC (--control-topic))`), h2.stderr);
+    await servers.kafka.setTopicError(servers.topics.control, 0);
+    await servers.kafka.setTopicError(servers.topics.deadLetter, KafkaErr.UnknownTopicOrPartition);
+    const r2 = await replicator();
+    assert.equal(r2.code, 1, r2.stderr);
+    assert.ok(r2.stderr.includes(`the Kafka topic ${servers.topics.deadLetter} (REPLICATOR_DEAD_LETTER_TOPIC (--dead-letter-topic)) does not exist`), r2.stderr);
+  } finally {
+    await servers.stop();
+  }
+});
+
 test('dead letters from partitions consumed at once each carry their own record, key and source offset', async () => {
   // Two partitions handled concurrently, each with the first records of many VMs: a batch without its
   // begin is parked only after its VM's state is read from Redis, so the partitions interleave there.

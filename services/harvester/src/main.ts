@@ -8,7 +8,7 @@
 import { reportKafkajsSpeedups } from './publish/kafkajs-speedups.ts';
 import { Kafka, logLevel } from 'kafkajs';
 import {
-  ConfigError, CkptError, connectProducer, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, settleWithin, startCommandMetricsServer, toEnv, toFlag, warnUnknownEnv, vmIdProblem, wantsHelp,
+  ConfigError, CkptError, connectProducer, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, requireTopics, settleWithin, startCommandMetricsServer, toEnv, toFlag, warnUnknownEnv, vmIdProblem, wantsHelp,
 } from '@ckpt/common';
 import { encodeControlRecord } from '@ckpt/proto';
 import { runHarvest } from './harvest-loop.ts';
@@ -73,7 +73,6 @@ async function main(): Promise<number> {
     : null;
   const { source, fallbackReason } = withEnvNames(() => openSource(cfg));
   if (fallbackReason) log.warn('using the simulator', { component: 'source', reason: fallbackReason });
-  log.info('started', { component: 'main', source: source.kind, mode: source.mode, metricsPort: server?.port ?? 'off', kafkaCrc32c: speedups?.kafkaCrc32c ?? 'off', kafkaEncoder: speedups?.kafkaEncoder ?? 'off' });
   const stop = (signal: string): void => {
     log.info('stopping', { component: 'main', signal });
     abort.abort();
@@ -99,6 +98,7 @@ async function main(): Promise<number> {
     if (producer && listener) {
       try {
         await connectProducer(kafka!, producer, cfg.kafkaIdempotent, 'HARVESTER_KAFKA_IDEMPOTENT=false (--no-kafka-idempotent)');
+        await requireTopics(kafka!, (['pagesTopic', 'controlTopic'] as const).map((k) => ({ topic: cfg[k], setting: `${toEnv(HARVESTER_ENV_PREFIX, k)} (${toFlag(k)})` })));
       } catch (err) {
         if (err instanceof CkptError) throw err;
         throw new CkptError('CKPT_ERR_KAFKA_UNREACHABLE', `cannot connect to Kafka at ${cfg.kafkaBrokers}: ${(err as Error).message}`, { cause: err });
@@ -126,6 +126,8 @@ async function main(): Promise<number> {
       g?.start();
       sinks.push(pub);
     }
+    // Logged once the guest exists and Kafka (when set) is connected with its topics, not before.
+    log.info('started', { component: 'main', source: source.kind, mode: source.mode, metricsPort: server?.port ?? 'off', kafkaCrc32c: speedups?.kafkaCrc32c ?? 'off', kafkaEncoder: speedups?.kafkaEncoder ?? 'off' });
     ready = true;
     const summary = await runHarvest(source, {
       epochs: cfg.epochs, intervalMs: cfg.intervalMs, verify: cfg.verify, metrics, logger: log.child({ component: 'harvest' }),

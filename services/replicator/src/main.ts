@@ -5,7 +5,7 @@
  */
 import { Redis } from 'ioredis';
 import {
-  CkptError, ConfigError, createLogger, helpText, kafkaClientConfig, parseBrokers, parseConfig, redactUrl, redisClientOptions, settleWithin, startMetricsServer, warnUnknownEnv, wantsHelp, type MetricsServer,
+  CkptError, ConfigError, createLogger, helpText, kafkaClientConfig, parseBrokers, parseConfig, redactUrl, redisClientOptions, settleWithin, startMetricsServer, toEnv, toFlag, warnUnknownEnv, wantsHelp, type MetricsServer,
 } from '@ckpt/common';
 import { createReplicatorMetrics } from './metrics.ts';
 import { REPLICATOR_ENV_PREFIX, REPLICATOR_SCHEMA } from './replicator-config.ts';
@@ -53,8 +53,10 @@ async function main(): Promise<number> {
     redisDown = false;
   });
   const metrics = createReplicatorMetrics({ defaultMetrics: true });
+  const setting = (key: string): string => `${toEnv(REPLICATOR_ENV_PREFIX, key)} (${toFlag(key)})`;
   const rep = new Replicator({
     kafka, idempotent: cfg.kafkaIdempotent, topics: { pages: cfg.pagesTopic, control: cfg.controlTopic, deadLetter: cfg.deadLetterTopic },
+    topicSettings: { pages: setting('pagesTopic'), control: setting('controlTopic'), deadLetter: setting('deadLetterTopic') },
     groupId: cfg.groupId, redis, redisPrefix: cfg.redisPrefix, maxRecordBytes: cfg.maxRecordBytes, markerIntervalMs: cfg.markerIntervalMs,
     resyncRetryMs: cfg.resyncRetryMs, deletedCheckMs: cfg.deletedCheckMs,
     // Exit non-zero so the supervisor (Kubernetes, the pipeline) starts a fresh replicator; offsets and
@@ -99,8 +101,9 @@ async function main(): Promise<number> {
   try {
     await rep.start();
   } catch (err) {
-    const refused = err instanceof CkptError && err.code === 'CKPT_ERR_KAFKA_IDEMPOTENT';
-    log.error(refused ? 'cannot start: the brokers refuse an idempotent producer' : 'cannot start: Kafka is not reachable', { brokers: cfg.kafkaBrokers, err });
+    // The brokers answered, with a refusal: the idempotent producer, or a topic missing or not allowed.
+    const refused = err instanceof CkptError && ['CKPT_ERR_KAFKA_IDEMPOTENT', 'CKPT_ERR_KAFKA_TOPIC_MISSING', 'CKPT_ERR_KAFKA_TOPIC_DENIED'].includes(err.code);
+    log.error(refused ? 'cannot start: the brokers refuse' : 'cannot start: Kafka is not reachable', { brokers: cfg.kafkaBrokers, err });
     process.stderr.write(`replicator: ${refused ? '' : `cannot connect to Kafka at ${cfg.kafkaBrokers}: `}${(err as Error).message}\n`);
     await rep.stop().catch(() => undefined);
     await server?.close();

@@ -10,7 +10,7 @@
 import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
 import { Kafka, logLevel, PartitionAssigners, Partitioners, type Consumer, type EachBatchPayload, type KafkaConfig, type KafkaMessage, type PartitionAssigner, type Producer } from 'kafkajs';
-import { CkptError, connectProducer, isConnectionLoss, kafkaLogCreator, type Logger } from '@ckpt/common';
+import { CkptError, connectProducer, isConnectionLoss, kafkaLogCreator, requireTopics, type Logger } from '@ckpt/common';
 import { encodeControlRecord, PART_BEGIN, PART_COMMIT, partOfBatch, type AppliedMarker, type EpochRecord } from '@ckpt/proto';
 import { StandbyStore } from '@ckpt/standby';
 import type { ReplicatorMetrics } from './metrics.ts';
@@ -20,6 +20,8 @@ export interface ReplicatorOptions {
   kafka: Record<string, unknown>;
   idempotent: boolean;
   topics: { pages: string; control: string; deadLetter: string };
+  /** The setting that names each topic, for the error when one is missing (REPLICATOR_PAGES_TOPIC, ...). */
+  topicSettings?: { pages: string; control: string; deadLetter: string };
   groupId: string;
   redis: Redis;
   redisPrefix: string;
@@ -146,6 +148,9 @@ export class Replicator {
 
   async start(): Promise<void> {
     await connectProducer(this.kafka, this.producer, this.o.idempotent, 'REPLICATOR_KAFKA_IDEMPOTENT=false (--no-kafka-idempotent)');
+    // A missing topic is one clear error here; a consumer subscribed to it would never join.
+    const setting = this.o.topicSettings ?? { pages: 'the pages topic', control: 'the control topic', deadLetter: 'the dead-letter topic' };
+    await requireTopics(this.kafka, (['pages', 'control', 'deadLetter'] as const).map((k) => ({ topic: this.o.topics[k], setting: setting[k] })));
     await this.consumer.connect();
     this.consumer.on(this.consumer.events.HEARTBEAT, () => {
       this.lastHeartbeatMs = Date.now();

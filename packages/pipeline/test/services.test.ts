@@ -377,6 +377,49 @@ test('a topic the brokers do not have, or may not be used: both services name it
   }
 });
 
+test('a Redis that may evict pages is refused at start (CKPT_ERR_REDIS_EVICTION, exit 1); one without AOF is reported and shown in a gauge', async (t) => {
+  const servers = await startServers({ partitions: 1 });
+  if (!servers.redis) {
+    t.skip('REDIS_URL points at a Redis of the user\'s: this test changes its eviction and AOF settings');
+    await servers.stop();
+    return;
+  }
+  const redis = new Redis(servers.redisUrl);
+  try {
+    await redis.config('SET', 'maxmemory-policy', 'allkeys-lru');
+    await redis.config('SET', 'maxmemory', String(1 << 30));
+    let log = '';
+    const refused = spawnReplicator(servers, {}, (line) => { log += line + '\n'; });
+    const code = await new Promise<number | null>((resolve) => {
+      const timer = setTimeout(() => refused.kill('SIGKILL'), 30_000);
+      refused.once('exit', (c) => { clearTimeout(timer); resolve(c); });
+    });
+    assert.equal(code, 1, log);
+    assert.match(log, /replicator: Redis may evict standby pages \(maxmemory-policy allkeys-lru, maxmemory 1073741824 bytes\): .*Set maxmemory-policy noeviction.* \[CKPT_ERR_REDIS_EVICTION\]/);
+    assert.doesNotMatch(log, /"msg":"replicating"/);
+
+    await redis.config('SET', 'maxmemory-policy', 'noeviction');
+    await redis.config('SET', 'appendonly', 'no');
+    const metricsPort = await freePort();
+    let log2 = '';
+    const rep = spawnReplicator(servers, { REPLICATOR_METRICS_PORT: String(metricsPort) }, (line) => { log2 += line + '\n'; });
+    try {
+      let text = '';
+      for (const deadline = Date.now() + 20_000; Date.now() < deadline && !/"msg":"replicating"/.test(log2);) await new Promise((r) => setTimeout(r, 100));
+      text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      assert.match(text, /^ckpt_replicator_redis_aof_enabled 0$/m, log2);
+      assert.match(text, /^ckpt_replicator_redis_evicts_pages 0$/m);
+      assert.match(log2, /"level":"warn".*Redis writes no append-only file \(appendonly no\)/);
+    } finally {
+      await stopChild(rep);
+    }
+  } finally {
+    await redis.config('SET', 'appendonly', 'yes').catch(() => undefined);
+    redis.disconnect();
+    await servers.stop();
+  }
+});
+
 test('dead letters from partitions consumed at once each carry their own record, key and source offset', async () => {
   // Two partitions handled concurrently, each with the first records of many VMs: a batch without its
   // begin is parked only after its VM's state is read from Redis, so the partitions interleave there.

@@ -1,2 +1,3 @@
 export * from './keys.ts';
 export * from './standby-store.ts';
+export * from './redis-safety.ts';

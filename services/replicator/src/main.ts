@@ -7,6 +7,7 @@ import { Redis } from 'ioredis';
 import {
   CkptError, ConfigError, createLogger, helpText, kafkaClientConfig, parseBrokers, parseConfig, redactUrl, redisClientOptions, settleWithin, startMetricsServer, toEnv, toFlag, warnUnknownEnv, wantsHelp, type MetricsServer,
 } from '@ckpt/common';
+import { evictionProblem, redisSafety, type RedisSafety } from '@ckpt/standby';
 import { createReplicatorMetrics } from './metrics.ts';
 import { REPLICATOR_ENV_PREFIX, REPLICATOR_SCHEMA } from './replicator-config.ts';
 import { Replicator } from './replicator.ts';
@@ -81,10 +82,40 @@ async function main(): Promise<number> {
     redis.disconnect();
     return 1;
   }
+  // Redis must keep every page. Checked at start (an evicting Redis is refused), every minute and after
+  // each reconnect (it may have been restarted with other settings); each finding is logged once.
+  let redisSaid = '';
+  const checkRedis = async (atStart: boolean): Promise<RedisSafety | null> => {
+    const read = redisSafety(redis).catch(() => null);
+    const s = (await settleWithin(read, 5000)) ? await read : null;
+    if (!s) return null;
+    metrics.redisEvictsPages.set(s.evictsPages ? 1 : 0);
+    metrics.redisAofEnabled.set(s.aof ? 1 : 0);
+    const said = JSON.stringify([s.evictsPages, s.evictionRisk, s.aof]);
+    if (said === redisSaid) return s;
+    redisSaid = said;
+    const at = { redis: redisAt, maxmemoryPolicy: s.evictionPolicy, maxmemory: s.maxmemoryBytes };
+    if (s.evictsPages && !atStart) log.error(evictionProblem(s), { ...at, code: 'CKPT_ERR_REDIS_EVICTION' });
+    if (s.evictionRisk) log.warn(`${s.evictionRisk}; set maxmemory-policy noeviction`, at);
+    if (!s.aof) log.warn('Redis writes no append-only file (appendonly no): epochs applied since its last snapshot are lost if it restarts, and the standby then holds an older epoch until a baseline heals it', at);
+    return s;
+  };
+  const startSafety = await checkRedis(true);
+  if (startSafety?.evictsPages) {
+    const problem = evictionProblem(startSafety);
+    log.error(`cannot start: ${problem}`, { redis: redisAt, code: 'CKPT_ERR_REDIS_EVICTION' });
+    process.stderr.write(`replicator: ${problem} [CKPT_ERR_REDIS_EVICTION]\n`);
+    await server?.close();
+    redis.disconnect();
+    return 1;
+  }
+  const redisCheck = setInterval(() => void checkRedis(false), 60_000).unref();
+  redis.on('ready', () => void checkRedis(false));
   let stopping = false;
   const stop = async (): Promise<void> => {
     if (stopping) return;
     stopping = true;
+    clearInterval(redisCheck);
     log.info('stopping');
     // A record waiting on a Redis that holds the connection but does not answer (stopped, swapping)
     // kept the process past the pod's grace period. Its offset is not committed: it comes again.

@@ -39,6 +39,10 @@ export interface ReplicatorMetrics {
   fencedWaits: Counter;
   skippedWhileStale: Counter;
   consumerLagRecords: Gauge<'partition'>;
+  /** 1 when Redis may evict page keys (maxmemory-policy allkeys-* with a memory limit). */
+  redisEvictsPages: Gauge;
+  /** 1 when Redis writes an append-only file. */
+  redisAofEnabled: Gauge;
   lastAppliedEpoch: Gauge<'vm'>;
   standbyAgeSeconds: Gauge<'vm'>;
   /** Records when the harvester committed the epoch a VM's standby image now holds (feeds the age gauge). */
@@ -88,6 +92,8 @@ export function createReplicatorMetrics(options: { defaultMetrics?: boolean } = 
     fencedWaits: new Counter({ name: 'ckpt_replicator_fenced_waits_total', help: 'Applies deferred because a restorer holds the VM\'s fence', registers }),
     skippedWhileStale: new Counter({ name: 'ckpt_replicator_skipped_records_total', help: 'Records of epochs after a gap, skipped while their VM waits for a baseline', registers }),
     consumerLagRecords: new Gauge({ name: 'ckpt_replicator_consumer_lag_records', help: 'Records on the pages topic after the last one handled, per partition this instance consumes', labelNames: ['partition'], registers }),
+    redisEvictsPages: new Gauge({ name: 'ckpt_replicator_redis_evicts_pages', help: '1 when Redis may evict standby pages (maxmemory-policy allkeys-* with a maxmemory): an evicted page fails only at restore. Checked at start and every minute', registers }),
+    redisAofEnabled: new Gauge({ name: 'ckpt_replicator_redis_aof_enabled', help: '1 when Redis writes an append-only file, so applied epochs survive a Redis restart. Checked at start and every minute', registers }),
     lastAppliedEpoch: new Gauge({ name: 'ckpt_replicator_last_applied_epoch', help: 'Number of the epoch the standby image holds, per VM', labelNames: ['vm'], registers }),
     standbyAgeSeconds,
     noteStandbyEpoch(vm: string, epoch: number, pausedAtMs: number): void {

@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { ConfigError } from './errors.ts';
 import { parseConfig } from './config.ts';
 import { silentLogger } from './logger.ts';
+import { MaxRetriesPerRequestError } from 'ioredis/built/errors/index.js';
 import { KAFKA_SCHEMA, isConnectionLoss, kafkaClientConfig, kafkaLogCreator, parseBrokers, redactUrl, REDIS_SCHEMA, redisClientOptions, type KafkaSettings, type RedisSettings } from './connections.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'ckpt-conn-'));
@@ -113,7 +114,8 @@ test('kafkajs logs through our logger: warnings in our format, no stack traces, 
 test('isConnectionLoss: a server gone away or silent (errno codes, ioredis\'s words, a Redis loading its AOF), and nothing else', () => {
   const withCode = (code: string): Error => Object.assign(new Error('socket trouble'), { code });
   for (const e of [withCode('ECONNRESET'), withCode('ECONNREFUSED'), withCode('EPIPE'), new Error('Connection is closed.'), new Error('Command timed out'),
-    new Error('Command aborted due to connection close'), new Error('LOADING Redis is loading the dataset in memory'), new Error("Stream isn't writeable and enableOfflineQueue options is false")]) {
+    new Error('Command aborted due to connection close'), new Error('LOADING Redis is loading the dataset in memory'), new Error("Stream isn't writeable and enableOfflineQueue options is false"),
+    new MaxRetriesPerRequestError(3) as unknown as Error]) {
     assert.equal(isConnectionLoss(e), true, e.message);
   }
   for (const e of [new Error('ERR unknown command'), withCode('ENOENT'), new TypeError('x is not a function'), 'ECONNRESET', null]) {

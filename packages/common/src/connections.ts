@@ -87,11 +87,14 @@ export function kafkaClientConfig(s: KafkaSettings, brokers: string[]): Record<s
 
 const CONNECTION_LOSS_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTCONN']);
 /** The same, and ioredis's words, in a message (a wrapped error may carry the code only there). */
-const CONNECTION_LOSS_WORDS = new RegExp(['Connection is closed', 'Command aborted due to connection close', 'Command timed out', ...CONNECTION_LOSS_CODES, 'stream isn\'t writeable', 'LOADING'].join('|'), 'i');
+// "Reached the max retries per request limit": ioredis gave up on a command while reconnecting to a
+// server that went away (a Redis killed mid-restore was reported as an unexpected, final error).
+const CONNECTION_LOSS_WORDS = new RegExp(['Connection is closed', 'Command aborted due to connection close', 'Command timed out', ...CONNECTION_LOSS_CODES, 'stream isn\'t writeable', 'LOADING', 'Reached the max retries per request limit'].join('|'), 'i');
 
 /**
  * A server that went away or did not answer in time, in the words of the socket (its errno code) or
- * of ioredis ("Connection is closed", a command aborted or timed out, a Redis still loading its AOF):
+ * of ioredis ("Connection is closed", a command aborted, timed out or out of retries while reconnecting, a
+ * Redis still loading its AOF):
  * worth trying again once it answers.
  */
 export function isConnectionLoss(err: unknown): boolean {

@@ -115,9 +115,12 @@ async function main(): Promise<number> {
       const target = new KvmTarget({ devPath: cfg.devPath });
       try {
         const img = await restoreImage(store, cfg.vm, target, options);
-        const r = await target.resume(cfg.resumeMs);
+        const r = await target.resume(cfg.resumeMs, undefined, interrupt.signal);
         if (stopped.by) throw new CkptError('CKPT_ERR_RESTORE_INTERRUPTED', `the restore of ${cfg.vm} was interrupted (${stopped.by}) while its guest was being checked: the guest was stopped`, { retriable: true });
         resumed = { ok: r.running, detail: r.detail };
+        // The image restored fine either way (ckpt_restorer_restores_total); whether its guest ran is this.
+        metrics.resumeChecks.inc({ result: r.running ? 'running' : 'not-running' });
+        metrics.lastResumeRunning.set(r.running ? 1 : 0);
         report(img, resumed);
         if (cfg.keepRunning && r.running) {
           phase = 'running';

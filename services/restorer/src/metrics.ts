@@ -16,6 +16,10 @@ export interface RestorerMetrics {
   /** When the last restore of each outcome ended: a failover pod restores once, usually before its first scrape. */
   lastEnd: Gauge<'outcome'>;
   lastDurationSeconds: Gauge;
+  /** Checks of a restored guest resumed on KVM (--resume-ms): did every vCPU make progress. */
+  resumeChecks: Counter<'result'>;
+  /** 1 when the last resumed guest ran, 0 when it did not, -1 before any check. */
+  lastResumeRunning: Gauge;
 }
 
 export function createRestorerMetrics(options: { defaultMetrics?: boolean } = {}): RestorerMetrics {
@@ -33,6 +37,12 @@ export function createRestorerMetrics(options: { defaultMetrics?: boolean } = {}
     lastEnd: withZeroSeries(new Gauge({ name: 'ckpt_restorer_last_restore_end_timestamp_seconds', help: 'Unix time the last restore with this outcome ended (0: none yet)', labelNames: ['outcome'], registers }), 'outcome', RESTORE_OUTCOMES),
     lastDurationSeconds: new Gauge({ name: 'ckpt_restorer_last_restore_duration_seconds', help: 'Duration of the last restore, any outcome (fence to release; 0: none yet)', registers }),
     throughput: new Gauge({ name: 'ckpt_restorer_throughput_bytes_per_second', help: 'Guest memory bytes per second of the last successful restore (read, verify, hand over)', registers }),
+    resumeChecks: withZeroSeries(new Counter({ name: 'ckpt_restorer_resume_checks_total', help: 'Restored guests resumed on KVM for --resume-ms, by result: running (every vCPU made progress) or not-running (a restore can verify and its guest still fail)', labelNames: ['result'], registers }), 'result', ['running', 'not-running']),
+    lastResumeRunning: (() => {
+      const g = new Gauge({ name: 'ckpt_restorer_last_resume_running', help: '1 when the last restored guest resumed on KVM ran, 0 when it did not, -1 before any check', registers });
+      g.set(-1);
+      return g;
+    })(),
     lastSuccess: new Gauge({ name: 'ckpt_restorer_last_success_timestamp_seconds', help: 'Unix time the last successful restore finished', registers }),
   };
 }

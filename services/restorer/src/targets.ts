@@ -198,12 +198,21 @@ export class KvmTarget implements RestoreTarget {
    * Starts the restored guest (`onRunning` right after), lets it run `ms`, pauses it, and says whether
    * every vCPU's pages-written counter moved past the epoch's.
    */
-  async resume(ms: number, onRunning?: () => void): Promise<{ running: boolean; detail: string }> {
+  /**
+   * Runs the restored guest for `ms` and says whether every vCPU made progress. `signal` ends the wait
+   * early (a SIGTERM during a long check: the pod's grace period is shorter than --resume-ms may be).
+   */
+  async resume(ms: number, onRunning?: () => void, signal?: AbortSignal): Promise<{ running: boolean; detail: string }> {
     const vm = this.vm!;
     const at = this.restored!.guestCounters.filter((_, i) => i % 2 === 1);
     vm.start();
     onRunning?.();
-    await new Promise((r) => setTimeout(r, ms));
+    await new Promise<void>((resolve) => {
+      const done = (): void => { clearTimeout(timer); signal?.removeEventListener('abort', done); resolve(); };
+      const timer = setTimeout(done, ms);
+      if (signal?.aborted) done();
+      else signal?.addEventListener('abort', done, { once: true });
+    });
     vm.pause();
     const err = vm.lastError();
     const now = [...vm.guestCounters()].filter((_, i) => i % 2 === 1);

@@ -358,6 +358,8 @@ test('real KVM: the failover service (RESTORER_* env, --keep-running) runs the r
     assert.match(log, /running \(pages written per vCPU/);
     const text = await (await fetch(`${base}/metrics`)).text();
     assert.match(text, /^ckpt_restorer_restores_total\{outcome="ok"\} 1$/m);
+    assert.match(text, /^ckpt_restorer_resume_checks_total\{result="running"\} 1$/m);
+    assert.match(text, /^ckpt_restorer_last_resume_running 1$/m);
     assert.ok(Number(/^ckpt_restorer_throughput_bytes_per_second (\S+)$/m.exec(text)?.[1]) > 0, 'throughput recorded');
     assert.match(text, /^process_cpu_seconds_total /m, 'process metrics on');
   } finally {
@@ -365,6 +367,43 @@ test('real KVM: the failover service (RESTORER_* env, --keep-running) runs the r
   }
   assert.equal(await exited, 0, log);
   assert.match(log, /stopped; the guest was paused/);
+});
+
+test('real KVM: a restored guest that does not run is not counted as running, and SIGTERM ends a long --resume-ms check at once (INTERRUPTED, exit 143, metrics written)', { timeout: 90_000 }, async (t) => {
+  if (!needKvm(t)) return;
+  await harvestIntoRedis('vm-nr', { ...guest, source: 'kvm', memMib: 32, vcpus: 1, rate: 20000, fill: false }, 3);
+  const dir = mkdtempSync(join(tmpdir(), 'ckpt-restore-'));
+  const metricsFile = join(dir, 'restore.prom');
+  try {
+    // SIGTERM two seconds into a 60 s check: it waited out the whole check, past the 10 s hard exit,
+    // with no JSON line and no metrics file.
+    const t0 = Date.now();
+    const run = restoreCliAsync(['--vm', 'vm-nr', '--redis-url', db.server.url, '--resume-ms', '60000', '--json', '--metrics-file', metricsFile]);
+    await new Promise((r) => setTimeout(r, 2500));
+    run.child.kill('SIGTERM');
+    const r = await run.done;
+    assert.equal(r.code, 143, r.stderr);
+    assert.ok(Date.now() - t0 < 9000, `stopped at once, not at the 10 s hard exit (${Date.now() - t0} ms)`);
+    assert.equal((JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { code: string }).code, 'CKPT_ERR_RESTORE_INTERRUPTED', r.stderr);
+    assert.match(r.stderr, /interrupted \(SIGTERM\) while its guest was being checked/, 'the signal came during the check');
+    assert.match(readFileSync(metricsFile, 'utf8'), /^ckpt_restorer_last_resume_running -1$/m, 'metrics written; no check finished');
+
+    // A vCPU state the guest cannot run from (zeroed: real mode at 0, no progress), with the digest of the
+    // states removed as in an image applied before they existed: the image verifies, the guest does not run.
+    const meta = store.keys('vm-nr').meta;
+    const state = await db.redis.hgetBuffer(meta, 'vcpu:0');
+    await db.redis.hset(meta, 'vcpu:0', Buffer.alloc(state!.length));
+    await db.redis.hdel(meta, 'vcpuDigest');
+    const bad = restoreCli(['--vm', 'vm-nr', '--redis-url', db.server.url, '--resume-ms', '200', '--json', '--metrics-file', metricsFile]);
+    assert.equal(bad.status, 1, String(bad.stderr));
+    assert.equal(lastJson(bad).code, 'CKPT_ERR_RESTORE_NOT_RUNNING');
+    const text = readFileSync(metricsFile, 'utf8');
+    assert.match(text, /^ckpt_restorer_resume_checks_total\{result="not-running"\} 1$/m);
+    assert.match(text, /^ckpt_restorer_resume_checks_total\{result="running"\} 0$/m);
+    assert.match(text, /^ckpt_restorer_last_resume_running 0$/m);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('a 4 GiB sparse simulator guest: harvested, applied, restored to memory and to a sparse file', async () => {

@@ -153,18 +153,37 @@ export function commandRedisOptions(name: string, s: RedisSettings, url: string)
 /**
  * connect() of a lazyConnect ioredis client. After its retries ioredis rejects with "Connection is
  * closed.", which hides why; this rejects with the connection's own last error instead (ECONNREFUSED,
- * ENOTFOUND, WRONGPASS, ...), the original as its cause.
+ * ENOTFOUND, WRONGPASS, ...), the original as its cause. With `timeoutMs`, a server that takes the
+ * connection but does not answer (stopped, swapping) fails it within that time: ioredis retries its
+ * ready check, and a restore given 2 s took 8.5 s to fail, 15 s took 34.5 s.
  */
-export async function connectWithCause(client: { connect(): Promise<unknown>; on(ev: 'error', f: (e: Error) => void): unknown; off(ev: 'error', f: (e: Error) => void): unknown }): Promise<void> {
+export async function connectWithCause(
+  client: { connect(): Promise<unknown>; disconnect(): void; on(ev: 'error', f: (e: Error) => void): unknown; off(ev: 'error', f: (e: Error) => void): unknown },
+  timeoutMs?: number,
+): Promise<void> {
   let last: Error | null = null;
   const onError = (e: Error): void => { last = e; };
   client.on('error', onError);
+  let timer: NodeJS.Timeout | undefined;
   try {
-    await client.connect();
+    const connecting = client.connect();
+    if (timeoutMs === undefined) await connecting;
+    else {
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+      });
+      await Promise.race([connecting, late]).catch((err: unknown) => {
+        connecting.catch(() => undefined);
+        client.disconnect();
+        throw err;
+      });
+    }
   } catch (err) {
     const cause = last as Error | null;
-    throw new Error(cause?.message || (err as Error).message, { cause: err });
+    const timedOut = err instanceof Error && err.message.startsWith('no answer within');
+    throw new Error(timedOut ? `${err.message}${cause ? ` (${cause.message})` : ''}` : cause?.message || (err as Error).message, { cause: err });
   } finally {
+    clearTimeout(timer);
     client.off('error', onError);
   }
 }

@@ -8,13 +8,14 @@
  * ({failed: true, code, message, retriable}: CKPT_ERR_REDIS_UNREACHABLE, CKPT_ERR_STANDBY_FENCED, ...).
  */
 import { Redis } from 'ioredis';
-import { CkptError, commandConfig, commandRedisOptions, connectWithCause, errorMessage, jsonFailureLine, REDIS_SCHEMA, redactUrl, vmIdProblem, type Schema } from '@ckpt/common';
+import { CkptError, commandConfig, commandRedisOptions, connectWithCause, errorMessage, isConnectionLoss, jsonFailureLine, REDIS_SCHEMA, redactUrl, vmIdProblem, type Schema } from '@ckpt/common';
 import { StandbyStore } from './standby-store.ts';
 
 const SCHEMA = {
   vm: { type: 'string', default: '', help: 'forget, unfence: the VM' },
   ...REDIS_SCHEMA,
   json: { type: 'bool', default: false, help: 'print one JSON object as the last line' },
+  redisTimeoutMs: { type: 'int', default: 15_000, min: 100, max: 600_000, help: 'a Redis that does not answer within this time fails the command (retriable) instead of hanging it' },
 } as const satisfies Schema;
 
 const USAGE = `usage: npm run standby -- list [--json] [--redis-url URL]
@@ -30,7 +31,8 @@ the replicator applies nothing to that VM; a restorer that dies (kill -9) stops 
 which then expires by itself within its TTL (10 s by default, at most 120 s). Remove it only when its
 holder is certainly gone: a live restore would then read an image the replicator may change under it
 (its digest check would refuse the torn image).
-REDIS_URL is read when --redis-url is not given.`;
+REDIS_URL is read when --redis-url is not given. A Redis that does not answer within --redis-timeout-ms
+(15 s) fails the command, retriable (CKPT_ERR_REDIS_UNREACHABLE or CKPT_ERR_REDIS_LOST).`;
 
 async function main(argv: string[]): Promise<number> {
   const sub = argv[0] && !argv[0].startsWith('-') ? argv[0] : '';
@@ -47,12 +49,12 @@ async function main(argv: string[]): Promise<number> {
   if (typeof cfg === 'number') return cfg;
   const redisOpts = commandRedisOptions('standby', cfg, cfg.redisUrl || process.env.REDIS_URL!);
   if (typeof redisOpts === 'number') return redisOpts;
-  const redis = new Redis(redisOpts.url, { ...redisOpts.options, maxRetriesPerRequest: 3, lazyConnect: true });
+  const redis = new Redis(redisOpts.url, { ...redisOpts.options, maxRetriesPerRequest: 3, lazyConnect: true, commandTimeout: cfg.redisTimeoutMs });
   redis.on('error', () => undefined);
   const say = (s: string): void => void process.stderr.write(s + '\n');
   try {
     try {
-      await connectWithCause(redis);
+      await connectWithCause(redis, cfg.redisTimeoutMs);
     } catch (err) {
       throw new CkptError('CKPT_ERR_REDIS_UNREACHABLE', `cannot connect to Redis at ${redactUrl(redisOpts.url)}: ${(err as Error).message}`, { retriable: true });
     }
@@ -104,7 +106,11 @@ async function main(argv: string[]): Promise<number> {
     say(`standby: deleted ${cfg.vm}'s standby${meta ? ` (epoch ${meta.generation}/${meta.epoch})` : ''}: ${deleted} keys`);
     if (cfg.json) process.stdout.write(JSON.stringify({ vm: cfg.vm, deletedKeys: deleted, epoch: meta ? `${meta.generation}/${meta.epoch}` : null }) + '\n');
     return 0;
-  } catch (err) {
+  } catch (caught) {
+    // A Redis that stopped answering (or went away) after the connection: worth trying again.
+    const err = !(caught instanceof CkptError) && isConnectionLoss(caught)
+      ? new CkptError('CKPT_ERR_REDIS_LOST', `Redis at ${redactUrl(redisOpts.url)} stopped answering: ${errorMessage(caught)}`, { retriable: true, cause: caught })
+      : caught;
     say(`standby: ${errorMessage(err)}`);
     // --json promises a JSON last line: a failure is one too ({failed, code, message, retriable}).
     if (cfg.json) process.stdout.write(jsonFailureLine(err, 'CKPT_ERR_STANDBY_FAILED'));

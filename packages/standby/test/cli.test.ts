@@ -4,13 +4,15 @@
  * is nothing to delete; bad options exit 2 naming the problem.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { RedisServer } from '@ckpt/embedded';
 import { redisForTests } from '@ckpt/embedded/test-support';
 import { StandbyStore } from '../src/index.ts';
 
 const CLI = fileURLToPath(new URL('../src/cli.ts', import.meta.url));
+const RESTORE = fileURLToPath(new URL('../../../services/restorer/src/main.ts', import.meta.url));
 const db = redisForTests();
 
 const run = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', CLI, ...args], { encoding: 'utf8', env: { ...process.env, REDIS_URL: db.server.url } });
@@ -147,4 +149,32 @@ test('a Redis nobody listens on: exit 1 naming the connection\'s own error, not 
   const failed = JSON.parse(r.stdout.trim()) as { failed: boolean; code: string; retriable: boolean; message: string };
   assert.deepEqual([failed.failed, failed.code, failed.retriable], [true, 'CKPT_ERR_REDIS_UNREACHABLE', true]);
   assert.match(failed.message, /ECONNREFUSED/);
+});
+
+test('a Redis that takes the connection but does not answer (SIGSTOP): list and restore fail within --redis-timeout-ms, retriable; list hung for good, restore took 2-3x its timeout', async () => {
+  const server = await RedisServer.start();
+  try {
+    process.kill(server.pid!, 'SIGSTOP');
+    for (const [cmd, args] of [[CLI, ['list', '--json']], [RESTORE, ['--vm', 'vm-0', '--out', '/tmp/ckpt-never', '--json']]] as const) {
+      const t0 = Date.now();
+      const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+        const child = spawn(process.execPath, ['--import', 'tsx', cmd, ...args, '--redis-url', server.url, '--redis-timeout-ms', '1500'], { stdio: ['ignore', 'pipe', 'pipe'] });
+        let stdout = '';
+        let stderr = '';
+        child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+        child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+        const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+        child.once('exit', (status) => { clearTimeout(timer); resolve({ status, stdout, stderr }); });
+      });
+      const ms = Date.now() - t0;
+      assert.equal(r.status, 1, r.stderr);
+      assert.ok(ms < 8000, `${args[0]}: failed after ${ms} ms with a 1.5 s timeout (node start included)`);
+      const failed = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { code: string; retriable: boolean; message: string };
+      assert.deepEqual([failed.code, failed.retriable], ['CKPT_ERR_REDIS_UNREACHABLE', true], r.stderr);
+      assert.match(failed.message, /no answer within 1500 ms/);
+    }
+  } finally {
+    process.kill(server.pid!, 'SIGCONT');
+    await server.stop();
+  }
 });

@@ -102,7 +102,7 @@ async function main(): Promise<number> {
       say(`restore: /metrics, /healthz and /readyz on port ${server.port}`);
     }
     try {
-      await connectWithCause(redis);
+      await connectWithCause(redis, cfg.redisTimeoutMs);
     } catch (err) {
       throw new CkptError('CKPT_ERR_REDIS_UNREACHABLE', `cannot connect to Redis at ${redactUrl(redisOpts.url)}: ${(err as Error).message}`, { retriable: true });
     }

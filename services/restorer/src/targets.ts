@@ -87,6 +87,8 @@ export class FileTarget implements RestoreTarget {
   private pageSize = 0;
   /** Directories open() created, removed again by abort() when they are empty. */
   private created: string[] = [];
+  /** The vCPU state file while finish() writes it (abort() removes its .partial). */
+  private stateFile: string | null = null;
 
   constructor(readonly dir: string) {}
 
@@ -127,29 +129,46 @@ export class FileTarget implements RestoreTarget {
   write(slotIndex: number, firstPage: number, bytes: Uint8Array): void {
     const ps = this.pageSize;
     const base = firstPage * ps; // file position of bytes[0]
-    forEachNonZeroRun(bytes, ps, (p, n) => {
-      let off = p * ps;
-      const end = off + n * ps;
-      while (off < end) off += writeSync(this.fds[slotIndex]!, bytes, off, end - off, base + off);
-    });
+    try {
+      forEachNonZeroRun(bytes, ps, (p, n) => {
+        let off = p * ps;
+        const end = off + n * ps;
+        while (off < end) off += writeSync(this.fds[slotIndex]!, bytes, off, end - off, base + off);
+      });
+    } catch (err) {
+      // ENOSPC, EIO, a quota: named, and abort() then removes every partial file.
+      throw new CkptError('CKPT_ERR_RESTORE_OUTPUT', `cannot write ${this.names[slotIndex]}.partial: ${(err as Error).message}`, { cause: err });
+    }
   }
 
+  /**
+   * Everything is written under a .partial name first, the vCPU state file too, and renamed only then,
+   * the state file last: a disk that fills up while the state is written leaves no final-named raw file
+   * (it left the raw files renamed and an empty vcpus.json).
+   */
   finish(img: RestoredImage): void {
     for (const fd of this.fds) closeSync(fd);
     this.fds = [];
-    this.names.forEach((n) => renameSync(`${n}.partial`, n));
     const state: VcpuStateFile = {
       vm: img.vm, generation: img.generation, epoch: img.epoch, digest: img.digest, state: img.state, pageSize: img.pageSize,
       slots: img.slots.map((s, i) => ({ id: s.id, pages: s.pages, file: this.names[i]! })), committedAtMs: img.committedAtMs,
       guestCounters: img.guestCounters, vcpuStates: img.vcpuStates.map((b) => b.toString('base64')),
     };
-    writeFileSync(join(this.dir, `${img.vm}.vcpus.json`), JSON.stringify(state, null, 2) + '\n');
+    const stateFile = join(this.dir, `${img.vm}.vcpus.json`);
+    this.stateFile = stateFile;
+    try {
+      writeFileSync(`${stateFile}.partial`, JSON.stringify(state, null, 2) + '\n');
+      for (const n of [...this.names, stateFile]) renameSync(`${n}.partial`, n);
+    } catch (err) {
+      throw new CkptError('CKPT_ERR_RESTORE_OUTPUT', `cannot finish the restored files in ${this.dir}: ${(err as Error).message}`, { cause: err });
+    }
+    this.stateFile = null;
   }
 
   abort(): void {
     for (const fd of this.fds) closeSync(fd);
     this.fds = [];
-    for (const n of this.names) {
+    for (const n of this.stateFile ? [...this.names, this.stateFile] : this.names) {
       try { unlinkSync(`${n}.partial`); } catch { /* already gone */ }
     }
     for (const d of [...this.created].reverse()) {

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createServer } from 'node:net';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -617,6 +617,40 @@ test('NEGATIVE: npm run restore --resume-ms on a host without that KVM device: a
   assert.equal(out.durationMs, null);
   const help = restoreCli(['--help']);
   for (const flag of ['--dev-path', '--out']) assert.ok(String(help.stdout).includes(flag), `the hint names an option restore has: ${flag}`);
+});
+
+test('a disk that fills up: CKPT_ERR_RESTORE_OUTPUT naming the file, and no file left, final-named or partial (the raw files were renamed before the vCPU state was written)', async (t) => {
+  await buildImage('vm-full', 3);
+  // The vCPU state file cannot be written (a directory stands in its way): the raw files must not have
+  // been renamed yet, and nothing may stay behind.
+  const dir = mkdtempSync(join(tmpdir(), 'ckpt-restore-'));
+  try {
+    mkdirSync(join(dir, 'vm-full.vcpus.json.partial'));
+    const err = await rejects(restoreImage(store, 'vm-full', new FileTarget(dir)), 'CKPT_ERR_RESTORE_OUTPUT');
+    assert.match(err.message, /cannot finish the restored files in /);
+    rmdirSync(join(dir, 'vm-full.vcpus.json.partial'));
+    assert.deepEqual(readdirSync(dir), [], 'no raw file renamed, no partial left');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  // A real ENOSPC: a tmpfs of 8 KiB takes two of the image's pages.
+  const mnt = mkdtempSync(join(tmpdir(), 'ckpt-full-'));
+  try {
+    const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=8k', 'tmpfs', mnt], { encoding: 'utf8' });
+    if (m.status !== 0) {
+      t.diagnostic(`skipped the ENOSPC half: cannot mount a small tmpfs here (${(m.stderr || m.error?.message || '').trim()}); needs root`);
+      return;
+    }
+    try {
+      const err = await rejects(restoreImage(store, 'vm-full', new FileTarget(mnt)), 'CKPT_ERR_RESTORE_OUTPUT');
+      assert.match(err.message, /cannot write .*vm-full\.slot0\.raw\.partial: ENOSPC/);
+      assert.deepEqual(readdirSync(mnt), []);
+    } finally {
+      spawnSync('umount', [mnt]);
+    }
+  } finally {
+    rmSync(mnt, { recursive: true, force: true });
+  }
 });
 
 test('an output directory that cannot be made is a clear CKPT_ERR_RESTORE_OUTPUT at once (under /proc, Node\'s recursive mkdir looped for good)', () => {

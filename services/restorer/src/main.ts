@@ -15,7 +15,7 @@ import { StandbyStore } from '@ckpt/standby';
 import { createRestorerMetrics } from './metrics.ts';
 import { restoreImage, type RestoredImage } from './restore-image.ts';
 import { RESTORER_ENV_PREFIX, RESTORER_SCHEMA } from './restorer-config.ts';
-import { FileTarget, KvmTarget } from './targets.ts';
+import { FileTarget, KvmTarget, watchRunning } from './targets.ts';
 
 const USAGE = `usage: npm run restore -- --vm ID [--redis-url URL] (--out DIR | --resume-ms N) [options]
 
@@ -60,6 +60,8 @@ async function main(): Promise<number> {
       (img.fenceWaitMs >= 1 ? ` (after ${img.fenceWaitMs.toFixed(0)} ms waiting for the fence)` : ''));
     if (cfg.out) say(`  written to ${cfg.out}: ${cfg.vm}.slot<id>.raw, ${cfg.vm}.vcpus.json`);
     if (resumed) say(`  resumed for ${cfg.resumeMs} ms on a fresh KVM VM: ${resumed.ok ? 'running' : 'NOT RUNNING'} (${resumed.detail})`);
+    // The runbook reads the code from a FAILED line, as for every other failure.
+    if (resumed && !resumed.ok) say(`restore: FAILED: the restored guest did not make progress: ${resumed.detail} [CKPT_ERR_RESTORE_NOT_RUNNING]`);
     json({
       generation: img.generation, epoch: img.epoch, digest: img.digest, state: img.state, verified: true, imageBytes: img.imageBytes, bytesRead: img.bytesRead,
       durationMs: Math.round(img.durationMs), fenceWaitMs: Math.round(img.fenceWaitMs), restoreMBps: img.mbps, resumed: resumed?.ok ?? null,
@@ -126,10 +128,13 @@ async function main(): Promise<number> {
           phase = 'running';
           say('  keeping the guest running until SIGTERM or SIGINT');
           target.vm!.start();
-          await new Promise<void>((resolve) => {
-            if (interrupt.signal.aborted) resolve();
-            else interrupt.signal.addEventListener('abort', () => resolve(), { once: true });
-          });
+          // Watched while it runs: a guest whose vCPU fails must not leave a ready pod running nothing.
+          const died = await watchRunning(() => target.vm!.lastError(), interrupt.signal);
+          if (died) {
+            phase = 'guest stopped';
+            metrics.lastResumeRunning.set(0);
+            throw new CkptError('CKPT_ERR_RESTORE_NOT_RUNNING', `the restored guest of ${cfg.vm} stopped while kept running: vCPU error: ${died}`);
+          }
           target.vm!.pause();
           say('restore: stopped; the guest was paused and its VM destroyed');
         }

@@ -251,3 +251,25 @@ export class KvmTarget implements RestoreTarget {
     this.vm = null;
   }
 }
+
+/**
+ * Until `signal` aborts, polls `lastError` (a running guest's vCPU error) every `periodMs`: resolves
+ * with the error as soon as there is one, or with null once stopped. The failover Deployment's guest
+ * was checked only before it was kept running, so one that failed later left a ready pod running nothing.
+ */
+export function watchRunning(lastError: () => string | null, signal: AbortSignal, periodMs = 1000): Promise<string | null> {
+  return new Promise((resolve) => {
+    const watch = setInterval(() => {
+      const err = lastError();
+      if (err) done(err);
+    }, periodMs);
+    const onStop = (): void => done(null);
+    function done(v: string | null): void {
+      clearInterval(watch);
+      signal.removeEventListener('abort', onStop);
+      resolve(v);
+    }
+    if (signal.aborted) done(null);
+    else signal.addEventListener('abort', onStop, { once: true });
+  });
+}

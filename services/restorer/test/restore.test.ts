@@ -21,7 +21,7 @@ import { Applier, createReplicatorMetrics } from '@ckpt/replicator';
 import { StandbyStore } from '@ckpt/standby';
 import { FakeHarvester, PAGE, SLOT_PAGES } from '../../replicator/test/fake-harvester.ts';
 import { needKvm } from '@ckpt/kvm-native/test-support';
-import { createRestorerMetrics, FileTarget, KvmTarget, restoreImage, SparseTarget } from '../src/index.ts';
+import { createRestorerMetrics, FileTarget, KvmTarget, restoreImage, SparseTarget, watchRunning } from '../src/index.ts';
 
 let store: StandbyStore;
 const db = redisForTests(({ redis }) => { store = new StandbyStore(redis); });
@@ -397,6 +397,7 @@ test('real KVM: a restored guest that does not run is not counted as running, an
     const bad = restoreCli(['--vm', 'vm-nr', '--redis-url', db.server.url, '--resume-ms', '200', '--json', '--metrics-file', metricsFile]);
     assert.equal(bad.status, 1, String(bad.stderr));
     assert.equal(lastJson(bad).code, 'CKPT_ERR_RESTORE_NOT_RUNNING');
+    assert.match(String(bad.stderr), /restore: FAILED: the restored guest did not make progress: .* \[CKPT_ERR_RESTORE_NOT_RUNNING\]/, 'the runbook reads the code from this line');
     const text = readFileSync(metricsFile, 'utf8');
     assert.match(text, /^ckpt_restorer_resume_checks_total\{result="not-running"\} 1$/m);
     assert.match(text, /^ckpt_restorer_resume_checks_total\{result="running"\} 0$/m);
@@ -668,4 +669,20 @@ test('an output directory that cannot be made is a clear CKPT_ERR_RESTORE_OUTPUT
   for (const [i, dir] of ['/proc/nope', '/proc/nope/deeper'].entries()) {
     assert.ok(lines[i]!.startsWith('CKPT_ERR_RESTORE_OUTPUT ') && lines[i]!.includes(dir), lines[i]);
   }
+});
+
+test('watchRunning: a kept-running guest whose vCPU fails is reported at the next poll (the failover pod stayed ready with nothing running); a stop ends the watch', async () => {
+  let err: string | null = null;
+  const stop = new AbortController();
+  const t0 = Date.now();
+  const watching = watchRunning(() => err, stop.signal, 20);
+  setTimeout(() => { err = 'KVM_EXIT_SHUTDOWN (triple fault)'; }, 100);
+  assert.equal(await watching, 'KVM_EXIT_SHUTDOWN (triple fault)');
+  assert.ok(Date.now() - t0 < 1000);
+  const quiet = new AbortController();
+  const stopped = watchRunning(() => null, quiet.signal, 20);
+  setTimeout(() => quiet.abort('SIGTERM'), 50);
+  assert.equal(await stopped, null);
+  assert.equal(await watchRunning(() => 'never polled', AbortSignal.abort(), 20), null, 'already stopped');
+  stop.abort();
 });

@@ -1,4 +1,4 @@
-import { ConfigError } from './errors.ts';
+import { ConfigError, jsonFailureLine } from './errors.ts';
 import type { Logger } from './logger.ts';
 
 /** One configuration field. Units belong in the key (`intervalMs`, `memMib`, `maxBytes`). */
@@ -190,6 +190,10 @@ export function commandConfig<T extends Schema>(
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     process.stderr.write(`${name}: ${err.message}\n(${name} --help lists the options)\n`);
+    // --json promises a JSON last line, a failure's too: also when the options around it are bad.
+    if ('json' in schema && (argv.includes('--json') || argv.includes('--json=true') || (env && /^(1|true|yes)$/i.test(env.vars[`${env.prefix}JSON`] ?? '')))) {
+      process.stdout.write(jsonFailureLine(err, 'CKPT_ERR_CONFIG_INVALID'));
+    }
     return 2;
   }
 }

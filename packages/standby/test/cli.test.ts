@@ -137,6 +137,14 @@ test('bad options exit 2 and name the problem; --help exits 0', () => {
   r = run('drop');
   assert.equal(r.status, 2);
   assert.match(r.stderr, /unknown command "drop"/);
+  // --json promises a JSON last line, a failure's too: bad options included (there was none).
+  for (const args of [['list', '--json', '--bogus'], ['forget', '--json']]) {
+    r = run(...args);
+    assert.equal(r.status, 2, args.join(' '));
+    const last = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { failed: boolean; code: string; message: string };
+    assert.deepEqual([last.failed, last.code], [true, 'CKPT_ERR_CONFIG_INVALID']);
+    assert.match(last.message, args.includes('--bogus') ? /unknown option --bogus/ : /forget needs --vm ID/);
+  }
   r = run('--help');
   assert.equal(r.status, 0);
   assert.match(r.stdout, /npm run standby -- forget --vm ID/);

@@ -493,11 +493,11 @@ export class StandbyStore {
   /**
    * Reads the image of generation `g`: calls `onChunk` for every chunk (CHUNK_PAGES consecutive pages)
    * that holds a page, in slot and chunk order, with the chunk's bytes up to its last page that exists
-   * (whole pages, absent ones zero, 4-byte aligned). One MGET per chunk, `window` chunks per round trip: no per-page round
+   * (whole pages, absent ones zero, 4-byte aligned) and how many of its pages Redis held. One MGET per chunk, `window` chunks per round trip: no per-page round
    * trips. `bytes` is reused: valid only during the call. `afterWindow` (tests) runs between round trips.
    * A sparse image (few pages in a big slot) is read through its hash table instead of probing every page.
    */
-  async forEachChunk(vm: string, g: number, slots: SlotInfo[], pageSize: number, onChunk: (slot: number, chunk: number, bytes: Buffer) => void,
+  async forEachChunk(vm: string, g: number, slots: SlotInfo[], pageSize: number, onChunk: (slot: number, chunk: number, bytes: Buffer, pagesRead: number) => void,
     window = 64, afterWindow?: () => Promise<void>): Promise<void> {
     const k = this.keys(vm);
     const prefix = k.pagePrefix(g);
@@ -505,16 +505,18 @@ export class StandbyStore {
     const hashed = await this.redis.hlen(k.hashes(g));
     const emit = (slot: number, chunk: number, gfns: number[] | null, vals: (Buffer | null)[]): void => {
       let end = 0; // bytes of buf holding this chunk so far; pages skipped on the way are zeroed
+      let read = 0;
       for (let i = 0; i < vals.length; i++) {
         const v = vals[i];
         if (!v) continue;
+        read++;
         const p = gfns ? gfns[i]! - chunk * CHUNK_PAGES : i;
         if (v.byteLength !== pageSize) throw new CkptError('CKPT_ERR_STANDBY_CORRUPT', `page ${slot}:${chunk * CHUNK_PAGES + p} of ${vm} holds ${v.byteLength} bytes, not ${pageSize}`);
         if (p * pageSize > end) buf.fill(0, end, p * pageSize);
         buf.set(v, p * pageSize);
         end = (p + 1) * pageSize;
       }
-      if (end > 0) onChunk(slot, chunk, buf.subarray(0, end));
+      if (end > 0) onChunk(slot, chunk, buf.subarray(0, end), read);
     };
     for (const s of slots) {
       if (s.pages > 1 << 16 && hashed * 16 < s.pages) {

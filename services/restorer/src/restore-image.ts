@@ -47,7 +47,9 @@ export interface RestoredImage {
   guestCounters: number[];
   committedAtMs: number;
   appliedAtMs: number;
-  /** Bytes of chunk data read from Redis (absent chunks, which are zero, are not counted). */
+  /** The vCPU states matched the digest stored with them; false for an image applied before vCPU digests (2026-11-25). */
+  vcpuVerified: boolean;
+  /** Bytes of the pages read from Redis (absent pages, which are zero, are not counted: they were counted up to 2026-11-25). */
   bytesRead: number;
   /** Guest memory size restored (all slots). */
   imageBytes: number;
@@ -156,6 +158,7 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
       outcome = 'refused-digest';
       throw new CkptError('CKPT_ERR_RESTORE_DIGEST', `the vCPU state of ${vm}'s standby image does not verify: it hashes to ${vcpuDigest}, epoch ${meta.generation}/${meta.epoch} was applied with ${meta.vcpuDigest}; refusing to restore it`);
     }
+    if (!meta.vcpuDigest) log.warn(`${vm}'s standby image stores no digest of its vCPU states (applied before 2026-11-25, or the field was removed): its pages are verified, its vCPU states are not`, { vm, generation: meta.generation, epoch: meta.epoch });
     const layout: ImageLayout = { vm, pageSize: meta.pageSize, slots: meta.slots, vcpus: meta.vcpus, vcpuStateBytes: Math.max(0, ...meta.vcpuStates.map((b) => b.byteLength)) };
     checkInterrupted(vm, opts.signal);
     await target.open(layout);
@@ -163,10 +166,10 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
     const slotIndex = new Map(meta.slots.map((s, i) => [s.id, i]));
     const digest = new ChunkDigest(vm, meta.pageSize);
     let bytesRead = 0;
-    await store.forEachChunk(vm, meta.generation, meta.slots, meta.pageSize, (slot, chunk, bytes) => {
+    await store.forEachChunk(vm, meta.generation, meta.slots, meta.pageSize, (slot, chunk, bytes, pagesRead) => {
       checkInterrupted(vm, opts.signal);
       digest.add(slot, chunk, bytes); // whole pages: it refuses anything else
-      bytesRead += bytes.byteLength;
+      bytesRead += pagesRead * meta.pageSize; // the pages Redis held, not the zero gaps between them
       target.write(slotIndex.get(slot)!, chunk * CHUNK_PAGES, bytes);
     }, opts.window ?? 4, opts.afterWindow);
     if (fenceLost) throw new CkptError('CKPT_ERR_RESTORE_FENCE_LOST', `the fence of ${vm} expired or was taken while reading: the read may mix epochs; try again (or raise the fence TTL)`, { retriable: true });
@@ -202,6 +205,6 @@ function toImage(vm: string, m: StandbyMeta, bytesRead: number, ms: number, fenc
   return {
     vm, generation: m.generation, epoch: m.epoch, digest: m.digest, state: m.state, staleReason: m.staleReason, pageSize: m.pageSize, slots: m.slots,
     vcpuStates: m.vcpuStates, guestCounters: m.guestCounters, committedAtMs: m.committedAtMs, appliedAtMs: m.appliedAtMs,
-    bytesRead, imageBytes, durationMs: ms, fenceWaitMs, mbps: Number((imageBytes / (ms / 1000) / 1e6).toFixed(1)),
+    vcpuVerified: m.vcpuDigest !== '', bytesRead, imageBytes, durationMs: ms, fenceWaitMs, mbps: Number((imageBytes / (ms / 1000) / 1e6).toFixed(1)),
   };
 }

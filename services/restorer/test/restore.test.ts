@@ -170,6 +170,7 @@ test('NEGATIVE: a vCPU state changed behind the replicator\'s back is refused be
   await db.redis.hdel(meta, 'vcpuDigest');
   const img = await restoreImage(store, 'vm-v', new SparseTarget());
   assert.equal(img.digest, h.model.digest().toHex());
+  assert.equal(img.vcpuVerified, false, 'said, not a silent downgrade');
 });
 
 /** An image of 4 chunks whose next epoch (changing the first and last chunk) is staged, waiting for its commit. */
@@ -685,4 +686,12 @@ test('watchRunning: a kept-running guest whose vCPU fails is reported at the nex
   assert.equal(await stopped, null);
   assert.equal(await watchRunning(() => 'never polled', AbortSignal.abort(), 20), null, 'already stopped');
   stop.abort();
+});
+
+test('bytesRead counts the pages Redis held, not the zero gaps between them in a chunk (it said 54.7 MiB read for 2.1 MiB of pages)', async () => {
+  await buildImage('vm-br', 4);
+  // Pages 1, 2, 512, 700 and 1023 hold data (300 was zeroed by the second epoch): five pages, four chunks.
+  const img = await restoreImage(store, 'vm-br', new SparseTarget());
+  assert.equal(img.bytesRead, 5 * PAGE);
+  assert.equal(img.vcpuVerified, true);
 });

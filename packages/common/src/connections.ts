@@ -188,6 +188,19 @@ export async function connectWithCause(
   }
 }
 
+/**
+ * The error of a command that could not connect to Redis (from connectWithCause): refused credentials
+ * are CKPT_ERR_REDIS_AUTH, not retriable (trying again cannot help, and a failover pod would only
+ * crash-loop); anything else is CKPT_ERR_REDIS_UNREACHABLE, retriable.
+ */
+export function redisConnectError(err: unknown, url: string): CkptError {
+  const message = (err as Error).message;
+  if (/WRONGPASS|NOAUTH|invalid (username-)?password|AUTH failed|NOPERM/i.test(message)) {
+    return new CkptError('CKPT_ERR_REDIS_AUTH', `Redis at ${redactUrl(url)} refused the credentials: ${message}; check the password (--redis-password-file, or in --redis-url) and the user's ACL`, { cause: err });
+  }
+  return new CkptError('CKPT_ERR_REDIS_UNREACHABLE', `cannot connect to Redis at ${redactUrl(url)}: ${message}`, { retriable: true, cause: err });
+}
+
 /** kafkajs errors that mean the brokers did not answer (as opposed to answering with a refusal). */
 function isConnectionError(err: unknown): boolean {
   const e = err as { name?: string; cause?: { name?: string } } | null;

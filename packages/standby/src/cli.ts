@@ -8,7 +8,7 @@
  * ({failed: true, code, message, retriable}: CKPT_ERR_REDIS_UNREACHABLE, CKPT_ERR_STANDBY_FENCED, ...).
  */
 import { Redis } from 'ioredis';
-import { CkptError, commandConfig, commandRedisOptions, connectWithCause, errorMessage, isConnectionLoss, jsonFailureLine, REDIS_SCHEMA, redactUrl, vmIdProblem, type Schema } from '@ckpt/common';
+import { CkptError, commandConfig, commandRedisOptions, connectWithCause, redisConnectError, errorMessage, isConnectionLoss, jsonFailureLine, REDIS_SCHEMA, redactUrl, vmIdProblem, type Schema } from '@ckpt/common';
 import { StandbyStore } from './standby-store.ts';
 
 const SCHEMA = {
@@ -56,7 +56,7 @@ async function main(argv: string[]): Promise<number> {
     try {
       await connectWithCause(redis, cfg.redisTimeoutMs);
     } catch (err) {
-      throw new CkptError('CKPT_ERR_REDIS_UNREACHABLE', `cannot connect to Redis at ${redactUrl(redisOpts.url)}: ${(err as Error).message}`, { retriable: true });
+      throw redisConnectError(err, redisOpts.url);
     }
     const store = new StandbyStore(redis, cfg.redisPrefix);
     if (sub === 'list') {

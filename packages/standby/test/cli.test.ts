@@ -186,3 +186,22 @@ test('a Redis that takes the connection but does not answer (SIGSTOP): list and 
     await server.stop();
   }
 });
+
+test('refused credentials: list and restore fail with CKPT_ERR_REDIS_AUTH, not retriable (they said "unreachable, retriable", and a failover pod crash-looped on it)', async () => {
+  const password = `pw-${process.pid}`;
+  await db.redis.config('SET', 'requirepass', password); // this connection stays authenticated
+  try {
+    for (const [cmd, args] of [[CLI, ['list', '--json']], [RESTORE, ['--vm', 'vm-0', '--out', '/tmp/ckpt-never', '--json']]] as const) {
+      for (const url of [db.server.url, db.server.url.replace('redis://', 'redis://:wrong@')]) {
+        const r = spawnSync(process.execPath, ['--import', 'tsx', cmd, ...args, '--redis-url', url], { encoding: 'utf8' });
+        assert.equal(r.status, 1, r.stderr);
+        const failed = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { code: string; retriable: boolean; message: string };
+        assert.deepEqual([failed.code, failed.retriable], ['CKPT_ERR_REDIS_AUTH', false], `${args[0]} ${url}: ${r.stderr}`);
+        assert.match(failed.message, /refused the credentials: (NOAUTH|WRONGPASS)/);
+        assert.doesNotMatch(r.stderr + r.stdout, /:wrong@/, 'the password is not shown');
+      }
+    }
+  } finally {
+    await db.redis.config('SET', 'requirepass', '');
+  }
+});

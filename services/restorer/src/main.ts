@@ -9,7 +9,7 @@
  */
 import { renameSync, writeFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
-import { CkptError, commandConfig, commandRedisOptions, connectWithCause, createLogger, isConnectionLoss, KvmError, warnUnknownEnv, redactUrl, startCommandMetricsServer, vmIdProblem, type MetricsServer } from '@ckpt/common';
+import { CkptError, commandConfig, commandRedisOptions, connectWithCause, redisConnectError, createLogger, isConnectionLoss, KvmError, warnUnknownEnv, startCommandMetricsServer, vmIdProblem, type MetricsServer } from '@ckpt/common';
 import { KVM_ERROR_CODES } from '@ckpt/kvm-native';
 import { StandbyStore } from '@ckpt/standby';
 import { createRestorerMetrics } from './metrics.ts';
@@ -106,7 +106,7 @@ async function main(): Promise<number> {
     try {
       await connectWithCause(redis, cfg.redisTimeoutMs);
     } catch (err) {
-      throw new CkptError('CKPT_ERR_REDIS_UNREACHABLE', `cannot connect to Redis at ${redactUrl(redisOpts.url)}: ${(err as Error).message}`, { retriable: true });
+      throw redisConnectError(err, redisOpts.url);
     }
     const store = new StandbyStore(redis, cfg.redisPrefix);
     const options = { allowStale: cfg.allowStale, fenceTtlMs: cfg.fenceTtlMs, fenceWaitMs: cfg.fenceWaitMs, metrics, log, signal: interrupt.signal };

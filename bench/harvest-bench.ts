@@ -14,7 +14,7 @@
  * Figures drift on this shared 2-core machine; ratios measured in one run hold.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { percentile } from '@ckpt/common';
 import { CheckpointCycle, KvmSource, type EpochSink } from '@ckpt/harvester';
@@ -294,6 +294,15 @@ async function pauseBench(epochs: number): Promise<PauseFigures> {
   };
 }
 
+/** Whether this process's code runs from huge pages (npm run bench:harvest passes --use-largepages=silent, as the services do). */
+function codeOnHugePages(): boolean {
+  try {
+    return readFileSync('/proc/self/smaps', 'utf8').split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/).some((b) => / r-xp /.test(b.split('\n')[0]!) && /AnonHugePages:\s+[1-9]/.test(b));
+  } catch {
+    return false;
+  }
+}
+
 async function main(): Promise<void> {
   const a = kvmAvailability();
   if (!a.usable) {
@@ -308,7 +317,8 @@ async function main(): Promise<void> {
 
   let entriesPerPage = 0;
   if (only.has(1) || only.has(2)) {
-    say('1/3 per-page drain+reset: Node path vs plain C loop (1 GiB guest, 1000 pages/round; 8000 for the slope)');
+    const hugeCode = codeOnHugePages();
+    say(`1/3 per-page drain+reset: Node path vs plain C loop (1 GiB guest, 1000 pages/round; 8000 for the slope; Node's code ${hugeCode ? 'on 2 MiB pages, as the services run it' : 'on 4 KiB pages: --use-largepages did not apply here'})`);
     // The issue's comparison: the C loop on the same guest from the same thread, alternating blocks.
     // Rounds of 8000 pages too: the slope between the two sizes is a path's cost per page, the rest its
     // cost per call (for the Node path, the entry into Node-API on caches the guest has just churned).
@@ -342,7 +352,7 @@ async function main(): Promise<void> {
     entriesPerPage = seen / 1000;
     Object.assign(out, {
       entriesPerPage: Number(entriesPerPage.toFixed(2)),
-      nodeVsCRatio: Number(nodeVsCRatio.toFixed(3)), nodePerPageNs: Number(same.node.perPageNs.toFixed(1)), cPerPageNs: Number(same.c.perPageNs.toFixed(1)),
+      nodeCodeOnHugePages: hugeCode, nodeVsCRatio: Number(nodeVsCRatio.toFixed(3)), nodePerPageNs: Number(same.node.perPageNs.toFixed(1)), cPerPageNs: Number(same.c.perPageNs.toFixed(1)),
       nodeVsCMarginalRatio: Number(marginalRatio.toFixed(3)), nodeMarginalNsPerPage: Number(nodeSplit.marginalNs.toFixed(1)), cMarginalNsPerPage: Number(cSplit.marginalNs.toFixed(1)),
       nodeCallUs: Number(nodeSplit.callUs.toFixed(2)), cCallUs: Number(cSplit.callUs.toFixed(2)),
       nodeVsCProcessRatio: Number(nodeVsCProcessRatio.toFixed(3)), nodeProcessPerPageNs: Number(nodePerPageNs.toFixed(1)), cProcessPerPageNs: Number(cPerPageNs.toFixed(1)),

@@ -164,9 +164,11 @@ const REPLICATOR_MAIN = fileURLToPath(new URL('../../../services/replicator/src/
  * V8 starts the old generation at a few MB and grows it slowly; records in flight survive a couple of
  * scavenges and are promoted, so a harvester or replicator at 70 MB/s ran a full mark-compact about
  * every 130 ms. A 256 MB initial heap cut those by a third to three quarters and the CPU per MB by about 15%
- * (docs/replication.md); the replicator's peak RSS grew by about 30 MB.
+ * (docs/replication.md); the replicator's peak RSS grew by about 30 MB. --use-largepages=silent puts
+ * Node's code on 2 MiB pages: the code around each harvest is slower after the kernel's work on cold
+ * TLBs, less so on huge pages (docs/harvester.md); silent where the host has no transparent huge pages.
  */
-export const SERVICE_NODE_FLAGS: readonly string[] = ['--initial-heap-size=256'];
+export const SERVICE_NODE_FLAGS: readonly string[] = ['--initial-heap-size=256', '--use-largepages=silent'];
 
 /** A replicator in its own process (so tests can kill -9 it), logging to `onLog`. */
 export function spawnReplicator(s: Servers, extra: Record<string, string> = {}, onLog?: (line: string) => void): ChildProcess {

@@ -496,9 +496,11 @@ export class StandbyStore {
    * (whole pages, absent ones zero, 4-byte aligned) and how many of its pages Redis held. One MGET per chunk, `window` chunks per round trip: no per-page round
    * trips. `bytes` is reused: valid only during the call. `afterWindow` (tests) runs between round trips.
    * A sparse image (few pages in a big slot) is read through its hash table instead of probing every page.
+   * Resolves with the number of pages the hash table lists (every non-zero page has a hash): a reader that
+   * found fewer knows pages are missing.
    */
   async forEachChunk(vm: string, g: number, slots: SlotInfo[], pageSize: number, onChunk: (slot: number, chunk: number, bytes: Buffer, pagesRead: number) => void,
-    window = 64, afterWindow?: () => Promise<void>): Promise<void> {
+    window = 64, afterWindow?: () => Promise<void>): Promise<number> {
     const k = this.keys(vm);
     const prefix = k.pagePrefix(g);
     const buf = Buffer.alloc(CHUNK_PAGES * pageSize);
@@ -535,6 +537,7 @@ export class StandbyStore {
         await afterWindow?.();
       }
     }
+    return hashed;
   }
 
   /** forEachChunk() over the pages of one slot that the hash table lists (every non-zero page has a hash). */

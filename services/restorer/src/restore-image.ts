@@ -165,20 +165,24 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
     opened = true;
     const slotIndex = new Map(meta.slots.map((s, i) => [s.id, i]));
     const digest = new ChunkDigest(vm, meta.pageSize);
-    let bytesRead = 0;
-    await store.forEachChunk(vm, meta.generation, meta.slots, meta.pageSize, (slot, chunk, bytes, pagesRead) => {
+    let pagesFound = 0;
+    const pagesListed = await store.forEachChunk(vm, meta.generation, meta.slots, meta.pageSize, (slot, chunk, bytes, pagesRead) => {
       checkInterrupted(vm, opts.signal);
       digest.add(slot, chunk, bytes); // whole pages: it refuses anything else
-      bytesRead += pagesRead * meta.pageSize; // the pages Redis held, not the zero gaps between them
+      pagesFound += pagesRead; // the pages Redis held, not the zero gaps between them
       target.write(slotIndex.get(slot)!, chunk * CHUNK_PAGES, bytes);
     }, opts.window ?? 4, opts.afterWindow);
     if (fenceLost) throw new CkptError('CKPT_ERR_RESTORE_FENCE_LOST', `the fence of ${vm} expired or was taken while reading: the read may mix epochs; try again (or raise the fence TTL)`, { retriable: true });
     const recomputed = digest.digest.toHex();
     if (recomputed !== meta.digest) {
       outcome = 'refused-digest';
-      throw new CkptError('CKPT_ERR_RESTORE_DIGEST', `the standby image of ${vm} does not verify: its bytes hash to ${recomputed}, epoch ${meta.generation}/${meta.epoch} was committed with digest ${meta.digest}; refusing to restore it`);
+      // Which failure it is, where that shows: pages gone (evicted, deleted) or bytes changed.
+      const why = pagesFound < pagesListed
+        ? `; ${pagesListed - pagesFound} of its ${pagesListed} pages are missing from Redis (evicted under a maxmemory policy, or deleted)`
+        : '; every page it lists is there, so page bytes were changed';
+      throw new CkptError('CKPT_ERR_RESTORE_DIGEST', `the standby image of ${vm} does not verify: its bytes hash to ${recomputed}, epoch ${meta.generation}/${meta.epoch} was committed with digest ${meta.digest}${why}; refusing to restore it`);
     }
-    const image = toImage(vm, meta, bytesRead, performance.now() - t0, fenceWaitMs);
+    const image = toImage(vm, meta, pagesFound * meta.pageSize, performance.now() - t0, fenceWaitMs);
     checkInterrupted(vm, opts.signal);
     await target.finish(image);
     outcome = image.state === 'ok' ? 'ok' : 'ok-stale';

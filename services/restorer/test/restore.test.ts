@@ -142,7 +142,7 @@ test('NEGATIVE: an image corrupted behind the replicator\'s back is refused, and
   const metrics = createRestorerMetrics();
   try {
     const err = await rejects(restoreImage(store, 'vm-c', new FileTarget(dir), { metrics }), 'CKPT_ERR_RESTORE_DIGEST');
-    assert.match(err.message, /does not verify.*epoch 5\/1.*refusing/);
+    assert.match(err.message, /does not verify.*epoch 5\/1.*every page it lists is there, so page bytes were changed; refusing/);
     assert.deepEqual(readdirSync(dir), [], 'nothing written survives a refused restore');
     const text = await metrics.registry.metrics();
     assert.match(text, /ckpt_restorer_restores_total\{outcome="refused-digest"\} 1/);
@@ -686,6 +686,13 @@ test('watchRunning: a kept-running guest whose vCPU fails is reported at the nex
   assert.equal(await stopped, null);
   assert.equal(await watchRunning(() => 'never polled', AbortSignal.abort(), 20), null, 'already stopped');
   stop.abort();
+});
+
+test('NEGATIVE: a page gone from Redis (evicted, deleted) is refused, and the error says pages are missing, not changed', async () => {
+  await buildImage('vm-gone', 5);
+  await db.redis.del(store.keys('vm-gone').page(5, 0, 700));
+  const err = await rejects(restoreImage(store, 'vm-gone', new SparseTarget()), 'CKPT_ERR_RESTORE_DIGEST');
+  assert.match(err.message, /does not verify.*; 1 of its 5 pages are missing from Redis \(evicted under a maxmemory policy, or deleted\); refusing/);
 });
 
 test('bytesRead counts the pages Redis held, not the zero gaps between them in a chunk (it said 54.7 MiB read for 2.1 MiB of pages)', async () => {

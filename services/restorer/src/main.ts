@@ -51,11 +51,14 @@ async function main(): Promise<number> {
     if (!cfg.json) return;
     process.stdout.write(JSON.stringify({
       vm: cfg.vm, generation: null, epoch: null, digest: null, state: null, verified: false, imageBytes: null, bytesRead: null, durationMs: null,
-      fenceWaitMs: null, restoreMBps: null, resumed: null, vcpuVerified: null, out: cfg.out || null, code: null, message: null, retriable: null, ...r,
+      fenceWaitMs: null, restoreMBps: null, resumed: null, vcpuVerified: null, imageAgeMs: null, out: cfg.out || null, code: null, message: null, retriable: null, ...r,
     }) + '\n');
   };
   const report = (img: RestoredImage, resumed: { ok: boolean; detail: string } | null): void => {
+    const ageMs = Math.max(0, Date.now() - img.committedAtMs);
     say(`restore: ${cfg.vm} epoch ${img.generation}/${img.epoch}${img.state === 'stale' ? ' (STALE image, taken with --allow-stale)' : ''}, digest ${img.digest} verified${img.vcpuVerified ? '' : ' (its vCPU states are NOT: the image stores no digest of them)'}`);
+    // How much guest time a failover to it gives up, if the primary stopped just now.
+    say(`  committed ${new Date(img.committedAtMs).toISOString()}, ${(ageMs / 1000).toFixed(1)} s before this restore ended`);
     say(`  ${(img.imageBytes / 2 ** 20).toFixed(0)} MiB of guest memory (${(img.bytesRead / 2 ** 20).toFixed(1)} MiB read) in ${img.durationMs.toFixed(0)} ms: ${img.mbps} MB/s` +
       (img.fenceWaitMs >= 1 ? ` (after ${img.fenceWaitMs.toFixed(0)} ms waiting for the fence)` : ''));
     if (cfg.out) say(`  written to ${cfg.out}: ${cfg.vm}.slot<id>.raw, ${cfg.vm}.vcpus.json`);
@@ -63,7 +66,7 @@ async function main(): Promise<number> {
     // The runbook reads the code from a FAILED line, as for every other failure.
     if (resumed && !resumed.ok) say(`restore: FAILED: the restored guest did not make progress: ${resumed.detail} [CKPT_ERR_RESTORE_NOT_RUNNING]`);
     json({
-      generation: img.generation, epoch: img.epoch, digest: img.digest, state: img.state, verified: true, vcpuVerified: img.vcpuVerified, imageBytes: img.imageBytes, bytesRead: img.bytesRead,
+      generation: img.generation, epoch: img.epoch, digest: img.digest, state: img.state, verified: true, vcpuVerified: img.vcpuVerified, imageAgeMs: ageMs, imageBytes: img.imageBytes, bytesRead: img.bytesRead,
       durationMs: Math.round(img.durationMs), fenceWaitMs: Math.round(img.fenceWaitMs), restoreMBps: img.mbps, resumed: resumed?.ok ?? null,
       ...(resumed && !resumed.ok ? { code: 'CKPT_ERR_RESTORE_NOT_RUNNING', message: `the restored guest did not make progress: ${resumed.detail}`, retriable: false } : {}),
     });

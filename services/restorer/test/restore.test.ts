@@ -486,6 +486,9 @@ test('npm run restore waiting for a fence: says so on one line, and reports the 
     assert.ok(Number(out.fenceWaitMs) >= 1000, `fenceWaitMs includes the wait: ${String(out.fenceWaitMs)}`);
     assert.ok(Number(out.durationMs) < 500, `durationMs excludes it: ${String(out.durationMs)}`);
     assert.equal(out.code, null);
+    // The image's age at the end of the restore, the fence wait included.
+    assert.ok(Number(out.imageAgeMs) >= Number(out.fenceWaitMs), `imageAgeMs ${String(out.imageAgeMs)}`);
+    assert.match(String(r.stderr), /committed \d{4}-\d\d-\d\dT[^,]+, \d+\.\d s before this restore ended/);
     const waiting = String(r.stderr).split('\n').filter((l) => l.includes('is fenced by'));
     assert.equal(waiting.length, 1, String(r.stderr));
     assert.match(waiting[0]!, /vm-cw is fenced by restore-otherhost-99-abc .*waiting up to 30 s/);
@@ -600,7 +603,7 @@ test('NEGATIVE: npm run restore --json when the restore fails: one JSON object w
     assert.match(String(out.message), new RegExp(`cannot serve /metrics on port ${port.port}: .*EADDRINUSE.*--metrics-port`));
     assert.equal(out.verified, false);
     assert.equal(out.vm, 'vm-cf');
-    for (const k of ['generation', 'epoch', 'digest', 'imageBytes', 'bytesRead', 'durationMs', 'fenceWaitMs', 'restoreMBps', 'resumed']) assert.equal(out[k], null, k);
+    for (const k of ['generation', 'epoch', 'digest', 'imageBytes', 'bytesRead', 'durationMs', 'fenceWaitMs', 'restoreMBps', 'resumed', 'imageAgeMs', 'vcpuVerified']) assert.equal(out[k], null, k);
   } finally {
     port.close();
   }

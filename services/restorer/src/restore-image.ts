@@ -83,9 +83,10 @@ export interface RestoreOptions {
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Throws CKPT_ERR_RESTORE_INTERRUPTED once `signal` is aborted (its reason names the signal). */
-function checkInterrupted(vm: string, signal: AbortSignal | undefined): void {
+function checkInterrupted(vm: string, signal: AbortSignal | undefined, fenced = true): void {
   if (!signal?.aborted) return;
-  throw new CkptError('CKPT_ERR_RESTORE_INTERRUPTED', `the restore of ${vm} was interrupted (${String(signal.reason ?? 'aborted')}): nothing was kept, and the fence is released`,
+  // While waiting for another holder's fence, this restore holds none: that fence is not ours to release.
+  throw new CkptError('CKPT_ERR_RESTORE_INTERRUPTED', `the restore of ${vm} was interrupted (${String(signal.reason ?? 'aborted')}): nothing was kept${fenced ? ', and the fence is released' : ' (it held no fence yet)'}`,
     { retriable: true });
 }
 
@@ -118,7 +119,7 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
       let waitedAtAll = false;
       while (!(await store.acquireFence(vm, token, ttl))) {
         waitedAtAll = true;
-        checkInterrupted(vm, opts.signal);
+        checkInterrupted(vm, opts.signal, false);
         if (!said) {
           said = true;
           const h = await store.fenceHolder(vm);

@@ -522,6 +522,7 @@ test('npm run restore stopped by SIGTERM or SIGINT: exit 143/130, an INTERRUPTED
       assert.equal(r.code, code, r.stderr);
       assert.ok(Date.now() - t0 < 15_000, 'it stops at once, not after its 30 s fence wait');
       assert.match(r.stderr, new RegExp(`restore: ${sig}: stopping[\\s\\S]*restore: INTERRUPTED: the restore of vm-sig was interrupted \\(${sig}\\)`));
+      assert.match(r.stderr, /nothing was kept \(it held no fence yet\)/, 'it was waiting for another holder\'s fence: it released none');
       const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as Record<string, unknown>;
       assert.equal(out.code, 'CKPT_ERR_RESTORE_INTERRUPTED');
       assert.equal(out.retriable, true);

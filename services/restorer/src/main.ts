@@ -26,9 +26,11 @@ REDIS_URL is read when --redis-url is not given.`;
 async function main(): Promise<number> {
   const cfg = commandConfig('restore', RESTORER_SCHEMA, USAGE, process.argv.slice(2), (c) => {
     const problems: string[] = [];
-    if (!c.vm) problems.push('--vm is required');
+    // Named as set: the failover Deployment sets RESTORER_VM, a person types --vm.
+    const vmSetting = process.argv.slice(2).some((a) => a === '--vm' || a.startsWith('--vm=')) || !process.env[`${RESTORER_ENV_PREFIX}VM`] ? '--vm' : `${RESTORER_ENV_PREFIX}VM`;
+    if (!c.vm) problems.push('--vm (or RESTORER_VM) is required');
     else {
-      const bad = vmIdProblem('--vm', c.vm);
+      const bad = vmIdProblem(vmSetting, c.vm);
       if (bad) problems.push(bad);
     }
     if (!c.redisUrl && !process.env.REDIS_URL) problems.push('--redis-url (or RESTORER_REDIS_URL, or REDIS_URL) is required');

@@ -67,7 +67,7 @@ async function main(argv: string[]): Promise<number> {
       const unusable = images.flatMap(({ vm, problem }) => (problem ? [{ vm, problem }] : []));
       // The list is the answer: on stdout, so it can be piped, unless --json puts its JSON there.
       const out = cfg.json ? say : (s: string): void => void process.stdout.write(s + '\n');
-      say(`standby: ${vms.length} standby image${vms.length === 1 ? '' : 's'} under ${cfg.redisPrefix}: in ${redactUrl(redisOpts.url)}${unusable.length ? `, and ${unusable.length} unusable` : ''}`);
+      say(`standby: ${vms.length} standby image${vms.length === 1 ? '' : 's'} under the key prefix "${cfg.redisPrefix}:" in ${redactUrl(redisOpts.url)}${unusable.length ? `, and ${unusable.length} unusable` : ''}`);
       for (const v of vms) out(`  ${v.vm}  epoch ${v.generation}/${v.epoch}  ${v.state === 'ok' ? 'ok' : 'STALE'}  ${v.ageS.toFixed(1)} s old (guest paused ${v.pausedAt}, committed ${v.committedAt})`);
       for (const u of unusable) out(`  ${u.vm}  UNUSABLE: ${u.problem}`);
       if (cfg.json) process.stdout.write(JSON.stringify({ vms: vms.map((v) => ({ ...v, ageS: Number(v.ageS.toFixed(3)) })), unusable }) + '\n');
@@ -102,7 +102,7 @@ async function main(argv: string[]): Promise<number> {
     } finally {
       await store.releaseFence(cfg.vm, token);
     }
-    if (deleted === 0) throw new CkptError('CKPT_ERR_STANDBY_NO_IMAGE', `no standby image of ${cfg.vm} under ${cfg.redisPrefix}: (nothing deleted)`);
+    if (deleted === 0) throw new CkptError('CKPT_ERR_STANDBY_NO_IMAGE', `no standby image of ${cfg.vm} under the key prefix "${cfg.redisPrefix}:" (nothing deleted)`);
     say(`standby: deleted ${cfg.vm}'s standby${meta ? ` (epoch ${meta.generation}/${meta.epoch})` : ''}: ${deleted} keys`);
     if (cfg.json) process.stdout.write(JSON.stringify({ vm: cfg.vm, deletedKeys: deleted, epoch: meta ? `${meta.generation}/${meta.epoch}` : null }) + '\n');
     return 0;

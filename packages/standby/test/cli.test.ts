@@ -38,7 +38,7 @@ test('list shows every VM with a standby, its epoch, state and age', async () =>
   assert.deepEqual(out.vms.map((v) => [v.vm, v.epoch, v.state]), [['vm-a', 5, 'ok'], ['vm-b', 9, 'stale']]);
   assert.ok(out.vms[0]!.ageS >= 2 && out.vms[0]!.ageS < 30, `age ${out.vms[0]!.ageS}`);
   assert.ok(out.vms[1]!.ageS >= 60);
-  assert.match(r.stderr, /2 standby images under l1:/);
+  assert.match(r.stderr, /2 standby images under the key prefix "l1:" in redis:\/\//);
   assert.match(r.stderr, /vm-b {2}epoch 7\/9 {2}STALE/);
   // Without --json the list itself is on stdout (pipe it to grep), the heading on stderr.
   const text = run('list', '--redis-prefix', 'l1');
@@ -46,7 +46,7 @@ test('list shows every VM with a standby, its epoch, state and age', async () =>
   assert.match(text.stdout, /^ {2}vm-a {2}epoch 7\/5 {2}ok {2}/m);
   assert.match(text.stdout, /^ {2}vm-b {2}epoch 7\/9 {2}STALE {2}/m);
   assert.doesNotMatch(text.stdout, /standby images under/);
-  assert.match(text.stderr, /2 standby images under l1:/);
+  assert.match(text.stderr, /2 standby images under the key prefix "l1:" in redis:\/\//);
 });
 
 test('forget deletes one VM\'s keys and nothing else; refuses while fenced; says when there is nothing', async () => {
@@ -70,7 +70,7 @@ test('forget deletes one VM\'s keys and nothing else; refuses while fenced; says
   assert.equal(await db.redis.exists('f1:{vm-x}:fence'), 0, 'its own fence released');
   r = run('forget', '--vm', 'vm-x', '--redis-prefix', 'f1', '--json');
   assert.equal(r.status, 1);
-  assert.match(r.stderr, /no standby image of vm-x under f1: \(nothing deleted\)/);
+  assert.match(r.stderr, /no standby image of vm-x under the key prefix "f1:" \(nothing deleted\)/);
   assert.equal((JSON.parse(r.stdout.trim()) as { code: string }).code, 'CKPT_ERR_STANDBY_NO_IMAGE');
 });
 
@@ -114,7 +114,7 @@ test('a standby record this product did not write: list shows it UNUSABLE with t
   const r = run('list', '--redis-prefix', 'c1');
   assert.ok(Date.now() - t0 < 10_000, `answered in ${Date.now() - t0} ms`);
   assert.equal(r.status, 1, r.stderr);
-  assert.match(r.stderr, /1 standby image under c1: .*, and 3 unusable/);
+  assert.match(r.stderr, /1 standby image under the key prefix "c1:" .*, and 3 unusable/);
   assert.match(r.stdout, /^ {2}vm-good {2}epoch 7\/3 {2}ok/m);
   assert.match(r.stdout, /^ {2}vm-json {2}UNUSABLE: the standby record of vm-json \(c1:\{vm-json\}:meta\) is unusable: slots is not JSON \("\{not json"\); .*npm run standby -- forget --vm vm-json/m);
   assert.match(r.stdout, /^ {2}vm-cpus {2}UNUSABLE: .*vcpus is "50000000", not a whole number from 0 to 4096/m);

@@ -165,13 +165,12 @@ export async function connectWithCause(
   const onError = (e: Error): void => { last = e; };
   client.on('error', onError);
   let timer: NodeJS.Timeout | undefined;
+  const tooLate = new Error(`no answer within ${timeoutMs} ms`);
   try {
     const connecting = client.connect();
     if (timeoutMs === undefined) await connecting;
     else {
-      const late = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
-      });
+      const late = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(tooLate), timeoutMs); });
       await Promise.race([connecting, late]).catch((err: unknown) => {
         connecting.catch(() => undefined);
         client.disconnect();
@@ -180,8 +179,8 @@ export async function connectWithCause(
     }
   } catch (err) {
     const cause = last as Error | null;
-    const timedOut = err instanceof Error && err.message.startsWith('no answer within');
-    throw new Error(timedOut ? `${err.message}${cause ? ` (${cause.message})` : ''}` : cause?.message || (err as Error).message, { cause: err });
+    const message = err === tooLate ? `${tooLate.message}${cause ? ` (${cause.message})` : ''}` : cause?.message || (err as Error).message;
+    throw new Error(message, { cause: err });
   } finally {
     clearTimeout(timer);
     client.off('error', onError);
@@ -255,7 +254,8 @@ export async function requireTopics(kafka: { admin(): KafkaAdminLike }, topics: 
       try {
         await admin.fetchTopicMetadata({ topics: [topic] });
       } catch (err) {
-        const type = (err as { type?: string; cause?: { type?: string } } | null)?.type ?? (err as { cause?: { type?: string } } | null)?.cause?.type;
+        const e = err as { type?: string; cause?: { type?: string } } | null;
+        const type = e?.type ?? e?.cause?.type;
         if (type === 'UNKNOWN_TOPIC_OR_PARTITION') {
           throw new CkptError('CKPT_ERR_KAFKA_TOPIC_MISSING', `the Kafka topic ${topic} (${setting}) does not exist: create it (deploy/k8s/kafka/topics.yaml has the product's topics) or set ${setting} to the topic's name`, { cause: err, context: { topic } });
         }

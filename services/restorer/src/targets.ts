@@ -5,6 +5,7 @@
  */
 import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, renameSync, rmdirSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
+import { setInterval as every, setTimeout as delay } from 'node:timers/promises';
 import { CkptError, isZeroPage, SparseImage } from '@ckpt/common';
 import { KVM_VM_DEFAULTS, KvmVm, probeKvm, vcpuStateBytes } from '@ckpt/kvm-native';
 import type { ImageLayout, RestoredImage, RestoreTarget } from './restore-image.ts';
@@ -215,23 +216,15 @@ export class KvmTarget implements RestoreTarget {
 
   /**
    * Starts the restored guest (`onRunning` right after), lets it run `ms`, pauses it, and says whether
-   * every vCPU's pages-written counter moved past the epoch's.
-   */
-  /**
-   * Runs the restored guest for `ms` and says whether every vCPU made progress. `signal` ends the wait
-   * early (a SIGTERM during a long check: the pod's grace period is shorter than --resume-ms may be).
+   * every vCPU's pages-written counter moved past the epoch's. `signal` ends the wait early (a SIGTERM
+   * during a long check: the pod's grace period is shorter than --resume-ms may be).
    */
   async resume(ms: number, onRunning?: () => void, signal?: AbortSignal): Promise<{ running: boolean; detail: string }> {
     const vm = this.vm!;
     const at = this.restored!.guestCounters.filter((_, i) => i % 2 === 1);
     vm.start();
     onRunning?.();
-    await new Promise<void>((resolve) => {
-      const done = (): void => { clearTimeout(timer); signal?.removeEventListener('abort', done); resolve(); };
-      const timer = setTimeout(done, ms);
-      if (signal?.aborted) done();
-      else signal?.addEventListener('abort', done, { once: true });
-    });
+    await delay(ms, undefined, { signal }).catch(ignoreAbort);
     vm.pause();
     const err = vm.lastError();
     const now = [...vm.guestCounters()].filter((_, i) => i % 2 === 1);
@@ -257,19 +250,19 @@ export class KvmTarget implements RestoreTarget {
  * with the error as soon as there is one, or with null once stopped. The failover Deployment's guest
  * was checked only before it was kept running, so one that failed later left a ready pod running nothing.
  */
-export function watchRunning(lastError: () => string | null, signal: AbortSignal, periodMs = 1000): Promise<string | null> {
-  return new Promise((resolve) => {
-    const watch = setInterval(() => {
+export async function watchRunning(lastError: () => string | null, signal: AbortSignal, periodMs = 1000): Promise<string | null> {
+  try {
+    for await (const _ of every(periodMs, undefined, { signal })) {
       const err = lastError();
-      if (err) done(err);
-    }, periodMs);
-    const onStop = (): void => done(null);
-    function done(v: string | null): void {
-      clearInterval(watch);
-      signal.removeEventListener('abort', onStop);
-      resolve(v);
+      if (err) return err;
     }
-    if (signal.aborted) done(null);
-    else signal.addEventListener('abort', onStop, { once: true });
-  });
+  } catch (err) {
+    ignoreAbort(err);
+  }
+  return null;
+}
+
+/** A rejection of node:timers/promises waits: an abort (the signal) is the expected end, anything else is rethrown. */
+function ignoreAbort(err: unknown): void {
+  if ((err as { name?: string } | null)?.name !== 'AbortError') throw err;
 }

@@ -27,6 +27,8 @@ export interface ParseSources {
 
 export const toFlag = (key: string): string => '--' + key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
 export const toEnv = (prefix: string, key: string): string => prefix + key.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase();
+/** How a service's error names a setting: its variable and its flag, `HARVESTER_PAGES_TOPIC (--pages-topic)`. */
+export const settingName = (prefix: string, key: string): string => `${toEnv(prefix, key)} (${toFlag(key)})`;
 
 /**
  * Environment variables that carry `prefix` but name no setting of `schema`: a misspelt setting

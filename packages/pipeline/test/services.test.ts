@@ -299,18 +299,22 @@ test('the services refuse bad configuration with exit code 2 and name every prob
   assert.match(h.stderr, /HARVESTER_VM_ID/);
 });
 
+/** Runs a service until it exits on its own (killed after 30 s: one that should have refused to start keeps running). */
+async function runService(main: string, env: Record<string, string>): Promise<{ code: number | null; stderr: string }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', main], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+  const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  clearTimeout(timer);
+  return { code, stderr };
+}
+
 test('an idempotent producer the broker gives no producer id: both services say so and how to turn it off, not that Kafka is unreachable (exit 1)', async () => {
   const servers = await startServers({ partitions: 1 });
   try {
-    const run = async (main: string, env: Record<string, string>): Promise<{ code: number | null; stderr: string }> => {
-      const child = spawn(process.execPath, ['--import', 'tsx', main], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
-      let stderr = '';
-      child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-      const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
-      return { code, stderr };
-    };
     // The embedded broker cannot give producer ids; the idempotent producer is the services' default.
-    const h = await run(HARVESTER_MAIN, {
+    const h = await runService(HARVESTER_MAIN, {
       HARVESTER_SOURCE: 'sim', HARVESTER_MEM_MIB: '32', HARVESTER_METRICS_PORT: '-1', HARVESTER_VM_ID: 'idem-vm', HARVESTER_KAFKA_BROKERS: servers.brokers.join(','),
       HARVESTER_PAGES_TOPIC: servers.topics.pages, HARVESTER_CONTROL_TOPIC: servers.topics.control,
     });
@@ -318,7 +322,7 @@ test('an idempotent producer the broker gives no producer id: both services say 
     assert.match(h.stderr, /"code":"CKPT_ERR_KAFKA_IDEMPOTENT"/);
     assert.match(h.stderr, /the Kafka brokers answer but gave the idempotent producer no producer id \(.+\): .* or turn it off with HARVESTER_KAFKA_IDEMPOTENT=false \(--no-kafka-idempotent\)/);
     assert.doesNotMatch(h.stderr, /cannot connect to Kafka/);
-    const r = await run(REPLICATOR_MAIN, {
+    const r = await runService(REPLICATOR_MAIN, {
       REPLICATOR_KAFKA_BROKERS: servers.brokers.join(','), REPLICATOR_REDIS_URL: servers.redisUrl, REPLICATOR_METRICS_PORT: '-1',
       REPLICATOR_PAGES_TOPIC: servers.topics.pages, REPLICATOR_CONTROL_TOPIC: servers.topics.control, REPLICATOR_DEAD_LETTER_TOPIC: servers.topics.deadLetter,
     });
@@ -332,20 +336,11 @@ test('an idempotent producer the broker gives no producer id: both services say 
 test('a topic the brokers do not have, or may not be used: both services name it and its setting (exit 1), before the harvester reports started', async (t) => {
   const servers = await serversWithEmbeddedBroker(t, ' to make a topic answer as missing');
   if (!servers) return;
-  const run = async (main: string, env: Record<string, string>): Promise<{ code: number | null; stderr: string }> => {
-    const child = spawn(process.execPath, ['--import', 'tsx', main], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
-    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
-    clearTimeout(timer);
-    return { code, stderr };
-  };
-  const harvester = (): Promise<{ code: number | null; stderr: string }> => run(HARVESTER_MAIN, {
+  const harvester = (): Promise<{ code: number | null; stderr: string }> => runService(HARVESTER_MAIN, {
     HARVESTER_SOURCE: 'sim', HARVESTER_MEM_MIB: '16', HARVESTER_METRICS_PORT: '-1', HARVESTER_VM_ID: 'topic-vm', HARVESTER_KAFKA_BROKERS: servers.brokers.join(','),
     HARVESTER_KAFKA_IDEMPOTENT: 'false', HARVESTER_PAGES_TOPIC: servers.topics.pages, HARVESTER_CONTROL_TOPIC: servers.topics.control,
   });
-  const replicator = (): Promise<{ code: number | null; stderr: string }> => run(REPLICATOR_MAIN, {
+  const replicator = (): Promise<{ code: number | null; stderr: string }> => runService(REPLICATOR_MAIN, {
     REPLICATOR_KAFKA_BROKERS: servers.brokers.join(','), REPLICATOR_REDIS_URL: servers.redisUrl, REPLICATOR_METRICS_PORT: '-1', REPLICATOR_KAFKA_IDEMPOTENT: 'false',
     REPLICATOR_PAGES_TOPIC: servers.topics.pages, REPLICATOR_CONTROL_TOPIC: servers.topics.control, REPLICATOR_DEAD_LETTER_TOPIC: servers.topics.deadLetter,
   });

@@ -8,7 +8,7 @@
 import { reportKafkajsSpeedups } from './publish/kafkajs-speedups.ts';
 import { Kafka, logLevel } from 'kafkajs';
 import {
-  ConfigError, CkptError, connectProducer, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, requireTopics, settleWithin, startCommandMetricsServer, toEnv, toFlag, warnUnknownEnv, vmIdProblem, wantsHelp,
+  ConfigError, CkptError, connectProducer, createLogger, helpText, kafkaClientConfig, kafkaLogCreator, parseBrokers, parseConfig, requireTopics, settingName, settleWithin, startCommandMetricsServer, toEnv, toFlag, warnUnknownEnv, vmIdProblem, wantsHelp,
 } from '@ckpt/common';
 import { encodeControlRecord } from '@ckpt/proto';
 import { runHarvest } from './harvest-loop.ts';
@@ -98,7 +98,7 @@ async function main(): Promise<number> {
     if (producer && listener) {
       try {
         await connectProducer(kafka!, producer, cfg.kafkaIdempotent, 'HARVESTER_KAFKA_IDEMPOTENT=false (--no-kafka-idempotent)');
-        await requireTopics(kafka!, (['pagesTopic', 'controlTopic'] as const).map((k) => ({ topic: cfg[k], setting: `${toEnv(HARVESTER_ENV_PREFIX, k)} (${toFlag(k)})` })));
+        await requireTopics(kafka!, (['pagesTopic', 'controlTopic'] as const).map((k) => ({ topic: cfg[k], setting: settingName(HARVESTER_ENV_PREFIX, k) })));
       } catch (err) {
         if (err instanceof CkptError) throw err;
         throw new CkptError('CKPT_ERR_KAFKA_UNREACHABLE', `cannot connect to Kafka at ${cfg.kafkaBrokers}: ${(err as Error).message}`, { cause: err });

@@ -5,7 +5,7 @@
  */
 import { Redis } from 'ioredis';
 import {
-  CkptError, ConfigError, createLogger, helpText, kafkaClientConfig, parseBrokers, parseConfig, redactUrl, redisClientOptions, settleWithin, startMetricsServer, toEnv, toFlag, warnUnknownEnv, wantsHelp, type MetricsServer,
+  CkptError, ConfigError, createLogger, helpText, kafkaClientConfig, parseBrokers, parseConfig, redactUrl, redisClientOptions, settleWithin, settingName, startMetricsServer, warnUnknownEnv, wantsHelp, type MetricsServer,
 } from '@ckpt/common';
 import { evictionProblem, redisSafety, type RedisSafety } from '@ckpt/standby';
 import { createReplicatorMetrics } from './metrics.ts';
@@ -54,7 +54,7 @@ async function main(): Promise<number> {
     redisDown = false;
   });
   const metrics = createReplicatorMetrics({ defaultMetrics: true });
-  const setting = (key: string): string => `${toEnv(REPLICATOR_ENV_PREFIX, key)} (${toFlag(key)})`;
+  const setting = (key: string): string => settingName(REPLICATOR_ENV_PREFIX, key);
   const rep = new Replicator({
     kafka, idempotent: cfg.kafkaIdempotent, topics: { pages: cfg.pagesTopic, control: cfg.controlTopic, deadLetter: cfg.deadLetterTopic },
     topicSettings: { pages: setting('pagesTopic'), control: setting('controlTopic'), deadLetter: setting('deadLetterTopic') },

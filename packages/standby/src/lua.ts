@@ -110,7 +110,19 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 `;
 
-/** KEYS: fence; ARGV: token. Deletes the fence if the token holds it. */
+/**
+ * KEYS: run claim; ARGV: token, ttl ms. Extends the claim if the token holds it (1); takes it again
+ * if nobody does (2: it expired while Redis could not be reached, or `standby forget` removed it);
+ * returns 0 when someone else holds it.
+ */
+export const RUN_CLAIM_REFRESH_LUA = `
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
+return 0
+`;
+
+/** KEYS: fence or run claim; ARGV: token. Deletes the key if the token holds it. */
 export const FENCE_RELEASE_LUA = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0

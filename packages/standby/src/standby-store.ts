@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { CkptError, Digest64, pageHash } from '@ckpt/common';
 import type { EpochBegin, EpochCommit, PageBatch, SlotInfo } from '@ckpt/proto';
-import { APPLY_EPOCH_LUA, COMMIT_BASELINE_LUA, FENCE_REFRESH_LUA, FENCE_RELEASE_LUA, MARK_STALE_LUA, ZERO_BASELINE_PAGES_LUA } from './lua.ts';
+import { APPLY_EPOCH_LUA, COMMIT_BASELINE_LUA, FENCE_REFRESH_LUA, FENCE_RELEASE_LUA, MARK_STALE_LUA, RUN_CLAIM_REFRESH_LUA, ZERO_BASELINE_PAGES_LUA } from './lua.ts';
 import { CHUNK_PAGES, DEFAULT_PREFIX, hashValue, pageField, validVmId, VmKeys } from './keys.ts';
 
 export type ImageState = 'ok' | 'stale';
@@ -262,12 +262,12 @@ export class StandbyStore {
   }
 
   /**
-   * Deletes every key of one VM (its image and what is staged for it) but its fence, and drops it
-   * from the index; returns how many keys went.
+   * Deletes every key of one VM (its image and what is staged for it) but its fence and its run
+   * claim (a restored guest may still run), and drops it from the index; returns how many keys went.
    */
   async deleteVm(vm: string): Promise<number> {
     const k = this.keys(vm);
-    const n = await this.unlinkMatching(`${k.base}:*`, (key) => key.startsWith(`${k.base}:`) && key !== k.fence);
+    const n = await this.unlinkMatching(`${k.base}:*`, (key) => key.startsWith(`${k.base}:`) && key !== k.fence && key !== k.runClaim);
     await this.redis.srem(this.vmIndexKey, vm);
     return n;
   }
@@ -423,7 +423,10 @@ export class StandbyStore {
    * Nulls when there is no fence or Redis cannot say: this is for messages only.
    */
   async fenceHolder(vm: string): Promise<{ holder: string | null; ttlMs: number | null }> {
-    const key = this.keys(vm).fence;
+    return this.holderOf(this.keys(vm).fence);
+  }
+
+  private async holderOf(key: string): Promise<{ holder: string | null; ttlMs: number | null }> {
     try {
       const [holder, ttl] = await Promise.all([this.redis.get(key), this.redis.pttl(key)]);
       return { holder, ttlMs: ttl >= 0 ? ttl : null };
@@ -445,6 +448,35 @@ export class StandbyStore {
   /** Drops the fence if this token holds it; true when it did. */
   async releaseFence(vm: string, token: string): Promise<boolean> {
     return Number(await this.redis.eval(FENCE_RELEASE_LUA, 1, this.keys(vm).fence, token)) === 1;
+  }
+
+  /**
+   * Takes `vm`'s run claim under `token` for `ttlMs`: the claim says who runs the restored guest, so a
+   * second restorer asked to keep it running (a rescheduled failover pod while the first still runs on
+   * a partitioned node) does not start a second copy. False if someone else holds it.
+   */
+  async acquireRunClaim(vm: string, token: string, ttlMs: number): Promise<boolean> {
+    return (await this.redis.set(this.keys(vm).runClaim, token, 'PX', ttlMs, 'NX')) === 'OK';
+  }
+
+  /** Who holds `vm`'s run claim and for how much longer; nulls when nobody does or Redis cannot say. */
+  async runClaimHolder(vm: string): Promise<{ holder: string | null; ttlMs: number | null }> {
+    return this.holderOf(this.keys(vm).runClaim);
+  }
+
+  /**
+   * Extends the run claim `token` holds: 'held'; 'retaken' when nobody held it any more (it expired
+   * while Redis was out of reach, or `standby forget` removed it) and this token took it again;
+   * 'lost' when someone else holds it.
+   */
+  async refreshRunClaim(vm: string, token: string, ttlMs: number): Promise<'held' | 'retaken' | 'lost'> {
+    const r = Number(await this.redis.eval(RUN_CLAIM_REFRESH_LUA, 1, this.keys(vm).runClaim, token, String(ttlMs)));
+    return r === 1 ? 'held' : r === 2 ? 'retaken' : 'lost';
+  }
+
+  /** Drops the run claim if this token holds it; true when it did. */
+  async releaseRunClaim(vm: string, token: string): Promise<boolean> {
+    return Number(await this.redis.eval(FENCE_RELEASE_LUA, 1, this.keys(vm).runClaim, token)) === 1;
   }
 
   /**

@@ -27,15 +27,16 @@ async function image(prefix: string, vm: string, epoch: number, state: 'ok' | 's
   await db.redis.sadd(`${prefix}:vms`, vm);
 }
 
-test('list shows every VM with a standby, its epoch, state and age', async () => {
+test('list shows every VM with a standby, its epoch, state and age, and who runs a restored copy', async () => {
   const now = Date.now();
   await image('l1', 'vm-a', 5, 'ok', now - 2000);
   await image('l1', 'vm-b', 9, 'stale', now - 60_000);
   await image('l1-other', 'vm-c', 1, 'ok', now); // another prefix: not listed
+  await db.redis.set(new StandbyStore(db.redis, 'l1').keys('vm-b').runClaim, 'run-pod-7-abc', 'PX', 60_000);
   const r = run('list', '--redis-prefix', 'l1', '--json');
   assert.equal(r.status, 0, r.stderr);
-  const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { vms: { vm: string; epoch: number; state: string; ageS: number }[] };
-  assert.deepEqual(out.vms.map((v) => [v.vm, v.epoch, v.state]), [['vm-a', 5, 'ok'], ['vm-b', 9, 'stale']]);
+  const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { vms: { vm: string; epoch: number; state: string; ageS: number; restoredRunningUnder: string | null }[] };
+  assert.deepEqual(out.vms.map((v) => [v.vm, v.epoch, v.state, v.restoredRunningUnder]), [['vm-a', 5, 'ok', null], ['vm-b', 9, 'stale', 'run-pod-7-abc']]);
   assert.ok(out.vms[0]!.ageS >= 2 && out.vms[0]!.ageS < 30, `age ${out.vms[0]!.ageS}`);
   assert.ok(out.vms[1]!.ageS >= 60);
   assert.match(r.stderr, /2 standby images under the key prefix "l1:" in redis:\/\//);
@@ -44,7 +45,8 @@ test('list shows every VM with a standby, its epoch, state and age', async () =>
   const text = run('list', '--redis-prefix', 'l1');
   assert.equal(text.status, 0, text.stderr);
   assert.match(text.stdout, /^ {2}vm-a {2}epoch 7\/5 {2}ok {2}/m);
-  assert.match(text.stdout, /^ {2}vm-b {2}epoch 7\/9 {2}STALE {2}/m);
+  assert.match(text.stdout, /^ {2}vm-b {2}epoch 7\/9 {2}STALE {2}.* {2}restored, running under run-pod-7-abc$/m);
+  assert.doesNotMatch(text.stdout, /vm-a .*running under/);
   assert.doesNotMatch(text.stdout, /standby images under/);
   assert.match(text.stderr, /2 standby images under the key prefix "l1:" in redis:\/\//);
 });

@@ -2,7 +2,8 @@
  * `npm run restore -- --vm ID --redis-url URL [--out DIR | --resume-ms N] [--allow-stale] [--json]`:
  * restores one VM's committed image from Redis, verified against the epoch's digest, as raw slot files
  * plus vCPU state JSON (--out), or into a fresh KVM VM that is resumed for --resume-ms and checked to
- * make progress (--keep-running then leaves it running until SIGTERM: the failover Deployment).
+ * make progress (--keep-running then leaves it running until SIGTERM, under a run claim in Redis that
+ * keeps a second restorer of the VM from running it too: the failover Deployment; run-claim.ts).
  * Options also come from RESTORER_<KEY> environment variables; --metrics-port serves /metrics,
  * /healthz and /readyz (ready once the guest runs). Exit 0 on success, 1 when the image is refused or
  * the restore fails, 2 on bad options, 130/143 when SIGINT/SIGTERM stopped it (fence released, no files kept).
@@ -15,12 +16,16 @@ import { StandbyStore } from '@ckpt/standby';
 import { createRestorerMetrics } from './metrics.ts';
 import { restoreImage, type RestoredImage } from './restore-image.ts';
 import { RESTORER_ENV_PREFIX, RESTORER_SCHEMA } from './restorer-config.ts';
+import { RunClaim } from './run-claim.ts';
 import { FileTarget, KvmTarget, watchRunning } from './targets.ts';
 
 const USAGE = `usage: npm run restore -- --vm ID [--redis-url URL] (--out DIR | --resume-ms N) [options]
 
 Reads the VM's committed image from Redis under a fence (one committed epoch, named in the output),
 recomputes its digest from the bytes and refuses it unless it equals the committed epoch's digest.
+With --keep-running it first takes the VM's run claim in Redis: a guest another restorer runs (and
+renews its claim for) is not run here (CKPT_ERR_RESTORE_ALREADY_RUNNING), and a claim taken by another
+stops the guest here (CKPT_ERR_RESTORE_CLAIM_LOST).
 REDIS_URL is read when --redis-url is not given.`;
 
 async function main(): Promise<number> {
@@ -92,6 +97,10 @@ async function main(): Promise<number> {
   const metrics = createRestorerMetrics({ defaultMetrics: cfg.metricsPort >= 0 });
   let phase = 'restoring';
   let server: MetricsServer | null = null;
+  // --keep-running: who runs the guest (run-claim.ts). Lost to another restorer, the guest stops here.
+  let claim: RunClaim | null = null;
+  const claimLost = (when: string): CkptError => new CkptError('CKPT_ERR_RESTORE_CLAIM_LOST',
+    `another restorer (${claim?.lostTo}) took the run claim of ${cfg.vm}'s guest ${when}; two copies of one guest must never run, so this one stops`, { context: { holder: claim?.lostTo } });
   // Written through a temp file and a rename, so the collector never reads half a file.
   // A metrics file that cannot be written is a warning: it must not turn a restore's outcome around.
   const writeMetrics = async (): Promise<void> => {
@@ -121,9 +130,16 @@ async function main(): Promise<number> {
     } else {
       const target = new KvmTarget({ devPath: cfg.devPath });
       try {
-        const img = await restoreImage(store, cfg.vm, target, options);
-        const r = await target.resume(cfg.resumeMs, undefined, interrupt.signal);
+        if (cfg.keepRunning) {
+          phase = 'waiting for the run claim';
+          claim = await RunClaim.take(store, cfg.vm, { ttlMs: cfg.runClaimTtlMs, log, metrics, signal: interrupt.signal });
+          phase = 'restoring';
+        }
+        const signal = claim ? AbortSignal.any([interrupt.signal, claim.lostSignal]) : interrupt.signal;
+        const img = await restoreImage(store, cfg.vm, target, { ...options, signal });
+        const r = await target.resume(cfg.resumeMs, undefined, signal);
         if (stopped.by) throw new CkptError('CKPT_ERR_RESTORE_INTERRUPTED', `the restore of ${cfg.vm} was interrupted (${stopped.by}) while its guest was being checked: the guest was stopped`, { retriable: true });
+        if (claim?.lostTo) throw claimLost('while its guest was being checked: the guest was stopped');
         resumed = { ok: r.running, detail: r.detail };
         // The image restored fine either way (ckpt_restorer_restores_total); whether its guest ran is this.
         metrics.resumeChecks.inc({ result: r.running ? 'running' : 'not-running' });
@@ -134,17 +150,23 @@ async function main(): Promise<number> {
           say('  keeping the guest running until SIGTERM or SIGINT');
           target.vm!.start();
           // Watched while it runs: a guest whose vCPU fails must not leave a ready pod running nothing.
-          const died = await watchRunning(() => target.vm!.lastError(), interrupt.signal);
+          const died = await watchRunning(() => target.vm!.lastError(), signal);
           if (died) {
             phase = 'guest stopped';
             metrics.lastResumeRunning.set(0);
             throw new CkptError('CKPT_ERR_RESTORE_NOT_RUNNING', `the restored guest of ${cfg.vm} stopped while kept running: vCPU error: ${died}`);
           }
           target.vm!.pause();
+          if (claim?.lostTo && !stopped.by) {
+            phase = 'guest stopped';
+            throw claimLost('while the guest ran here: it was paused and its VM destroyed');
+          }
           say('restore: stopped; the guest was paused and its VM destroyed');
         }
       } finally {
         target.vm?.destroy();
+        // Only once the guest is gone: until then it is this restorer's to run.
+        await claim?.release();
       }
       phase = 'done';
     }
@@ -155,7 +177,9 @@ async function main(): Promise<number> {
     // Interrupted: whatever failed after the signal failed because of it (a closed connection, say).
     const err = stopped.by && !(caught instanceof CkptError && caught.code === 'CKPT_ERR_RESTORE_INTERRUPTED')
       ? new CkptError('CKPT_ERR_RESTORE_INTERRUPTED', `the restore of ${cfg.vm} was interrupted (${stopped.by}): nothing was kept`, { retriable: true, cause: caught })
-      : forThisCommand(caught, cfg.devPath);
+      // The claim's loss aborted the restore: say that, not "interrupted".
+      : claim?.lostTo && !stopped.by && !(caught instanceof CkptError && caught.code === 'CKPT_ERR_RESTORE_CLAIM_LOST') ? claimLost('while this one restored the image: its guest was not run here')
+        : forThisCommand(caught, cfg.devPath);
     await writeMetrics();
     // The code ends the line, as the runbook (docs/alerts.md, CkptRestorerDown) reads it from the log.
     say(`restore: ${stopped.by ? 'INTERRUPTED' : 'FAILED'}: ${err.message} [${err.code}${err.retriable ? ', retriable' : ''}]`);

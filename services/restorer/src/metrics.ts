@@ -20,6 +20,8 @@ export interface RestorerMetrics {
   resumeChecks: Counter<'result'>;
   /** 1 when the last resumed guest ran, 0 when it did not, -1 before any check. */
   lastResumeRunning: Gauge;
+  /** 1 while this restorer holds the run claim of the guest it keeps running (--keep-running), else 0. */
+  runClaimHeld: Gauge;
 }
 
 export function createRestorerMetrics(options: { defaultMetrics?: boolean } = {}): RestorerMetrics {
@@ -43,6 +45,7 @@ export function createRestorerMetrics(options: { defaultMetrics?: boolean } = {}
       g.set(-1);
       return g;
     })(),
+    runClaimHeld: new Gauge({ name: 'ckpt_restorer_run_claim_held', help: '1 while this restorer holds (and renews) the run claim of the guest it keeps running; 0 before, after, or when it could not renew it within its TTL (Redis out of reach) or another restorer took it', registers }),
     lastSuccess: new Gauge({ name: 'ckpt_restorer_last_success_timestamp_seconds', help: 'Unix time the last successful restore finished', registers }),
   };
 }

@@ -12,6 +12,7 @@ export const RESTORER_SCHEMA = {
   devPath: { type: 'string', default: '/dev/kvm', help: 'KVM device for --resume-ms' },
   allowStale: { type: 'bool', default: false, help: 'restore a stale image (its newest verified epoch) instead of refusing it' },
   fenceTtlMs: { type: 'int', default: 10_000, min: 500, max: 120_000, help: 'lifetime of the fence that holds the replicator back while reading (refreshed; a restorer that dies blocks the replicator at most this long)' },
+  runClaimTtlMs: { type: 'int', default: 15_000, min: 1000, max: 300_000, help: 'with --keep-running: lifetime of the run claim that stops a second restorer from running the same guest (renewed every third of it; a restorer that finds the claim held waits this long, plus 2 s, for it to expire)' },
   fenceWaitMs: { type: 'int', default: 30_000, min: 0, max: 3_600_000, help: 'how long to wait for a fence another restore (or standby forget) holds' },
   redisTimeoutMs: { type: 'int', default: 15_000, min: 100, max: 600_000, help: 'a Redis command not answered in this time fails the restore (retriable) instead of hanging it' },
   json: { type: 'bool', default: false, help: 'print one JSON object as the last line' },

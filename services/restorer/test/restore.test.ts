@@ -368,6 +368,56 @@ test('real KVM: the failover service (RESTORER_* env, --keep-running) runs the r
   }
   assert.equal(await exited, 0, log);
   assert.match(log, /stopped; the guest was paused/);
+  assert.equal(await db.redis.exists(store.keys('vm-fo').runClaim), 0, 'the run claim is released once the guest is gone');
+});
+
+test('real KVM: a second --keep-running restorer of the same VM refuses to run it (ALREADY_RUNNING), and one whose run claim is taken stops its guest (CLAIM_LOST)', { timeout: 90_000 }, async (t) => {
+  if (!needKvm(t)) return;
+  await harvestIntoRedis('vm-two', { ...guest, source: 'kvm', memMib: 32, vcpus: 1, rate: 20000, fill: false }, 3);
+  const env = { ...process.env, RESTORER_VM: 'vm-two', RESTORER_REDIS_URL: db.server.url, RESTORER_RESUME_MS: '150', RESTORER_KEEP_RUNNING: 'true', RESTORER_RUN_CLAIM_TTL_MS: '1000' };
+  const port = await freePort();
+  const first = spawn(process.execPath, ['--import', 'tsx', MAIN], { env: { ...env, RESTORER_METRICS_PORT: String(port) }, stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  first.stderr.on('data', (d: Buffer) => { log += d.toString(); });
+  const exited = new Promise<number | null>((r) => first.once('exit', (code) => r(code)));
+  try {
+    let ready = 0;
+    for (const deadline = Date.now() + 30_000; Date.now() < deadline && ready !== 200;) {
+      ready = await fetch(`http://127.0.0.1:${port}/readyz`).then((r) => r.status, () => 0);
+      if (ready !== 200) await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(ready, 200, `the first runs the guest; log: ${log}`);
+    assert.match(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text(), /^ckpt_restorer_run_claim_held 1$/m);
+    const holder = await db.redis.get(store.keys('vm-two').runClaim);
+    assert.match(String(holder), /^run-/);
+
+    // A second failover pod (its node was declared lost while the first still runs): it waits for the
+    // claim to expire, sees it renewed, and never restores or runs the guest.
+    const second = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      const c = spawn(process.execPath, ['--import', 'tsx', MAIN, '--json'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      c.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+      c.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+      c.once('exit', (code) => resolve({ code, stdout, stderr }));
+    });
+    assert.equal(second.code, 1, second.stderr);
+    assert.equal((JSON.parse(second.stdout.trim().split('\n').at(-1)!) as { code: string }).code, 'CKPT_ERR_RESTORE_ALREADY_RUNNING', second.stderr);
+    assert.match(second.stderr, new RegExp(`claimed by ${holder}.*waiting up to 3\\.0 s`));
+    assert.doesNotMatch(second.stderr, /resumed for/, 'the second never ran the guest');
+    assert.equal(await db.redis.get(store.keys('vm-two').runClaim), holder, 'the first keeps its claim');
+
+    // The claim taken over (as by a restorer that reached Redis while the first could not): the first
+    // stops its guest within a renewal.
+    await db.redis.set(store.keys('vm-two').runClaim, 'run-elsewhere-1-abc', 'PX', 60_000);
+    const code = await Promise.race([exited, new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 10_000))]);
+    assert.equal(code, 1, `the first stopped; log: ${log}`);
+    assert.match(log, /another restorer \(run-elsewhere-1-abc\) took the run claim of vm-two's guest while the guest ran here: it was paused and its VM destroyed.*\[CKPT_ERR_RESTORE_CLAIM_LOST\]/);
+    assert.equal(await db.redis.get(store.keys('vm-two').runClaim), 'run-elsewhere-1-abc', 'the new holder\'s claim is not released by the loser');
+  } finally {
+    first.kill('SIGTERM');
+    await db.redis.del(store.keys('vm-two').runClaim);
+  }
 });
 
 test('real KVM: a restored guest that does not run is not counted as running, and SIGTERM ends a long --resume-ms check at once (INTERRUPTED, exit 143, metrics written)', { timeout: 90_000 }, async (t) => {

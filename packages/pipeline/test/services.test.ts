@@ -158,7 +158,7 @@ test('a replicator that takes over reports the standby of a VM that publishes no
     await new Promise((r) => setTimeout(r, 500)); // its offsets are committed
     await stopChild(first);
     const metricsPort = await freePort();
-    second = spawnReplicator(servers, { REPLICATOR_METRICS_PORT: String(metricsPort), REPLICATOR_DELETED_CHECK_MS: '300' }, onLog);
+    second = spawnReplicator(servers, { REPLICATOR_METRICS_PORT: String(metricsPort), REPLICATOR_DELETED_CHECK_MS: '300', REPLICATOR_SCRUB_INTERVAL_MS: '300' }, onLog);
     let text = '';
     for (const deadline = Date.now() + 45_000; Date.now() < deadline && !/standby_age_seconds\{vm="quiet-vm"\}/.test(text);) {
       await new Promise((r) => setTimeout(r, 200));
@@ -171,14 +171,34 @@ test('a replicator that takes over reports the standby of a VM that publishes no
     // From Redis, not from records delivered again: the new owner consumed none.
     assert.doesNotMatch(text, /^ckpt_replicator_records_total\{kind="\w+"\} [1-9]/m);
 
+    // A page key lost (evicted, deleted by hand) under the image of a VM whose harvester is gone: only
+    // the scrub finds it before a failover would (the image said ok and fresh until the restore refused it).
+    assert.equal(await redis.del(store.keys('quiet-vm').page(11, 0, 2)), 1);
+    for (const deadline = Date.now() + 15_000; Date.now() < deadline && !/pages of a standby image are missing/.test(log);) await new Promise((r) => setTimeout(r, 200));
+    const scrubbed = await store.readMeta('quiet-vm');
+    assert.equal(scrubbed?.state, 'stale', `the scrub marked it stale; log: ${log}`);
+    assert.match(scrubbed?.staleReason ?? '', /^pages-lost: 1 page\(s\) of the image are missing from Redis \(evicted or deleted\), e\.g\. 0:2$/);
+
+    // Redis loses the image (restarted without persistence, flushed): no tombstone of standby forget,
+    // so the VM stays reported, stale, its age growing. It was dropped as if forgotten, which resolved
+    // the RPO alert of a guest that had nothing left to fail over to.
+    for (const key of await redis.keys(`${servers.redisPrefix}:{quiet-vm}:*`)) await redis.del(key);
+    for (const deadline = Date.now() + 15_000; Date.now() < deadline && !/vanished from Redis/.test(log);) await new Promise((r) => setTimeout(r, 200));
+    await new Promise((r) => setTimeout(r, 1000)); // three more checks
+    text = await fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.text(), () => '');
+    assert.match(log, /the standby image of this VM vanished from Redis, and nobody forgot it/);
+    assert.match(text, /^ckpt_replicator_vm_stale\{vm="quiet-vm"\} 1$/m, `still reported, stale; log: ${log}`);
+    assert.match(text, /^ckpt_replicator_gaps_total\{reason="image-lost"\} 1$/m);
+    assert.ok(Number(/^ckpt_replicator_standby_age_seconds\{vm="quiet-vm"\} (\S+)$/m.exec(text)?.[1]) >= Number(age[1]), 'its age keeps growing');
+
     // The VM is retired (`npm run standby -- forget`): its series go, or the RPO alert would fire for ever.
-    assert.ok(await store.deleteVm('quiet-vm') > 0);
+    await store.deleteVm('quiet-vm');
     for (const deadline = Date.now() + 15_000; Date.now() < deadline && /vm="quiet-vm"/.test(text);) {
       await new Promise((r) => setTimeout(r, 200));
       text = await fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.text(), () => text);
     }
     assert.doesNotMatch(text, /vm="quiet-vm"/, `the replicator still reports the deleted VM; log: ${log}`);
-    assert.match(log, /this VM has no standby image \(deleted, or never made\): no longer reporting it/);
+    assert.match(log, /this VM has no standby image \(standby forget deleted it\): no longer reporting it/);
   } finally {
     await producer.disconnect().catch(() => undefined);
     await stopChild(first);
@@ -200,7 +220,7 @@ test('records under VM ids that never get an image (a harvester renamed at each 
     log = (log + line + '\n').slice(-6000);
     const vm = /"vm":"([^"]+)"/.exec(line)?.[1];
     if (vm && line.includes('"msg":"requesting a baseline"')) baselineAsked.add(vm);
-    if (vm && line.includes('"msg":"this VM has no standby image (deleted, or never made): no longer reporting it"')) droppedVms.add(vm);
+    if (vm && line.includes('"msg":"this VM has no standby image (never made here): no longer reporting it"')) droppedVms.add(vm);
   });
   const producer = new Kafka({ clientId: 'junk-ids-test', brokers: servers.brokers, logLevel: logLevel.NOTHING }).producer({ idempotent: false, allowAutoTopicCreation: false });
   try {

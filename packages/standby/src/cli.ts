@@ -26,7 +26,10 @@ list: the VMs with a standby image in Redis, with their committed epoch, state a
 restorer that runs a restored copy of the guest, if one does (its run claim).
 forget: deletes one VM's standby image and everything staged for it. Do it once the VM is retired and
 its harvester stopped: a running harvester's next epoch would find no image and ask for a baseline.
-The replicator reporting the VM drops its series within REPLICATOR_DELETED_CHECK_MS (30 s).
+The replicator reporting the VM drops its series within REPLICATOR_DELETED_CHECK_MS (30 s): forget
+leaves a tombstone for a day that tells it the image was deleted on purpose (an image that vanishes
+without one was lost by Redis, and its VM stays reported, stale). Forget a VM whose image Redis lost
+the same way, to stop it being reported.
 unfence: removes the VM's fence, naming its holder and how long it had left. While a fence is held
 the replicator applies nothing to that VM; a restorer that dies (kill -9) stops refreshing its fence,
 which then expires by itself within its TTL (10 s by default, at most 120 s). Remove it only when its
@@ -105,7 +108,7 @@ async function main(argv: string[]): Promise<number> {
     } finally {
       await store.releaseFence(cfg.vm, token);
     }
-    if (deleted === 0) throw new CkptError('CKPT_ERR_STANDBY_NO_IMAGE', `no standby image of ${cfg.vm} under the key prefix "${cfg.redisPrefix}:" (nothing deleted)`);
+    if (deleted === 0) throw new CkptError('CKPT_ERR_STANDBY_NO_IMAGE', `no standby image of ${cfg.vm} under the key prefix "${cfg.redisPrefix}:" (nothing deleted; replicators that still report it, its image lost by Redis, stop within REPLICATOR_DELETED_CHECK_MS)`);
     say(`standby: deleted ${cfg.vm}'s standby${meta ? ` (epoch ${meta.generation}/${meta.epoch})` : ''}: ${deleted} keys`);
     if (cfg.json) process.stdout.write(JSON.stringify({ vm: cfg.vm, deletedKeys: deleted, epoch: meta ? `${meta.generation}/${meta.epoch}` : null }) + '\n');
     return 0;

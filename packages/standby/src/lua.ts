@@ -104,6 +104,29 @@ if m[1] then redis.call('HSET', KEYS[1], 'state', 'stale', 'staleReason', ARGV[7
 return 'OK'
 `;
 
+/**
+ * One step of a scrub of the live image: the page keys behind up to COUNT fields of its page-hash
+ * table must exist (every apply script writes a page key and its hash together, so a hash without its
+ * page is a page Redis lost: evicted, deleted, or a partial restore).
+ * KEYS: meta, hashes; ARGV: generation, page key prefix, HSCAN cursor, count.
+ * Returns {next cursor, pages missing, up to 16 missing fields}, or {'0', -1} when meta's generation is
+ * no longer ARGV[1] or the image is stale (the scrub stops).
+ */
+export const MISSING_PAGES_LUA = `
+local m = redis.call('HMGET', KEYS[1], 'generation', 'state')
+if m[1] ~= ARGV[1] or m[2] ~= 'ok' then return {'0', -1} end
+local res = redis.call('HSCAN', KEYS[2], ARGV[3], 'COUNT', ARGV[4])
+local kv = res[2]
+local missing, first = 0, {}
+for i = 1, #kv, 2 do
+  if redis.call('EXISTS', ARGV[2] .. kv[i]) == 0 then
+    missing = missing + 1
+    if #first < 16 then first[#first + 1] = kv[i] end
+  end
+end
+return {res[1], missing, first}
+`;
+
 /** KEYS: fence; ARGV: token, ttl ms. Extends the fence if the token holds it; returns 1, else 0. */
 export const FENCE_REFRESH_LUA = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end

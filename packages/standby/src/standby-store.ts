@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { CkptError, Digest64, pageHash } from '@ckpt/common';
 import type { EpochBegin, EpochCommit, PageBatch, SlotInfo } from '@ckpt/proto';
-import { APPLY_EPOCH_LUA, COMMIT_BASELINE_LUA, FENCE_REFRESH_LUA, FENCE_RELEASE_LUA, MARK_STALE_LUA, RUN_CLAIM_REFRESH_LUA, ZERO_BASELINE_PAGES_LUA } from './lua.ts';
+import { APPLY_EPOCH_LUA, COMMIT_BASELINE_LUA, FENCE_REFRESH_LUA, FENCE_RELEASE_LUA, MARK_STALE_LUA, MISSING_PAGES_LUA, RUN_CLAIM_REFRESH_LUA, ZERO_BASELINE_PAGES_LUA } from './lua.ts';
 import { CHUNK_PAGES, DEFAULT_PREFIX, hashValue, pageField, validVmId, VmKeys } from './keys.ts';
 
 export type ImageState = 'ok' | 'stale';
@@ -95,6 +95,7 @@ export class StandbyStore {
     redis.defineCommand('ckptCommitBaseline', { lua: COMMIT_BASELINE_LUA });
     redis.defineCommand('ckptZeroBaselinePages', { numberOfKeys: 1, lua: ZERO_BASELINE_PAGES_LUA });
     redis.defineCommand('ckptMarkStale', { numberOfKeys: 2, lua: MARK_STALE_LUA });
+    redis.defineCommand('ckptMissingPages', { numberOfKeys: 2, lua: MISSING_PAGES_LUA });
     // Both scripts are defined without a fixed key count: callers pass numKeys first.
   }
 
@@ -264,12 +265,27 @@ export class StandbyStore {
   /**
    * Deletes every key of one VM (its image and what is staged for it) but its fence and its run
    * claim (a restored guest may still run), and drops it from the index; returns how many keys went.
+   * Leaves a tombstone for a day, so replicators tell the deletion from Redis losing the image.
    */
   async deleteVm(vm: string): Promise<number> {
     const k = this.keys(vm);
-    const n = await this.unlinkMatching(`${k.base}:*`, (key) => key.startsWith(`${k.base}:`) && key !== k.fence && key !== k.runClaim);
+    const n = await this.unlinkMatching(`${k.base}:*`, (key) => key.startsWith(`${k.base}:`) && key !== k.fence && key !== k.runClaim && key !== k.forgotten);
     await this.redis.srem(this.vmIndexKey, vm);
+    await this.redis.set(k.forgotten, String(Date.now()), 'EX', 86_400);
     return n;
+  }
+
+  /** Per VM, whether `standby forget` deleted its image within the last day (its tombstone). */
+  async wereForgotten(vms: string[]): Promise<boolean[]> {
+    if (!vms.length) return [];
+    const p = this.redis.pipeline();
+    for (const vm of vms) p.exists(this.keys(vm).forgotten);
+    const res = (await p.exec()) ?? [];
+    return vms.map((_, i) => {
+      const [err, n] = res[i] ?? [new Error('no reply'), 0];
+      if (err) throw err;
+      return n === 1;
+    });
   }
 
   /** Deletes every key under this store's prefix, of every VM (a run's own prefix, after the run). */
@@ -498,6 +514,37 @@ export class StandbyStore {
     return r === 'OK';
   }
 
+  /**
+   * Scrubs generation `g`'s image for page keys Redis lost: each step (`count` hash fields) is one
+   * script, so applies interleave with the scrub but never tear a step. Null when the image stopped
+   * being generation `g`, or went stale, meanwhile. `missing` counts pages (a field HSCAN returns twice
+   * is counted twice); `fields` names up to 16 of them.
+   */
+  async missingPages(vm: string, g: number, count = 1000): Promise<{ missing: number; fields: string[] } | null> {
+    const k = this.keys(vm);
+    let cursor = '0';
+    let missing = 0;
+    const fields: string[] = [];
+    do {
+      const [next, n, some] = await (this.redis as unknown as MissingPages).ckptMissingPages(k.meta, k.hashes(g), String(g), k.pagePrefix(g), cursor, String(count));
+      if (n < 0) return null;
+      missing += n;
+      for (const f of some ?? []) if (fields.length < 16) fields.push(f);
+      cursor = next;
+    } while (cursor !== '0');
+    return { missing, fields };
+  }
+
+  /** Which of generation `g`'s page fields have no page key (one round trip). */
+  async stillMissing(vm: string, g: number, fields: string[]): Promise<string[]> {
+    if (!fields.length) return [];
+    const k = this.keys(vm);
+    const p = this.redis.pipeline();
+    for (const f of fields) p.exists(k.pagePrefix(g) + f);
+    const res = (await p.exec()) ?? [];
+    return fields.filter((_, i) => res[i]?.[1] === 0);
+  }
+
   async deleteOtherGenerations(vm: string, keep: number): Promise<void> {
     const base = this.keys(vm).base;
     const re = /:g(\d+):/;
@@ -653,6 +700,10 @@ function sliced<T>(args: T[], f: (a: T[]) => unknown, size = 8192): void {
 
 interface ZeroPages {
   ckptZeroBaselinePages(hashesKey: string, pagePrefix: string, ...ranges: string[]): unknown;
+}
+
+interface MissingPages {
+  ckptMissingPages(meta: string, hashes: string, ...args: string[]): Promise<[string, number, string[] | undefined]>;
 }
 
 interface MarkStale {

@@ -66,13 +66,14 @@ test('forget deletes one VM\'s keys and nothing else; refuses while fenced; says
   r = run('forget', '--vm', 'vm-x', '--redis-prefix', 'f1', '--json');
   assert.equal(r.status, 0, r.stderr);
   assert.deepEqual(JSON.parse(r.stdout.trim()), { vm: 'vm-x', deletedKeys: 4, epoch: '7/3' });
-  assert.deepEqual(await db.redis.keys('f1:{vm-x}:*'), []);
+  assert.deepEqual(await db.redis.keys('f1:{vm-x}:*'), ['f1:{vm-x}:forgotten'], 'only the tombstone that tells replicators it was on purpose');
+  assert.ok(await db.redis.ttl('f1:{vm-x}:forgotten') > 86_000, 'kept for a day');
   assert.equal((await db.redis.keys('f1:{vm-y}:*')).length, 4, 'the other VM is untouched');
   assert.deepEqual(await store.listVms(), ['vm-y']);
   assert.equal(await db.redis.exists('f1:{vm-x}:fence'), 0, 'its own fence released');
   r = run('forget', '--vm', 'vm-x', '--redis-prefix', 'f1', '--json');
   assert.equal(r.status, 1);
-  assert.match(r.stderr, /no standby image of vm-x under the key prefix "f1:" \(nothing deleted\)/);
+  assert.match(r.stderr, /no standby image of vm-x under the key prefix "f1:" \(nothing deleted; replicators that still report it/);
   assert.equal((JSON.parse(r.stdout.trim()) as { code: string }).code, 'CKPT_ERR_STANDBY_NO_IMAGE');
 });
 
@@ -123,7 +124,7 @@ test('a standby record this product did not write: list shows it UNUSABLE with t
   assert.match(r.stdout, /^ {2}vm-num {2}UNUSABLE: .*generation is "01000", not a whole number/m);
   const f = run('forget', '--vm', 'vm-json', '--redis-prefix', 'c1');
   assert.equal(f.status, 0, f.stderr);
-  assert.deepEqual(await db.redis.keys('c1:{vm-json}:*'), []);
+  assert.deepEqual(await db.redis.keys('c1:{vm-json}:*'), ['c1:{vm-json}:forgotten']);
 });
 
 test('bad options exit 2 and name the problem; --help exits 0', () => {

@@ -6,7 +6,7 @@ export const RECORD_KINDS = ['begin', 'batch', 'commit', 'bad'] as const;
 /** The values of `kind` on ckpt_replicator_epochs_applied_total. */
 export const APPLIED_KINDS = ['baseline', 'delta'] as const;
 /** The values of `reason` on ckpt_replicator_gaps_total. */
-export const GAP_REASONS = ['missing-epoch', 'missing-batch', 'new-generation', 'no-image', 'digest-mismatch'] as const;
+export const GAP_REASONS = ['missing-epoch', 'missing-batch', 'new-generation', 'no-image', 'digest-mismatch', 'pages-lost', 'image-lost'] as const;
 export type GapReason = typeof GAP_REASONS[number];
 /** The values of `reason` on ckpt_replicator_dead_letters_total (docs/replication.md, "Bad input"). */
 export const DEAD_LETTER_REASONS = [
@@ -84,7 +84,7 @@ export function createReplicatorMetrics(options: { defaultMetrics?: boolean } = 
     lagSeconds: new Gauge({ name: 'ckpt_replicator_lag_seconds', help: 'Harvester commit to apply of the last applied epoch, per VM', labelNames: ['vm'], registers }),
     staleVms: new Gauge({ name: 'ckpt_replicator_stale_vms', help: 'VMs whose standby image is stale (waiting for a baseline)', registers }),
     vmStale: new Gauge({ name: 'ckpt_replicator_vm_stale', help: '1 when this VM\'s standby image is stale', labelNames: ['vm'], registers }),
-    gaps: withZeroSeries(new Counter({ name: 'ckpt_replicator_gaps_total', help: 'Continuity breaks detected, by reason (missing-epoch, missing-batch, new-generation, no-image, digest-mismatch)', labelNames: ['reason'], registers }), 'reason', GAP_REASONS),
+    gaps: withZeroSeries(new Counter({ name: 'ckpt_replicator_gaps_total', help: 'Continuity breaks detected, by reason (missing-epoch, missing-batch, new-generation, no-image, digest-mismatch, pages-lost, image-lost)', labelNames: ['reason'], registers }), 'reason', GAP_REASONS),
     digestMismatches: new Counter({ name: 'ckpt_replicator_digest_mismatches_total', help: 'Epochs refused because the standby digest would not equal the commit record\'s', registers }),
     consumerRestarts: new Counter({ name: 'ckpt_replicator_consumer_restarts_total', help: 'Kafka consumer crashes after which the replicator joined the group again in-process', registers }),
     resyncRequests: new Counter({ name: 'ckpt_replicator_resync_requests_total', help: 'Baselines requested from harvesters on the control topic', registers }),

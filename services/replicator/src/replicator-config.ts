@@ -17,6 +17,7 @@ export const REPLICATOR_SCHEMA = {
   stageWindow: { type: 'int', default: 8, min: 1, max: 256, help: 'staging writes to Redis in flight per partition (1: each record waits for the previous one)' },
   partitionsConcurrently: { type: 'int', default: 4, min: 1, max: 256, help: 'partitions processed in parallel' },
   deletedCheckMs: { type: 'int', default: 30_000, min: 100, max: 3_600_000, help: 'how often to look for reported VMs whose standby was deleted (npm run standby -- forget), to stop reporting them' },
+  scrubIntervalMs: { type: 'int', default: 300_000, min: 0, max: 86_400_000, help: 'how often to check that every page of each owned VM\'s standby image is still in Redis (a lost page marks the image stale and asks for a baseline); 0 = never' },
   metricsPort: { type: 'int', default: 9465, min: -1, max: 65535, help: 'serve /metrics, /healthz and /readyz on this port (0 = any free port, -1 = off)' },
 } as const satisfies Schema;
 

@@ -30,6 +30,8 @@ export interface ReplicatorOptions {
   resyncRetryMs: number;
   /** How often to look for reported VMs whose standby was deleted (`npm run standby -- forget`); default 30 s. */
   deletedCheckMs?: number;
+  /** How often to scrub the standby images of owned VMs for lost pages (Applier.scrub); 0 = never (default). */
+  scrubIntervalMs?: number;
   partitionsConsumedConcurrently: number;
   /** Staging writes in flight per partition (1: each record waits for the previous one's write). */
   stageWindow: number;
@@ -100,6 +102,8 @@ export class Replicator {
   private markerTimer: NodeJS.Timeout | null = null;
   private deletedTimer: NodeJS.Timeout | null = null;
   private checkingDeleted = false;
+  private scrubTimer: NodeJS.Timeout | null = null;
+  private scrubbing = false;
   /**
    * The record being handled, by its key (a VM's records all go to one partition, which one batch at a
    * time consumes), for dead letters to carry. One field shared by all partitions was overwritten by
@@ -190,6 +194,7 @@ export class Replicator {
     this.running = true;
     this.markerTimer = setInterval(() => void this.flushMarkers(), this.o.markerIntervalMs);
     this.deletedTimer = setInterval(() => void this.dropDeletedVms(), this.o.deletedCheckMs ?? 30_000);
+    if (this.o.scrubIntervalMs) this.scrubTimer = setInterval(() => void this.scrubVms(), this.o.scrubIntervalMs);
     await this.runConsumer();
   }
 
@@ -411,7 +416,9 @@ export class Replicator {
    * rebalance and keep the RPO alert firing for a VM that no longer exists. A VM whose harvester still
    * publishes gets a new image (and its series) from its next baseline. So are VMs that never had an
    * image (records under ids no harvester keeps publishing: each left series and a cached state for
-   * good), unless one of their epochs is being assembled here.
+   * good), unless one of their epochs is being assembled here. An image that vanished without forget's
+   * tombstone was lost by Redis: that VM stays reported (Applier.imageLost()). Images still there are
+   * checked for a rollback (Applier.checkRolledBack()).
    */
   private async dropDeletedVms(): Promise<void> {
     if (this.checkingDeleted || !this.running) return;
@@ -419,17 +426,42 @@ export class Replicator {
     try {
       const vms = this.o.metrics.reportedVms();
       const present = await this.store.imagesExist(vms);
-      vms.forEach((vm, i) => {
-        if (present[i] || !this.running || this.applier.assembling(vm)) return;
-        this.o.log.info('this VM has no standby image (deleted, or never made): no longer reporting it', { vm });
+      const forgotten = await this.store.wereForgotten(vms);
+      for (const [i, vm] of vms.entries()) {
+        if (!this.running) return;
+        if (present[i]) {
+          await this.applier.checkRolledBack(vm);
+          continue;
+        }
+        if (this.applier.assembling(vm) || (!forgotten[i] && await this.applier.imageLost(vm))) continue;
+        this.o.log.info(`this VM has no standby image (${forgotten[i] ? 'standby forget deleted it' : 'never made here'}): no longer reporting it`, { vm });
         this.o.metrics.forgetVm(vm);
         this.applier.forget(vm);
         this.vmPartitions.delete(vm);
-      });
+      }
     } catch (err) {
       this.o.log.warn('cannot check whether reported VMs still have a standby image', { err });
     } finally {
       this.checkingDeleted = false;
+    }
+  }
+
+  /**
+   * Scrubs the standby image of every VM this instance reports (also those whose harvester is gone:
+   * their image is the one a failover needs) for pages Redis lost, one VM after the other.
+   */
+  private async scrubVms(): Promise<void> {
+    if (this.scrubbing || !this.running) return;
+    this.scrubbing = true;
+    try {
+      for (const [vm, partition] of [...this.vmPartitions]) {
+        if (!this.running) return;
+        if (this.assigned.has(partition)) await this.applier.scrub(vm);
+      }
+    } catch (err) {
+      this.o.log.warn('cannot scrub the standby images for lost pages; trying again later', { err });
+    } finally {
+      this.scrubbing = false;
     }
   }
 
@@ -452,6 +484,7 @@ export class Replicator {
     this.running = false;
     if (this.markerTimer) clearInterval(this.markerTimer);
     if (this.deletedTimer) clearInterval(this.deletedTimer);
+    if (this.scrubTimer) clearInterval(this.scrubTimer);
     if (this.rejoinTimer) clearTimeout(this.rejoinTimer);
     this.joins++; // ends a watchQuietVms() still listing
     await this.watching;

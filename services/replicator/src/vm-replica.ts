@@ -29,6 +29,8 @@ export interface ApplierOptions {
   fenceLogEveryMs?: number;
   /** An assembly without a record for this long is abandoned as far as assembling() is concerned (default 60 s). */
   assemblyIdleMs?: number;
+  /** A VM with a record handled within this long has records flowing (default 10 s; see RECORDS_FLOWING_MS). */
+  recordsFlowingMs?: number;
 }
 
 export type HandleResult = 'done' | 'retry';
@@ -44,6 +46,13 @@ const toError = (err: unknown): Error => (err instanceof Error ? err : new Error
 const FENCE_QUIET_MS = 5000;
 /** While a fence holds a VM's applies back, it is logged this often. */
 const FENCE_LOG_EVERY_MS = 30_000;
+
+/**
+ * A VM with a record handled within this long has records flowing: what the periodic checks (scrub,
+ * rollback, lost image) find is then acted on in the records' own order, or left to the apply path,
+ * never beside a record in flight.
+ */
+const RECORDS_FLOWING_MS = 10_000;
 
 /** Epochs in a row of one older generation after which its harvester is asked for a new one (see olderGeneration()). */
 const BEHIND_EPOCHS = 3;
@@ -63,6 +72,10 @@ export interface VmReplica {
   fenced?: { sinceMs: number; loggedMs: number };
   /** When a record of this VM was last handled (see Applier.assembling()). */
   lastRecordAtMs?: number;
+  /** Pages a scrub found missing while records flowed: the image is marked stale at the next delta's begin. */
+  pagesLost?: string;
+  /** The image vanished from Redis without `standby forget` (see imageLost()); reset once one is there again. */
+  imageLost?: boolean;
 }
 
 /**
@@ -96,6 +109,35 @@ export class Applier {
   assembling(vm: string): boolean {
     const r = this.replicas.get(vm);
     return !!r?.asm && Date.now() - (r.lastRecordAtMs ?? 0) < (this.opts.assemblyIdleMs ?? 60_000);
+  }
+
+  /**
+   * Reloads a VM whose image in Redis is behind what this instance last applied or read (Redis restarted
+   * on an older AOF/RDB, or failed over to a lagging replica): without records to apply, its gauges
+   * (standby age, last applied epoch) kept reporting the newer epoch, so the live RPO read low by the
+   * whole rollback. True when it was behind.
+   */
+  async checkRolledBack(vm: string): Promise<boolean> {
+    const r = this.replicas.get(vm);
+    if (r) r.imageLost = false; // called for VMs whose image is there
+    // Records flowing: the apply path finds a rollback itself (a missing epoch), and a position read
+    // beside an apply in flight could look behind. Idle, it is never transient: the cache takes an
+    // image's position from Redis after the apply, and other members only move it on.
+    if (!r?.meta || this.flowing(r)) return false;
+    const pos = await this.store.readPosition(vm);
+    if (!pos || this.replicas.get(vm) !== r || !r.meta) return false;
+    const behind = pos.generation < r.meta.generation || (pos.generation === r.meta.generation && pos.epoch < r.meta.epoch);
+    if (!behind) return false;
+    this.log.warn('the standby image in Redis is older than the epoch this replicator applied: Redis lost writes (restarted on an older snapshot, or failed over to a lagging replica)',
+      { vm, applied: `${r.meta.generation}/${r.meta.epoch}`, redisHolds: `${pos.generation}/${pos.epoch}` });
+    this.replicas.delete(vm);
+    await this.replica(vm);
+    return true;
+  }
+
+  /** Whether a record of the VM was handled within recordsFlowingMs. */
+  private flowing(r: VmReplica): boolean {
+    return Date.now() - (r.lastRecordAtMs ?? 0) < (this.opts.recordsFlowingMs ?? RECORDS_FLOWING_MS);
   }
 
   /** Loads a VM's state from Redis (if not cached) so its gauges report it before any record of it arrives. */
@@ -273,13 +315,23 @@ export class Applier {
         await this.olderGeneration(r, g, e, `baseline of generation ${g}; the image is at generation ${imageGen}`);
         return;
       }
+      r.pagesLost = undefined; // the baseline replaces every page
       await this.startAssembly(r, { generation: g, epoch: 0, baseline: true, begin, nextSeq: 0, stagedBytes: 0, maxWritten: {} });
       return;
     }
     // A delta epoch.
+    if (r.pagesLost && r.meta && !r.stale) {
+      const detail = r.pagesLost;
+      r.pagesLost = undefined;
+      await this.breakContinuity(r, 'pages-lost', detail);
+      return;
+    }
     if (r.stale || !r.meta) {
       if (r.meta && g < r.meta.generation) await this.olderGeneration(r, g, e, `epoch ${g}/${e} of a generation older than the image's (${r.meta.generation})`);
-      else if (!r.meta) await this.breakContinuity(r, 'no-image', `epoch ${g}/${e} arrived but there is no image to apply it to`);
+      // Only the first such epoch is a gap: breakContinuity() asks for a baseline at once, bypassing
+      // resyncRetryMs, so calling it for every epoch until the baseline's begin arrived sent one
+      // request per epoch, and the harvester answered the late ones with a second full baseline.
+      else if (!r.meta && !r.stale) await this.breakContinuity(r, 'no-image', `epoch ${g}/${e} arrived but there is no image to apply it to`);
       else this.metrics.skippedWhileStale.inc(); // waiting for a baseline
       return;
     }
@@ -462,6 +514,66 @@ export class Applier {
     r.stale = true;
     r.lastResyncAtMs = 0;
     await this.maybeResync(r, `${reason}: ${detail}`);
+  }
+
+  /**
+   * Looks for pages Redis lost from the VM's live image (evicted under a maxmemory policy, deleted by
+   * hand, a partial restore). Nothing else notices them: a delta's digest is computed from the page
+   * hashes, not the pages, so epochs keep applying, the image says ok and fresh, and only a restore
+   * (the failover, when the primary is gone and no baseline can heal it) finds them. Missing pages
+   * mark the image stale (a compare-and-set on the state re-read after the scan, the pages checked
+   * once more) and ask for a baseline. Returns how many pages were missing (0 when nothing was marked).
+   */
+  async scrub(vm: string): Promise<{ missing: number }> {
+    const meta = await this.store.readMeta(vm);
+    if (!meta || meta.state !== 'ok') return { missing: 0 };
+    const found = await this.store.missingPages(vm, meta.generation);
+    if (!found || found.missing === 0) return { missing: 0 };
+    // An epoch applied during the scan may have written a missing page again: ask once more.
+    const still = await this.store.stillMissing(vm, meta.generation, found.fields);
+    if (!still.length) return { missing: 0 };
+    const detail = `${found.missing} page(s) of the image are missing from Redis (evicted or deleted), e.g. ${still.slice(0, 4).join(', ')}`;
+    this.log.error('pages of a standby image are missing from Redis: it is marked stale and a baseline asked for', { vm, generation: meta.generation, epoch: meta.epoch, missing: found.missing, pages: still });
+    const r = await this.replica(vm);
+    if (this.flowing(r)) {
+      // Marked in the records' own order (onBegin), not beside a batch in flight.
+      r.pagesLost = detail;
+      return { missing: found.missing };
+    }
+    try {
+      await this.breakContinuity(r, 'pages-lost', detail);
+    } catch (err) {
+      if (!(err instanceof StaleCache)) throw err;
+      this.replicas.delete(vm); // another member moved it on: the next scrub judges again
+    }
+    return { missing: found.missing };
+  }
+
+  /**
+   * A VM whose image this instance applied or read is gone from Redis, and `standby forget` left no
+   * tombstone: Redis lost it (restarted without persistence, flushed). Unlike a forgotten VM it stays
+   * reported: its standby age keeps growing, so the RPO alert fires (a dead primary's guest has nothing
+   * to fail over to), and it counts as stale until a baseline arrives; a live harvester is asked for
+   * one. False for a VM this instance never knew an image of (junk ids, records never applied): those
+   * are dropped as before. With records flowing, the apply path handles it (no-image).
+   */
+  async imageLost(vm: string): Promise<boolean> {
+    const r = this.replicas.get(vm);
+    if (!r || (!r.meta && !r.imageLost)) return false;
+    if (this.flowing(r)) return true;
+    if (!r.imageLost) {
+      r.imageLost = true;
+      this.metrics.gaps.inc({ reason: 'image-lost' });
+      this.log.error('the standby image of this VM vanished from Redis, and nobody forgot it (standby forget): Redis lost data (restarted without persistence, or flushed); it stays reported, stale, until a baseline arrives',
+        { vm, lastApplied: r.meta ? `${r.meta.generation}/${r.meta.epoch}` : null });
+      r.meta = null;
+      r.asm = null;
+      r.stale = true;
+      r.lastResyncAtMs = 0;
+    }
+    await this.maybeResync(r, 'image-lost: the standby image vanished from Redis');
+    this.updateGauges(r);
+    return true;
   }
 
   /**

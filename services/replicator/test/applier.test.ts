@@ -13,27 +13,11 @@ import { encodeEpochRecord, type EpochRecord } from '@ckpt/proto';
 import { StandbyStore, zeroMarkWork } from '@ckpt/standby';
 import { Applier, checkZeroMarks, createReplicatorMetrics, MAX_EPOCH_ZERO_MARKS, type DeadLetterReason } from '../src/index.ts';
 
+import { applierHarness } from './applier-harness.ts';
 import { FakeHarvester, PAGE, SLOT_PAGES } from './fake-harvester.ts';
 const db = redisForTests();
 
-function setup(vm: string, prefix = `t${Math.random().toString(36).slice(2, 8)}`) {
-  const store = new StandbyStore(db.redis, prefix);
-  const dead: { vm: string | null; reason: DeadLetterReason; detail: string }[] = [];
-  const resyncs: string[] = [];
-  const metrics = createReplicatorMetrics();
-  const applier = new Applier(store, {
-    deadLetter: (v, reason, detail) => { dead.push({ vm: v, reason, detail }); return Promise.resolve(); },
-    requestResync: (v, reason) => { resyncs.push(`${v}: ${reason}`); return Promise.resolve(); },
-    processed: () => undefined,
-  }, metrics, silentLogger, { maxRecordBytes: 1 << 20, resyncRetryMs: 60_000 });
-  const feed = async (recs: Buffer[]): Promise<void> => { for (const r of recs) assert.equal(await applier.handle(r, vm), 'done'); };
-  const image = async (): Promise<{ epoch: number; digest: string; state: string; bytesDigest: string }> => {
-    const m = await store.readMeta(vm);
-    if (!m) return { epoch: -1, digest: '', state: 'none', bytesDigest: '' };
-    return { epoch: m.epoch, digest: m.digest, state: m.state, bytesDigest: (await store.computeImageDigest(vm, m.generation, m.slots, m.pageSize)).toHex() };
-  };
-  return { store, applier, dead, resyncs, feed, image, metrics };
-}
+const setup = (vm: string, prefix?: string): ReturnType<typeof applierHarness> => applierHarness(db.redis, vm, {}, prefix);
 
 const pages = (entries: [number, number][]): Map<number, number> => new Map(entries);
 /** A record without its VM id (each kind of the union on its own). */

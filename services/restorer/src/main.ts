@@ -79,8 +79,8 @@ async function main(): Promise<number> {
     });
   };
   // SIGINT/SIGTERM: the restore stops between reads, releases its fence, drops its partial files and
-  // reports (exit 130/143). A restore stuck in a Redis call is cut loose after 5 s (the connection is
-  // closed, which fails that call); after 10 s the process exits whatever is left.
+  // reports (exit 130/143). A Redis call that does not return does not hold it up (restoreImage stops
+  // waiting for it); the connection is closed after 5 s, and after 10 s the process exits whatever is left.
   const interrupt = new AbortController();
   // An object: TypeScript would narrow a plain `let` to null for good (it is set in the handler).
   const stopped: { by: NodeJS.Signals | null } = { by: null };
@@ -217,7 +217,11 @@ function exitCodeOf(sig: NodeJS.Signals): number {
   return sig === 'SIGINT' ? 130 : 143;
 }
 
-main().then((code) => { process.exitCode = code; }, (err: unknown) => {
+main().then((code) => {
+  process.exitCode = code;
+  // Done: a Redis call left pending (Redis stopped, a partition) must not keep the process alive.
+  setTimeout(() => process.exit(code), 1000).unref();
+}, (err: unknown) => {
   process.stderr.write(`restore: ${err instanceof Error ? err.message : String(err)}\n`);
   process.exitCode = 1;
 });

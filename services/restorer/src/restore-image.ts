@@ -84,10 +84,28 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 
 /** Throws CKPT_ERR_RESTORE_INTERRUPTED once `signal` is aborted (its reason names the signal). */
 function checkInterrupted(vm: string, signal: AbortSignal | undefined, fenced = true): void {
-  if (!signal?.aborted) return;
+  if (signal?.aborted) throw interrupted(vm, signal, fenced);
+}
+
+function interrupted(vm: string, signal: AbortSignal, fenced: boolean): CkptError {
   // While waiting for another holder's fence, this restore holds none: that fence is not ours to release.
-  throw new CkptError('CKPT_ERR_RESTORE_INTERRUPTED', `the restore of ${vm} was interrupted (${String(signal.reason ?? 'aborted')}): nothing was kept${fenced ? ', and the fence is released' : ' (it held no fence yet)'}`,
+  return new CkptError('CKPT_ERR_RESTORE_INTERRUPTED', `the restore of ${vm} was interrupted (${String(signal.reason ?? 'aborted')}): nothing was kept${fenced ? ', and the fence is released' : ' (it held no fence yet)'}`,
     { retriable: true });
+}
+
+/**
+ * `p`, or CKPT_ERR_RESTORE_INTERRUPTED as soon as `signal` is aborted: a Redis call that does not
+ * return (Redis stopped, a partition) must not hold a SIGINT/SIGTERM up until the connection is cut.
+ * The call itself is left to fail on its own (its result is ignored).
+ */
+function interruptible<T>(p: Promise<T>, vm: string, signal: AbortSignal | undefined, fenced: boolean): Promise<T> {
+  if (!signal) return p;
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(interrupted(vm, signal, fenced));
+    if (signal.aborted) return onAbort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then((v) => { signal.removeEventListener('abort', onAbort); resolve(v); }, (err: unknown) => { signal.removeEventListener('abort', onAbort); reject(err instanceof Error ? err : new Error(String(err))); });
+  });
 }
 
 /**
@@ -117,12 +135,12 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
       let holderTtlMs: number | null = null;
       let said = false;
       let waitedAtAll = false;
-      while (!(await store.acquireFence(vm, token, ttl))) {
+      while (!(await interruptible(store.acquireFence(vm, token, ttl), vm, opts.signal, false))) {
         waitedAtAll = true;
         checkInterrupted(vm, opts.signal, false);
         if (!said) {
           said = true;
-          const h = await store.fenceHolder(vm);
+          const h = await interruptible(store.fenceHolder(vm), vm, opts.signal, false);
           holder = h.holder;
           holderTtlMs = h.ttlMs;
           log.warn(`${vm} is fenced by ${holder ?? 'another holder'}${h.ttlMs === null ? '' : ` (for ${(h.ttlMs / 1000).toFixed(1)} s more unless it is refreshed)`}: waiting up to ${maxWaitMs / 1000} s for the fence`,
@@ -147,7 +165,7 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
     }
     t0 = performance.now();
     end = opts.metrics?.durationSeconds.startTimer();
-    const meta = await store.readMeta(vm);
+    const meta = await interruptible(store.readMeta(vm), vm, opts.signal, true);
     if (!meta) throw new CkptError('CKPT_ERR_RESTORE_NO_IMAGE', `no standby image of ${vm} in Redis (prefix ${store.prefix})`);
     if (meta.state !== 'ok' && !opts.allowStale) {
       outcome = 'refused-stale';
@@ -167,12 +185,12 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
     const slotIndex = new Map(meta.slots.map((s, i) => [s.id, i]));
     const digest = new ChunkDigest(vm, meta.pageSize);
     let pagesFound = 0;
-    const pagesListed = await store.forEachChunk(vm, meta.generation, meta.slots, meta.pageSize, (slot, chunk, bytes, pagesRead) => {
+    const pagesListed = await interruptible(store.forEachChunk(vm, meta.generation, meta.slots, meta.pageSize, (slot, chunk, bytes, pagesRead) => {
       checkInterrupted(vm, opts.signal);
       digest.add(slot, chunk, bytes); // whole pages: it refuses anything else
       pagesFound += pagesRead; // the pages Redis held, not the zero gaps between them
       target.write(slotIndex.get(slot)!, chunk * CHUNK_PAGES, bytes);
-    }, opts.window ?? 4, opts.afterWindow);
+    }, opts.window ?? 4, opts.afterWindow), vm, opts.signal, true);
     if (fenceLost) throw new CkptError('CKPT_ERR_RESTORE_FENCE_LOST', `the fence of ${vm} expired or was taken while reading: the read may mix epochs; try again (or raise the fence TTL)`, { retriable: true });
     const recomputed = digest.digest.toHex();
     if (recomputed !== meta.digest) {
@@ -197,7 +215,11 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
     throw err;
   } finally {
     if (refresher) clearInterval(refresher);
-    if (fenced) await store.releaseFence(vm, token).catch((err: unknown) => log.warn('cannot release the fence; it expires by itself', { vm, err }));
+    if (fenced) {
+      const release = store.releaseFence(vm, token).catch((err: unknown) => log.warn('cannot release the fence; it expires by itself', { vm, err }));
+      // Interrupted, a Redis that does not answer gets a second for it: the fence expires by itself.
+      await (opts.signal?.aborted ? Promise.race([release, sleep(1000)]) : release);
+    }
     const seconds = end?.();
     opts.metrics?.restores.inc({ outcome });
     if (seconds !== undefined) opts.metrics?.lastDurationSeconds.set(seconds);

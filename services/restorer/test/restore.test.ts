@@ -615,6 +615,23 @@ test('npm run restore when Redis stops answering (SIGSTOP) mid-restore: fails wi
       assert.match(String(out.message), /Redis stopped answering while the image was read \(Command timed out\); nothing was kept/);
       assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace for a lost connection');
       assert.deepEqual(readdirSync(dir), []);
+
+      // SIGTERM while Redis does not answer (a long --redis-timeout-ms): reported at once, exit soon
+      // after. It waited for the 5 s cut-off, reported 7 s after the signal and exited at the 10 s hard exit.
+      let termAt = 0;
+      const slow = restoreCliAsync(['--vm', 'vm-stop', '--redis-url', server.url, '--out', join(dir, 'out'), '--json', '--redis-timeout-ms', '60000'], (all) => {
+        if (termAt || !/is fenced by restore-other-2-def/.test(all)) return;
+        process.kill(server.pid!, 'SIGSTOP');
+        setTimeout(() => { termAt = Date.now(); slow.child.kill('SIGTERM'); }, 300);
+      });
+      const s = await slow.done;
+      const tookMs = Date.now() - termAt;
+      process.kill(server.pid!, 'SIGCONT');
+      assert.equal(s.code, 143, s.stderr);
+      assert.equal((JSON.parse(s.stdout.trim().split('\n').at(-1)!) as { code: string }).code, 'CKPT_ERR_RESTORE_INTERRUPTED');
+      assert.match(s.stderr, /INTERRUPTED: the restore of vm-stop was interrupted \(SIGTERM\): nothing was kept \(it held no fence yet\)/);
+      assert.ok(termAt > 0 && tookMs < 3000, `exited ${tookMs} ms after SIGTERM`);
+      assert.deepEqual(readdirSync(dir), []);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

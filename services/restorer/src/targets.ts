@@ -3,7 +3,7 @@
  * larger than RAM), raw files per slot plus the vCPU state as JSON, or a fresh KVM VM with that memory
  * and vCPU state, ready to resume.
  */
-import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, renameSync, rmdirSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, readdirSync, renameSync, rmdirSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { setInterval as every, setTimeout as delay } from 'node:timers/promises';
 import { CkptError, isZeroPage, SparseImage } from '@ckpt/common';
@@ -108,6 +108,11 @@ export class FileTarget implements RestoreTarget {
       this.created = makeDirs(this.dir);
     } catch (err) {
       throw new CkptError('CKPT_ERR_RESTORE_OUTPUT', `cannot create the output directory ${this.dir}: ${(err as Error).message}`, { cause: err });
+    }
+    // What a restore of this VM killed with kill -9 left (under the fence, no other restore of it runs):
+    // a slot the image no longer has would otherwise keep its .partial file for good.
+    for (const f of readdirSync(this.dir)) {
+      if (f.startsWith(`${l.vm}.`) && /^\.(slot\d+\.raw|vcpus\.json)\.partial$/.test(f.slice(l.vm.length))) unlinkSync(join(this.dir, f));
     }
     for (const s of l.slots) {
       const name = join(this.dir, `${l.vm}.slot${s.id}.raw`);

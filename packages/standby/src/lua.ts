@@ -109,8 +109,8 @@ return 'OK'
  * table must exist (every apply script writes a page key and its hash together, so a hash without its
  * page is a page Redis lost: evicted, deleted, or a partial restore).
  * KEYS: meta, hashes; ARGV: generation, page key prefix, HSCAN cursor, count.
- * Returns {next cursor, pages missing, up to 16 missing fields}, or {'0', -1} when meta's generation is
- * no longer ARGV[1] or the image is stale (the scrub stops).
+ * Returns {next cursor, pages missing, up to 16 missing fields, fields checked}, or {'0', -1} when
+ * meta's generation is no longer ARGV[1] or the image is stale (the scrub stops).
  */
 export const MISSING_PAGES_LUA = `
 local m = redis.call('HMGET', KEYS[1], 'generation', 'state')
@@ -124,7 +124,7 @@ for i = 1, #kv, 2 do
     if #first < 16 then first[#first + 1] = kv[i] end
   end
 end
-return {res[1], missing, first}
+return {res[1], missing, first, #kv / 2}
 `;
 
 /** KEYS: fence; ARGV: token, ttl ms. Extends the fence if the token holds it; returns 1, else 0. */

@@ -518,19 +518,21 @@ export class StandbyStore {
    * Scrubs generation `g`'s image for page keys Redis lost: each step (`count` hash fields) is one
    * script, so applies interleave with the scrub but never tear a step. Null when the image stopped
    * being generation `g`, or went stale, meanwhile. `missing` counts pages (a field HSCAN returns twice
-   * is counted twice); `fields` names up to 16 of them.
+   * is counted twice); `fields` names up to 16 of them. `afterStep` is awaited after each step with the
+   * fields it checked (the caller's pacing: a step of 250 fields holds Redis for about 0.6 ms).
    */
-  async missingPages(vm: string, g: number, count = 1000): Promise<{ missing: number; fields: string[] } | null> {
+  async missingPages(vm: string, g: number, afterStep?: (checked: number) => Promise<void>, count = 250): Promise<{ missing: number; fields: string[] } | null> {
     const k = this.keys(vm);
     let cursor = '0';
     let missing = 0;
     const fields: string[] = [];
     do {
-      const [next, n, some] = await (this.redis as unknown as MissingPages).ckptMissingPages(k.meta, k.hashes(g), String(g), k.pagePrefix(g), cursor, String(count));
+      const [next, n, some, checked] = await (this.redis as unknown as MissingPages).ckptMissingPages(k.meta, k.hashes(g), String(g), k.pagePrefix(g), cursor, String(count));
       if (n < 0) return null;
       missing += n;
       for (const f of some ?? []) if (fields.length < 16) fields.push(f);
       cursor = next;
+      if (cursor !== '0') await afterStep?.(checked ?? 0);
     } while (cursor !== '0');
     return { missing, fields };
   }
@@ -703,7 +705,7 @@ interface ZeroPages {
 }
 
 interface MissingPages {
-  ckptMissingPages(meta: string, hashes: string, ...args: string[]): Promise<[string, number, string[] | undefined]>;
+  ckptMissingPages(meta: string, hashes: string, ...args: string[]): Promise<[string, number, string[] | undefined, number | undefined]>;
 }
 
 interface MarkStale {

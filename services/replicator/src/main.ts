@@ -59,7 +59,7 @@ async function main(): Promise<number> {
     kafka, idempotent: cfg.kafkaIdempotent, topics: { pages: cfg.pagesTopic, control: cfg.controlTopic, deadLetter: cfg.deadLetterTopic },
     topicSettings: { pages: setting('pagesTopic'), control: setting('controlTopic'), deadLetter: setting('deadLetterTopic') },
     groupId: cfg.groupId, redis, redisPrefix: cfg.redisPrefix, maxRecordBytes: cfg.maxRecordBytes, markerIntervalMs: cfg.markerIntervalMs,
-    resyncRetryMs: cfg.resyncRetryMs, deletedCheckMs: cfg.deletedCheckMs, scrubIntervalMs: cfg.scrubIntervalMs,
+    resyncRetryMs: cfg.resyncRetryMs, deletedCheckMs: cfg.deletedCheckMs, scrubIntervalMs: cfg.scrubIntervalMs, scrubPagesPerS: cfg.scrubPagesPerS,
     // Exit non-zero so the supervisor (Kubernetes, the pipeline) starts a fresh replicator; offsets and
     // Redis hold all the state it needs.
     onFatal: () => { fatal = true; void stop(); },

@@ -17,7 +17,8 @@ export const REPLICATOR_SCHEMA = {
   stageWindow: { type: 'int', default: 8, min: 1, max: 256, help: 'staging writes to Redis in flight per partition (1: each record waits for the previous one)' },
   partitionsConcurrently: { type: 'int', default: 4, min: 1, max: 256, help: 'partitions processed in parallel' },
   deletedCheckMs: { type: 'int', default: 30_000, min: 100, max: 3_600_000, help: 'how often to look for reported VMs whose standby was deleted (npm run standby -- forget), to stop reporting them' },
-  scrubIntervalMs: { type: 'int', default: 300_000, min: 0, max: 86_400_000, help: 'how often to check that every page of each owned VM\'s standby image is still in Redis (a lost page marks the image stale and asks for a baseline); 0 = never' },
+  scrubIntervalMs: { type: 'int', default: 300_000, min: 0, max: 86_400_000, help: 'how often to start a scrub: a check that every page of each owned VM\'s standby image is still in Redis (a lost page marks the image stale and asks for a baseline); a pass still running is not started again; 0 = never' },
+  scrubPagesPerS: { type: 'int', default: 20_000, min: 100, max: 100_000_000, help: 'the scrub\'s pace: pages checked per second (20 000: about 5% of a Redis core, a 1 GiB guest every 13 s)' },
   metricsPort: { type: 'int', default: 9465, min: -1, max: 65535, help: 'serve /metrics, /healthz and /readyz on this port (0 = any free port, -1 = off)' },
 } as const satisfies Schema;
 

@@ -524,10 +524,10 @@ export class Applier {
    * mark the image stale (a compare-and-set on the state re-read after the scan, the pages checked
    * once more) and ask for a baseline. Returns how many pages were missing (0 when nothing was marked).
    */
-  async scrub(vm: string): Promise<{ missing: number }> {
+  async scrub(vm: string, afterStep?: (checked: number) => Promise<void>): Promise<{ missing: number }> {
     const meta = await this.store.readMeta(vm);
     if (!meta || meta.state !== 'ok') return { missing: 0 };
-    const found = await this.store.missingPages(vm, meta.generation);
+    const found = await this.store.missingPages(vm, meta.generation, afterStep);
     if (!found || found.missing === 0) return { missing: 0 };
     // An epoch applied during the scan may have written a missing page again: ask once more.
     const still = await this.store.stillMissing(vm, meta.generation, found.fields);

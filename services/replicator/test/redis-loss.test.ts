@@ -113,3 +113,14 @@ test('Redis rolled back under a VM whose harvester is gone: the gauges follow Re
   assert.equal(await epochGauge(), 0, 'the epoch Redis holds');
   assert.equal(await t.applier.checkRolledBack('vm-rb'), false, 'once');
 });
+
+test('the scrub goes in steps of about 250 fields and hands each step\'s count to its pacer', async () => {
+  const t = setup('vm-pace');
+  const h = new FakeHarvester('vm-pace', 830);
+  await t.feed(h.epochRecords(new Map(Array.from({ length: 900 }, (_, i) => [i, i + 1] as [number, number]))));
+  const steps: number[] = [];
+  const found = await t.store.missingPages('vm-pace', 830, (n) => { steps.push(n); return Promise.resolve(); });
+  assert.deepEqual(found, { missing: 0, fields: [] });
+  assert.ok(steps.length >= 2 && steps.every((n) => n > 0 && n <= 400), `steps ${steps.join(',')}`);
+  assert.ok(steps.reduce((a, b) => a + b, 0) <= 900, 'the last step is not paced');
+});

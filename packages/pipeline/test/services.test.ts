@@ -174,8 +174,9 @@ test('a replicator that takes over reports the standby of a VM that publishes no
     // A page key lost (evicted, deleted by hand) under the image of a VM whose harvester is gone: only
     // the scrub finds it before a failover would (the image said ok and fresh until the restore refused it).
     assert.equal(await redis.del(store.keys('quiet-vm').page(11, 0, 2)), 1);
-    for (const deadline = Date.now() + 15_000; Date.now() < deadline && !/pages of a standby image are missing/.test(log);) await new Promise((r) => setTimeout(r, 200));
-    const scrubbed = await store.readMeta('quiet-vm');
+    let scrubbed = await store.readMeta('quiet-vm');
+    for (const deadline = Date.now() + 15_000; Date.now() < deadline && scrubbed?.state !== 'stale'; scrubbed = await store.readMeta('quiet-vm')) await new Promise((r) => setTimeout(r, 200));
+    assert.match(log, /pages of a standby image are missing from Redis/);
     assert.equal(scrubbed?.state, 'stale', `the scrub marked it stale; log: ${log}`);
     assert.match(scrubbed?.staleReason ?? '', /^pages-lost: 1 page\(s\) of the image are missing from Redis \(evicted or deleted\), e\.g\. 0:2$/);
 

@@ -24,7 +24,7 @@ const USAGE = `usage: npm run standby -- list [--json] [--redis-url URL]
 
 list: the VMs with a standby image in Redis, with their committed epoch, state and age, and the
 restorer that runs a restored copy of the guest, if one does (its run claim).
-forget: deletes one VM's standby image and everything staged for it. Do it once the VM is retired and
+forget: deletes one VM's standby image and everything staged for it (exit 0 also when there is none). Do it once the VM is retired and
 its harvester stopped: a running harvester's next epoch would find no image and ask for a baseline.
 The replicator reporting the VM drops its series within REPLICATOR_DELETED_CHECK_MS (30 s): forget
 leaves a tombstone for a day that tells it the image was deleted on purpose (an image that vanishes
@@ -108,8 +108,11 @@ async function main(argv: string[]): Promise<number> {
     } finally {
       await store.releaseFence(cfg.vm, token);
     }
-    if (deleted === 0) throw new CkptError('CKPT_ERR_STANDBY_NO_IMAGE', `no standby image of ${cfg.vm} under the key prefix "${cfg.redisPrefix}:" (nothing deleted; replicators that still report it, its image lost by Redis, stop within REPLICATOR_DELETED_CHECK_MS)`);
-    say(`standby: deleted ${cfg.vm}'s standby${meta ? ` (epoch ${meta.generation}/${meta.epoch})` : ''}: ${deleted} keys`);
+    // Nothing to delete is still done: the tombstone is written, so replicators that report a VM whose
+    // image Redis lost (the runbook's way to retire it) stop. A mistyped id says so here.
+    say(deleted === 0
+      ? `standby: no standby image of ${cfg.vm} under the key prefix "${cfg.redisPrefix}:" (nothing deleted); it is marked forgotten, so replicators that still report it (its image lost by Redis) stop within REPLICATOR_DELETED_CHECK_MS`
+      : `standby: deleted ${cfg.vm}'s standby${meta ? ` (epoch ${meta.generation}/${meta.epoch})` : ''}: ${deleted} keys`);
     if (cfg.json) process.stdout.write(JSON.stringify({ vm: cfg.vm, deletedKeys: deleted, epoch: meta ? `${meta.generation}/${meta.epoch}` : null }) + '\n');
     return 0;
   } catch (caught) {

@@ -6,7 +6,7 @@
  *   <p>:{vm}:asm                    HASH    the epoch being assembled: generation, epoch, baseline, begin, nextSeq
  *   <p>:{vm}:fence                  STRING  while present, no epoch is applied (the restorer's consistent read)
  *   <p>:{vm}:running                STRING  the run claim: who runs the restored guest (a --keep-running restorer)
- *   <p>:{vm}:forgotten              STRING  tombstone of `standby forget` (a day): the image was deleted on purpose, not lost
+ *   <p>:{vm}:forgotten              STRING  tombstone of `standby forget` (a day, or until a baseline): deleted on purpose, not lost
  *   <p>:{vm}:g<G>:p:<slot>:<gfn>    STRING  one page of the image (absent = a zero page)
  *   <p>:{vm}:g<G>:h                 HASH    page hash of every non-zero page (field "slot:gfn", value 8 bytes BE)
  *   <p>:{vm}:g<G>:s:<E>:<slot>:<gfn> STRING a staged page of incremental epoch <E>

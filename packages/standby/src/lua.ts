@@ -60,18 +60,19 @@ return 'OK'
 `;
 
 /**
- * Makes a baseline (written into its generation's own keys) the image.
- * KEYS: meta, fence, asm
+ * Makes a baseline (written into its generation's own keys) the image, and drops the tombstone of a
+ * `standby forget` before it (a loss of this new image must not read as that forget).
+ * KEYS: meta, fence, asm, forgotten
  * ARGV: generation, then meta field/value pairs
  * Returns OK, ALREADY, FENCED, or CONFLICT <current generation>.
  */
 export const COMMIT_BASELINE_LUA = `
-local meta, fence, asm = KEYS[1], KEYS[2], KEYS[3]
+local meta, fence, asm, forgotten = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 if redis.call('EXISTS', fence) == 1 then return 'FENCED' end
 local g = redis.call('HGET', meta, 'generation')
 if g == ARGV[1] and redis.call('HGET', meta, 'state') == 'ok' then return 'ALREADY' end
 if g and tonumber(g) >= tonumber(ARGV[1]) then return 'CONFLICT ' .. g end
-redis.call('DEL', asm)
+redis.call('DEL', asm, forgotten)
 redis.call('HDEL', meta, 'staleReason')
 for i = 2, #ARGV, 2 do redis.call('HSET', meta, ARGV[i], ARGV[i + 1]) end
 return 'OK'
@@ -108,13 +109,14 @@ return 'OK'
  * One step of a scrub of the live image: the page keys behind up to COUNT fields of its page-hash
  * table must exist (every apply script writes a page key and its hash together, so a hash without its
  * page is a page Redis lost: evicted, deleted, or a partial restore).
- * KEYS: meta, hashes; ARGV: generation, page key prefix, HSCAN cursor, count.
+ * KEYS: meta, hashes, fence; ARGV: generation, page key prefix, HSCAN cursor, count.
  * Returns {next cursor, pages missing, up to 16 missing fields, fields checked}, or {'0', -1} when
- * meta's generation is no longer ARGV[1] or the image is stale (the scrub stops).
+ * meta's generation is no longer ARGV[1], the image is stale, or fenced (a restore reads it, or
+ * `standby forget` deletes it: the scrub stops, and the next pass looks again).
  */
 export const MISSING_PAGES_LUA = `
 local m = redis.call('HMGET', KEYS[1], 'generation', 'state')
-if m[1] ~= ARGV[1] or m[2] ~= 'ok' then return {'0', -1} end
+if m[1] ~= ARGV[1] or m[2] ~= 'ok' or redis.call('EXISTS', KEYS[3]) == 1 then return {'0', -1} end
 local res = redis.call('HSCAN', KEYS[2], ARGV[3], 'COUNT', ARGV[4])
 local kv = res[2]
 local missing, first = 0, {}
@@ -135,7 +137,7 @@ return 0
 
 /**
  * KEYS: run claim; ARGV: token, ttl ms. Extends the claim if the token holds it (1); takes it again
- * if nobody does (2: it expired while Redis could not be reached, or `standby forget` removed it);
+ * if nobody does (2: it expired while Redis could not be reached, or it was deleted by hand);
  * returns 0 when someone else holds it.
  */
 export const RUN_CLAIM_REFRESH_LUA = `

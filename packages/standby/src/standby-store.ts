@@ -95,7 +95,7 @@ export class StandbyStore {
     redis.defineCommand('ckptCommitBaseline', { lua: COMMIT_BASELINE_LUA });
     redis.defineCommand('ckptZeroBaselinePages', { numberOfKeys: 1, lua: ZERO_BASELINE_PAGES_LUA });
     redis.defineCommand('ckptMarkStale', { numberOfKeys: 2, lua: MARK_STALE_LUA });
-    redis.defineCommand('ckptMissingPages', { numberOfKeys: 2, lua: MISSING_PAGES_LUA });
+    redis.defineCommand('ckptMissingPages', { numberOfKeys: 3, lua: MISSING_PAGES_LUA });
     // Both scripts are defined without a fixed key count: callers pass numKeys first.
   }
 
@@ -265,13 +265,15 @@ export class StandbyStore {
   /**
    * Deletes every key of one VM (its image and what is staged for it) but its fence and its run
    * claim (a restored guest may still run), and drops it from the index; returns how many keys went.
-   * Leaves a tombstone for a day, so replicators tell the deletion from Redis losing the image.
+   * Leaves a tombstone for a day (or until a baseline makes a new image), so replicators tell the
+   * deletion from Redis losing the image.
    */
   async deleteVm(vm: string): Promise<number> {
     const k = this.keys(vm);
+    // First: a replicator that checks while the keys go must see a deletion, not a loss.
+    await this.redis.set(k.forgotten, String(Date.now()), 'EX', 86_400);
     const n = await this.unlinkMatching(`${k.base}:*`, (key) => key.startsWith(`${k.base}:`) && key !== k.fence && key !== k.runClaim && key !== k.forgotten);
     await this.redis.srem(this.vmIndexKey, vm);
-    await this.redis.set(k.forgotten, String(Date.now()), 'EX', 86_400);
     return n;
   }
 
@@ -384,7 +386,7 @@ export class StandbyStore {
     if (asm.baseline) {
       const digest = await this.sumHashes(k.hashes(g));
       if (digest.toHex() !== commit.digest) return { result: 'digest-mismatch', expected: commit.digest, computed: digest.toHex() };
-      const r = String(await (this.redis as unknown as Scripts).ckptCommitBaseline(3, k.meta, k.fence, k.asm, String(g), ...fields));
+      const r = String(await (this.redis as unknown as Scripts).ckptCommitBaseline(4, k.meta, k.fence, k.asm, k.forgotten, String(g), ...fields));
       if (r === 'OK') {
         await this.redis.sadd(this.vmIndexKey, vm);
         // The previous generation is no longer reachable; reclaim its keys.
@@ -482,7 +484,7 @@ export class StandbyStore {
 
   /**
    * Extends the run claim `token` holds: 'held'; 'retaken' when nobody held it any more (it expired
-   * while Redis was out of reach, or `standby forget` removed it) and this token took it again;
+   * while Redis was out of reach, or it was deleted by hand) and this token took it again;
    * 'lost' when someone else holds it.
    */
   async refreshRunClaim(vm: string, token: string, ttlMs: number): Promise<'held' | 'retaken' | 'lost'> {
@@ -527,7 +529,7 @@ export class StandbyStore {
     let missing = 0;
     const fields: string[] = [];
     do {
-      const [next, n, some, checked] = await (this.redis as unknown as MissingPages).ckptMissingPages(k.meta, k.hashes(g), String(g), k.pagePrefix(g), cursor, String(count));
+      const [next, n, some, checked] = await (this.redis as unknown as MissingPages).ckptMissingPages(k.meta, k.hashes(g), k.fence, String(g), k.pagePrefix(g), cursor, String(count));
       if (n < 0) return null;
       missing += n;
       for (const f of some ?? []) if (fields.length < 16) fields.push(f);
@@ -705,7 +707,7 @@ interface ZeroPages {
 }
 
 interface MissingPages {
-  ckptMissingPages(meta: string, hashes: string, ...args: string[]): Promise<[string, number, string[] | undefined, number | undefined]>;
+  ckptMissingPages(meta: string, hashes: string, fence: string, ...args: string[]): Promise<[string, number, string[] | undefined, number | undefined]>;
 }
 
 interface MarkStale {

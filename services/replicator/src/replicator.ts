@@ -438,7 +438,7 @@ export class Replicator {
         if (this.applier.assembling(vm) || (!forgotten[i] && await this.applier.imageLost(vm))) continue;
         this.o.log.info(`this VM has no standby image (${forgotten[i] ? 'standby forget deleted it' : 'never made here'}): no longer reporting it`, { vm });
         this.o.metrics.forgetVm(vm);
-        this.applier.forget(vm);
+        this.applier.dropVm(vm);
         this.vmPartitions.delete(vm);
       }
     } catch (err) {

@@ -72,10 +72,8 @@ export interface VmReplica {
   fenced?: { sinceMs: number; loggedMs: number };
   /** When a record of this VM was last handled (see Applier.assembling()). */
   lastRecordAtMs?: number;
-  /** Pages a scrub found missing while records flowed: the image is marked stale at the next delta's begin. */
-  pagesLost?: string;
-  /** The image vanished from Redis without `standby forget` (see imageLost()); reset once one is there again. */
-  imageLost?: boolean;
+  /** Pages a scrub found missing (in that generation) while records flowed: marked stale at the next delta's begin. */
+  pagesLost?: { generation: number; detail: string };
 }
 
 /**
@@ -91,6 +89,13 @@ const sameLayout = (a: EpochBegin, m: StandbyMeta): boolean =>
 
 export class Applier {
   readonly replicas = new Map<string, VmReplica>();
+  /**
+   * VMs this instance applied or read an image of, and of those the ones whose image then vanished
+   * (imageLost()). Kept apart from `replicas`, which forget() clears at every failed record and group
+   * join: a Redis restart does both, at the moment this knowledge is needed.
+   */
+  private readonly knownImages = new Set<string>();
+  private readonly lostImages = new Set<string>();
 
   constructor(private readonly store: StandbyStore, private readonly hooks: ReplicaHooks, private readonly metrics: ReplicatorMetrics,
     private readonly log: Logger, private readonly opts: ApplierOptions) {}
@@ -99,6 +104,13 @@ export class Applier {
   forget(vm?: string): void {
     if (vm) this.replicas.delete(vm);
     else this.replicas.clear();
+  }
+
+  /** Forgets a VM for good: its image was deleted on purpose (`standby forget`), or never made here. */
+  dropVm(vm: string): void {
+    this.replicas.delete(vm);
+    this.knownImages.delete(vm);
+    this.lostImages.delete(vm);
   }
 
   /**
@@ -119,11 +131,18 @@ export class Applier {
    */
   async checkRolledBack(vm: string): Promise<boolean> {
     const r = this.replicas.get(vm);
-    if (r) r.imageLost = false; // called for VMs whose image is there
     // Records flowing: the apply path finds a rollback itself (a missing epoch), and a position read
     // beside an apply in flight could look behind. Idle, it is never transient: the cache takes an
     // image's position from Redis after the apply, and other members only move it on.
-    if (!r?.meta || this.flowing(r)) return false;
+    if (r && this.flowing(r)) return false;
+    if (!r?.meta || r.stale) {
+      // Not cached (forget() cleared it), or cached without an image or stale (an image put back, or
+      // applied by another member): Redis's view, for the gauges. Without a cached position to compare,
+      // a rollback is not logged here.
+      this.replicas.delete(vm);
+      await this.replica(vm);
+      return false;
+    }
     const pos = await this.store.readPosition(vm);
     if (!pos || this.replicas.get(vm) !== r || !r.meta) return false;
     const behind = pos.generation < r.meta.generation || (pos.generation === r.meta.generation && pos.epoch < r.meta.epoch);
@@ -320,11 +339,14 @@ export class Applier {
       return;
     }
     // A delta epoch.
-    if (r.pagesLost && r.meta && !r.stale) {
-      const detail = r.pagesLost;
+    if (r.pagesLost) {
+      const lost = r.pagesLost;
       r.pagesLost = undefined;
-      await this.breakContinuity(r, 'pages-lost', detail);
-      return;
+      // Only against the generation the scrub read: a baseline since replaced every page.
+      if (r.meta && !r.stale && r.meta.generation === lost.generation) {
+        await this.breakContinuity(r, 'pages-lost', lost.detail);
+        return;
+      }
     }
     if (r.stale || !r.meta) {
       if (r.meta && g < r.meta.generation) await this.olderGeneration(r, g, e, `epoch ${g}/${e} of a generation older than the image's (${r.meta.generation})`);
@@ -537,9 +559,11 @@ export class Applier {
     const r = await this.replica(vm);
     if (this.flowing(r)) {
       // Marked in the records' own order (onBegin), not beside a batch in flight.
-      r.pagesLost = detail;
+      r.pagesLost = { generation: meta.generation, detail };
       return { missing: found.missing };
     }
+    // A baseline committed meanwhile replaced every page: nothing of the old generation matters.
+    if (r.meta?.generation !== meta.generation) return { missing: 0 };
     try {
       await this.breakContinuity(r, 'pages-lost', detail);
     } catch (err) {
@@ -555,26 +579,30 @@ export class Applier {
    * reported: its standby age keeps growing, so the RPO alert fires (a dead primary's guest has nothing
    * to fail over to), and it counts as stale until a baseline arrives; a live harvester is asked for
    * one. False for a VM this instance never knew an image of (junk ids, records never applied): those
-   * are dropped as before. With records flowing, the apply path handles it (no-image).
+   * are dropped as before, and so is a lost image's VM on an instance that took it over after the loss
+   * (a restart, a rebalance: Redis's index of VMs was lost too). With records flowing, the apply path
+   * handles it (no-image).
    */
   async imageLost(vm: string): Promise<boolean> {
-    const r = this.replicas.get(vm);
-    if (!r || (!r.meta && !r.imageLost)) return false;
-    if (this.flowing(r)) return true;
-    if (!r.imageLost) {
-      r.imageLost = true;
+    if (!this.knownImages.has(vm)) return false;
+    const cached = this.replicas.get(vm);
+    if (cached && this.flowing(cached)) return true;
+    // Redis's view, not the cache's (which may still hold the lost image's meta).
+    this.replicas.delete(vm);
+    const r = await this.replica(vm);
+    if (r.meta) return false; // it is back (imagesExist() read before it was)
+    if (!this.lostImages.has(vm)) {
+      this.lostImages.add(vm);
       this.metrics.gaps.inc({ reason: 'image-lost' });
-      this.log.error('the standby image of this VM vanished from Redis, and nobody forgot it (standby forget): Redis lost data (restarted without persistence, or flushed); it stays reported, stale, until a baseline arrives',
-        { vm, lastApplied: r.meta ? `${r.meta.generation}/${r.meta.epoch}` : null });
-      r.meta = null;
-      r.asm = null;
-      r.stale = true;
-      r.lastResyncAtMs = 0;
+      this.log.error('the standby image of this VM vanished from Redis, and nobody forgot it (standby forget): Redis lost data (restarted without persistence, or flushed); it stays reported, stale, until a baseline arrives', { vm });
     }
+    r.asm = null;
+    r.stale = true;
     await this.maybeResync(r, 'image-lost: the standby image vanished from Redis');
     this.updateGauges(r);
     return true;
   }
+
 
   /**
    * Applies held back by a fence: logged once it has held them fenceQuietMs (longer than a restore
@@ -622,6 +650,10 @@ export class Applier {
   }
 
   private updateGauges(r: VmReplica): void {
+    if (r.meta) {
+      this.knownImages.add(r.vm);
+      this.lostImages.delete(r.vm);
+    }
     this.metrics.noteVm(r.vm);
     this.metrics.vmStale.set({ vm: r.vm }, r.stale ? 1 : 0);
     let stale = 0;

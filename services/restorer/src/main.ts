@@ -165,8 +165,9 @@ async function main(): Promise<number> {
         }
       } finally {
         target.vm?.destroy();
-        // Only once the guest is gone: until then it is this restorer's to run.
-        await claim?.release();
+        // Only once the guest is gone: until then it is this restorer's to run. After a signal, a
+        // Redis that does not answer gets a second: the claim expires by itself.
+        await claim?.release(stopped.by ? 1000 : Infinity);
       }
       phase = 'done';
     }
@@ -200,7 +201,7 @@ async function main(): Promise<number> {
  */
 function forThisCommand(err: unknown, devPath: string): CkptError {
   if (err instanceof Error && !(err instanceof CkptError) && isConnectionLoss(err)) {
-    return new CkptError('CKPT_ERR_REDIS_LOST', `cannot restore: Redis stopped answering while the image was read (${err.message}); nothing was kept; try again once Redis answers`, { cause: err, retriable: true });
+    return new CkptError('CKPT_ERR_REDIS_LOST', `cannot restore: Redis stopped answering (${err.message}); nothing was kept; try again once Redis answers`, { cause: err, retriable: true });
   }
   if (!(err instanceof CkptError)) {
     return new CkptError('CKPT_ERR_RESTORE_UNEXPECTED', `cannot restore: ${err instanceof Error ? err.message : String(err)}`, { cause: err });

@@ -94,14 +94,14 @@ function interrupted(vm: string, signal: AbortSignal, fenced: boolean): CkptErro
 }
 
 /**
- * `p`, or CKPT_ERR_RESTORE_INTERRUPTED as soon as `signal` is aborted: a Redis call that does not
- * return (Redis stopped, a partition) must not hold a SIGINT/SIGTERM up until the connection is cut.
- * The call itself is left to fail on its own (its result is ignored).
+ * `p`, or `stopped()`'s error as soon as `signal` is aborted: a Redis call that does not return (Redis
+ * stopped, a partition) must not hold a SIGINT/SIGTERM up until the connection is cut. The call itself
+ * is left to end on its own; its result is ignored.
  */
-function interruptible<T>(p: Promise<T>, vm: string, signal: AbortSignal | undefined, fenced: boolean): Promise<T> {
+export function interruptible<T>(p: Promise<T>, signal: AbortSignal | undefined, stopped: () => Error): Promise<T> {
   if (!signal) return p;
   return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(interrupted(vm, signal, fenced));
+    const onAbort = (): void => reject(stopped());
     if (signal.aborted) return onAbort();
     signal.addEventListener('abort', onAbort, { once: true });
     p.then((v) => { signal.removeEventListener('abort', onAbort); resolve(v); }, (err: unknown) => { signal.removeEventListener('abort', onAbort); reject(err instanceof Error ? err : new Error(String(err))); });
@@ -135,12 +135,19 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
       let holderTtlMs: number | null = null;
       let said = false;
       let waitedAtAll = false;
-      while (!(await interruptible(store.acquireFence(vm, token, ttl), vm, opts.signal, false))) {
+      const notFenced = (): CkptError => interrupted(vm, opts.signal!, false);
+      const acquire = (): Promise<boolean> => {
+        const taking = store.acquireFence(vm, token, ttl);
+        // A SET NX still pending when the signal came may take the fence after all: give it back.
+        taking.then((ok) => { if (ok && opts.signal?.aborted && !fenced) void store.releaseFence(vm, token).catch(() => undefined); }, () => undefined);
+        return interruptible(taking, opts.signal, notFenced);
+      };
+      while (!(await acquire())) {
         waitedAtAll = true;
         checkInterrupted(vm, opts.signal, false);
         if (!said) {
           said = true;
-          const h = await interruptible(store.fenceHolder(vm), vm, opts.signal, false);
+          const h = await interruptible(store.fenceHolder(vm), opts.signal, notFenced);
           holder = h.holder;
           holderTtlMs = h.ttlMs;
           log.warn(`${vm} is fenced by ${holder ?? 'another holder'}${h.ttlMs === null ? '' : ` (for ${(h.ttlMs / 1000).toFixed(1)} s more unless it is refreshed)`}: waiting up to ${maxWaitMs / 1000} s for the fence`,
@@ -165,7 +172,8 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
     }
     t0 = performance.now();
     end = opts.metrics?.durationSeconds.startTimer();
-    const meta = await interruptible(store.readMeta(vm), vm, opts.signal, true);
+    const stopped = (): CkptError => interrupted(vm, opts.signal!, !opts.unsafeNoFence);
+    const meta = await interruptible(store.readMeta(vm), opts.signal, stopped);
     if (!meta) throw new CkptError('CKPT_ERR_RESTORE_NO_IMAGE', `no standby image of ${vm} in Redis (prefix ${store.prefix})`);
     if (meta.state !== 'ok' && !opts.allowStale) {
       outcome = 'refused-stale';
@@ -190,7 +198,7 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
       digest.add(slot, chunk, bytes); // whole pages: it refuses anything else
       pagesFound += pagesRead; // the pages Redis held, not the zero gaps between them
       target.write(slotIndex.get(slot)!, chunk * CHUNK_PAGES, bytes);
-    }, opts.window ?? 4, opts.afterWindow), vm, opts.signal, true);
+    }, opts.window ?? 4, opts.afterWindow), opts.signal, stopped);
     if (fenceLost) throw new CkptError('CKPT_ERR_RESTORE_FENCE_LOST', `the fence of ${vm} expired or was taken while reading: the read may mix epochs; try again (or raise the fence TTL)`, { retriable: true });
     const recomputed = digest.digest.toHex();
     if (recomputed !== meta.digest) {

@@ -18,6 +18,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { CkptError, silentLogger, type Logger } from '@ckpt/common';
 import type { StandbyStore } from '@ckpt/standby';
 import type { RestorerMetrics } from './metrics.ts';
+import { interruptible } from './restore-image.ts';
 
 export interface RunClaimOptions {
   /** The claim's lifetime; renewed every third of it. */
@@ -37,6 +38,8 @@ export class RunClaim {
   private lastHeldAt = performance.now();
   private unreachableSaid = false;
   private readonly lost = new AbortController();
+  /** Set by release(): a renewal still in flight then changes nothing (the gauge stays 0). */
+  private released = false;
 
   private constructor(private readonly store: StandbyStore, readonly vm: string, readonly token: string, private readonly opts: RunClaimOptions) {}
 
@@ -56,8 +59,20 @@ export class RunClaim {
     const claim = new RunClaim(store, vm, `run-${hostname()}-${process.pid}-${randomBytes(6).toString('hex')}`, opts);
     const start = performance.now();
     let limitMs = 0;
-    while (!(await store.acquireRunClaim(vm, claim.token, opts.ttlMs))) {
-      const { holder, ttlMs } = await store.runClaimHolder(vm);
+    let holder: string | null = null;
+    // A Redis that does not answer must not hold a signal up (see interruptible()).
+    const stopped = (): CkptError => new CkptError('CKPT_ERR_RESTORE_INTERRUPTED', `the restore of ${vm} was interrupted (${String(opts.signal?.reason ?? 'aborted')}) while it waited for ${holder ?? 'another restorer'}'s run claim: nothing was read`, { retriable: true });
+    let taken = false;
+    const acquire = (): Promise<boolean> => {
+      const taking = store.acquireRunClaim(vm, claim.token, opts.ttlMs);
+      // A SET NX still pending when the signal came may take the claim after all: give it back.
+      taking.then((ok) => { if (ok && opts.signal?.aborted && !taken) void store.releaseRunClaim(vm, claim.token).catch(() => undefined); }, () => undefined);
+      return interruptible(taking, opts.signal, stopped);
+    };
+    while (!(await acquire())) {
+      const h = await interruptible(store.runClaimHolder(vm), opts.signal, stopped);
+      holder = h.holder;
+      const ttlMs = h.ttlMs;
       const waited = performance.now() - start;
       if (limitMs === 0) {
         limitMs = Math.max(opts.ttlMs, ttlMs ?? 0) + 2000;
@@ -71,9 +86,10 @@ export class RunClaim {
       try {
         await sleep(opts.pollMs ?? 250, undefined, { signal: opts.signal });
       } catch {
-        throw new CkptError('CKPT_ERR_RESTORE_INTERRUPTED', `the restore of ${vm} was interrupted (${String(opts.signal?.reason ?? 'aborted')}) while it waited for ${holder ?? 'another restorer'}'s run claim: nothing was read`, { retriable: true });
+        throw stopped();
       }
     }
+    taken = true;
     opts.metrics?.runClaimHeld.set(1);
     log.info('run claim taken', { vm, token: claim.token, ttlMs: opts.ttlMs });
     // Unref'd: the guest (or the restore) keeps the process alive, not the claim.
@@ -99,6 +115,7 @@ export class RunClaim {
       }
       return;
     }
+    if (this.released) return;
     if (r === 'lost') {
       const { holder } = await this.store.runClaimHolder(this.vm).catch(() => ({ holder: null }));
       this.lostTo = holder ?? 'another restorer';
@@ -118,12 +135,17 @@ export class RunClaim {
     this.timer = undefined;
   }
 
-  /** Stops renewing and drops the claim if it is still ours (best effort: otherwise it expires). */
-  async release(): Promise<void> {
+  /**
+   * Stops renewing and drops the claim if it is still ours (best effort: otherwise it expires).
+   * `waitMs` bounds the wait for Redis (after a signal: a Redis that does not answer must not hold the exit up).
+   */
+  async release(waitMs = Infinity): Promise<void> {
+    this.released = true;
     this.stopRenewing();
     this.opts.metrics?.runClaimHeld.set(0);
     if (this.lostTo !== undefined) return;
-    await this.store.releaseRunClaim(this.vm, this.token).catch((err: unknown) =>
+    const releasing = this.store.releaseRunClaim(this.vm, this.token).then(() => undefined, (err: unknown) =>
       (this.opts.log ?? silentLogger).warn(`cannot release ${this.vm}'s run claim; it expires by itself within ${this.opts.ttlMs / 1000} s`, { vm: this.vm, err }));
+    await (Number.isFinite(waitMs) ? Promise.race([releasing, sleep(waitMs)]) : releasing);
   }
 }

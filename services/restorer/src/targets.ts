@@ -110,9 +110,15 @@ export class FileTarget implements RestoreTarget {
       throw new CkptError('CKPT_ERR_RESTORE_OUTPUT', `cannot create the output directory ${this.dir}: ${(err as Error).message}`, { cause: err });
     }
     // What a restore of this VM killed with kill -9 left (under the fence, no other restore of it runs):
-    // a slot the image no longer has would otherwise keep its .partial file for good.
+    // a slot the image no longer has would otherwise keep its .partial file for good. Best effort: one
+    // that cannot go (a directory of that name, say) fails the write that needs its name, by name.
     for (const f of readdirSync(this.dir)) {
-      if (f.startsWith(`${l.vm}.`) && /^\.(slot\d+\.raw|vcpus\.json)\.partial$/.test(f.slice(l.vm.length))) unlinkSync(join(this.dir, f));
+      if (!f.startsWith(`${l.vm}.`) || !/^\.(slot\d+\.raw|vcpus\.json)\.partial$/.test(f.slice(l.vm.length))) continue;
+      try {
+        unlinkSync(join(this.dir, f));
+      } catch {
+        // left as it is
+      }
     }
     for (const s of l.slots) {
       const name = join(this.dir, `${l.vm}.slot${s.id}.raw`);

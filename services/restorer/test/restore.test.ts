@@ -615,7 +615,7 @@ test('npm run restore when Redis stops answering (SIGSTOP) mid-restore: fails wi
       const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as Record<string, unknown>;
       assert.equal(out.code, 'CKPT_ERR_REDIS_LOST', r.stderr);
       assert.equal(out.retriable, true);
-      assert.match(String(out.message), /Redis stopped answering while the image was read \(Command timed out\); nothing was kept/);
+      assert.match(String(out.message), /cannot restore: Redis stopped answering \(Command timed out\); nothing was kept/);
       assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace for a lost connection');
       assert.deepEqual(readdirSync(dir), []);
 

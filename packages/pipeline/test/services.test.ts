@@ -177,6 +177,9 @@ test('a replicator that takes over reports the standby of a VM that publishes no
     let scrubbed = await store.readMeta('quiet-vm');
     for (const deadline = Date.now() + 15_000; Date.now() < deadline && scrubbed?.state !== 'stale'; scrubbed = await store.readMeta('quiet-vm')) await new Promise((r) => setTimeout(r, 200));
     assert.match(log, /pages of a standby image are missing from Redis/);
+    text = await fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.text(), () => '');
+    assert.ok(Number(/^ckpt_replicator_scrub_pages_total (\S+)$/m.exec(text)?.[1]) >= 2, 'the scrub counts the pages it checks');
+    assert.ok(Number(/^ckpt_replicator_scrub_last_pass_timestamp_seconds (\S+)$/m.exec(text)?.[1]) > Date.now() / 1000 - 60, 'and its passes');
     assert.equal(scrubbed?.state, 'stale', `the scrub marked it stale; log: ${log}`);
     assert.match(scrubbed?.staleReason ?? '', /^pages-lost: 1 page\(s\) of the image are missing from Redis \(evicted or deleted\), e\.g\. 0:2$/);
 

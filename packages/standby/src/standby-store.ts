@@ -534,7 +534,7 @@ export class StandbyStore {
       missing += n;
       for (const f of some ?? []) if (fields.length < 16) fields.push(f);
       cursor = next;
-      if (cursor !== '0') await afterStep?.(checked ?? 0);
+      await afterStep?.(checked ?? 0);
     } while (cursor !== '0');
     return { missing, fields };
   }

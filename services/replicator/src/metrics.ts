@@ -43,6 +43,10 @@ export interface ReplicatorMetrics {
   redisEvictsPages: Gauge;
   /** 1 when Redis writes an append-only file. */
   redisAofEnabled: Gauge;
+  /** Pages the scrub checked for a page key (Replicator.scrubVms). */
+  scrubPages: Counter;
+  /** When the scrub last went through every image this instance reports (0: never yet). */
+  scrubLastPass: Gauge;
   lastAppliedEpoch: Gauge<'vm'>;
   standbyAgeSeconds: Gauge<'vm'>;
   /** Records when the harvester committed the epoch a VM's standby image now holds (feeds the age gauge). */
@@ -93,6 +97,8 @@ export function createReplicatorMetrics(options: { defaultMetrics?: boolean } = 
     skippedWhileStale: new Counter({ name: 'ckpt_replicator_skipped_records_total', help: 'Records of epochs after a gap, skipped while their VM waits for a baseline', registers }),
     consumerLagRecords: new Gauge({ name: 'ckpt_replicator_consumer_lag_records', help: 'Records on the pages topic after the last one handled, per partition this instance consumes', labelNames: ['partition'], registers }),
     redisEvictsPages: new Gauge({ name: 'ckpt_replicator_redis_evicts_pages', help: '1 when Redis may evict standby pages (maxmemory-policy allkeys-* with a maxmemory): an evicted page fails only at restore. Checked at start and every minute', registers }),
+    scrubPages: new Counter({ name: 'ckpt_replicator_scrub_pages_total', help: 'Pages of standby images the scrub checked for a lost page key', registers }),
+    scrubLastPass: new Gauge({ name: 'ckpt_replicator_scrub_last_pass_timestamp_seconds', help: 'Unix time the scrub last finished a pass over every standby image this instance reports (0: none yet)', registers }),
     redisAofEnabled: new Gauge({ name: 'ckpt_replicator_redis_aof_enabled', help: '1 when Redis writes an append-only file, so applied epochs survive a Redis restart. Checked at start and every minute', registers }),
     lastAppliedEpoch: new Gauge({ name: 'ckpt_replicator_last_applied_epoch', help: 'Number of the epoch the standby image holds, per VM', labelNames: ['vm'], registers }),
     standbyAgeSeconds,

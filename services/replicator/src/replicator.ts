@@ -458,12 +458,16 @@ export class Replicator {
     // Paced, so a fleet's images cost Redis a steady few percent, not a burst every interval (a fully
     // written 1 GiB image is 0.7 s of Redis CPU to check).
     const perS = this.o.scrubPagesPerS ?? 20_000;
-    const pace = (checked: number): Promise<void> => (this.running ? sleep((checked / perS) * 1000) : Promise.reject(new Error('stopping')));
+    const pace = (checked: number): Promise<void> => {
+      this.o.metrics.scrubPages.inc(checked);
+      return this.running ? sleep((checked / perS) * 1000) : Promise.reject(new Error('stopping'));
+    };
     try {
       for (const [vm, partition] of [...this.vmPartitions]) {
         if (!this.running) return;
         if (this.assigned.has(partition)) await this.applier.scrub(vm, pace);
       }
+      this.o.metrics.scrubLastPass.set(Date.now() / 1000);
     } catch (err) {
       if (this.running) this.o.log.warn('cannot scrub the standby images for lost pages; trying again later', { err });
     } finally {

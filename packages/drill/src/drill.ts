@@ -14,7 +14,7 @@ import { KvmTarget, restoreImage, SparseTarget, type ImageLayout, type RestoredI
 import { StandbyStore } from '@ckpt/standby';
 import { Witness } from './witness.ts';
 
-export const SCENARIOS = ['primary-crash', 'replicator-crash', 'redis-restart', 'broker-outage'] as const;
+export const SCENARIOS = ['primary-crash', 'replicator-crash', 'redis-restart', 'redis-data-loss', 'broker-outage'] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
 
 export interface DrillOptions {
@@ -163,6 +163,7 @@ async function runScenario(name: ScenarioName, source: 'kvm' | 'sim', o: DrillOp
     await until('the standby to hold the baseline and two epochs', 90_000, async () => alive() && witness!.committed >= 3 && (await store.readPosition(VM)) !== null);
     if (name !== 'primary-crash') {
       await sleep(rnd() * o.runS * 250);
+      const generationBefore = (await store.readPosition(VM))?.generation;
       res.injury = await injure(name, servers, pool);
       const healedAtMs = Date.now();
       phase(`injury: ${res.injury}; waiting for the standby to move on`);
@@ -175,6 +176,9 @@ async function runScenario(name: ScenarioName, source: 'kvm' | 'sim', o: DrillOp
         return res.recoveryMs !== null && witness!.committed >= at + 3 && p !== null && witness!.last !== null && p.generation === witness!.last.generation && p.epoch >= witness!.last.epoch - 2;
       }, 50);
       phase(`the standby holds an epoch paused ${res.recoveryMs} ms after the injury ended`);
+      // Nothing survived in Redis: only a new generation's baseline can have rebuilt the standby.
+      const after = await store.readPosition(VM);
+      if (name === 'redis-data-loss' && after?.generation === generationBefore) res.problems.push(`the standby was not rebuilt from a new baseline after Redis lost its data: still generation ${generationBefore}`);
     }
     const runMs = (0.5 + 0.5 * rnd()) * o.runS * 1000;
     phase(`the primary runs ${(runMs / 1000).toFixed(1)} s more, then is killed (-9)`);
@@ -238,6 +242,10 @@ async function injure(name: ScenarioName, servers: Servers, pool: ReplicatorPool
       if (!servers.redis) throw new Error('redis-restart needs the embedded redis-server (unset REDIS_URL)');
       await servers.redis.restart();
       return 'kill -9 of redis-server, restarted on its AOF';
+    case 'redis-data-loss':
+      if (!servers.redis) throw new Error('redis-data-loss needs the embedded redis-server (unset REDIS_URL)');
+      await servers.redis.restart({ loseData: true });
+      return 'kill -9 of redis-server, restarted with its data gone (no AOF left): the standby is rebuilt from a new baseline';
     case 'broker-outage':
       if (!servers.kafka) throw new Error('broker-outage needs the embedded broker (unset KAFKA_BROKERS)');
       await servers.kafka.brokerDown(-1);

@@ -49,7 +49,7 @@ test('npm run drill --scenario all: every scenario fails over, verifies and (on 
   const report = JSON.parse(last) as { source: string; verified: boolean; scenarios: ScenarioResult[] };
   assert.equal(report.verified, true);
   assert.equal(report.source, kvmAvailability().usable ? 'kvm' : 'sim');
-  assert.deepEqual(report.scenarios.map((s) => s.name), ['primary-crash', 'replicator-crash', 'redis-restart', 'broker-outage']);
+  assert.deepEqual(report.scenarios.map((s) => s.name), ['primary-crash', 'replicator-crash', 'redis-restart', 'redis-data-loss', 'broker-outage']);
   for (const s of report.scenarios) {
     assert.equal(s.verified, true, JSON.stringify(s));
     assert.equal(s.restoredEpoch, s.lastCommittedEpoch);

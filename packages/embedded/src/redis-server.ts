@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -110,8 +110,13 @@ export class RedisServer {
     await exited;
   }
 
-  async restart(): Promise<void> {
+  /**
+   * crash(), then start again on the same port and directory. `loseData` empties the directory first
+   * (its AOF and RDB): a Redis restarted without persistence, or replaced by an empty one.
+   */
+  async restart(opts: { loseData?: boolean } = {}): Promise<void> {
     await this.crash();
+    if (opts.loseData) for (const f of readdirSync(this.dir)) rmSync(join(this.dir, f), { recursive: true, force: true });
     await this.launch();
   }
 

@@ -542,9 +542,10 @@ export class Applier {
    * Looks for pages Redis lost from the VM's live image (evicted under a maxmemory policy, deleted by
    * hand, a partial restore). Nothing else notices them: a delta's digest is computed from the page
    * hashes, not the pages, so epochs keep applying, the image says ok and fresh, and only a restore
-   * (the failover, when the primary is gone and no baseline can heal it) finds them. Missing pages
-   * mark the image stale (a compare-and-set on the state re-read after the scan, the pages checked
-   * once more) and ask for a baseline. Returns how many pages were missing (0 when nothing was marked).
+   * (the failover, when the primary is gone and no baseline can heal it) finds them. Pages still
+   * missing when asked once more mark the image stale and ask for a baseline (breakContinuity(): a
+   * compare-and-set against the cached state), at once for an idle VM, at the next delta's begin while
+   * records flow. Returns how many pages were missing (0 when nothing is to be marked).
    */
   async scrub(vm: string, afterStep?: (checked: number) => Promise<void>): Promise<{ missing: number }> {
     const meta = await this.store.readMeta(vm);
@@ -602,7 +603,6 @@ export class Applier {
     this.updateGauges(r);
     return true;
   }
-
 
   /**
    * Applies held back by a fence: logged once it has held them fenceQuietMs (longer than a restore

@@ -7,7 +7,6 @@
  * idempotent under redelivery. Any error from Redis or Kafka while handling a record drops the cached
  * per-VM state (Redis is the truth) and retries the same record, heartbeating meanwhile.
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
 import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
 import { Kafka, logLevel, PartitionAssigners, Partitioners, type Consumer, type EachBatchPayload, type KafkaConfig, type KafkaMessage, type PartitionAssigner, type Producer } from 'kafkajs';
@@ -108,11 +107,11 @@ export class Replicator {
   private scrubTimer: NodeJS.Timeout | null = null;
   private scrubbing = false;
   /**
-   * The record being handled, for dead letters to carry: bound to the call that handles it, so each of
-   * the partitions consumed concurrently sees its own. One field shared by all partitions carried
-   * another VM's record or none; a map by key still mixed up two keyless records handled at once.
+   * The record being handled, by its key (a VM's records all go to one partition, which one batch at a
+   * time consumes), for dead letters to carry. One field shared by all partitions was overwritten by
+   * the partitions consumed concurrently: dead letters carried another VM's record or none.
    */
-  private readonly current = new AsyncLocalStorage<{ topic: string; partition: number; offset: string; raw: Buffer }>();
+  private readonly current = new Map<string, { topic: string; partition: number; offset: string; raw: Buffer }>();
   private running = false;
   /** Where each VM's records come from, and the partitions with a lag series, to drop them when they move. */
   private readonly vmPartitions = new Map<string, number>();
@@ -323,13 +322,13 @@ export class Replicator {
         i++;
       } else {
         const m = msgs[i]!;
-        const { raw, ctx } = this.handling(payload, m);
+        const raw = this.handling(payload, m);
         try {
-          const rec = await this.current.run(ctx, () => this.applier.parse(raw, keyOf(m)));
+          const rec = await this.applier.parse(raw, keyOf(m));
           // Anything but a batch acts on what the writes in flight staged: they must have worked.
           failed = rec && (rec.kind !== 'batch' || window.length >= this.o.stageWindow) ? await settle(rec.kind !== 'batch') : null;
           if (!failed) {
-            const r = rec ? await this.current.run(ctx, () => this.applier.apply(rec)) : 'done';
+            const r = rec ? await this.applier.apply(rec) : 'done';
             if (r === 'retry') {
               failed = (await settle(true)) ?? { index: i, err: FENCED };
             } else {
@@ -342,6 +341,7 @@ export class Replicator {
         } catch (err) {
           failed = (await settle(true)) ?? { index: i, err: err instanceof Error ? err : new Error(String(err)) };
         }
+        this.current.delete(keyOf(m) ?? '');
       }
       if (failed) {
         // Handle again from the first record whose effect is not durable, alone (after a failure, on
@@ -373,9 +373,9 @@ export class Replicator {
     const { batch } = payload;
     const key = keyOf(m);
     for (let attempt = firstAttempt; ; attempt++) {
-      const { raw, ctx } = this.handling(payload, m);
+      const raw = this.handling(payload, m);
       try {
-        const r = await this.current.run(ctx, () => this.applier.handle(raw, key));
+        const r = await this.applier.handle(raw, key);
         if (r === 'done') {
           this.lastError = null;
           break;
@@ -389,7 +389,7 @@ export class Replicator {
           // the last committed epoch and is marked stale until a baseline arrives.
           this.o.log.error('record cannot be handled; parking it', { topic: batch.topic, partition: batch.partition, offset: m.offset, vm: key, err });
           try {
-            await this.current.run(ctx, () => this.applier.poison(key, (err as Error).message));
+            await this.applier.poison(key, (err as Error).message);
             break;
           } catch (e2) {
             this.lastError = (e2 as Error).message;
@@ -401,13 +401,15 @@ export class Replicator {
       if (!payload.isRunning()) return false;
       await payload.heartbeat();
     }
+    this.current.delete(key ?? '');
     return true;
   }
 
-  /** The record's value, and where it came from for the dead letters its handling may send (`current`). */
-  private handling(payload: EachBatchPayload, m: KafkaMessage): { raw: Buffer; ctx: { topic: string; partition: number; offset: string; raw: Buffer } } {
+  /** Notes the record being handled (dead letters carry it); returns its value. */
+  private handling(payload: EachBatchPayload, m: KafkaMessage): Buffer {
     const raw = m.value ?? Buffer.alloc(0);
-    return { raw, ctx: { topic: payload.batch.topic, partition: payload.batch.partition, offset: m.offset, raw } };
+    this.current.set(keyOf(m) ?? '', { topic: payload.batch.topic, partition: payload.batch.partition, offset: m.offset, raw });
+    return raw;
   }
 
   /**
@@ -502,7 +504,7 @@ export class Replicator {
   }
 
   private async deadLetter(vm: string | null, reason: DeadLetterReason, detail: string): Promise<void> {
-    const c = this.current.getStore();
+    const c = this.current.get(vm ?? '');
     this.o.metrics.deadLetters.inc({ reason });
     this.o.log.warn('record parked on the dead-letter topic', { vm, reason, detail, topic: c?.topic, partition: c?.partition, offset: c?.offset });
     await this.producer.send({

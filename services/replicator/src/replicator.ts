@@ -109,7 +109,11 @@ export class Replicator {
   /**
    * The record being handled, by its key (a VM's records all go to one partition, which one batch at a
    * time consumes), for dead letters to carry. One field shared by all partitions was overwritten by
-   * the partitions consumed concurrently: dead letters carried another VM's record or none.
+   * the partitions consumed concurrently: dead letters carried another VM's record or none. Keyless
+   * records share the entry '', but every dead letter of a keyless record is sent from parse(), whose
+   * checks run without an await between handling() and the lookup: two cannot interleave. (Binding the
+   * record to its call with AsyncLocalStorage instead was tried and not kept: on Node 20 it adds
+   * promise hooks to every promise of the replicator, the throughput path.)
    */
   private readonly current = new Map<string, { topic: string; partition: number; offset: string; raw: Buffer }>();
   private running = false;

@@ -110,10 +110,10 @@ export class Replicator {
    * The record being handled, by its key (a VM's records all go to one partition, which one batch at a
    * time consumes), for dead letters to carry. One field shared by all partitions was overwritten by
    * the partitions consumed concurrently: dead letters carried another VM's record or none. Keyless
-   * records share the entry '', but every dead letter of a keyless record is sent from parse(), whose
-   * checks run without an await between handling() and the lookup: two cannot interleave. (Binding the
-   * record to its call with AsyncLocalStorage instead was tried and not kept: on Node 20 it adds
-   * promise hooks to every promise of the replicator, the throughput path.)
+   * records share the entry '', but each of their dead letters is sent with no await between
+   * handling() and the lookup (from parse(), or from poison() right after handling() again): two
+   * cannot interleave. (Binding the record to its call with AsyncLocalStorage instead was tried and
+   * not kept: on Node 20 it adds promise hooks to every promise of the replicator, the throughput path.)
    */
   private readonly current = new Map<string, { topic: string; partition: number; offset: string; raw: Buffer }>();
   private running = false;
@@ -393,6 +393,9 @@ export class Replicator {
           // the last committed epoch and is marked stale until a baseline arrives.
           this.o.log.error('record cannot be handled; parking it', { topic: batch.topic, partition: batch.partition, offset: m.offset, vm: key, err });
           try {
+            // Noted again: another partition's keyless record may have taken the '' entry meanwhile,
+            // and poison() sends its dead letter before its first await.
+            this.handling(payload, m);
             await this.applier.poison(key, (err as Error).message);
             break;
           } catch (e2) {

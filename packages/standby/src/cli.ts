@@ -22,7 +22,8 @@ const USAGE = `usage: npm run standby -- list [--json] [--redis-url URL]
        npm run standby -- forget --vm ID [--json] [--redis-url URL]
        npm run standby -- unfence --vm ID [--json] [--redis-url URL]
 
-list: the VMs with a standby image in Redis, with their committed epoch, state and age, and the
+list: the VMs with a standby image in Redis, with their committed epoch, state (and why a stale one
+is stale: the gap's reason and detail) and age, and the
 restorer that runs a restored copy of the guest, if one does (its run claim).
 forget: deletes one VM's standby image and everything staged for it (exit 0 also when there is none). Do it once the VM is retired and
 its harvester stopped: a running harvester's next epoch would find no image and ask for a baseline.
@@ -69,12 +70,12 @@ async function main(argv: string[]): Promise<number> {
       // Who runs a restored copy of each guest (a --keep-running restorer's run claim), if anyone.
       const runners = await Promise.all(images.map(({ vm }) => store.runClaimHolder(vm)));
       const vms = images.flatMap(({ vm, meta: m }, i) => (m ? [
-        { vm, generation: m.generation, epoch: m.epoch, state: m.state, ageS: Math.max(0, (now - m.pausedAtMs) / 1000), pausedAt: new Date(m.pausedAtMs).toISOString(), committedAt: new Date(m.committedAtMs).toISOString(), restoredRunningUnder: runners[i]!.holder }] : []));
+        { vm, generation: m.generation, epoch: m.epoch, state: m.state, staleReason: m.state === 'ok' ? null : m.staleReason, ageS: Math.max(0, (now - m.pausedAtMs) / 1000), pausedAt: new Date(m.pausedAtMs).toISOString(), committedAt: new Date(m.committedAtMs).toISOString(), restoredRunningUnder: runners[i]!.holder }] : []));
       const unusable = images.flatMap(({ vm, problem }) => (problem ? [{ vm, problem }] : []));
       // The list is the answer: on stdout, so it can be piped, unless --json puts its JSON there.
       const out = cfg.json ? say : (s: string): void => void process.stdout.write(s + '\n');
       say(`standby: ${vms.length} standby image${vms.length === 1 ? '' : 's'} under the key prefix "${cfg.redisPrefix}:" in ${redactUrl(redisOpts.url)}${unusable.length ? `, and ${unusable.length} unusable` : ''}`);
-      for (const v of vms) out(`  ${v.vm}  epoch ${v.generation}/${v.epoch}  ${v.state === 'ok' ? 'ok' : 'STALE'}  ${v.ageS.toFixed(1)} s old (guest paused ${v.pausedAt}, committed ${v.committedAt})${v.restoredRunningUnder ? `  restored, running under ${v.restoredRunningUnder}` : ''}`);
+      for (const v of vms) out(`  ${v.vm}  epoch ${v.generation}/${v.epoch}  ${v.state === 'ok' ? 'ok' : `STALE (${v.staleReason})`}  ${v.ageS.toFixed(1)} s old (guest paused ${v.pausedAt}, committed ${v.committedAt})${v.restoredRunningUnder ? `  restored, running under ${v.restoredRunningUnder}` : ''}`);
       for (const u of unusable) out(`  ${u.vm}  UNUSABLE: ${u.problem}`);
       if (cfg.json) process.stdout.write(JSON.stringify({ vms: vms.map((v) => ({ ...v, ageS: Number(v.ageS.toFixed(3)) })), unusable }) + '\n');
       // Every usable image is listed; an unusable one makes the answer a failure (exit 1).

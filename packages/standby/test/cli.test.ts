@@ -31,12 +31,14 @@ test('list shows every VM with a standby, its epoch, state and age, and who runs
   const now = Date.now();
   await image('l1', 'vm-a', 5, 'ok', now - 2000);
   await image('l1', 'vm-b', 9, 'stale', now - 60_000);
+  await db.redis.hset(new StandbyStore(db.redis, 'l1').keys('vm-b').meta, 'staleReason', 'pages-lost: 1 page(s) gone');
   await image('l1-other', 'vm-c', 1, 'ok', now); // another prefix: not listed
   await db.redis.set(new StandbyStore(db.redis, 'l1').keys('vm-b').runClaim, 'run-pod-7-abc', 'PX', 60_000);
   const r = run('list', '--redis-prefix', 'l1', '--json');
   assert.equal(r.status, 0, r.stderr);
-  const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { vms: { vm: string; epoch: number; state: string; ageS: number; restoredRunningUnder: string | null }[] };
+  const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { vms: { vm: string; epoch: number; state: string; staleReason: string | null; ageS: number; restoredRunningUnder: string | null }[] };
   assert.deepEqual(out.vms.map((v) => [v.vm, v.epoch, v.state, v.restoredRunningUnder]), [['vm-a', 5, 'ok', null], ['vm-b', 9, 'stale', 'run-pod-7-abc']]);
+  assert.deepEqual(out.vms.map((v) => v.staleReason), [null, 'pages-lost: 1 page(s) gone'], 'why a stale image is stale');
   assert.ok(out.vms[0]!.ageS >= 2 && out.vms[0]!.ageS < 30, `age ${out.vms[0]!.ageS}`);
   assert.ok(out.vms[1]!.ageS >= 60);
   assert.match(r.stderr, /2 standby images under the key prefix "l1:" in redis:\/\//);
@@ -45,7 +47,7 @@ test('list shows every VM with a standby, its epoch, state and age, and who runs
   const text = run('list', '--redis-prefix', 'l1');
   assert.equal(text.status, 0, text.stderr);
   assert.match(text.stdout, /^ {2}vm-a {2}epoch 7\/5 {2}ok {2}/m);
-  assert.match(text.stdout, /^ {2}vm-b {2}epoch 7\/9 {2}STALE {2}.* {2}restored, running under run-pod-7-abc$/m);
+  assert.match(text.stdout, /^ {2}vm-b {2}epoch 7\/9 {2}STALE \(pages-lost: 1 page\(s\) gone\) {2}.* {2}restored, running under run-pod-7-abc$/m);
   assert.doesNotMatch(text.stdout, /vm-a .*running under/);
   assert.doesNotMatch(text.stdout, /standby images under/);
   assert.match(text.stderr, /2 standby images under the key prefix "l1:" in redis:\/\//);

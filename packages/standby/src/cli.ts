@@ -23,10 +23,11 @@ const USAGE = `usage: npm run standby -- list [--json] [--redis-url URL]
        npm run standby -- unfence --vm ID [--json] [--redis-url URL]
 
 list: the VMs with a standby image in Redis, with their committed epoch, state (and why a stale one
-is stale: the gap's reason and detail) and age, and the
-restorer that runs a restored copy of the guest, if one does (its run claim).
-forget: deletes one VM's standby image and everything staged for it (exit 0 also when there is none). Do it once the VM is retired and
-its harvester stopped: a running harvester's next epoch would find no image and ask for a baseline.
+is stale: the gap's reason and detail) and age, and the restorer that runs a restored copy of the
+guest, if one does (its run claim).
+forget: deletes one VM's standby image and everything staged for it (exit 0 also when there is
+none). Do it once the VM is retired and its harvester stopped: a running harvester's next epoch
+would find no image and ask for a baseline.
 The replicator reporting the VM drops its series within REPLICATOR_DELETED_CHECK_MS (30 s): forget
 leaves a tombstone for a day that tells it the image was deleted on purpose (an image that vanishes
 without one was lost by Redis, and its VM stays reported, stale). Forget a VM whose image Redis lost

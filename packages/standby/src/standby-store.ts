@@ -251,9 +251,14 @@ export class StandbyStore {
    * whose first records were a gap: no image either.)
    */
   async imagesExist(vms: string[]): Promise<boolean[]> {
+    return this.perVm(vms, (p, vm) => p.hexists(this.keys(vm).meta, 'generation'));
+  }
+
+  /** One pipelined command per VM whose reply is 0 or 1 (EXISTS, HEXISTS): the replies as booleans. */
+  private async perVm(vms: string[], queue: (p: ReturnType<Redis['pipeline']>, vm: string) => void): Promise<boolean[]> {
     if (!vms.length) return [];
     const p = this.redis.pipeline();
-    for (const vm of vms) p.hexists(this.keys(vm).meta, 'generation');
+    for (const vm of vms) queue(p, vm);
     const res = (await p.exec()) ?? [];
     return vms.map((_, i) => {
       const [err, n] = res[i] ?? [new Error('no reply'), 0];
@@ -279,15 +284,7 @@ export class StandbyStore {
 
   /** Per VM, whether `standby forget` deleted its image within the last day (its tombstone). */
   async wereForgotten(vms: string[]): Promise<boolean[]> {
-    if (!vms.length) return [];
-    const p = this.redis.pipeline();
-    for (const vm of vms) p.exists(this.keys(vm).forgotten);
-    const res = (await p.exec()) ?? [];
-    return vms.map((_, i) => {
-      const [err, n] = res[i] ?? [new Error('no reply'), 0];
-      if (err) throw err;
-      return n === 1;
-    });
+    return this.perVm(vms, (p, vm) => p.exists(this.keys(vm).forgotten));
   }
 
   /** Deletes every key under this store's prefix, of every VM (a run's own prefix, after the run). */
@@ -432,7 +429,7 @@ export class StandbyStore {
    * restorer died; refreshFence() extends it.
    */
   async acquireFence(vm: string, token: string, ttlMs: number): Promise<boolean> {
-    return (await this.redis.set(this.keys(vm).fence, token, 'PX', ttlMs, 'NX')) === 'OK';
+    return this.takeLease(this.keys(vm).fence, token, ttlMs);
   }
 
   /**
@@ -465,7 +462,16 @@ export class StandbyStore {
 
   /** Drops the fence if this token holds it; true when it did. */
   async releaseFence(vm: string, token: string): Promise<boolean> {
-    return Number(await this.redis.eval(FENCE_RELEASE_LUA, 1, this.keys(vm).fence, token)) === 1;
+    return this.dropLease(this.keys(vm).fence, token);
+  }
+
+  /** The fence and the run claim are leases: a key holding its holder's token, with a TTL. */
+  private async takeLease(key: string, token: string, ttlMs: number): Promise<boolean> {
+    return (await this.redis.set(key, token, 'PX', ttlMs, 'NX')) === 'OK';
+  }
+
+  private async dropLease(key: string, token: string): Promise<boolean> {
+    return Number(await this.redis.eval(FENCE_RELEASE_LUA, 1, key, token)) === 1;
   }
 
   /**
@@ -474,7 +480,7 @@ export class StandbyStore {
    * a partitioned node) does not start a second copy. False if someone else holds it.
    */
   async acquireRunClaim(vm: string, token: string, ttlMs: number): Promise<boolean> {
-    return (await this.redis.set(this.keys(vm).runClaim, token, 'PX', ttlMs, 'NX')) === 'OK';
+    return this.takeLease(this.keys(vm).runClaim, token, ttlMs);
   }
 
   /** Who holds `vm`'s run claim and for how much longer; nulls when nobody does or Redis cannot say. */
@@ -494,7 +500,7 @@ export class StandbyStore {
 
   /** Drops the run claim if this token holds it; true when it did. */
   async releaseRunClaim(vm: string, token: string): Promise<boolean> {
-    return Number(await this.redis.eval(FENCE_RELEASE_LUA, 1, this.keys(vm).runClaim, token)) === 1;
+    return this.dropLease(this.keys(vm).runClaim, token);
   }
 
   /**
@@ -519,7 +525,7 @@ export class StandbyStore {
   /**
    * Scrubs generation `g`'s image for page keys Redis lost: each step (`count` hash fields) is one
    * script, so applies interleave with the scrub but never tear a step. Null when the image stopped
-   * being generation `g`, or went stale, meanwhile. `missing` counts pages (a field HSCAN returns twice
+   * being generation `g`, went stale, or was fenced meanwhile. `missing` counts pages (a field HSCAN returns twice
    * is counted twice); `fields` names up to 16 of them. `afterStep` is awaited after each step with the
    * fields it checked (the caller's pacing: a step of 250 fields holds Redis for about 0.6 ms).
    */

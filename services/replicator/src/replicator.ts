@@ -435,15 +435,18 @@ export class Replicator {
     try {
       const vms = this.o.metrics.reportedVms();
       const present = await this.store.imagesExist(vms);
-      const forgotten = await this.store.wereForgotten(vms);
+      // Tombstones matter only where the image is gone (usually nowhere: no round trip then).
+      const absent = vms.filter((_, i) => !present[i]);
+      const tombstones = await this.store.wereForgotten(absent);
+      const forgotten = new Set(absent.filter((_, i) => tombstones[i]));
       for (const [i, vm] of vms.entries()) {
         if (!this.running) return;
         if (present[i]) {
           await this.applier.checkRolledBack(vm);
           continue;
         }
-        if (this.applier.assembling(vm) || (!forgotten[i] && await this.applier.imageLost(vm))) continue;
-        this.o.log.info(`this VM has no standby image (${forgotten[i] ? 'standby forget deleted it' : 'never made here'}): no longer reporting it`, { vm });
+        if (this.applier.assembling(vm) || (!forgotten.has(vm) && await this.applier.imageLost(vm))) continue;
+        this.o.log.info(`this VM has no standby image (${forgotten.has(vm) ? 'standby forget deleted it' : 'never made here'}): no longer reporting it`, { vm });
         this.o.metrics.forgetVm(vm);
         this.applier.dropVm(vm);
         this.vmPartitions.delete(vm);

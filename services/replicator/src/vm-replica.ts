@@ -139,8 +139,7 @@ export class Applier {
       // Not cached (forget() cleared it), or cached without an image or stale (an image put back, or
       // applied by another member): Redis's view, for the gauges. Without a cached position to compare,
       // a rollback is not logged here.
-      this.replicas.delete(vm);
-      await this.replica(vm);
+      await this.reload(vm);
       return false;
     }
     const pos = await this.store.readPosition(vm);
@@ -149,14 +148,19 @@ export class Applier {
     if (!behind) return false;
     this.log.warn('the standby image in Redis is older than the epoch this replicator applied: Redis lost writes (restarted on an older snapshot, or failed over to a lagging replica)',
       { vm, applied: `${r.meta.generation}/${r.meta.epoch}`, redisHolds: `${pos.generation}/${pos.epoch}` });
-    this.replicas.delete(vm);
-    await this.replica(vm);
+    await this.reload(vm);
     return true;
   }
 
   /** Whether a record of the VM was handled within recordsFlowingMs. */
   private flowing(r: VmReplica): boolean {
     return Date.now() - (r.lastRecordAtMs ?? 0) < (this.opts.recordsFlowingMs ?? RECORDS_FLOWING_MS);
+  }
+
+  /** Drops the VM's cached state and loads it from Redis again. */
+  private async reload(vm: string): Promise<VmReplica> {
+    this.replicas.delete(vm);
+    return this.replica(vm);
   }
 
   /** Loads a VM's state from Redis (if not cached) so its gauges report it before any record of it arrives. */
@@ -183,10 +187,9 @@ export class Applier {
   async poison(key: string | null, detail: string): Promise<void> {
     await this.hooks.deadLetter(key, 'invalid', `unexpected error: ${detail}`);
     if (key === null || !validVmId(key)) return;
-    this.replicas.delete(key); // after an unexpected error, judge from what Redis holds
     let r: VmReplica;
     try {
-      r = await this.replica(key);
+      r = await this.reload(key); // after an unexpected error, judge from what Redis holds
     } catch (err) {
       // A standby record this product did not write cannot be marked stale either: its records are
       // parked (as this one) until an operator deletes it, and the partition's other VMs go on.
@@ -281,8 +284,7 @@ export class Applier {
       } catch (err) {
         // Another replicator (a rebalance overlaps members for a moment) moved this VM on: reload, retry once.
         if (!(err instanceof StaleCache) || attempt > 0) throw err;
-        this.replicas.delete(rec.vm);
-        r = await this.replica(rec.vm);
+        r = await this.reload(rec.vm);
       }
     }
   }
@@ -589,8 +591,7 @@ export class Applier {
     const cached = this.replicas.get(vm);
     if (cached && this.flowing(cached)) return true;
     // Redis's view, not the cache's (which may still hold the lost image's meta).
-    this.replicas.delete(vm);
-    const r = await this.replica(vm);
+    const r = await this.reload(vm);
     if (r.meta) return false; // it is back (imagesExist() read before it was)
     if (!this.lostImages.has(vm)) {
       this.lostImages.add(vm);

@@ -109,6 +109,16 @@ export function interruptible<T>(p: Promise<T>, signal: AbortSignal | undefined,
 }
 
 /**
+ * interruptible() for a call that takes a lease (a SET NX of the fence or the run claim): one still
+ * pending when the signal came may take the lease after all, and `giveBack` then releases it. (A lease
+ * taken before the signal is the caller's to release.)
+ */
+export function interruptibleTake(taking: Promise<boolean>, signal: AbortSignal | undefined, stopped: () => Error, giveBack: () => Promise<unknown>): Promise<boolean> {
+  taking.then((ok) => { if (ok && signal?.aborted) void giveBack().catch(() => undefined); }, () => undefined);
+  return interruptible(taking, signal, stopped);
+}
+
+/**
  * Restores `vm`'s committed image into `target`. Throws CkptError: CKPT_ERR_RESTORE_NO_IMAGE,
  * CKPT_ERR_RESTORE_STALE (unless allowStale), CKPT_ERR_RESTORE_DIGEST (bytes do not hash to the
  * committed digest), CKPT_ERR_RESTORE_BUSY (someone else held the fence for all of fenceWaitMs), or a Redis error.
@@ -136,12 +146,7 @@ export async function restoreImage(store: StandbyStore, vm: string, target: Rest
       let said = false;
       let waitedAtAll = false;
       const notFenced = (): CkptError => interrupted(vm, opts.signal!, false);
-      const acquire = (): Promise<boolean> => {
-        const taking = store.acquireFence(vm, token, ttl);
-        // A SET NX still pending when the signal came may take the fence after all: give it back.
-        taking.then((ok) => { if (ok && opts.signal?.aborted && !fenced) void store.releaseFence(vm, token).catch(() => undefined); }, () => undefined);
-        return interruptible(taking, opts.signal, notFenced);
-      };
+      const acquire = (): Promise<boolean> => interruptibleTake(store.acquireFence(vm, token, ttl), opts.signal, notFenced, () => store.releaseFence(vm, token));
       while (!(await acquire())) {
         waitedAtAll = true;
         checkInterrupted(vm, opts.signal, false);

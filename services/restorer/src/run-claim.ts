@@ -18,7 +18,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { CkptError, silentLogger, type Logger } from '@ckpt/common';
 import type { StandbyStore } from '@ckpt/standby';
 import type { RestorerMetrics } from './metrics.ts';
-import { interruptible } from './restore-image.ts';
+import { interruptible, interruptibleTake } from './restore-image.ts';
 
 export interface RunClaimOptions {
   /** The claim's lifetime; renewed every third of it. */
@@ -62,13 +62,7 @@ export class RunClaim {
     let holder: string | null = null;
     // A Redis that does not answer must not hold a signal up (see interruptible()).
     const stopped = (): CkptError => new CkptError('CKPT_ERR_RESTORE_INTERRUPTED', `the restore of ${vm} was interrupted (${String(opts.signal?.reason ?? 'aborted')}) while it waited for ${holder ?? 'another restorer'}'s run claim: nothing was read`, { retriable: true });
-    let taken = false;
-    const acquire = (): Promise<boolean> => {
-      const taking = store.acquireRunClaim(vm, claim.token, opts.ttlMs);
-      // A SET NX still pending when the signal came may take the claim after all: give it back.
-      taking.then((ok) => { if (ok && opts.signal?.aborted && !taken) void store.releaseRunClaim(vm, claim.token).catch(() => undefined); }, () => undefined);
-      return interruptible(taking, opts.signal, stopped);
-    };
+    const acquire = (): Promise<boolean> => interruptibleTake(store.acquireRunClaim(vm, claim.token, opts.ttlMs), opts.signal, stopped, () => store.releaseRunClaim(vm, claim.token));
     while (!(await acquire())) {
       const h = await interruptible(store.runClaimHolder(vm), opts.signal, stopped);
       holder = h.holder;
@@ -89,7 +83,6 @@ export class RunClaim {
         throw stopped();
       }
     }
-    taken = true;
     opts.metrics?.runClaimHeld.set(1);
     log.info('run claim taken', { vm, token: claim.token, ttlMs: opts.ttlMs });
     // Unref'd: the guest (or the restore) keeps the process alive, not the claim.
